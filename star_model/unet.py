@@ -6,11 +6,13 @@ control branch under `VideoControlNet`, LIEM gates in every transformer, predict
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
-from star_model.attention import SpatialTransformer, TemporalTransformer
 from star_model.blocks import GroupNorm32, ResBlock, Upsample
+from star_model.checkpoint import load_checkpoint
 from star_model.config import DenoiserConfig
 from star_model.control import ControlBranch
 from star_model.diffusion import sinusoidal_embedding
@@ -98,4 +100,26 @@ class StarDenoiser(nn.Module):
 
         # 6. head, back to (B, C, F, H, W)
         x = self.out(x)
-        return x.reshape(b, f, -1, h, w).transpose(1, 2)
+        return x.reshape(b, f, -1, h, w).transpose(1, 2).contiguous()
+
+
+def load_denoiser(cfg: DenoiserConfig, weights: str | os.PathLike | None = None, *,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  expected_sha256: str | None = None) -> StarDenoiser:
+    """Build the denoiser directly on `device` in `dtype` and load `weights` strictly (eval mode).
+
+    The module is first built on the meta device, so the official 2.04 B parameters are allocated
+    once, in the target dtype (4 GB in bf16), and never initialised randomly only to be overwritten.
+    With `weights=None` the parameters get PyTorch's default random init (the TINY smoke preset).
+    """
+    with torch.device("meta"):
+        model = StarDenoiser(cfg)
+    model = model.to(dtype).to_empty(device=device)
+    if weights is None:
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm)):
+                    module.reset_parameters()
+    else:
+        load_checkpoint(model, weights, strict=True, expected_sha256=expected_sha256)
+    return model.eval()

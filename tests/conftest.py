@@ -1,0 +1,17 @@
+"""Shared test fixtures: where the shared folder with parity fixtures and media lies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+PARITY = SHARED / "parity"
+
+
+@pytest.fixture
+def parity_dir() -> Path:
+    if not (PARITY / "tiny_config.json").exists():
+        pytest.skip(f"parity fixtures not found at {PARITY}")
+    return PARITY
