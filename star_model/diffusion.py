@@ -1,12 +1,23 @@
 """The v-prediction maths of STAR (forward process, velocity, x0 from v), classifier-free guidance with
-rescale, and the sinusoidal timestep embedding the network uses."""
+rescale, the guided denoiser the sampler calls, and the sinusoidal timestep embedding of the network."""
 
 from __future__ import annotations
 
-import math
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
+
+from star_model.schedule import NoiseSchedule
+
+# (x_t in VP scale (B, C, F, H, W), integer t (B,)) -> x0 prediction, same shape as x_t.
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+class VelocityNetwork(Protocol):
+    """The STAR network's call: v = model(x (B,4,F,H,W), t int64 (B,), y (B,L,ctx), hint=(B,4,F,H,W))."""
+
+    def __call__(self, x: Tensor, t: Tensor, y: Tensor, *, hint: Tensor) -> Tensor: ...
 
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
@@ -16,8 +27,7 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
     gets a zero column at the end. Computed in float32 whatever the dtype of `t` (int64 timesteps).
     """
     half = dim // 2
-    # float64 -> float32 of the frequencies would change the last bit; the official computes the
-    # `10000^(-i/half)` power in float32 on the float32 `t`, and so do we.
+    # float32 throughout, as the official: computing the frequencies in float64 changes the last bits.
     t_f32 = t.to(torch.float32)
     freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float32, device=t.device).div(half))
     angles = torch.outer(t_f32, freqs)  # (N, half)
@@ -25,3 +35,89 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=1)  # (N, dim)
     return emb
+
+
+def _per_sample(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """table[t] shaped (B, 1, ..., 1) to broadcast against `like` (B, ...), on like's device and dtype."""
+    values = table.to(like.device)[t.to(like.device).long()]  # (B,)
+    return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+def diffuse(schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """q(x_t | x0): x_t = alpha_t·x0 + sigma_t·eps (VP). Also the SDEdit start from the LR latent."""
+    return _per_sample(schedule.alphas, t, x0) * x0 + _per_sample(schedule.sigmas, t, x0) * noise
+
+
+def get_velocity(schedule: NoiseSchedule, x0: Tensor, xt: Tensor, t: Tensor) -> Tensor:
+    """The v target, written (alpha_t·x_t - x0)/sigma_t as the official.
+
+    Equal to alpha_t·eps - sigma_t·x0 in exact arithmetic; the division by sigma_t (0.0011 at t=0)
+    amplifies the float32 error of x_t, so the eps form differs from the official by 3e-4 at t=0.
+    """
+    return (_per_sample(schedule.alphas, t, xt) * xt - x0) / _per_sample(schedule.sigmas, t, xt)
+
+
+def x0_from_v(schedule: NoiseSchedule, xt: Tensor, v: Tensor, t: Tensor) -> Tensor:
+    """x̂0 = alpha_t·x_t - sigma_t·v̂ (not clamped, as the official)."""
+    return _per_sample(schedule.alphas, t, xt) * xt - _per_sample(schedule.sigmas, t, xt) * v
+
+
+def guide(v_cond: Tensor, v_uncond: Tensor, guide_scale: float = 7.5, guide_rescale: float = 0.2) -> Tensor:
+    """Classifier-free guidance with rescale (Lin et al. 2023 §3.4), as the official `denoise`.
+
+    v = u + g·(c - u), then v ← v·(r·std(c)/(std(v) + 1e-12) + (1 - r)); std is per sample over all
+    other dims, unbiased (torch's default), as the official.
+    """
+    v = v_uncond + guide_scale * (v_cond - v_uncond)
+    if guide_rescale > 0:
+        dims = tuple(range(1, v.ndim))
+        ratio = v_cond.std(dim=dims, keepdim=True) / (v.std(dim=dims, keepdim=True) + 1e-12)
+        v = v * (guide_rescale * ratio + (1 - guide_rescale))
+    return v
+
+
+def guided_x0(
+    model: VelocityNetwork,
+    schedule: NoiseSchedule,
+    xt: Tensor,
+    t: Tensor,
+    y_cond: Tensor,
+    y_uncond: Tensor,
+    hint: Tensor,
+    guide_scale: float = 7.5,
+    guide_rescale: float = 0.2,
+) -> Tensor:
+    """x̂0 from one network forward on a batch of 2B (cond first, then uncond), guided and rescaled.
+
+    Differs from the official on purpose: the official makes two separate forward passes (cond, then
+    uncond); one batched pass is faster on a GPU and agrees to float error. xt (B, 4, F, H, W) is the
+    VP network input, t (B,) int64; `hint` is the clean LR latent (B, 4, F, H, W), given to both halves
+    (no noise augmentation, as the official); `y_*` are the text contexts (B, L, ctx).
+    """
+    batch = xt.shape[0]
+    v_both = model(
+        torch.cat([xt, xt]),  # (2B, 4, F, H, W)
+        torch.cat([t, t]),  # (2B,)
+        torch.cat([y_cond, y_uncond]),  # (2B, L, ctx)
+        hint=torch.cat([hint, hint]),  # (2B, 4, F, H, W)
+    )
+    # Guidance and x0 in float32 even if the network ran in half precision: the rescale divides stds.
+    v = guide(v_both[:batch].float(), v_both[batch:].float(), guide_scale, guide_rescale)
+    return x0_from_v(schedule, xt.float(), v, t)
+
+
+def guided_denoiser(
+    model: VelocityNetwork,
+    schedule: NoiseSchedule,
+    y_cond: Tensor,
+    y_uncond: Tensor,
+    hint: Tensor,
+    guide_scale: float = 7.5,
+    guide_rescale: float = 0.2,
+) -> Denoiser:
+    """`guided_x0` over the whole clip as a `Denoiser` for the sampler (no temporal windows)."""
+
+    def denoise(xt: Tensor, t: Tensor) -> Tensor:
+        return guided_x0(model, schedule, xt, t, y_cond, y_uncond, hint, guide_scale, guide_rescale)
+
+    return denoise

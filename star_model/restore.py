@@ -1,0 +1,226 @@
+"""Frames in, restored frames out: bilinear pre-upscale, padding, VAE encode, SDEdit start, guided
+DPM-Solver++(2M) SDE over temporal windows and spatial latent tiles, VAE decode, colour fix, uint8.
+
+`RestoreConfig()` is our default; `RestoreConfig.official()` reproduces the official inference
+choices (canvas padding to >= 720x1280, hard-cut windows of 32, no tiling, truncation to uint8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from star_model.colorfix import adain_color_fix, wavelet_color_fix
+from star_model.diffusion import guided_x0
+from star_model.memory import MemoryPlan, free_device_memory, plan_memory
+from star_model.sampler import sample_dpmpp_2m_sde, sdedit_start, seeded_noise
+from star_model.schedule import NoiseSchedule, build_schedule, solver_sigmas
+from star_model.text import TextEncoder
+from star_model.unet import StarDenoiser
+from star_model.vae import VideoVae
+from star_model.tiles import Tile, plan_tiles, tiled_denoiser
+from star_model.windows import (
+    Window,
+    WindowDenoiser,
+    latent_size_ok,
+    minimal_pad,
+    official_chunks,
+    official_pad_to_fit,
+    plan_windows,
+    windowed_denoiser,
+)
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_WINDOW = 32  # official max_chunk_len
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    """How a clip is restored. Window and tile sizes are in latent units (frames, latent pixels)."""
+
+    scale: int = 4
+    solver_mode: Literal["fast", "normal"] = "fast"  # fast: the official 14 evaluations
+    steps: int = 15  # evaluations in "normal" mode (fewer = faster)
+    t_start: int = 899  # SDEdit start (official total_noise_levels 900)
+    guide_scale: float = 7.5
+    guide_rescale: float = 0.2
+    padding: Literal["minimal", "official"] = "minimal"
+    window: int | None = None  # None: the memory planner decides (at most 32)
+    window_overlap: int | None = None  # None: half the window (official)
+    temporal_merge: Literal["weighted", "hard_cut"] = "weighted"
+    official_chunking: bool = False  # windows by the official make_chunks rule (only with hard_cut)
+    tile: tuple[int, int] | None = None  # None: the memory planner decides (whole frame if it fits)
+    tile_overlap: int = 16
+    color_fix: Literal["adain", "wavelet", "none"] = "adain"
+    rounding: Literal["round", "truncate"] = "round"
+    seed: int = 666  # official setup_seed(666)
+
+    def __post_init__(self) -> None:
+        if self.scale < 1:
+            raise ValueError(f"scale={self.scale} must be an integer >= 1")
+        if not 0 < self.t_start < 1000:
+            raise ValueError(f"t_start={self.t_start} must be in 1..999")
+        if self.solver_mode == "normal" and self.steps < 1:
+            raise ValueError(f"steps={self.steps} must be >= 1")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window={self.window} must be >= 1 frame")
+        if self.official_chunking and self.temporal_merge != "hard_cut":
+            raise ValueError("official_chunking needs temporal_merge='hard_cut'")
+        for name, allowed in (("solver_mode", ("fast", "normal")), ("padding", ("minimal", "official")),
+                              ("temporal_merge", ("weighted", "hard_cut")),
+                              ("color_fix", ("adain", "wavelet", "none")), ("rounding", ("round", "truncate"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
+
+    @classmethod
+    def official(cls, **overrides) -> "RestoreConfig":
+        """The official inference: canvas padding, hard-cut windows of 32, whole frames, truncation."""
+        values = dict(padding="official", window=OFFICIAL_WINDOW, temporal_merge="hard_cut",
+                      official_chunking=True, rounding="truncate")
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes) -> "RestoreConfig":
+        return dataclasses.replace(self, **changes)
+
+
+class StarRestorer:
+    """uint8 frames (F, H, W, 3) + prompt -> uint8 frames (F, s*H, s*W, 3), with loaded models."""
+
+    def __init__(self, denoiser: StarDenoiser, text: TextEncoder, vae: VideoVae,
+                 config: RestoreConfig = RestoreConfig(), schedule: NoiseSchedule | None = None) -> None:
+        if text.width != denoiser.cfg.context_dim:
+            raise ValueError(f"text encoder width {text.width} != denoiser context_dim {denoiser.cfg.context_dim}")
+        self.denoiser = denoiser
+        self.text = text
+        self.vae = vae
+        self.config = config
+        self.schedule = schedule or build_schedule()
+        self.device = next(denoiser.parameters()).device
+        self.dtype = next(denoiser.parameters()).dtype
+        self.last_plan: MemoryPlan | None = None
+
+    @torch.inference_mode()
+    def __call__(self, frames_fhwc_u8: np.ndarray | Tensor, prompt: str = "", seed: int | None = None) -> np.ndarray:
+        cfg = self.config
+        lr = _to_signed_unit(frames_fhwc_u8).to(self.device)  # (F, 3, h, w) in [-1, 1]
+        num_frames, _, height, width = lr.shape
+        out_h, out_w = height * cfg.scale, width * cfg.scale
+        seed = cfg.seed if seed is None else seed
+
+        # 1. bilinear pre-upscale (official: F.interpolate bilinear, no antialias), then padding
+        up = F.interpolate(lr, size=(out_h, out_w), mode="bilinear", align_corners=False)
+        up, crop = self._pad(up)  # (F, 3, H', W')
+
+        # 2. LR latent (F, 4, h', w') -> (1, 4, F, h', w'); per-frame sampled encode
+        z_lr = self.vae.encode(up, generator=torch.Generator().manual_seed(seed))
+        z_lr = z_lr.permute(1, 0, 2, 3).unsqueeze(0).to(torch.float32)
+        del up
+
+        # 3. text contexts (computed once per prompt by the encoder's cache), (1, 77, ctx)
+        y_cond, y_uncond = (y.to(self.device, self.dtype) for y in self.text.context_for(prompt))
+
+        # 4. temporal windows and spatial tiles from the memory plan (explicit settings win)
+        windows, tiles = self._plan(z_lr.shape)
+
+        # 5. SDEdit start from the LR latent at t_start, then the guided SDE sampler
+        eps = torch.randn(z_lr.shape, generator=torch.Generator().manual_seed(seed + 1)).to(self.device)
+        x_start = sdedit_start(self.schedule, z_lr, eps, cfg.t_start)
+        sigmas = solver_sigmas(self.schedule, cfg.solver_mode, cfg.steps, t_max=cfg.t_start)
+
+        denoise_window = self._window_denoiser(z_lr, y_cond, y_uncond, tiles)
+        denoise = windowed_denoiser(denoise_window, windows, cfg.temporal_merge)
+        z0 = sample_dpmpp_2m_sde(denoise, x_start, sigmas, self.schedule, seeded_noise(seed + 2))
+
+        # 6. decode (F, 3, H', W'), crop the padding, clamp
+        pixels = self.vae.decode(z0[0].permute(1, 0, 2, 3)).float()
+        top, left = crop
+        pixels = pixels[:, :, top:top + out_h, left:left + out_w].clamp(-1, 1)
+
+        # 7. colour fix against the LR input, then to uint8
+        video = (pixels * 0.5 + 0.5).permute(0, 2, 3, 1) * 255  # (F, H, W, 3) in 0..255
+        if cfg.color_fix == "adain":
+            video = adain_color_fix(video, lr.float())
+        elif cfg.color_fix == "wavelet":
+            source = F.interpolate(lr.float(), size=(out_h, out_w), mode="bilinear", align_corners=False)
+            video = wavelet_color_fix(video, source)
+        video = video.clamp(0, 255)
+        video = video.round() if cfg.rounding == "round" else video.floor()  # floor = astype(uint8)
+        return video.to(torch.uint8).cpu().numpy()
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _pad(self, up: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Pad (F, 3, H, W); returns the padded frames and the (top, left) offset of the content."""
+        _, _, h, w = up.shape
+        if self.config.padding == "official":
+            w1, w2, h1, h2 = official_pad_to_fit(h, w)
+            # The official pads with +1 (white) in [-1, 1]; a canvas < 720x1280 is always padded.
+            padded = F.pad(up, (w1, w2, h1, h2), value=1.0)
+            lat_h, lat_w = padded.shape[2] // 8, padded.shape[3] // 8
+            if not latent_size_ok(lat_h, lat_w, self.denoiser.cfg.num_downsamples):
+                raise ValueError(f"official padding gives latent {lat_h}x{lat_w}, which this network "
+                                 f"cannot take; use padding='minimal'")
+            return padded, (h1, w1)
+        w1, w2, h1, h2 = minimal_pad(h, w, self.denoiser.cfg.num_downsamples)
+        # Ours: pad bottom/right by replicating the border, so no white band feeds the attention or
+        # the GroupNorm statistics (the official's +1 padding does).
+        return F.pad(up, (w1, w2, h1, h2), mode="replicate"), (h1, w1)
+
+    def _plan(self, latent_shape: torch.Size) -> tuple[list[Window], list[Tile]]:
+        cfg = self.config
+        _, _, num_frames, lat_h, lat_w = latent_shape
+        window, tile = cfg.window, cfg.tile
+        if window is None or tile is None:
+            plan = plan_memory(self.denoiser.cfg, (lat_h, lat_w), num_frames, free_device_memory(self.device),
+                               self.dtype, window=window, tile=tile)
+            self.last_plan = plan
+            window = window or plan.window
+            tile = tile or plan.tile
+        if cfg.official_chunking:
+            windows = official_chunks(num_frames, window) if num_frames > window else [(0, num_frames)]
+        else:
+            overlap = cfg.window_overlap if cfg.window_overlap is not None else window // 2
+            windows = plan_windows(num_frames, window, min(overlap, window - 1))
+        tile_h, tile_w = (min(tile[0], lat_h), min(tile[1], lat_w)) if tile else (lat_h, lat_w)
+        tiles = plan_tiles(lat_h, lat_w, tile_h, tile_w, min(cfg.tile_overlap, tile_h - 1, tile_w - 1),
+                           self.denoiser.cfg.num_downsamples)
+        log.info("restoring %d latent frames of %dx%d in %d window(s) x %d tile(s)",
+                 num_frames, lat_h, lat_w, len(windows), len(tiles))
+        return windows, tiles
+
+    def _window_denoiser(self, z_lr: Tensor, y_cond: Tensor, y_uncond: Tensor, tiles: list[Tile]) -> WindowDenoiser:
+        """Guided x0 of one temporal window, tile by tile with feathered blending when tiled."""
+        cfg = self.config
+
+        def denoise_window(xt: Tensor, t: Tensor, frames: slice) -> Tensor:
+            hint = z_lr[:, :, frames]  # (1, 4, f, H, W): the clean LR latent of this window
+
+            def denoise_tile(xt_tile: Tensor, t: Tensor, tile: Tile) -> Tensor:
+                y0, y1, x0, x1 = tile
+                return guided_x0(self.denoiser, self.schedule, xt_tile, t, y_cond, y_uncond,
+                                 hint[..., y0:y1, x0:x1], cfg.guide_scale, cfg.guide_rescale)
+
+            if len(tiles) == 1:  # the whole frame: no blending pass
+                return denoise_tile(xt, t, tiles[0])
+            return tiled_denoiser(denoise_tile, tiles)(xt, t)
+
+        return denoise_window
+
+
+def _to_signed_unit(frames: np.ndarray | Tensor) -> Tensor:
+    """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [-1, 1] (official: (x/255 - 0.5)/0.5)."""
+    tensor = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    if tensor.dtype != torch.uint8 or tensor.ndim != 4 or tensor.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (F, H, W, 3), got {tensor.dtype} {tuple(tensor.shape)}")
+    if min(tensor.shape[:3]) < 1:
+        raise ValueError(f"empty clip: shape {tuple(tensor.shape)}")
+    return tensor.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
