@@ -33,27 +33,35 @@ def plan_tiles(height: int, width: int, tile_height: int, tile_width: int, overl
     return [(y0, y1, x0, x1) for y0, y1 in rows for x0, x1 in cols]
 
 
-def tile_weights(tiles: Sequence[Tile], height: int, width: int, ramp: Ramp = "linear") -> Tensor:
-    """Feathered weights (n_tiles, H, W), float32, zero outside each tile and summing to 1 per pixel:
-    the outer product of the row and column `blend_weights` of the grid."""
+def tile_weights(tiles: Sequence[Tile], height: int, width: int, ramp: Ramp = "linear") -> list[Tensor]:
+    """Feathered weights of each tile over its own extent, (y1-y0, x1-x0) float32, summing to 1 per
+    pixel over all tiles: the outer product of the row and column `blend_weights` of the grid.
+
+    A lone tile gets exactly 1 everywhere, so untiled blending is the identity. Only tile-sized
+    tensors are made, so the weights of a 4K frame's grid cost no more than one frame.
+    """
     rows = sorted({(y0, y1) for y0, y1, _, _ in tiles})
     cols = sorted({(x0, x1) for _, _, x0, x1 in tiles})
     if len(tiles) != len(rows) * len(cols):
         raise ValueError("tiles must form a full grid (use plan_tiles)")
     row_w = blend_weights(rows, height, ramp)  # (n_rows, H)
     col_w = blend_weights(cols, width, ramp)  # (n_cols, W)
-    return torch.stack([row_w[rows.index((y0, y1)), :, None] * col_w[cols.index((x0, x1)), None, :]
-                        for y0, y1, x0, x1 in tiles])  # (n, H, W)
+    return [row_w[rows.index((y0, y1)), y0:y1, None] * col_w[cols.index((x0, x1)), None, x0:x1]
+            for y0, y1, x0, x1 in tiles]
+
+
+def scale_tiles(tiles: Sequence[Tile], factor: int) -> list[Tile]:
+    """The same tiles in units `factor` times finer (latent tiles -> pixel tiles)."""
+    return [(y0 * factor, y1 * factor, x0 * factor, x1 * factor) for y0, y1, x0, x1 in tiles]
 
 
 def merge_tiles(outputs: Sequence[Tensor], tiles: Sequence[Tile], height: int, width: int,
                 ramp: Ramp = "linear") -> Tensor:
-    """Blends per-tile tensors (B, C, F, h, w) into (B, C, F, H, W) with `tile_weights`, in float32."""
-    weights = tile_weights(tiles, height, width, ramp).to(outputs[0].device)  # (n, H, W)
+    """Blends per-tile tensors (..., h, w) into (..., H, W) with `tile_weights`, in float32."""
     first = outputs[0]
-    merged = first.new_zeros(*first.shape[:3], height, width, dtype=torch.float32)
-    for out, (y0, y1, x0, x1), w in zip(outputs, tiles, weights):
-        merged[..., y0:y1, x0:x1] += out.float() * w[y0:y1, x0:x1]
+    merged = first.new_zeros(*first.shape[:-2], height, width, dtype=torch.float32)
+    for out, (y0, y1, x0, x1), w in zip(outputs, tiles, tile_weights(tiles, height, width, ramp)):
+        merged[..., y0:y1, x0:x1] += out.float() * w.to(out.device)
     return merged
 
 

@@ -23,11 +23,11 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from torch import Tensor
 
-_VAE_CLASS = "AutoencoderKLTemporalDecoder"
-GROUP_NORM_GROUPS = 32  # diffusers hard-codes 32 GroupNorm groups in this VAE's encoder and decoder
+from star_model.config import GROUP_NORM_GROUPS  # diffusers hard-codes 32 groups in this VAE too
+from star_model.tiles import Tile, plan_tiles, scale_tiles, tile_weights
 
-Span = tuple[int, int]  # [start, end) along one axis, in latent pixels
-Tile = tuple[slice, slice]  # (rows, columns) of one tile, in latent pixels
+_VAE_CLASS = "AutoencoderKLTemporalDecoder"
+
 
 
 @dataclass(frozen=True)
@@ -104,66 +104,6 @@ def build_vae(config: VaeConfig, seed: int = 0) -> AutoencoderKLTemporalDecoder:
 
 
 # --------------------------------------------------------------------------------------------------
-# Tile plan and blending weights (all in latent pixels; pixel tiles are these times the downsampling)
-
-
-def tile_spans(length: int, tile: int | None, overlap: int) -> list[Span]:
-    """Cover [0, length) with tiles of exactly `tile` (or one tile of `length` if it is not larger).
-
-    The tiles are spread evenly, first at 0 and last ending at `length`, so neighbours overlap by
-    at least `overlap` and by about the same amount everywhere.
-    """
-    if tile is None or length <= tile:
-        return [(0, length)]
-    count = math.ceil((length - overlap) / (tile - overlap))
-    starts = [i * (length - tile) // (count - 1) for i in range(count)]
-    return [(s, s + tile) for s in starts]
-
-
-def tile_plan(height: int, width: int, tile: int | None, overlap: int) -> list[Tile]:
-    """Tiles (rows, columns) covering a height x width latent, row by row."""
-    return [(slice(*ys), slice(*xs))
-            for ys in tile_spans(height, tile, overlap) for xs in tile_spans(width, tile, overlap)]
-
-
-def _ramp(spans: list[Span], index: int, scale: int) -> Tensor:
-    """Weights along one axis of tile `index`, at `scale` output samples per latent pixel.
-
-    Linear ramps across the overlap with each neighbour, 1 elsewhere; in an overlap of two tiles the
-    two ramps sum to 1. A lone tile gets exactly 1 everywhere, so untiled blending is the identity.
-    """
-    start, end = spans[index]
-    size = (end - start) * scale
-    pos = torch.arange(size, dtype=torch.float32) + 0.5
-    weight = torch.ones(size)
-    if index > 0 and (left := (spans[index - 1][1] - start) * scale) > 0:
-        weight = torch.minimum(weight, pos / left)
-    if index + 1 < len(spans) and (right := (end - spans[index + 1][0]) * scale) > 0:
-        weight = torch.minimum(weight, (size - pos) / right)
-    return weight
-
-
-def tile_weights(height: int, width: int, tile: int | None, overlap: int,
-                   scale: int) -> list[tuple[Tile, Tile, Tensor]]:
-    """For each tile: its latent slices, its slices at output scale, and its (rows, cols) weights."""
-    rows, cols = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
-    plan = []
-    for i, (y0, y1) in enumerate(rows):
-        for j, (x0, x1) in enumerate(cols):
-            weight = _ramp(rows, i, scale)[:, None] * _ramp(cols, j, scale)[None, :]  # (h, w)
-            plan.append(((slice(y0, y1), slice(x0, x1)),
-                         (slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale)), weight))
-    return plan
-
-
-def _weight_sum(plan: list[tuple[Tile, Tile, Tensor]], height: int, width: int) -> Tensor:
-    total = torch.zeros(height, width)
-    for _, (ys, xs), weight in plan:
-        total[ys, xs] += weight
-    return total
-
-
-# --------------------------------------------------------------------------------------------------
 # The VAE on videos
 
 
@@ -213,9 +153,8 @@ class VideoVae:
                              "decoding")
         cfg = self.config
         h, w = height // f, width // f
-        tile = None if cfg.encode_tile_px is None else cfg.encode_tile_px // f
-        plan = tile_weights(h, w, tile, cfg.encode_overlap_px // f, scale=1)
-        weight_sum = _weight_sum(plan, h, w).to(self.device)
+        tiles = _latent_tiles(h, w, cfg.encode_tile_px and cfg.encode_tile_px // f, cfg.encode_overlap_px // f)
+        weights = [weight.to(self.device) for weight in tile_weights(tiles, h, w)]
         latents = []
         for first in range(0, num_frames, cfg.encode_batch_frames):
             # 1. a bounded chunk of frames, in the model's dtype on its device; (n, 3, H, W)
@@ -224,15 +163,10 @@ class VideoVae:
             # 2. posterior mean and std per tile, blended in latent space; (n, C, h, w) fp32
             mean = torch.zeros(n, self.latent_channels, h, w, device=self.device)
             std = torch.zeros_like(mean)
-            for (ys, xs), _, weight in plan:
-                pixel_ys = slice(ys.start * f, ys.stop * f)
-                pixel_xs = slice(xs.start * f, xs.stop * f)
-                dist = self.model.encode(x[:, :, pixel_ys, pixel_xs]).latent_dist
-                weight = weight.to(self.device)
-                mean[:, :, ys, xs] += dist.mean.float() * weight
-                std[:, :, ys, xs] += dist.std.float() * weight
-            mean /= weight_sum
-            std /= weight_sum
+            for (y0, y1, x0, x1), (py0, py1, px0, px1), weight in zip(tiles, scale_tiles(tiles, f), weights):
+                dist = self.model.encode(x[:, :, py0:py1, px0:px1]).latent_dist
+                mean[:, :, y0:y1, x0:x1] += dist.mean.float() * weight
+                std[:, :, y0:y1, x0:x1] += dist.std.float() * weight
             # 3. one sample for the whole frame (blending sampled tiles would shrink the noise in the
             #    overlaps), then the scaling factor
             z = mean
@@ -262,8 +196,9 @@ class VideoVae:
         num_frames, _, h, w = latents.shape
         cfg, f = self.config, self.downsample
         out_device = latents.device if out_device is None else torch.device(out_device)
-        plan = tile_weights(h, w, cfg.decode_tile_latent, cfg.decode_overlap_latent, scale=f)
-        weight_sum = _weight_sum(plan, h * f, w * f).to(self.device)
+        tiles = _latent_tiles(h, w, cfg.decode_tile_latent, cfg.decode_overlap_latent)
+        pixel_tiles = scale_tiles(tiles, f)  # blended at pixel resolution: ramps 8x finer
+        weights = [weight.to(self.device) for weight in tile_weights(pixel_tiles, h * f, w * f)]
         groups = []
         with nullcontext() if grad else torch.no_grad():
             for first in range(0, num_frames, cfg.decode_group_frames):
@@ -274,11 +209,17 @@ class VideoVae:
                 # 2. decode every tile with the whole group (the decoder mixes the group's frames),
                 #    blend in pixel space; (n, 3, 8h, 8w) fp32
                 frames = torch.zeros(n, 3, h * f, w * f, device=self.device)
-                for (ys, xs), (pixel_ys, pixel_xs), weight in plan:
-                    tile = self.model.decode(z[:, :, ys, xs], num_frames=n).sample
-                    frames[:, :, pixel_ys, pixel_xs] += tile.float() * weight.to(self.device)
-                groups.append((frames / weight_sum).to(out_device))
+                for (y0, y1, x0, x1), (py0, py1, px0, px1), weight in zip(tiles, pixel_tiles, weights):
+                    tile = self.model.decode(z[:, :, y0:y1, x0:x1], num_frames=n).sample
+                    frames[:, :, py0:py1, px0:px1] += tile.float() * weight
+                groups.append(frames.to(out_device))
         return torch.cat(groups)
+
+
+def _latent_tiles(h: int, w: int, tile: int | None, overlap: int) -> list[Tile]:
+    """Square latent tiles of `tile` (None: the whole frame), spread evenly (`plan_tiles`)."""
+    size_h, size_w = (h, w) if tile is None else (min(tile, h), min(tile, w))
+    return plan_tiles(h, w, size_h, size_w, min(overlap, size_h - 1, size_w - 1))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from star_model import vae
+from star_model.tiles import scale_tiles, tile_weights
 from star_model.vae import TINY, VideoVae
 
 
@@ -117,57 +118,34 @@ def test_decode_out_device_and_grad(model):
     assert v.decode(z.detach(), out_device="cpu").device.type == "cpu"
 
 
-def test_tile_spans_cover_with_bounded_tiles():
-    assert vae.tile_spans(10, None, 2) == [(0, 10)]
-    assert vae.tile_spans(10, 16, 2) == [(0, 10)]
-    for length in range(9, 200, 7):
-        for tile, overlap in [(8, 2), (16, 4), (96, 16)]:
-            spans = vae.tile_spans(length, tile, overlap)
-            if length <= tile:
-                assert spans == [(0, length)]
-                continue
-            assert spans[0][0] == 0 and spans[-1][1] == length
-            assert all(e - s == tile for s, e in spans)
-            assert all(b[0] <= a[1] - overlap and b[0] > a[0] for a, b in zip(spans, spans[1:]))
-
-
 def test_tile_plan_bounds_memory_at_any_resolution():
     cfg = vae.TILED
     counts = []
     for height, width in [(720, 1280), (1080, 1920), (2160, 3840), (4320, 7680)]:
         h, w = height // 8, width // 8
-        encode_plan = vae.tile_plan(h, w, cfg.encode_tile_px // 8, cfg.encode_overlap_px // 8)
-        decode_plan = vae.tile_plan(h, w, cfg.decode_tile_latent, cfg.decode_overlap_latent)
+        encode_plan = vae._latent_tiles(h, w, cfg.encode_tile_px // 8, cfg.encode_overlap_px // 8)
+        decode_plan = vae._latent_tiles(h, w, cfg.decode_tile_latent, cfg.decode_overlap_latent)
         for plan in (encode_plan, decode_plan):
             covered = torch.zeros(h, w, dtype=torch.bool)
-            for ys, xs in plan:
+            for y0, y1, x0, x1 in plan:
                 # every tile is at most 96x96 latent = 768x768 pixels, whatever the frame size
-                assert ys.stop - ys.start <= 96 and xs.stop - xs.start <= 96
-                covered[ys, xs] = True
+                assert y1 - y0 <= 96 and x1 - x0 <= 96
+                covered[y0:y1, x0:x1] = True
             assert covered.all()
         counts.append(len(decode_plan))
     assert counts == sorted(counts) and counts[-1] > 10 * counts[0]
 
 
-def test_tile_weights_partition_of_unity():
-    # where at most two tiles overlap along each axis the ramps sum to exactly 1; where three do
-    # (overlap near half a tile) the blend's division by the weight sum still normalises them
-    for tile, overlap, scale in [(8, 3, 1), (8, 2, 8), (6, 1, 8), (5, 0, 1), (4, 2, 1)]:
-        plan = vae.tile_weights(13, 19, tile, overlap, scale)
+def test_pixel_tile_weights_sum_to_one():
+    for tile, overlap, scale in [(8, 3, 1), (8, 2, 8), (6, 1, 8), (5, 0, 1), (4, 2, 1), (None, 2, 8)]:
+        tiles = scale_tiles(vae._latent_tiles(13, 19, tile, overlap), scale)
         total = torch.zeros(13 * scale, 19 * scale)
-        rows = torch.zeros(13 * scale, 1)
-        cols = torch.zeros(1, 19 * scale)
-        for _, (ys, xs), weight in plan:
-            assert weight.shape == (ys.stop - ys.start, xs.stop - xs.start) and (weight > 0).all()
-            total[ys, xs] += weight
-            rows[ys] += 1 / len(vae.tile_spans(19, tile, overlap))
-            cols[:, xs] += 1 / len(vae.tile_spans(13, tile, overlap))
-        pairs = (rows.round() <= 2) & (cols.round() <= 2)
-        assert pairs.any()
-        torch.testing.assert_close(total[pairs], torch.ones_like(total[pairs]))
-        assert (total > 0).all()
-    ((_, _, weight),) = vae.tile_weights(13, 19, None, 2, 8)  # one tile: weight exactly 1
-    assert torch.equal(weight, torch.ones(13 * 8, 19 * 8))
+        for (y0, y1, x0, x1), weight in zip(tiles, tile_weights(tiles, 13 * scale, 19 * scale)):
+            assert weight.shape == (y1 - y0, x1 - x0) and (weight > 0).all()
+            total[y0:y1, x0:x1] += weight
+        torch.testing.assert_close(total, torch.ones_like(total))
+    ((weight),) = tile_weights([(0, 104, 0, 152)], 104, 152)  # one tile: weight exactly 1
+    assert torch.equal(weight, torch.ones(104, 152))
 
 
 def test_one_tile_covering_the_frame_is_exactly_untiled(model):

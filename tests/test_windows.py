@@ -171,8 +171,11 @@ def test_minimal_pad_is_smaller_than_official_canvas() -> None:
 
 def test_tiles_cover_and_blend() -> None:
     tiles = plan_tiles(122, 216, 34, 64, 8, num_downsamples=3)
-    weights = tile_weights(tiles, 122, 216)
-    torch.testing.assert_close(weights.sum(0), torch.ones(122, 216))
+    total = torch.zeros(122, 216)
+    for (y0, y1, x0, x1), weight in zip(tiles, tile_weights(tiles, 122, 216)):
+        assert weight.shape == (y1 - y0, x1 - x0) and (weight > 0).all()
+        total[y0:y1, x0:x1] += weight
+    torch.testing.assert_close(total, torch.ones(122, 216))
     assert all(y1 - y0 == 34 and x1 - x0 == 64 for y0, y1, x0, x1 in tiles)
     latent = torch.randn(1, 4, 2, 122, 216)
     parts = [latent[..., y0:y1, x0:x1] for y0, y1, x0, x1 in tiles]
