@@ -12,7 +12,10 @@ def _mean_std(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
     """Per-frame per-channel mean and sqrt(unbiased var + eps) of (T, C, H, W), each (T, C, 1, 1)."""
     flat = x.reshape(x.shape[0], x.shape[1], -1)  # (T, C, H·W)
     mean = flat.mean(-1)[..., None, None]
-    std = (flat.var(-1) + eps).sqrt()[..., None, None]  # unbiased, as the official
+    # Unbiased, as the official. A one-pixel frame has no unbiased variance (the official gets NaN
+    # and writes garbage); there we take the population variance, 0.
+    var = flat.var(-1) if flat.shape[-1] > 1 else flat.var(-1, correction=0)
+    std = (var + eps).sqrt()[..., None, None]
     return mean, std
 
 

@@ -1,0 +1,468 @@
+"""Tests of reading windows, staging segments and assembling the final file (pipelines.frames,
+pipelines.assemble), ending in whole restore round trips with a plain upscale standing in for STAR."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import fsspec
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.assemble import assemble, choose_container, preview_still
+from pipelines.frames import atomic_output, iter_segment, read_frames, write_segment
+from pipelines.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
+from pipelines.scenes import Window, detect_scenes, plan_windows
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+def media(name: str) -> Path:
+    path = MEDIA / name
+    if not path.exists():
+        pytest.skip(f"test clip not found at {path}")
+    return path
+
+
+def make_clip(path: Path, frames_fhwc_u8: np.ndarray, *, pts: list[int] | None = None,
+              time_base: Fraction = Fraction(1, 24), fmt: str | None = None, pix_fmt: str = "yuv420p",
+              rotation: int | None = None, audio_seconds: float = 0.0,
+              subtitles: tuple[tuple[int, int, bytes], ...] = (), options: dict[str, str] | None = None,
+              colorspace: int | None = None, codec: str = "libx264") -> Path:
+    """Encode frames (H.264 unless told) at the given pts; optionally an AAC track and SubRip cues (ms)."""
+    _, height, width, _ = frames_fhwc_u8.shape
+    with av.open(str(path), "w", format=fmt) as out:
+        video = out.add_stream(codec, rate=24)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        video.codec_context.time_base = video.time_base = time_base
+        video.options = options or {}
+        if rotation is not None:
+            video.set_display_rotation(rotation)
+        if colorspace is not None:
+            video.codec_context.colorspace = video.codec_context.color_primaries = colorspace
+            video.codec_context.color_trc = colorspace
+            video.codec_context.color_range = 1
+        audio = out.add_stream("aac", rate=48000) if audio_seconds else None
+        if audio is not None:
+            audio.layout = "stereo"
+        subs = out.add_mux_stream("subrip") if subtitles else None
+        for i, rgb in enumerate(frames_fhwc_u8):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if colorspace is not None:
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=colorspace, dst_color_range=1)
+            frame.pts, frame.time_base = (pts[i] if pts else i), time_base
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if audio is not None:
+            t = np.arange(int(audio_seconds * 48000) // 1024 * 1024) / 48000
+            wave = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)]).astype(np.float32) * 0.3
+            for k in range(0, wave.shape[1], 1024):
+                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, k:k + 1024]), format="fltp",
+                                                   layout="stereo")
+                chunk.sample_rate, chunk.pts = 48000, k
+                out.mux(audio.encode(chunk))
+            out.mux(audio.encode(None))
+        for start_ms, duration_ms, text in subtitles:
+            packet = av.Packet(text)
+            packet.stream, packet.time_base = subs, Fraction(1, 1000)
+            packet.pts, packet.dts, packet.duration = start_ms, start_ms, duration_ms
+            out.mux(packet)
+    return path
+
+
+def grey_frames(values: list[int], size: tuple[int, int] = (32, 24)) -> np.ndarray:
+    width, height = size
+    return np.stack([np.full((height, width, 3), v, np.uint8) for v in values])
+
+
+def noisy_frames(count: int, size: tuple[int, int] = (64, 48), seed: int = 0) -> np.ndarray:
+    width, height = size
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 200, (height, width, 3))
+    return np.stack([(base + 2 * i) % 256 for i in range(count)]).astype(np.uint8)
+
+
+def decode_all(path: Path | str) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def stream_packets(path: Path | str, kind: str) -> list[tuple[bytes, Fraction, Fraction]]:
+    with av.open(str(path)) as container:
+        stream = getattr(container.streams, kind)[0]
+        return [(bytes(p), p.pts * p.time_base, p.duration * p.time_base)
+                for p in container.demux(stream) if p.size]
+
+
+def upscale2x(frames_fhwc_u8: np.ndarray, window: Window) -> np.ndarray:
+    return frames_fhwc_u8.repeat(2, axis=1).repeat(2, axis=2)
+
+
+def restore_video(src: Path | str, output: Path | str, stage: Path | str, *, window: int, overlap: int,
+                  restore: Callable[[np.ndarray, Window], np.ndarray] = upscale2x, detector: str = "content",
+                  **assemble_options) -> tuple[VideoInfo, np.ndarray, list[Window]]:
+    """The restore job's media path end to end, with `restore` standing in for STAR."""
+    info, timestamps = probe_timestamps(src)
+    plan = plan_windows(detect_scenes(src, detector, timestamps=timestamps), window, overlap)
+    segments = []
+    for w in plan:
+        frames = read_frames(src, w.start, w.end, start_pts=int(timestamps[w.start]))
+        url = f"{stage}/{w.index:05d}.mkv"
+        write_segment(restore(frames, w), url, info.fps)
+        segments.append((w, url))
+    assemble(src, segments, output, info=info, timestamps=timestamps, **assemble_options)
+    return info, timestamps, plan
+
+
+def assert_same_timing(output: Path, info: VideoInfo, timestamps: np.ndarray) -> VideoInfo:
+    out_info, out_timestamps = probe_timestamps(output)
+    tick = max(info.time_base, out_info.time_base)
+    assert out_info.frame_count == info.frame_count
+    assert np.all(np.abs(out_timestamps * out_info.time_base - timestamps * info.time_base) <= tick)
+    assert abs(out_info.duration - info.duration) <= tick
+    return out_info
+
+
+# -- read_frames ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, windows", [
+    ("lq/dove_002.mp4", [(0, 5), (10, 17), (25, 32), (31, 32)]),
+    ("scenes/goldeneye-vfr-drop3.mp4", [(0, 3), (55, 70), (100, 101), (150, 160)]),
+])
+def test_read_frames_is_the_sequential_decode(name, windows):
+    clip = media(name)
+    reference = decode_all(clip)
+    _, timestamps = probe_timestamps(clip)
+    for start, end in windows:
+        frames = read_frames(clip, start, end, start_pts=int(timestamps[start]))
+        assert frames.dtype == np.uint8 and frames.shape == (end - start, *reference[0].shape)
+        assert np.array_equal(frames, np.stack(reference[start:end]))
+    assert np.array_equal(read_frames(clip, *windows[1]), frames_at(reference, windows[1]))  # finds its pts
+
+
+def frames_at(reference: list[np.ndarray], window: tuple[int, int]) -> np.ndarray:
+    return np.stack(reference[window[0]:window[1]])
+
+
+def test_read_frames_past_the_end(tmp_path):
+    clip = media("lq/dove_002.mp4")
+    with pytest.raises(BadVideo, match=r"window \[30, 40\) runs past the last frame \(32 frames\)"):
+        read_frames(clip, 30, 40)
+    with pytest.raises(ValueError, match="empty or negative"):
+        read_frames(clip, 5, 5)
+
+
+@pytest.mark.parametrize("rotation, corner", [(90, (-1, 0)), (-90, (0, -1)), (180, (-1, -1))])
+def test_read_frames_turns_frames_upright(tmp_path, rotation, corner):
+    frames = grey_frames([40] * 4, size=(32, 24))
+    frames[:, :4, :4] = 255  # a marker in the coded frame's top-left corner
+    clip = make_clip(tmp_path / "phone.mp4", frames, rotation=rotation)
+    upright = read_frames(clip, 1, 3)
+    assert upright.shape == ((2, 32, 24, 3) if rotation != 180 else (2, 24, 32, 3))
+    row, col = corner  # where a counter-clockwise turn of `rotation` degrees moves that corner
+    assert upright[0, row, col].min() > 200 and upright[0, 0 if row else -1, 0 if col else -1].max() < 100
+
+
+def corrupt_clip(tmp_path: Path, codec: str, damaged: int = 13) -> Path:
+    """A 24-frame clip with noise written into the middle of frame `damaged`'s packet.
+
+    FFmpeg's H.264 decoder drops such a frame (an error, no picture); its MPEG-4 Part 2 decoder
+    (DivX/Xvid archives) conceals the damage and flags the picture as corrupt. Both are covered.
+    """
+    clip = make_clip(tmp_path / "damaged.mp4", noisy_frames(24), codec=codec)
+    with av.open(str(clip)) as container:
+        packets = sorted((p.pts, p.pos, p.size) for p in container.demux(video=0) if p.size)
+    _, pos, size = packets[damaged]
+    data = bytearray(clip.read_bytes())
+    noise = np.random.default_rng(1).integers(0, 256, size // 2, dtype=np.uint8).tobytes()
+    data[pos + size // 4: pos + size // 4 + len(noise)] = noise
+    clip.write_bytes(bytes(data))
+    return clip
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_corrupt_frame_repeats_the_previous_one(tmp_path, caplog, codec):
+    clip = corrupt_clip(tmp_path, codec)
+    with caplog.at_level(logging.WARNING, logger="pipelines.frames"):
+        frames = read_frames(clip, 8, 16)
+    assert frames.shape[0] == 8
+    assert np.array_equal(frames[5], frames[4])  # frame 13 is frame 12 again
+    assert "damaged frame(s) 13 of window [8, 16)" in caplog.text
+    assert probe(clip).frame_count == 24  # timing and count are untouched
+    first = read_frames(clip, 13, 15)  # the window's own first frame: taken from before the window
+    assert np.array_equal(first[0], frames[4])
+
+
+def test_damaged_keyframe_at_the_window_start(tmp_path):
+    """MPEG-4 Part 2 puts a keyframe every 12 frames; the window starting on a damaged one
+    repeats frame 11, decoded from the keyframe before."""
+    clip = corrupt_clip(tmp_path, "mpeg4", damaged=12)
+    reference = decode_all(clip)
+    frames = read_frames(clip, 12, 14)
+    assert np.array_equal(frames[0], reference[11])
+
+
+def decoder_verdict(clip: Path, index: int) -> str:
+    """What a plain sequential decode makes of frame `index`: "dropped", "flagged" or "clean"."""
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        pictures = {}
+        for packet in container.demux(stream):
+            try:
+                pictures.update({f.pts: f.is_corrupt for f in stream.decode(packet)})
+            except av.error.FFmpegError:
+                pass
+        _, timestamps = probe_timestamps(clip)
+        pts = int(timestamps[index])
+        return "dropped" if pts not in pictures else "flagged" if pictures[pts] else "clean"
+
+
+@pytest.mark.parametrize("codec, damaged, verdict", [("libx264", 13, "dropped"), ("mpeg4", 17, "flagged")])
+def test_corrupt_frame_policies(tmp_path, codec, damaged, verdict):
+    clip = corrupt_clip(tmp_path, codec, damaged=damaged)
+    assert decoder_verdict(clip, damaged) == verdict  # both kinds of damage are covered
+    with pytest.raises(BadVideo, match=rf"corrupt or undecodable frames {damaged} in window \[12, 20\)"):
+        read_frames(clip, 12, 20, on_corrupt="raise")
+    frames = read_frames(clip, 12, 20, on_corrupt="conceal")
+    k = damaged - 12
+    # "conceal" keeps a flagged picture; a frame the decoder never produced is still repeated.
+    assert np.array_equal(frames[k], frames[k - 1]) is (verdict == "dropped")
+
+
+def test_many_corrupt_frames_in_a_row_fail_the_window(tmp_path):
+    clip = make_clip(tmp_path / "clip.mp4", noisy_frames(24), codec="mpeg4")
+    with av.open(str(clip)) as container:
+        packets = sorted((p.pts, p.pos, p.size) for p in container.demux(video=0) if p.size)
+    data = bytearray(clip.read_bytes())
+    rng = np.random.default_rng(2)
+    for _, pos, size in packets[5:15]:
+        data[pos + size // 4: pos + size // 2] = rng.integers(0, 256, size // 2 - size // 4, dtype=np.uint8).tobytes()
+    clip.write_bytes(bytes(data))
+    with pytest.raises(BadVideo, match=r"10 consecutive corrupt frames in window \[0, 24\) \(frames 5-14\)"):
+        read_frames(clip, 0, 24)
+
+
+# -- staging segments and atomic outputs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(17, 9), (64, 48)])
+def test_segment_round_trip_is_exact(tmp_path, size):
+    frames = noisy_frames(5, size=size)
+    write_segment(frames, tmp_path / "seg" / "00001.mkv", Fraction(30000, 1001))
+    assert np.array_equal(np.stack(list(iter_segment(tmp_path / "seg" / "00001.mkv"))), frames)
+    assert os.listdir(tmp_path / "seg") == ["00001.mkv"]  # no temporary left behind
+
+
+def test_segment_on_a_bucket_like_filesystem():
+    frames = noisy_frames(3, size=(20, 10))
+    write_segment(frames, "memory://staging/video/00000.mkv", 24)
+    assert np.array_equal(np.stack(list(iter_segment("memory://staging/video/00000.mkv"))), frames)
+
+
+@pytest.mark.parametrize("folder", ["local", "memory://atomic-test"])
+def test_atomic_output_leaves_nothing_on_error(tmp_path, folder):
+    base = str(tmp_path) if folder == "local" else folder
+    fs, root = fsspec.core.url_to_fs(base)
+    with pytest.raises(RuntimeError, match="encoder died"):
+        with atomic_output(f"{base}/out.mp4") as tmp:
+            Path(tmp).write_bytes(b"half a video")
+            raise RuntimeError("encoder died")
+    assert not fs.exists(f"{root}/out.mp4")
+    assert [p for p in fs.find(root) if "out.mp4" in p] == []
+    with atomic_output(f"{base}/out.mp4") as tmp:
+        Path(tmp).write_bytes(b"a whole video")
+    assert fs.cat(f"{root}/out.mp4") == b"a whole video"
+
+
+def test_write_segment_rejects_wrong_arrays(tmp_path):
+    with pytest.raises(ValueError, match=r"\(F, H, W, 3\) uint8"):
+        write_segment(np.zeros((2, 8, 8, 3), np.float32), tmp_path / "x.mkv", 24)
+
+
+# -- containers ------------------------------------------------------------------------------------
+
+
+def with_streams(audio: list[str], subtitles: list[str]) -> VideoInfo:
+    info = probe(media("lq/dove_002.mp4"))
+    return VideoInfo(**{**info.__dict__,
+                        "audio": tuple(StreamInfo(i + 1, "audio", c, None) for i, c in enumerate(audio)),
+                        "subtitles": tuple(StreamInfo(9, "subtitle", c, None) for c in subtitles)})
+
+
+def test_choose_container():
+    assert choose_container(with_streams([], [])) == "mp4"
+    assert choose_container(with_streams(["aac", "ac3"], ["mov_text"])) == "mp4"
+    assert choose_container(with_streams(["aac"], ["subrip"])) == "mkv"
+    assert choose_container(with_streams(["pcm_s16le"], [])) == "mkv"
+    assert choose_container(with_streams(["vorbis"], ["hdmv_pgs_subtitle"])) == "mkv"
+    with pytest.raises(BadVideo, match=r"MP4 cannot carry \['pcm_s24le'\], Matroska cannot carry \['mov_text'\]"):
+        choose_container(with_streams(["pcm_s24le"], ["mov_text"]))
+
+
+# -- whole round trips -----------------------------------------------------------------------------
+
+
+def test_round_trip_real_clip_with_audio(tmp_path):
+    """A real low-quality clip (DOVE 007, 316x178 at 16 fps) given an AAC track, restored 2x."""
+    src = tmp_path / "dove_007_audio.mp4"
+    real = media("lq/dove_007.mp4")
+    with av.open(str(real)) as inp, av.open(str(tmp_path / "v.mp4"), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    # Remuxing keeps the real video packets; the audio track is synthetic (the clip has none).
+    with av.open(str(tmp_path / "v.mp4")) as inp, av.open(str(src), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        make_clip(tmp_path / "a.mp4", grey_frames([0]), audio_seconds=2.0)
+        with av.open(str(tmp_path / "a.mp4")) as audio_in:
+            audio = out.add_stream_from_template(audio_in.streams.audio[0])
+            for packet in inp.demux(inp.streams.video[0]):
+                if packet.dts is not None:
+                    packet.stream = stream
+                    out.mux(packet)
+            for packet in audio_in.demux(audio_in.streams.audio[0]):
+                if packet.dts is not None:
+                    packet.stream = audio
+                    out.mux(packet)
+    info, timestamps, plan = restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=8, overlap=2)
+    assert choose_container(info) == "mp4" and len(plan) > 1
+
+    out_info = assert_same_timing(tmp_path / "out.mp4", info, timestamps)
+    assert (out_info.width, out_info.height) == (2 * info.width, 2 * info.height)
+    assert stream_packets(tmp_path / "out.mp4", "audio") == stream_packets(src, "audio")
+    # The pixels: a 2x nearest upscale of the source, through one H.264 encode at crf 16.
+    source, output = decode_all(src), decode_all(tmp_path / "out.mp4")
+    for a, b in zip(source, output):
+        assert np.abs(a.repeat(2, 0).repeat(2, 1).astype(int) - b).mean() < 3.0
+
+
+def test_round_trip_real_vfr_clip(tmp_path):
+    """goldeneye-vfr-drop3: its own cuts, its uneven frame times and its duration survive.
+    The stand-in restore shrinks 4x, so the test stays fast on two cores."""
+    clip = media("scenes/goldeneye-vfr-drop3.mp4")
+    info, timestamps, plan = restore_video(clip, tmp_path / "out.mp4", tmp_path / "stage", window=32,
+                                           overlap=8, restore=lambda f, w: f[:, ::4, ::4])
+    assert {w.scene for w in plan} == {0, 1, 2}
+    out_info = assert_same_timing(tmp_path / "out.mp4", info, timestamps)
+    assert out_info.variable_frame_rate and (out_info.width, out_info.height) == (320, 136)
+    assert out_info.duration == info.duration == Fraction(239239, 24000)  # exact, not just within a tick
+
+
+def test_round_trip_blends_overlaps(tmp_path):
+    """Frame i holds grey 3i; each window adds its own offset, so every output frame shows which
+    windows made it and with what weights. Uneven frame times in Matroska, with audio and subtitles."""
+    count = 40
+    pts = np.cumsum([0] + [40 + 20 * (i % 3) for i in range(count - 1)]).tolist()  # 40/60/80 ms
+    cues = ((0, 500, b"Where are we?"), (900, 700, b"Somewhere new."))
+    src = make_clip(tmp_path / "film.mkv", grey_frames([3 * i + 20 for i in range(count)]), pts=pts,
+                    time_base=Fraction(1, 1000), audio_seconds=2.5, subtitles=cues, options={"crf": "0"})
+    info, timestamps = probe_timestamps(src)
+    assert choose_container(info) == "mkv" and info.variable_frame_rate
+
+    offsets = [0, 40, 80]  # window k adds offsets[k % 3]: neighbours always differ by 40
+    restore = lambda frames, w: np.clip(upscale2x(frames, w).astype(int) + offsets[w.index % 3], 0, 255).astype(np.uint8)  # noqa: E731
+    info, timestamps, plan = restore_video(src, tmp_path / "out.mkv", tmp_path / "stage", window=10, overlap=3,
+                                           restore=restore, crf=0)
+    assert sum(w.fade_in for w in plan) > 0
+
+    expected = np.zeros(count)
+    for w in plan:
+        expected[w.start:w.end] += w.weights() * (3 * np.arange(w.start, w.end) + 20 + offsets[w.index % 3])
+    shown = np.array([frame.astype(float).mean() for frame in decode_all(tmp_path / "out.mkv")])
+    assert np.abs(shown - expected).max() <= 2.0  # lossless H.264; RGB<->YUV rounding only
+    assert_same_timing(tmp_path / "out.mkv", info, timestamps)
+    assert stream_packets(tmp_path / "out.mkv", "subtitles") == stream_packets(src, "subtitles")
+    assert stream_packets(tmp_path / "out.mkv", "audio") == stream_packets(src, "audio")
+
+
+def test_round_trip_rotated_source(tmp_path):
+    frames = grey_frames([60] * 6, size=(32, 24))
+    frames[:, :4, :4] = 250
+    src = make_clip(tmp_path / "phone.mp4", frames, rotation=-90)  # shown turned clockwise
+    restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=4, overlap=1)
+    out = probe(tmp_path / "out.mp4")
+    assert out.rotation == 0 and (out.width, out.height) == (48, 64)  # upright, 2x, no rotation tag
+    assert decode_all(tmp_path / "out.mp4")[0][:8, -8:].min() > 200  # the marker, top-right
+
+
+def test_round_trip_odd_tiny_frames_are_padded(tmp_path):
+    values = [20 * i for i in range(6)]
+    frames = grey_frames(values, size=(17, 9))
+    frames[:, :, -1] = 200  # a bright last column: padding repeats it
+    src = make_clip(tmp_path / "tiny.mp4", frames, pix_fmt="yuv444p", options={"crf": "0"})
+    info, timestamps, _ = restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=4, overlap=1,
+                                        restore=lambda f, w: f, crf=0)
+    out = assert_same_timing(tmp_path / "out.mp4", info, timestamps)
+    assert (out.width, out.height) == (18, 10)
+    first = decode_all(tmp_path / "out.mp4")[0].astype(int)
+    assert np.abs(first[:, -1] - first[:, -2]).max() <= 3  # the added column repeats the edge
+    assert np.abs(first[-1] - first[-2]).max() <= 3  # and so does the added row
+
+
+def test_round_trip_one_frame(tmp_path):
+    src = make_clip(tmp_path / "still.mp4", grey_frames([128]))
+    info, timestamps, plan = restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=8, overlap=2)
+    assert plan == [Window(0, 0, 0, 1, 0, 1, 0, 0)]
+    assert_same_timing(tmp_path / "out.mp4", info, timestamps)
+
+
+def test_colours_keep_the_source_matrix(tmp_path):
+    """A BT.709-tagged source: decoded and re-encoded with BT.709, tagged BT.709 again.
+    (Converting back with the default BT.601 matrix shifts these colours by about 10 levels.)"""
+    frames = np.zeros((3, 16, 32, 3), np.uint8)
+    frames[:, :, :8], frames[:, :, 8:16] = [200, 30, 30], [30, 200, 30]
+    frames[:, :, 16:24], frames[:, :, 24:] = [30, 30, 200], [200, 200, 40]
+    src = make_clip(tmp_path / "hd.mp4", frames, colorspace=1, options={"crf": "0"})
+    info, _, _ = restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=4, overlap=1,
+                               restore=lambda f, w: f, crf=0)
+    out = probe(tmp_path / "out.mp4")
+    assert (info.colorspace, out.colorspace, out.color_range, out.color_primaries) == (1, 1, 1, 1)
+    assert np.abs(read_frames(tmp_path / "out.mp4", 0, 3).astype(int) - read_frames(src, 0, 3)).mean() < 2.0
+
+
+def test_failed_assembly_leaves_no_file(tmp_path):
+    src = make_clip(tmp_path / "clip.mp4", noisy_frames(20, size=(32, 24)), audio_seconds=1.0)
+    info, timestamps = probe_timestamps(src)
+    plan = plan_windows([(0, 20)], 8, 2)
+    segments = []
+    for w in plan:
+        write_segment(upscale2x(read_frames(src, w.start, w.end), w), tmp_path / f"s{w.index}.mkv", info.fps)
+        segments.append((w, str(tmp_path / f"s{w.index}.mkv")))
+    data = (tmp_path / "s2.mkv").read_bytes()
+    (tmp_path / "s2.mkv").write_bytes(data[: len(data) // 3])  # a staging segment cut short
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(BadVideo):
+        assemble(src, segments, tmp_path / "out.mp4")
+    assert sorted(os.listdir(tmp_path)) == before  # no out.mp4, no hidden .part file
+
+    with pytest.raises(ValueError, match="missing or repeating a window"):
+        assemble(src, segments[:1] + segments[2:], tmp_path / "out.mp4")
+    with pytest.raises(ValueError, match="must end in one of"):
+        assemble(src, segments, tmp_path / "out.avi")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_mp4_output_refused_for_streams_it_cannot_hold(tmp_path):
+    src = make_clip(tmp_path / "film.mkv", grey_frames([50] * 4), subtitles=((0, 100, b"Hi"),))
+    with pytest.raises(ValueError, match=r"do not fit in MP4; name the output .*'\.mkv'"):
+        assemble(src, [], tmp_path / "out.mp4")
+
+
+def test_preview_still(tmp_path):
+    lq = np.zeros((9, 16, 3), np.uint8)
+    lq[:, 8:] = 255
+    restored = np.full((36, 64, 3), 77, np.uint8)
+    preview_still(lq, restored, tmp_path / "previews" / "video.png")
+    still = np.asarray(Image.open(tmp_path / "previews" / "video.png"))
+    assert still.shape == (36, 128, 3)
+    assert still[:, :20].max() == 0 and still[:, 44:64].min() == 255  # the plain resize, left
+    assert (still[:, 64:] == 77).all()  # the restored frame, right

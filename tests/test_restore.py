@@ -1,0 +1,157 @@
+"""StarRestorer on the TINY preset (random weights): shapes, frame counts, determinism, tiling, modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from star_model.presets import load_restorer, resolve_weights, get_preset
+from star_model.restore import RestoreConfig, StarRestorer
+
+FAST_TEST = dict(solver_mode="normal", steps=2)  # 2 evaluations instead of 14: same code path
+
+
+def _frames(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+
+
+BASE = RestoreConfig(scale=2, **FAST_TEST)
+
+
+@pytest.fixture(scope="module")
+def restorer():
+    return load_restorer("tiny", config=BASE, device="cpu")
+
+
+def _with(restorer, **changes):
+    """The shared restorer with BASE plus `changes` (models are loaded once per module)."""
+    restorer.config = BASE.replace(**changes)
+    return restorer
+
+
+@pytest.mark.parametrize("frames, height, width, scale", [
+    (3, 180, 318, 2),  # odd width, height not a multiple of 8
+    (2, 544, 1280, 1),  # wide; tiled (see the tile setting below)
+    (1, 1, 1, 4),  # one frame of one pixel
+    (5, 7, 9, 3),  # any integer scale
+])
+def test_shapes_and_dtype_for_odd_sizes(restorer, frames, height, width, scale):
+    tile = (34, 64) if width >= 1280 else None
+    out = _with(restorer, scale=scale, tile=tile)(_frames(frames, height, width), "a cat")
+    assert out.shape == (frames, height * scale, width * scale, 3)
+    assert out.dtype == np.uint8
+    assert len(np.unique(out)) > 1 or height * width == 1  # not a constant (e.g. NaN-cast) image
+
+
+@pytest.mark.parametrize("count", [1, 33, 40])
+@pytest.mark.parametrize("merge", ["weighted", "hard_cut"])
+def test_every_frame_count_restores(restorer, count, merge):
+    """33-40 frames crash the official sampler (one chunk, then an IndexError); ours restores them."""
+    out = _with(restorer, temporal_merge=merge)(_frames(count, 16, 16), "")
+    assert out.shape == (count, 32, 32, 3)
+
+
+def test_official_chunking_handles_the_official_crash_range(restorer):
+    config = RestoreConfig.official(scale=2, padding="minimal", **FAST_TEST)
+    restorer.config = config
+    out = restorer(_frames(36, 16, 16), "")
+    assert out.shape == (36, 32, 32, 3)
+
+
+def test_seed_determines_the_output(restorer):
+    _with(restorer)
+    clip = _frames(4, 24, 32)
+    first, again = restorer(clip, "a dog", seed=7), restorer(clip, "a dog", seed=7)
+    other = restorer(clip, "a dog", seed=8)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_a_tile_covering_the_frame_equals_no_tiling(restorer):
+    clip = _frames(3, 24, 32)
+    untiled = _with(restorer)(clip, "", seed=1)
+    # 48x64 output -> latent 6x8 (already a valid size): one tile of exactly the frame
+    covering = _with(restorer, tile=(6, 8))(clip, "", seed=1)
+    assert np.array_equal(untiled, covering)
+
+
+class PointwiseDenoiser(torch.nn.Module):
+    """A network whose output at a latent pixel depends on that pixel only.
+
+    With random weights the tiny STAR network is far from local (each tile's GroupNorm statistics
+    change everything), so it cannot show whether tiles are cut, aligned and blended right; this
+    stand-in can: for it, tiled and untiled restoration must agree.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.gain = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x, t, y, *, hint):
+        return self.gain * x + 0.1 * hint * (t.view(-1, 1, 1, 1, 1) / 1000)
+
+
+def test_tiles_and_windows_are_cut_and_blended_in_place(restorer):
+    y, x = np.mgrid[0:40, 0:64]
+    smooth = np.stack([(y * 3) % 256, (x * 2) % 256, (x + y) % 256], -1).astype(np.uint8)
+    clip = np.stack([np.roll(smooth, k, axis=1) for k in range(12)])
+    local = StarRestorer(PointwiseDenoiser(restorer.denoiser.cfg), restorer.text, restorer.vae, BASE)
+    whole = local(clip, "", seed=1).astype(int)
+    local.config = BASE.replace(tile=(6, 8), tile_overlap=4, window=5, window_overlap=2)
+    pieces = local(clip, "", seed=1).astype(int)
+    assert np.abs(pieces - whole).max() <= 1  # float rounding at the uint8 step only
+
+
+def test_rounding_modes_differ_only_by_truncation(restorer):
+    clip = _frames(2, 16, 16)
+    rounded = _with(restorer, rounding="round")(clip, "", seed=3).astype(int)
+    truncated = _with(restorer, rounding="truncate")(clip, "", seed=3).astype(int)
+    diff = rounded - truncated
+    assert diff.min() >= 0 and diff.max() <= 1 and diff.any()
+
+
+def test_colour_fix_modes_run(restorer):
+    clip = _frames(2, 16, 16)
+    outs = {mode: _with(restorer, color_fix=mode)(clip, "", seed=3) for mode in ("adain", "wavelet", "none")}
+    assert not np.array_equal(outs["adain"], outs["none"])
+    # AdaIN matches each output frame's channel means to the LR input's
+    lr_means = clip.reshape(2, -1, 3).mean(1)
+    assert np.abs(outs["adain"].reshape(2, -1, 3).mean(1) - lr_means).max() < 3.0
+
+
+def test_bad_frames_are_refused(restorer):
+    with pytest.raises(ValueError, match="uint8"):
+        restorer(np.zeros((2, 8, 8, 3), dtype=np.float32), "")
+    with pytest.raises(ValueError, match="uint8"):
+        restorer(np.zeros((8, 8, 3), dtype=np.uint8), "")
+    with pytest.raises(ValueError, match="empty"):
+        restorer(np.zeros((0, 8, 8, 3), dtype=np.uint8), "")
+
+
+def test_bad_config_is_refused_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="scale"):
+        RestoreConfig(scale=0)
+    with pytest.raises(ValueError, match="hard_cut"):
+        RestoreConfig(official_chunking=True)
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="needs --weights"):
+        resolve_weights(get_preset("official"), None)
+    with pytest.raises(ValueError, match="light_deg"):
+        resolve_weights(get_preset("official"), tmp_path)
+    (tmp_path / "star").mkdir()
+    (tmp_path / "star" / "light_deg.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="laion"):
+        resolve_weights(get_preset("official"), tmp_path)
+
+
+def test_official_padding_builds_the_official_canvas(restorer):
+    restorer.config = RestoreConfig.official(scale=4)
+    padded, (top, left) = restorer._pad(torch.zeros(1, 3, 960, 1704))  # the toy example 240x426 x4
+    assert tuple(padded.shape[2:]) == (976, 1728) and (top, left) == (0, 0)
+    padded, (top, left) = restorer._pad(torch.zeros(1, 3, 480, 852))
+    assert tuple(padded.shape[2:]) == (720, 1280) and (top, left) == (120, 214)
+    assert padded[0, 0, 0, 0] == 1.0  # the official pads with white
