@@ -11,18 +11,16 @@ Weights folder layout (what `jobs/fetch_weights.py`-style downloads produce; not
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import CLIPTokenizer
 
 from star_model import config as denoiser_configs
 from star_model import text as text_configs
 from star_model import vae as vae_configs
 from star_model.restore import RestoreConfig, StarRestorer
-from star_model.text import TextEncoder, build_text_model, load_text_encoder, write_tiny_tokenizer
+from star_model.text import TextEncoder, build_text_model, load_text_encoder, tiny_tokenizer
 from star_model.unet import load_denoiser
 from star_model.vae import VideoVae, build_vae, load_vae
 
@@ -108,17 +106,27 @@ def load_restorer(preset_name: str, weights: str | Path | None = None, *, config
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     if paths is None:
-        log.warning("preset %r uses RANDOM weights: its output is NOT a restoration (smoke tests only)",
-                    preset.name)
-        denoiser = load_denoiser(preset.denoiser, None, device=device, dtype=dtype)
-        with tempfile.TemporaryDirectory() as folder:
-            tokenizer = CLIPTokenizer.from_pretrained(write_tiny_tokenizer(folder), local_files_only=True)
-        text = TextEncoder(build_text_model(preset.text), tokenizer, device=device)
-        vae = VideoVae(build_vae(preset.vae).to(device), preset.vae)
-    else:
-        denoiser = load_denoiser(preset.denoiser, paths.checkpoint, device=device, dtype=dtype)
-        text = load_text_encoder(paths.text, device=device)
-        # The SVD VAE overflows in fp16 (its config says force_upcast); bf16 is safe, else fp32.
-        vae_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
-        vae = load_vae(paths.vae, preset.vae, device=device, dtype=vae_dtype)
+        return random_restorer(preset, config=config, device=device, dtype=dtype)
+    denoiser = load_denoiser(preset.denoiser, paths.checkpoint, device=device, dtype=dtype)
+    text = load_text_encoder(paths.text, device=device)
+    vae = load_vae(paths.vae, preset.vae, device=device, dtype=_vae_dtype(dtype))
     return StarRestorer(denoiser, text, vae, config)
+
+
+def random_restorer(preset: StarPreset, *, config: RestoreConfig, device: torch.device, dtype: torch.dtype,
+                    vae_config: vae_configs.VaeConfig | None = None) -> StarRestorer:
+    """A restorer of the preset's shapes with random weights: the TINY smoke preset, and benchmarks of
+    the official shapes (random weights take the same time as real ones)."""
+    log.warning("preset %r with RANDOM weights: its output is NOT a restoration (smoke tests, benchmarks)",
+                preset.name)
+    denoiser = load_denoiser(preset.denoiser, None, device=device, dtype=dtype)
+    # The tiny vocabulary fits any text config; token ids do not change the cost of the text tower.
+    text = TextEncoder(build_text_model(preset.text), tiny_tokenizer(), device=device)
+    vae_config = vae_config or preset.vae
+    vae = VideoVae(build_vae(vae_config).to(device, _vae_dtype(dtype)), vae_config)
+    return StarRestorer(denoiser, text, vae, config)
+
+
+def _vae_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The SVD VAE overflows in fp16 (its config says force_upcast): bf16 where asked, else fp32."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32

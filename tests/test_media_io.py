@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -243,7 +244,8 @@ def test_many_corrupt_frames_in_a_row_fail_the_window(tmp_path):
     data = bytearray(clip.read_bytes())
     rng = np.random.default_rng(2)
     for _, pos, size in packets[5:15]:
-        data[pos + size // 4: pos + size // 2] = rng.integers(0, 256, size // 2 - size // 4, dtype=np.uint8).tobytes()
+        noise = rng.integers(0, 256, size // 2 - size // 4, dtype=np.uint8)
+        data[pos + size // 4: pos + size // 2] = noise.tobytes()
     clip.write_bytes(bytes(data))
     with pytest.raises(BadVideo, match=r"10 consecutive corrupt frames in window \[0, 24\) \(frames 5-14\)"):
         read_frames(clip, 0, 24)
@@ -312,26 +314,16 @@ def test_choose_container():
 def test_round_trip_real_clip_with_audio(tmp_path):
     """A real low-quality clip (DOVE 007, 316x178 at 16 fps) given an AAC track, restored 2x."""
     src = tmp_path / "dove_007_audio.mp4"
-    real = media("lq/dove_007.mp4")
-    with av.open(str(real)) as inp, av.open(str(tmp_path / "v.mp4"), "w") as out:
-        stream = out.add_stream_from_template(inp.streams.video[0])
-        for packet in inp.demux(inp.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                out.mux(packet)
-    # Remuxing keeps the real video packets; the audio track is synthetic (the clip has none).
-    with av.open(str(tmp_path / "v.mp4")) as inp, av.open(str(src), "w") as out:
-        stream = out.add_stream_from_template(inp.streams.video[0])
-        make_clip(tmp_path / "a.mp4", grey_frames([0]), audio_seconds=2.0)
-        with av.open(str(tmp_path / "a.mp4")) as audio_in:
-            audio = out.add_stream_from_template(audio_in.streams.audio[0])
-            for packet in inp.demux(inp.streams.video[0]):
+    tone = make_clip(tmp_path / "tone.mp4", grey_frames([0]), audio_seconds=2.0)
+    # Remuxing keeps the real video packets as they are; the AAC track is synthetic (the clip has none).
+    real_clip = str(media("lq/dove_007.mp4"))
+    with av.open(real_clip) as real, av.open(str(tone)) as sound, av.open(str(src), "w") as out:
+        sources = ((real, real.streams.video[0]), (sound, sound.streams.audio[0]))
+        copies = [out.add_stream_from_template(stream) for _, stream in sources]  # all before muxing
+        for (inp, stream), copy in zip(sources, copies):
+            for packet in inp.demux(stream):
                 if packet.dts is not None:
-                    packet.stream = stream
-                    out.mux(packet)
-            for packet in audio_in.demux(audio_in.streams.audio[0]):
-                if packet.dts is not None:
-                    packet.stream = audio
+                    packet.stream = copy
                     out.mux(packet)
     info, timestamps, plan = restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=8, overlap=2)
     assert choose_container(info) == "mp4" and len(plan) > 1
@@ -369,7 +361,10 @@ def test_round_trip_blends_overlaps(tmp_path):
     assert choose_container(info) == "mkv" and info.variable_frame_rate
 
     offsets = [0, 40, 80]  # window k adds offsets[k % 3]: neighbours always differ by 40
-    restore = lambda frames, w: np.clip(upscale2x(frames, w).astype(int) + offsets[w.index % 3], 0, 255).astype(np.uint8)  # noqa: E731
+
+    def restore(frames: np.ndarray, w: Window) -> np.ndarray:
+        return np.clip(upscale2x(frames, w).astype(int) + offsets[w.index % 3], 0, 255).astype(np.uint8)
+
     info, timestamps, plan = restore_video(src, tmp_path / "out.mkv", tmp_path / "stage", window=10, overlap=3,
                                            restore=restore, crf=0)
     assert sum(w.fade_in for w in plan) > 0
@@ -408,11 +403,37 @@ def test_round_trip_odd_tiny_frames_are_padded(tmp_path):
     assert np.abs(first[-1] - first[-2]).max() <= 3  # and so does the added row
 
 
-def test_round_trip_one_frame(tmp_path):
+def test_round_trip_one_frame_on_a_bucket_like_filesystem(tmp_path):
+    """Staging and output on a non-local fsspec filesystem: the path gs:// and s3:// take."""
     src = make_clip(tmp_path / "still.mp4", grey_frames([128]))
-    info, timestamps, plan = restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=8, overlap=2)
+    info, timestamps, plan = restore_video(src, "memory://bucket/restored/still.mp4", "memory://bucket/stage",
+                                           window=8, overlap=2)
     assert plan == [Window(0, 0, 0, 1, 0, 1, 0, 0)]
-    assert_same_timing(tmp_path / "out.mp4", info, timestamps)
+    assert_same_timing("memory://bucket/restored/still.mp4", info, timestamps)
+    assert fsspec.filesystem("memory").ls("/bucket/restored", detail=False) == ["/bucket/restored/still.mp4"]
+
+
+def test_round_trip_mov_text_subtitles(tmp_path):
+    src = tmp_path / "captioned.mp4"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 32, 24, "yuv420p"
+        subs = out.add_mux_stream("mov_text")
+        for i in range(12):
+            frame = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 10 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 24)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        for j, text in enumerate([b"one", b"two"]):
+            packet = av.Packet(struct.pack(">H", len(text)) + text)  # a 3GPP timed-text sample
+            packet.stream, packet.time_base = subs, Fraction(1, 1000)
+            packet.pts, packet.dts, packet.duration = 200 * j, 200 * j, 150
+            out.mux(packet)
+    info, timestamps, _ = restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=4, overlap=1)
+    assert choose_container(info) == "mp4"
+    cues = lambda path: [p for p in stream_packets(path, "subtitles") if p[0] != b"\x00\x00"]  # noqa: E731
+    # MP4 text tracks mark the gaps between cues with empty samples, which the muxer writes itself.
+    assert cues(tmp_path / "out.mp4") == cues(src) and len(cues(src)) == 2
 
 
 def test_colours_keep_the_source_matrix(tmp_path):
@@ -446,6 +467,8 @@ def test_failed_assembly_leaves_no_file(tmp_path):
 
     with pytest.raises(ValueError, match="missing or repeating a window"):
         assemble(src, segments[:1] + segments[2:], tmp_path / "out.mp4")
+    with pytest.raises(FileNotFoundError):
+        assemble(src, [(segments[0][0], str(tmp_path / "never-written.mkv"))] + segments[1:], tmp_path / "out.mp4")
     with pytest.raises(ValueError, match="must end in one of"):
         assemble(src, segments, tmp_path / "out.avi")
     assert sorted(os.listdir(tmp_path)) == before

@@ -118,7 +118,8 @@ def test_truncated_mp4(tmp_path):
 def test_truncated_mp4_with_index_first(tmp_path):
     """A faststart file (index before the data) opens fine when cut; the box sizes still tell."""
     src = media("lq/dove_002.mp4")
-    with av.open(str(src)) as inp, av.open(str(tmp_path / "fast.mp4"), "w", options={"movflags": "faststart"}) as out:
+    faststart = {"movflags": "faststart"}
+    with av.open(str(src)) as inp, av.open(str(tmp_path / "fast.mp4"), "w", options=faststart) as out:
         stream = out.add_stream_from_template(inp.streams.video[0])
         for packet in inp.demux(inp.streams.video[0]):
             if packet.dts is not None:
@@ -221,7 +222,8 @@ def test_audio_and_subtitle_streams_are_listed(tmp_path):
             out.mux(audio.encode(frame))
         out.mux(audio.encode(None))
         packet = av.Packet(b"Hello")
-        packet.stream, packet.time_base, packet.pts, packet.dts, packet.duration = subs, Fraction(1, 1000), 0, 0, 200
+        packet.stream, packet.time_base = subs, Fraction(1, 1000)
+        packet.pts, packet.dts, packet.duration = 0, 0, 200
         out.mux(packet)
     info = probe(path)
     assert [(s.kind, s.codec) for s in info.audio + info.subtitles] == [("audio", "aac"), ("subtitle", "subrip")]

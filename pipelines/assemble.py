@@ -1,0 +1,235 @@
+"""Join a video's restored window segments into the final file: blend the overlaps, encode with the
+source's own timestamps, copy its audio and subtitles unchanged, and publish the file atomically."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+from typing import Literal
+
+import av
+import numpy as np
+from PIL import Image
+
+from pipelines.frames import atomic_output, iter_segment
+from pipelines.probe import BadVideo, Source, VideoInfo, open_container, open_input, probe_timestamps
+from pipelines.scenes import Window, blend_weight
+
+# Codecs each output container carries, by FFmpeg's canonical codec name. Deliberately conservative:
+# MP4 plays everywhere, but only with these; Matroska takes nearly anything else an archive holds.
+MP4_AUDIO = frozenset({"aac", "mp3", "mp2", "ac3", "eac3", "alac", "opus", "flac"})
+MP4_SUBTITLES = frozenset({"mov_text"})
+MKV_AUDIO = MP4_AUDIO | frozenset({"vorbis", "dts", "truehd", "wavpack", "tta", "pcm_s16le", "pcm_s24le",
+                                   "pcm_s32le", "pcm_f32le", "pcm_u8", "pcm_s16be", "pcm_alaw", "pcm_mulaw"})
+MKV_SUBTITLES = frozenset({"subrip", "ass", "webvtt", "text", "dvd_subtitle", "hdmv_pgs_subtitle",
+                           "dvb_subtitle"})
+_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mp4", ".mkv": "matroska"}
+# PyAV's reformatter knows these colour matrices; SMPTE 170M is BT.601 under another name.
+_MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+
+
+def choose_container(info: VideoInfo) -> Literal["mp4", "mkv"]:
+    """"mp4" when every audio and subtitle stream of the source fits in MP4, else "mkv".
+
+    Raises `BadVideo` when neither does (MOV text subtitles next to, say, PCM audio: Matroska has
+    no mov_text and MP4 no PCM here); converting a stream would break "copied unchanged".
+    """
+    audio = {s.codec for s in info.audio}
+    subtitles = {s.codec for s in info.subtitles}
+    if audio <= MP4_AUDIO and subtitles <= MP4_SUBTITLES:
+        return "mp4"
+    if audio <= MKV_AUDIO and subtitles <= MKV_SUBTITLES:
+        return "mkv"
+    not_mp4 = sorted((audio - MP4_AUDIO) | (subtitles - MP4_SUBTITLES))
+    not_mkv = sorted((audio - MKV_AUDIO) | (subtitles - MKV_SUBTITLES))
+    raise BadVideo(f"no output container carries all source streams unchanged: MP4 cannot carry "
+                   f"{not_mp4}, Matroska cannot carry {not_mkv}")
+
+
+def assemble(
+    source: Source,
+    segments: Sequence[tuple[Window, str]],
+    output_url: str | os.PathLike,
+    *,
+    crf: int = 16,
+    preset: str = "medium",
+    info: VideoInfo | None = None,
+    timestamps: np.ndarray | None = None,
+) -> None:
+    """Write the restored video to `output_url` (".mp4" or ".mkv": see `choose_container`).
+
+    `segments` are (window, staging segment URL) for every window `plan_windows` made for this
+    video. Frame i of the output is shown at the source's pts of frame i in the source's time_base,
+    so variable frame rates and the duration carry over (Matroska rounds them to its millisecond
+    clock). The video is H.264 yuv420p; a restored size that is odd is padded by one row or column
+    repeating the edge (no restored pixel is dropped). Frames were turned upright when read, so no
+    rotation is written. Nothing appears at `output_url` unless the whole file was written.
+    """
+    fmt = _FORMATS.get(os.path.splitext(os.fspath(output_url))[1].lower())
+    if fmt is None:
+        raise ValueError(f"output {output_url!r} must end in one of {sorted(_FORMATS)}")
+    if info is None or timestamps is None:
+        info, timestamps = probe_timestamps(source)
+    if fmt == "mp4" and choose_container(info) == "mkv":
+        raise ValueError(f"the source's streams ({[s.codec for s in info.audio + info.subtitles]}) do not fit "
+                         f"in MP4; name the output by choose_container(info), here '.mkv'")
+    windows = sorted(segments, key=lambda pair: pair[0].index)
+    frames = _blended_frames(windows, len(timestamps))
+    # MP4 rounds its edit list to the movie clock (1 ms by default): use the video's own clock.
+    options = {}
+    if fmt == "mp4" and info.time_base.numerator == 1:
+        options["movie_timescale"] = str(info.time_base.denominator)
+
+    with atomic_output(output_url) as tmp, open_input(source) as f:
+        src = open_container(f)
+        try:
+            with av.open(tmp, "w", format=fmt, options=options) as out:
+                first = next(frames)
+                height, width = first.shape[0] + first.shape[0] % 2, first.shape[1] + first.shape[1] % 2
+                video = _add_video_stream(out, info, width, height, crf, preset)
+                copied = {s.index: out.add_stream_from_template(src.streams[s.index])
+                          for s in info.audio + info.subtitles}
+                encoded = _encode(video, itertools.chain([first], frames), timestamps, info, fmt)
+                # Interleave by time, so the muxer never has to buffer a whole audio track.
+                for packet in heapq.merge(encoded, _copied_packets(src, copied), key=_seconds):
+                    out.mux(packet)
+        finally:
+            src.close()
+
+
+def _encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], timestamps: np.ndarray,
+            info: VideoInfo, fmt: str) -> Iterator[av.Packet]:
+    """Encode frame i at the source's pts of frame i; packets carry the source frame durations."""
+    time_base = info.time_base  # kept apart: the muxer rewrites video.time_base at the header
+    ends = np.append(timestamps[1:], info.end_pts)
+    durations = {int(p): int(e - p) for p, e in zip(timestamps, ends)}
+
+    def packets() -> Iterator[av.Packet]:
+        count = 0
+        for pts, rgb in zip(timestamps.tolist(), frames):
+            frame = _yuv_frame(_pad_even(rgb, video.height, video.width), info)
+            frame.pts, frame.time_base, frame.duration = pts, time_base, durations[pts]
+            count += 1
+            yield from video.encode(frame)
+        if count != len(timestamps):
+            raise ValueError(f"the segments hold {count} frames, the source {len(timestamps)}")
+        yield from video.encode(None)
+
+    first_dts = held = None
+    for packet in packets():
+        packet.duration = durations.get(packet.pts, packet.duration)
+        first_dts = packet.dts if first_dts is None else first_dts
+        if held is not None:
+            yield held
+        held = packet  # the last packet is held back to set its duration
+    if held is not None and fmt == "mp4":
+        # MP4 stores sample durations as dts steps and takes only the last one from a packet.
+        # With B-frames the dts run ahead of the pts, so the last packet's duration is what makes
+        # the track end exactly where the source's last frame ends.
+        held.duration = (info.end_pts - int(timestamps[0])) - (held.dts - first_dts)
+    if held is not None:
+        yield held
+
+
+def _add_video_stream(out: av.container.OutputContainer, info: VideoInfo, width: int, height: int,
+                      crf: int, preset: str) -> av.video.stream.VideoStream:
+    video = out.add_stream("libx264", rate=info.fps)  # rate only guides x264's rate control
+    video.width, video.height = width, height
+    video.pix_fmt = "yuv420p"
+    # The encoder must count in the source's time_base too: by default PyAV gives it 1/rate,
+    # which rounds variable-rate pts onto a constant grid (and collides them).
+    video.codec_context.time_base = info.time_base
+    video.time_base = info.time_base
+    video.options = {"crf": str(crf), "preset": preset}
+    # Tag the colours the source had; _yuv_frame converts with the same matrix and range.
+    video.codec_context.colorspace = info.colorspace
+    video.codec_context.color_range = info.color_range
+    video.codec_context.color_primaries = info.color_primaries
+    video.codec_context.color_trc = info.color_trc
+    return video
+
+
+def _yuv_frame(rgb: np.ndarray, info: VideoInfo) -> av.VideoFrame:
+    """RGB -> yuv420p with the source's matrix and range: decoding used them to make the RGB."""
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    return frame.reformat(format="yuv420p", dst_colorspace=_MATRICES.get(info.colorspace),
+                          dst_color_range=info.color_range or None)
+
+
+def _pad_even(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    pad = ((0, height - rgb.shape[0]), (0, width - rgb.shape[1]), (0, 0))
+    if min(pad[0][1], pad[1][1]) < 0:
+        raise ValueError(f"restored frames change size mid-video: {rgb.shape[:2]} after {(height, width)}")
+    return np.pad(rgb, pad, mode="edge")
+
+
+def _blended_frames(windows: Sequence[tuple[Window, str]], frame_count: int) -> Iterator[np.ndarray]:
+    """Output frames 0..frame_count-1 in order, `(H, W, 3)` uint8.
+
+    Streams window by window: only the previous window's `fade_out` frames are held, never a
+    whole video (a 4x window of 1080p frames alone is gigabytes).
+    """
+    carry: list[np.ndarray] = []  # previous window's last frames, to cross-fade into this one
+    emitted = 0
+    for window, url in windows:
+        if window.keep_start != emitted or window.fade_in != len(carry):
+            raise ValueError(f"window {window.index} keeps frames from {window.keep_start} fading in "
+                             f"{window.fade_in}, but the windows before end at {emitted} with {len(carry)} "
+                             f"to fade: the segment list is missing or repeating a window")
+        fade_out_from = window.keep_end - window.fade_out
+        next_carry: list[np.ndarray] = []
+        count = 0
+        for j, rgb in enumerate(iter_segment(url)):
+            count += 1
+            index = window.start + j
+            if not window.keep_start <= index < window.keep_end:
+                continue  # context frames, restored only so the model sees the shot around them
+            k = index - window.keep_start
+            if k < window.fade_in:
+                a = blend_weight(k, window.fade_in)
+                mixed = carry[k].astype(np.float32) * (1.0 - a) + rgb.astype(np.float32) * a
+                yield np.rint(mixed).astype(np.uint8)
+            elif index >= fade_out_from:
+                next_carry.append(rgb)
+            else:
+                yield rgb
+        if count != window.frames:
+            raise BadVideo(f"segment {url} holds {count} frames, window {window.index} needs {window.frames}")
+        emitted = fade_out_from
+        carry = next_carry
+    if emitted != frame_count or carry:
+        raise ValueError(f"windows cover frames up to {emitted + len(carry)}, the source has {frame_count}")
+
+
+def _copied_packets(src: av.container.InputContainer,
+                    copied: dict[int, av.stream.Stream]) -> Iterator[av.Packet]:
+    """The source's audio and subtitle packets, re-addressed to their output streams, unchanged."""
+    if not copied:
+        return
+    for packet in src.demux(*[src.streams[i] for i in copied]):
+        if packet.dts is None and packet.pts is None:
+            continue  # the empty flush packet PyAV yields per stream at end of file
+        packet.stream = copied[packet.stream_index]  # keeps its time_base; mux rescales
+        yield packet
+
+
+def _seconds(packet: av.Packet) -> Fraction:
+    ts = packet.dts if packet.dts is not None else packet.pts
+    return ts * Fraction(packet.time_base)
+
+
+def preview_still(lq_frame: np.ndarray, restored_frame: np.ndarray, path: str | os.PathLike,
+                  resample: Literal["bilinear", "nearest"] = "bilinear") -> None:
+    """A PNG of the input frame resized plainly to the restored size (left) beside the restored
+    frame (right): what the model added over a plain resize, at a glance."""
+    height, width = restored_frame.shape[:2]
+    method = Image.Resampling.BILINEAR if resample == "bilinear" else Image.Resampling.NEAREST
+    plain = np.asarray(Image.fromarray(lq_frame).resize((width, height), method))
+    side_by_side = np.concatenate([plain, restored_frame], axis=1)  # (H, 2W, 3)
+    with atomic_output(path) as tmp:
+        Image.fromarray(side_by_side).save(tmp, format="PNG")

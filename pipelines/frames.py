@@ -1,0 +1,275 @@
+"""Decode one window of a source video into upright RGB frames, and write and read the lossless
+staging segments that the restore actors produce (the GPU stage's only media I/O)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import BinaryIO, Literal
+
+import av
+import fsspec
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+
+from pipelines.probe import (BadVideo, Source, display_rotation, open_container, open_input,
+                             probe_timestamps, video_stream)
+
+log = logging.getLogger(__name__)
+
+OnCorrupt = Literal["duplicate", "conceal", "raise"]
+"""What `read_frames` does with a frame the decoder flags as damaged or cannot produce at all:
+"duplicate" repeats the previous good frame (default), "conceal" keeps the decoder's
+error-concealed picture, "raise" fails the window with `BadVideo`."""
+
+
+def read_frames(
+    src: Source,
+    start: int,
+    end: int,
+    *,
+    start_pts: int | None = None,
+    on_corrupt: OnCorrupt = "duplicate",
+    max_consecutive_repairs: int = 8,
+) -> np.ndarray:
+    """Frames `start..end-1` of `src`, upright RGB, `(F, H, W, 3)` uint8.
+
+    Indices count frames in presentation order from 0, as `probe_timestamps` lists them. Pass
+    `start_pts` (that list's entry for `start`) to skip the full demux pass that otherwise finds it;
+    the decode itself seeks to the keyframe before `start_pts` and stops after the window.
+
+    Damaged frames: old archives often hold a few broken packets. Failing a two-hour film for one of
+    them is worse than repeating a frame, and an error-concealed picture would smear through
+    STAR's temporal attention, so by default a damaged frame repeats the previous good one (frame
+    count and timing stay exact) with a logged warning. More than `max_consecutive_repairs` damaged
+    frames in a row is a broken file, not a glitch: `BadVideo`.
+    """
+    if not 0 <= start < end:
+        raise ValueError(f"window [{start}, {end}) is empty or negative; need 0 <= start < end")
+    if start_pts is None:
+        _, timestamps = probe_timestamps(src)
+        if end > len(timestamps):
+            raise BadVideo(f"window [{start}, {end}) runs past the last frame ({len(timestamps)} frames)")
+        start_pts = int(timestamps[start])
+    count = end - start
+    with open_input(src) as f:
+        window = _decode_window(f, start_pts, count, seek_to=start_pts if start > 0 else None)
+        if window is None:  # the seek landed after the window's first frame: decode from the top
+            window = _decode_window(f, start_pts, count, seek_to=None)
+        if window is None:
+            raise BadVideo(f"no frame has pts {start_pts} (frame {start}); the timestamp list is stale")
+        if start > 0 and window.before is None and not _usable(window, window.expected[0], on_corrupt):
+            # The window starts on a damaged keyframe: decode from the keyframe before it too, so
+            # there is a previous frame to repeat (rare, so the second decode costs nothing overall).
+            window = _decode_window(f, start_pts, count, seek_to=start_pts - 1) or window
+    return _fill_window(window, start, end, on_corrupt, max_consecutive_repairs)
+
+
+@dataclass
+class _Picture:
+    rgb: np.ndarray  # (H, W, 3) uint8, upright
+    corrupt: bool  # the decoder flagged it (AV_FRAME_FLAG_CORRUPT) and concealed the damage
+
+
+@dataclass
+class _Window:
+    expected: list[int]  # pts of the window's frames, from the demuxed packets
+    pictures: dict[int, _Picture]  # what the decoder produced, by pts
+    before: av.VideoFrame | None  # last good frame before the window, to repair its first frame
+    rotation: int
+
+
+def _decode_window(f: BinaryIO, start_pts: int, count: int, *, seek_to: int | None) -> _Window | None:
+    f.seek(0)
+    container = open_container(f)
+    try:
+        stream = video_stream(container)
+        stream.thread_type = "AUTO"  # frame + slice threads; output stays in presentation order
+        if seek_to is not None:
+            # backward=True lands on the keyframe at or before seek_to (the frames between it and
+            # the window are decoded and dropped: they are the references the window needs).
+            container.seek(seek_to, stream=stream, backward=True, any_frame=False)
+        seen: set[int] = set()
+        pictures: dict[int, _Picture] = {}
+        before: av.VideoFrame | None = None
+        newest = None
+        rotation = 0
+        for packet in container.demux(stream):
+            if packet.size and not packet.is_discard:
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if ts is not None and ts >= start_pts:
+                    seen.add(ts)
+            try:
+                frames = stream.decode(packet)
+            except av.error.EOFError:
+                frames = []
+            except av.error.FFmpegError as e:
+                # The frame this packet held will be missing from `pictures`; the gap is repaired
+                # (or reported) in `_fill_window`, which knows the policy.
+                log.debug("packet at pts %s failed to decode: %s", packet.pts, e)
+                frames = []
+            for frame in frames:
+                pts = frame.pts if frame.pts is not None else frame.dts
+                if pts is None:
+                    continue
+                rotation = display_rotation(stream, frame)
+                if pts < start_pts:
+                    if not frame.is_corrupt:
+                        before = frame
+                    continue
+                pictures[pts] = _Picture(_upright(frame, rotation), bool(frame.is_corrupt))
+                newest = pts if newest is None else max(newest, pts)
+            # The decoder emits frames in presentation order, so once it has emitted the window's
+            # last frame every earlier frame of the window has been emitted or is lost for good.
+            if newest is not None and len(seen) >= count and newest >= sorted(seen)[count - 1]:
+                break
+        if start_pts not in seen:
+            return None
+        return _Window(sorted(seen)[:count], pictures, before, rotation)
+    except av.error.FFmpegError as e:
+        raise BadVideo(f"damaged container while decoding ({e})") from e
+    finally:
+        container.close()
+
+
+def _fill_window(window: _Window, start: int, end: int, on_corrupt: OnCorrupt,
+                 max_consecutive_repairs: int) -> np.ndarray:
+    count = end - start
+    if len(window.expected) < count:
+        raise BadVideo(f"window [{start}, {end}) runs past the end of the video: "
+                       f"only {len(window.expected)} frames from frame {start}")
+    out = [window.pictures[pts].rgb if _usable(window, pts, on_corrupt) else None for pts in window.expected]
+    damaged = [start + i for i, rgb in enumerate(out) if rgb is None]
+    if damaged:
+        if on_corrupt == "raise" or len(damaged) == count:
+            raise BadVideo(f"corrupt or undecodable frames {_ranges(damaged)} in window [{start}, {end})")
+        run = _longest_run(damaged)
+        if run > max_consecutive_repairs:
+            raise BadVideo(f"{run} consecutive corrupt frames in window [{start}, {end}) "
+                           f"(frames {_ranges(damaged)}); more than {max_consecutive_repairs} is a broken file")
+        log.warning("repeated the previous good frame for %d damaged frame(s) %s of window [%d, %d)",
+                    len(damaged), _ranges(damaged), start, end)
+        previous = _upright(window.before, window.rotation) if window.before is not None else None
+        for i in range(count):
+            if out[i] is None and previous is not None:
+                out[i] = previous
+            previous = out[i] if out[i] is not None else previous
+        # The video's very first frames have nothing before them: repeat the next good frame.
+        following = None
+        for i in reversed(range(count)):
+            if out[i] is None:
+                out[i] = following
+            following = out[i]
+    shapes = {rgb.shape for rgb in out}  # type: ignore[union-attr]
+    if len(shapes) != 1:
+        raise BadVideo(f"picture size changes inside window [{start}, {end}): {sorted(shapes)}")
+    return np.stack(out)  # type: ignore[arg-type]
+
+
+def _usable(window: _Window, pts: int, on_corrupt: OnCorrupt) -> bool:
+    picture = window.pictures.get(pts)
+    return picture is not None and (not picture.corrupt or on_corrupt == "conceal")
+
+
+def _upright(frame: av.VideoFrame, rotation: int) -> np.ndarray:
+    rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
+    if rotation:
+        # np.rot90 turns counter-clockwise, the same sense as the display matrix angle.
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+    return rgb
+
+
+def _longest_run(indices: list[int]) -> int:
+    best = run = 1
+    for a, b in zip(indices, indices[1:]):
+        run = run + 1 if b == a + 1 else 1
+        best = max(best, run)
+    return best
+
+
+def _ranges(indices: list[int]) -> str:
+    """[3, 4, 5, 9] -> "3-5, 9": short enough for a log line or a ledger reason."""
+    parts, first = [], indices[0]
+    for a, b in zip(indices, indices[1:] + [None]):
+        if b != a + 1:
+            parts.append(str(first) if first == a else f"{first}-{a}")
+            first = b
+    return ", ".join(parts)
+
+
+# -- staging segments -----------------------------------------------------------------------------
+
+
+def write_segment(frames_fhwc_u8: np.ndarray, url: str | os.PathLike, fps: Fraction | float) -> None:
+    """Encode a restored window losslessly as FFV1 in Matroska, and put it at `url` atomically.
+
+    FFV1 with 8-bit RGB (`bgr0`) reads back bit-exact as rgb24, so the assembler blends exactly what
+    the model produced and only the final encode is lossy (about half the size of raw frames).
+    Timestamps in the segment are plain frame numbers: the assembler takes the real ones from the
+    source and checks each segment's frame count against its window.
+    """
+    if frames_fhwc_u8.ndim != 4 or frames_fhwc_u8.shape[-1] != 3 or frames_fhwc_u8.dtype != np.uint8:
+        raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames_fhwc_u8.shape} {frames_fhwc_u8.dtype}")
+    _, height, width, _ = frames_fhwc_u8.shape
+    rate = Fraction(fps).limit_denominator(1_000_000)
+    time_base = 1 / rate
+    with atomic_output(url) as path:
+        with av.open(path, "w", format="matroska") as out:
+            stream = out.add_stream("ffv1", rate=rate)
+            stream.width, stream.height = width, height
+            stream.pix_fmt = "bgr0"  # FFV1's 8-bit RGB layout; gbrp is only offered at > 8 bits
+            stream.options = {"level": "3", "slices": "4"}  # slices: the encoder uses threads
+            stream.time_base = time_base
+            for i, rgb in enumerate(frames_fhwc_u8):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts, frame.time_base = i, time_base
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+
+
+def iter_segment(url: Source) -> Iterator[np.ndarray]:
+    """The frames of a staging segment in order, each `(H, W, 3)` uint8 RGB."""
+    with open_input(url) as f:
+        try:
+            with av.open(f, "r") as container:
+                for frame in container.decode(video=0):
+                    yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise BadVideo(f"staging segment {url} cannot be read ({e})") from e
+
+
+# -- atomic outputs -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_output(url: str | os.PathLike) -> Iterator[str]:
+    """Yield a local path to write; on success it appears at `url` whole, on error nothing does.
+
+    Local disk: a hidden temporary file in the destination folder, then `os.replace` (atomic on one
+    filesystem). Buckets have no rename (a "move" is copy + delete), but an object becomes visible
+    only when its upload completes, so the finished local file is uploaded in one put.
+    The temporary name ends in `.part`, so a listing of the output folder never takes it for a video.
+    """
+    fs, path = fsspec.core.url_to_fs(os.fspath(url))
+    name = os.path.basename(path.rstrip("/"))
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.part")
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        with tempfile.TemporaryDirectory(prefix="star-out-") as folder:
+            tmp = os.path.join(folder, name)
+            yield tmp
+            fs.put_file(tmp, path)

@@ -1,0 +1,338 @@
+"""Probe a source video with PyAV: streams, timing, an exact frame count, rotation, and a clear
+`BadVideo` reason for inputs that cannot be restored (the first thing the scenes stage runs)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import BinaryIO
+
+import av
+import fsspec
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Source = str | os.PathLike | BinaryIO
+"""A URL or path that fsspec opens (local, s3://, gs://), or an already open binary file object."""
+
+
+class BadVideo(ValueError):
+    """The input cannot be restored; `reason` is the one-line text that goes into the ledger."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """An audio or subtitle stream that the assembler copies into the output unchanged."""
+
+    index: int  # stream index in the source container
+    kind: str  # "audio" | "subtitle"
+    codec: str  # FFmpeg codec name, e.g. "aac", "subrip", "mov_text"
+    language: str | None
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the pipeline needs to know about a source, all from one demux pass."""
+
+    container: str  # FFmpeg demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "matroska,webm"
+    codec: str  # video codec, e.g. "h264"
+    width: int  # coded size, before the display rotation is applied
+    height: int
+    rotation: int  # degrees counter-clockwise that turn a decoded frame upright: 0, 90, 180, 270
+    fps: Fraction  # average frame rate
+    time_base: Fraction  # of the video stream; frame pts are in these units
+    frame_count: int  # counted from demuxed packets, not read from the header
+    start_pts: int  # pts of the first frame (presentation order)
+    end_pts: int  # pts at which the last frame stops being shown
+    duration: Fraction  # seconds, (end_pts - start_pts) * time_base
+    variable_frame_rate: bool
+    pix_fmt: str | None
+    # FFmpeg's colour enums as the first frame carries them (2 = unspecified for all but range,
+    # 0 = unspecified range); the assembler encodes back with the same matrix and tags.
+    colorspace: int
+    color_range: int
+    color_primaries: int
+    color_trc: int
+    video_index: int  # stream index of the video stream in the source container
+    audio: tuple[StreamInfo, ...]
+    subtitles: tuple[StreamInfo, ...]
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) after rotation: the size of the frames `read_frames` returns."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+
+
+@contextlib.contextmanager
+def open_input(src: Source) -> Iterator[BinaryIO]:
+    """Yield a binary file object for `src`; a file object passed in stays open (it is the caller's)."""
+    if hasattr(src, "read"):
+        yield src  # type: ignore[misc]
+        return
+    with fsspec.open(os.fspath(src), "rb") as f:
+        yield f
+
+
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The first real video stream; cover art (an attached picture) is a video stream too in FFmpeg."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise BadVideo("no video stream (audio-only or data-only file)")
+
+
+def open_container(f: BinaryIO) -> av.container.InputContainer:
+    """`av.open` with every failure turned into a `BadVideo` that says what is wrong with the file."""
+    size = _file_size(f)
+    if size == 0:
+        raise BadVideo("empty file (0 bytes)")
+    # Look at the file's own structure first: FFmpeg says only "moov atom not found" or "Invalid
+    # data" for a cut-off upload. This must run before av.open, which then owns the file position.
+    kind, reason = _diagnose(f, size)
+    if reason:
+        raise BadVideo(reason)
+    try:
+        return av.open(f, "r")
+    except av.error.FFmpegError as e:
+        if kind:
+            raise BadVideo(f"damaged {kind} file ({_ffmpeg_text(e)})") from e
+        raise BadVideo(f"not a recognised video container ({_ffmpeg_text(e)})") from e
+
+
+def probe(src: Source) -> VideoInfo:
+    """Describe `src`; raise `BadVideo` for empty, non-video, truncated or undecodable files."""
+    return probe_timestamps(src)[0]
+
+
+def probe_timestamps(src: Source) -> tuple[VideoInfo, np.ndarray]:
+    """`probe` plus the pts of every frame in presentation order, `(frame_count,)` int64.
+
+    Frame i of the video (the index `read_frames` and the scene list use) is the frame whose pts is
+    `timestamps[i]`. The pass demuxes every packet but decodes only until the first picture.
+    """
+    with open_input(src) as f:
+        container = open_container(f)
+        try:
+            return _scan(container)
+        finally:
+            container.close()
+
+
+def _scan(container: av.container.InputContainer) -> tuple[VideoInfo, np.ndarray]:
+    stream = video_stream(container)
+    pts: list[int] = []
+    packet_end = None  # latest pts + duration any packet claims
+    first_frame: av.VideoFrame | None = None
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the flush packet PyAV yields at end of file
+                continue
+            # Packets the demuxer marks as discard (edit-list pre-roll) never become shown frames.
+            if packet.is_discard:
+                continue
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if ts is None:
+                raise BadVideo("video packets carry no timestamps; frames cannot be placed in time")
+            pts.append(ts)
+            if packet.duration:
+                packet_end = max(packet_end or 0, ts + packet.duration)
+            if first_frame is None:
+                first_frame = _try_decode(stream, packet)
+        if first_frame is None:
+            first_frame = _try_decode(stream, None)  # flush: a one-frame clip may sit in the delay
+    except av.error.EOFError:
+        pass
+    except av.error.FFmpegError as e:
+        raise BadVideo(f"damaged container after {len(pts)} video packets ({_ffmpeg_text(e)})") from e
+    if not pts:
+        raise BadVideo("video stream has no frames")
+    if first_frame is None:
+        raise BadVideo(f"no decodable video frames ({len(pts)} packets, none decodes)")
+
+    ts = np.sort(np.asarray(pts, dtype=np.int64))
+    if len(np.unique(ts)) != len(ts):
+        raise BadVideo("duplicate frame timestamps in the video stream; frame order is ambiguous")
+    deltas = np.diff(ts)
+    typical = int(np.median(deltas)) if len(deltas) else 0
+    end_pts = _end_pts(stream, int(ts[-1]), packet_end, typical)
+    time_base = Fraction(stream.time_base)
+    duration = (end_pts - int(ts[0])) * time_base
+    # Timestamps rounded to the container's clock (Matroska counts milliseconds) jitter by one tick
+    # at a constant rate, so only a spread beyond that (and beyond 1% of a frame) means VFR.
+    spread = int(deltas.max() - deltas.min()) if len(deltas) else 0
+    vfr = spread > max(1, typical // 100)
+    fps = Fraction(stream.average_rate) if stream.average_rate else Fraction(len(ts)) / duration
+    info = VideoInfo(
+        container=container.format.name,
+        codec=_codec_name(stream),
+        width=stream.codec_context.width,
+        height=stream.codec_context.height,
+        rotation=display_rotation(stream, first_frame),
+        fps=fps,
+        time_base=time_base,
+        frame_count=len(ts),
+        start_pts=int(ts[0]),
+        end_pts=end_pts,
+        duration=duration,
+        variable_frame_rate=vfr,
+        pix_fmt=stream.codec_context.pix_fmt,
+        colorspace=int(first_frame.colorspace),
+        color_range=int(first_frame.color_range),
+        color_primaries=int(first_frame.color_primaries),
+        color_trc=int(first_frame.color_trc),
+        video_index=stream.index,
+        audio=tuple(_stream_info(s, "audio") for s in container.streams.audio),
+        subtitles=tuple(_stream_info(s, "subtitle") for s in container.streams.subtitles),
+    )
+    if info.width <= 0 or info.height <= 0:
+        raise BadVideo(f"video stream has no picture size ({info.width}x{info.height})")
+    return info, ts
+
+
+def _end_pts(stream: av.video.stream.VideoStream, last_pts: int, packet_end: int | None, typical: int) -> int:
+    """Where the last frame stops being shown. MP4 states it per track (edit lists included);
+    elsewhere packet durations say it, and failing those the last frame lasts a typical frame."""
+    if stream.duration and stream.start_time is not None and stream.start_time + stream.duration > last_pts:
+        return int(stream.start_time + stream.duration)
+    if packet_end is not None and packet_end > last_pts:
+        return int(packet_end)
+    return last_pts + (typical or 1)
+
+
+def _try_decode(stream: av.video.stream.VideoStream, packet: av.Packet | None) -> av.VideoFrame | None:
+    """The first frame `packet` yields, or None; a damaged packet here is not yet a verdict."""
+    try:
+        frames = stream.decode(packet)
+    except av.error.EOFError:
+        return None
+    except av.error.FFmpegError as e:
+        log.debug("packet failed to decode while probing: %s", e)
+        return None
+    return frames[0] if frames else None
+
+
+def display_rotation(stream: av.video.stream.VideoStream, frame: av.VideoFrame) -> int:
+    """Counter-clockwise display rotation, snapped to a quarter turn.
+
+    FFmpeg >= 7 exports the container's display matrix as side data on every decoded frame, which
+    PyAV reads as `frame.rotation` (counter-clockwise). Older muxers left a `rotate` tag instead,
+    which counts clockwise. Flips in the matrix are not handled (rare outside phone selfies).
+    """
+    degrees = float(frame.rotation or 0)
+    if not degrees and "rotate" in stream.metadata:
+        try:
+            degrees = -float(stream.metadata["rotate"])
+        except ValueError:
+            degrees = 0.0
+    return int(round(degrees / 90.0)) % 4 * 90
+
+
+def _stream_info(stream: av.stream.Stream, kind: str) -> StreamInfo:
+    return StreamInfo(index=stream.index, kind=kind, codec=_codec_name(stream), language=stream.language)
+
+
+def _codec_name(stream: av.stream.Stream) -> str:
+    """The codec's canonical FFmpeg name ("subrip", "mp3"), not the decoder's ("srt", "mp3float")."""
+    context = stream.codec_context
+    return context.codec.canonical_name if context is not None and context.codec is not None else "unknown"
+
+
+def _file_size(f: BinaryIO) -> int:
+    pos = f.tell()
+    size = f.seek(0, os.SEEK_END)
+    f.seek(pos)
+    return size
+
+
+def _ffmpeg_text(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e)
+
+
+# -- telling a truncated file from one that is not a video at all -------------------------------
+
+_BMFF_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"styp"}
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+_MATROSKA_SEGMENT = 0x18538067
+
+
+def _diagnose(f: BinaryIO, size: int) -> tuple[str | None, str | None]:
+    """(container kind, reason) where the top-level structure of an MP4/MOV or Matroska file ends
+    early: box and element sizes say exactly how much is missing. Costs a few small reads."""
+    f.seek(0)
+    head = f.read(16)
+    try:
+        if head[4:8] in _BMFF_BOXES:
+            return "MP4/MOV", _diagnose_bmff(f, size)
+        if head[:4] == _EBML_MAGIC:
+            return "Matroska/WebM", _diagnose_matroska(f, size)
+        return None, None
+    finally:
+        f.seek(0)
+
+
+def _diagnose_bmff(f: BinaryIO, size: int) -> str | None:
+    offset, boxes = 0, []
+    while offset + 8 <= size:
+        f.seek(offset)
+        box_size, box_type = struct.unpack(">I4s", f.read(8))
+        header = 8
+        if box_size == 1:  # 64-bit size follows the type
+            box_size = struct.unpack(">Q", f.read(8))[0]
+            header = 16
+        elif box_size == 0:  # box runs to the end of the file
+            box_size = size - offset
+        name = box_type.decode("latin-1")
+        if box_size < header:
+            return f"damaged MP4/MOV: box '{name}' at byte {offset} has an impossible size {box_size}"
+        if offset + box_size > size:
+            return (f"truncated MP4/MOV file: box '{name}' at byte {offset} needs {box_size} bytes, "
+                    f"only {size - offset} remain")
+        boxes.append(box_type)
+        offset += box_size
+    if b"moov" not in boxes:
+        return "truncated MP4/MOV file: no 'moov' index box (upload or recording cut off)"
+    return None
+
+
+def _diagnose_matroska(f: BinaryIO, size: int) -> str | None:
+    f.seek(4)
+    header_size, n = _ebml_vint(f.read(8))
+    offset = 4 + n + header_size  # end of the EBML header element
+    f.seek(offset)
+    data = f.read(12)
+    if len(data) < 5:
+        return "truncated Matroska/WebM file: ends after the EBML header"
+    element_id = int.from_bytes(data[:4], "big")
+    if element_id != _MATROSKA_SEGMENT:
+        return None
+    segment_size, n = _ebml_vint(data[4:])
+    if segment_size is None:  # "unknown size" (live streams): cannot tell
+        return None
+    if offset + 4 + n + segment_size > size:
+        missing = offset + 4 + n + segment_size - size
+        return f"truncated Matroska/WebM file: the segment is {missing} bytes short"
+    return None
+
+
+def _ebml_vint(data: bytes) -> tuple[int | None, int]:
+    """(value, length) of an EBML variable-size integer; value None for the reserved all-ones size."""
+    first = data[0]
+    length = 1
+    while length <= 8 and not first & (0x80 >> (length - 1)):
+        length += 1
+    value = first & (0xFF >> length)
+    for byte in data[1:length]:
+        value = (value << 8) | byte
+    if value == (1 << (7 * length)) - 1:
+        return None, length
+    return value, length
