@@ -14,9 +14,10 @@ import av
 import numpy as np
 from PIL import Image
 
-from pipelines.frames import atomic_output, iter_segment
-from pipelines.probe import BadVideo, Source, VideoInfo, open_container, open_input, probe_timestamps
+from pipelines.frames import iter_segment
+from pipelines.probe import BadVideo, VideoInfo, open_container, probe_timestamps
 from pipelines.scenes import Window, blend_weight
+from pipelines.storage import Source, atomic_output, open_input
 
 # Codecs each output container carries, by FFmpeg's canonical codec name. Deliberately conservative:
 # MP4 plays everywhere, but only with these; Matroska takes nearly anything else an archive holds.

@@ -3,23 +3,18 @@ staging segments that the restore actors produce (the GPU stage's only media I/O
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO, Literal
 
 import av
-import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
-from pipelines.probe import (BadVideo, Source, display_rotation, open_container, open_input,
-                             probe_timestamps, video_stream)
+from pipelines.probe import BadVideo, display_rotation, open_container, probe_timestamps, video_stream
+from pipelines.storage import Source, atomic_output, open_input
 
 log = logging.getLogger(__name__)
 
@@ -242,34 +237,3 @@ def iter_segment(url: Source) -> Iterator[np.ndarray]:
                     yield frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as e:
             raise BadVideo(f"staging segment {url} cannot be read ({e})") from e
-
-
-# -- atomic outputs -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_output(url: str | os.PathLike) -> Iterator[str]:
-    """Yield a local path to write; on success it appears at `url` whole, on error nothing does.
-
-    Local disk: a hidden temporary file in the destination folder, then `os.replace` (atomic on one
-    filesystem). Buckets have no rename (a "move" is copy + delete), but an object becomes visible
-    only when its upload completes, so the finished local file is uploaded in one put.
-    The temporary name ends in `.part`, so a listing of the output folder never takes it for a video.
-    """
-    fs, path = fsspec.core.url_to_fs(os.fspath(url))
-    name = os.path.basename(path.rstrip("/"))
-    if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.part")
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    else:
-        with tempfile.TemporaryDirectory(prefix="star-out-") as folder:
-            tmp = os.path.join(folder, name)
-            yield tmp
-            fs.put_file(tmp, path)

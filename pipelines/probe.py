@@ -3,23 +3,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO
 
 import av
-import fsspec
 import numpy as np
 
-log = logging.getLogger(__name__)
+from pipelines.storage import Source, open_input
 
-Source = str | os.PathLike | BinaryIO
-"""A URL or path that fsspec opens (local, s3://, gs://), or an already open binary file object."""
+log = logging.getLogger(__name__)
 
 
 class BadVideo(ValueError):
@@ -71,16 +67,6 @@ class VideoInfo:
     def display_size(self) -> tuple[int, int]:
         """(width, height) after rotation: the size of the frames `read_frames` returns."""
         return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
-
-
-@contextlib.contextmanager
-def open_input(src: Source) -> Iterator[BinaryIO]:
-    """Yield a binary file object for `src`; a file object passed in stays open (it is the caller's)."""
-    if hasattr(src, "read"):
-        yield src  # type: ignore[misc]
-        return
-    with fsspec.open(os.fspath(src), "rb") as f:
-        yield f
 
 
 def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:

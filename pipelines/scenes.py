@@ -15,7 +15,8 @@ from scenedetect.backends.pyav import VideoStreamAv
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
-from pipelines.probe import BadVideo, Source, open_input, probe_timestamps
+from pipelines.probe import BadVideo, probe_timestamps
+from pipelines.storage import Source, open_input
 
 Scene = tuple[int, int]
 """(start_frame, end_frame_exclusive), presentation indices as `probe_timestamps` lists them."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from servers import gcs_server, s3_server  # noqa: F401
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PARITY = SHARED / "parity"

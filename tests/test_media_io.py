@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 from pipelines.assemble import assemble, choose_container, preview_still
-from pipelines.frames import atomic_output, iter_segment, read_frames, write_segment
+from pipelines.frames import iter_segment, read_frames, write_segment
 from pipelines.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
 from pipelines.scenes import Window, detect_scenes, plan_windows
+from pipelines.storage import atomic_output
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 
