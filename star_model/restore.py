@@ -111,7 +111,9 @@ class StarRestorer:
     @torch.inference_mode()
     def __call__(self, frames_fhwc_u8: np.ndarray | Tensor, prompt: str = "", seed: int | None = None) -> np.ndarray:
         cfg = self.config
-        lr = _to_signed_unit(frames_fhwc_u8).to(self.device)  # (F, 3, h, w) in [-1, 1]
+        # Frames at output resolution stay on the CPU (32 frames of 4K are 3 GB in fp32); the VAE moves
+        # bounded chunks and tiles to the device, so device memory is bounded by the tile sizes.
+        lr = _to_signed_unit(frames_fhwc_u8)  # (F, 3, h, w) in [-1, 1], CPU
         num_frames, _, height, width = lr.shape
         out_h, out_w = height * cfg.scale, width * cfg.scale
         seed = cfg.seed if seed is None else seed
@@ -122,7 +124,7 @@ class StarRestorer:
 
         # 2. LR latent (F, 4, h', w') -> (1, 4, F, h', w'); per-frame sampled encode
         z_lr = self.vae.encode(up, generator=torch.Generator().manual_seed(seed))
-        z_lr = z_lr.permute(1, 0, 2, 3).unsqueeze(0).to(torch.float32)
+        z_lr = z_lr.permute(1, 0, 2, 3).unsqueeze(0).to(self.device, torch.float32)
         del up
 
         # 3. text contexts (computed once per prompt by the encoder's cache), (1, 77, ctx)
@@ -141,7 +143,7 @@ class StarRestorer:
         z0 = sample_dpmpp_2m_sde(denoise, x_start, sigmas, self.schedule, seeded_noise(seed + 2))
 
         # 6. decode (F, 3, H', W'), crop the padding, clamp
-        pixels = self.vae.decode(z0[0].permute(1, 0, 2, 3)).float()
+        pixels = self.vae.decode(z0[0].permute(1, 0, 2, 3), out_device="cpu").float()
         top, left = crop
         pixels = pixels[:, :, top:top + out_h, left:left + out_w].clamp(-1, 1)
 
@@ -154,7 +156,7 @@ class StarRestorer:
             video = wavelet_color_fix(video, source)
         video = video.clamp(0, 255)
         video = video.round() if cfg.rounding == "round" else video.floor()  # floor = astype(uint8)
-        return video.to(torch.uint8).cpu().numpy()
+        return video.to(torch.uint8).numpy()
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -165,12 +167,12 @@ class StarRestorer:
             w1, w2, h1, h2 = official_pad_to_fit(h, w)
             # The official pads with +1 (white) in [-1, 1]; a canvas < 720x1280 is always padded.
             padded = F.pad(up, (w1, w2, h1, h2), value=1.0)
-            lat_h, lat_w = padded.shape[2] // 8, padded.shape[3] // 8
+            lat_h, lat_w = padded.shape[2] // self.vae.downsample, padded.shape[3] // self.vae.downsample
             if not latent_size_ok(lat_h, lat_w, self.denoiser.cfg.num_downsamples):
                 raise ValueError(f"official padding gives latent {lat_h}x{lat_w}, which this network "
                                  f"cannot take; use padding='minimal'")
             return padded, (h1, w1)
-        w1, w2, h1, h2 = minimal_pad(h, w, self.denoiser.cfg.num_downsamples)
+        w1, w2, h1, h2 = minimal_pad(h, w, self.denoiser.cfg.num_downsamples, self.vae.downsample)
         # Ours: pad bottom/right by replicating the border, so no white band feeds the attention or
         # the GroupNorm statistics (the official's +1 padding does).
         return F.pad(up, (w1, w2, h1, h2), mode="replicate"), (h1, w1)
