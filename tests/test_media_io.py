@@ -21,15 +21,7 @@ from pipelines.frames import iter_segment, read_frames, write_segment
 from pipelines.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
 from pipelines.scenes import Window, detect_scenes, plan_windows
 from pipelines.storage import atomic_output
-
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
-
-
-def media(name: str) -> Path:
-    path = MEDIA / name
-    if not path.exists():
-        pytest.skip(f"test clip not found at {path}")
-    return path
+from conftest import media
 
 
 def make_clip(path: Path, frames_fhwc_u8: np.ndarray, *, pts: list[int] | None = None,

@@ -12,15 +12,7 @@ import numpy as np
 import pytest
 
 from pipelines.probe import BadVideo, probe, probe_timestamps
-
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
-
-
-def media(name: str) -> Path:
-    path = MEDIA / name
-    if not path.exists():
-        pytest.skip(f"test clip not found at {path}")
-    return path
+from conftest import media
 
 
 def write_clip(path: Path, count: int = 12, size: tuple[int, int] = (32, 24), *, pts: list[int] | None = None,

@@ -10,15 +10,7 @@ import pytest
 
 from pipelines.probe import probe_timestamps
 from pipelines.scenes import Window, detect_scenes, plan_windows
-
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
-
-
-def media(name: str) -> Path:
-    path = MEDIA / name
-    if not path.exists():
-        pytest.skip(f"test clip not found at {path}")
-    return path
+from conftest import media
 
 
 # Known cuts. PySceneDetect's golden files (tests/resources/goldens/*.json in its repository) list
