@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from star_model.parity import Check, denoiser, sampling
+from star_model.parity import Check, denoiser, losses, sampling
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Check] = denoiser.checks(args.folder)
     tiny = denoiser.build_fixture_denoiser(args.folder) if (args.folder / "tiny_config.json").exists() else None
     results += sampling.checks(args.folder, tiny)
+    results += losses.checks(args.folder)
     for check in results:
         print(check.line(), flush=True)
     if not results:
