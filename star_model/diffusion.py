@@ -104,20 +104,3 @@ def guided_x0(
     # Guidance and x0 in float32 even if the network ran in half precision: the rescale divides stds.
     v = guide(v_both[:batch].float(), v_both[batch:].float(), guide_scale, guide_rescale)
     return x0_from_v(schedule, xt.float(), v, t)
-
-
-def guided_denoiser(
-    model: VelocityNetwork,
-    schedule: NoiseSchedule,
-    y_cond: Tensor,
-    y_uncond: Tensor,
-    hint: Tensor,
-    guide_scale: float = 7.5,
-    guide_rescale: float = 0.2,
-) -> Denoiser:
-    """`guided_x0` over the whole clip as a `Denoiser` for the sampler (no temporal windows)."""
-
-    def denoise(xt: Tensor, t: Tensor) -> Tensor:
-        return guided_x0(model, schedule, xt, t, y_cond, y_uncond, hint, guide_scale, guide_rescale)
-
-    return denoise
