@@ -111,18 +111,20 @@ class StarDenoiser(nn.Module):
 
 def load_denoiser(cfg: DenoiserConfig, weights: str | os.PathLike | None = None, *,
                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                  expected_sha256: str | None = None) -> StarDenoiser:
+                  expected_sha256: str | None = None, seed: int = 0) -> StarDenoiser:
     """Build the denoiser directly on `device` in `dtype` and load `weights` strictly (eval mode).
 
     The module is first built on the meta device, so the official 2.04 B parameters are allocated
     once, in the target dtype (4 GB in bf16), and never initialised randomly only to be overwritten.
-    With `weights=None` the parameters get PyTorch's default random init (the TINY smoke preset).
+    With `weights=None` the parameters get PyTorch's default random init from `seed` (the TINY smoke
+    preset): every process builds the same model, so windows restored by different workers match.
     """
     with torch.device("meta"):
         model = StarDenoiser(cfg)
     model = model.to(dtype).to_empty(device=device)
     if weights is None:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             for module in model.modules():
                 if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm)):
                     module.reset_parameters()

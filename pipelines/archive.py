@@ -1,0 +1,273 @@
+"""Restore a whole video archive with STAR on Ray: every video under an input URL becomes a restored
+video under an output URL, with a Parquet ledger that makes reruns resume and skip finished work.
+
+    run(ArchiveJob(input="gs://archive/raw", output="gs://archive/restored", weights="/weights"))
+
+The pipeline (`_restore_videos`) reads top to bottom: sources -> scenes -> restore -> assemble.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import ray
+
+from pipelines import ledger, storage
+from pipelines.assemble_stage import finish_video
+from pipelines.plan_stage import failed_row, plan_video
+from pipelines.restore_stage import RestoreWindows
+from pipelines.rows import (FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGING, VIDEO_ID, WINDOWS, output_stem,
+                            staging_folder, video_id)
+from pipelines.scenes import DETECTORS
+from pipelines.storage import SourceFile
+from pipelines.summary import RunStats, format_summary
+from star_model.presets import get_preset, resolve_weights
+from star_model.restore import RestoreConfig
+
+log = logging.getLogger(__name__)
+
+GPU_ACTOR_CPUS = 2  # decode of the window and FFV1 encode of the segment run beside the model
+TINY_WARNING = "preset 'tiny' has RANDOM weights: its outputs are NOT restorations (pipeline smoke tests only)"
+
+
+@dataclass(frozen=True)
+class ArchiveJob:
+    """What to restore, where to, and with which model settings."""
+
+    input: str  # folder or bucket URL (local path, s3://, gs://)
+    output: str
+    preset: str = "official"  # "official" (needs weights) or "tiny" (random weights, smoke tests)
+    weights: str | None = None  # folder with star/, text/, vae/ (see star_model/presets.py)
+    checkpoint: str = "light_deg"  # or "heavy_deg"
+    scale: int = 4
+    steps: int | None = None  # sampler evaluations ("normal" mode); None: the official fast schedule
+    prompt: str = ""
+    window: int = 32  # frames per restore window (one unit of GPU work)
+    overlap: int = 8  # frames shared and cross-faded by consecutive windows of a shot
+    actors: int | None = None  # restore actors at most; default: one per GPU, or 1 without GPUs
+    device: Literal["auto", "gpu", "cpu"] = "auto"  # gpu: ask for GPUs even if none is up yet
+    detector: str = "adaptive"
+    retry_failed: bool = False  # also retry unchanged sources that failed for good before
+
+    def restore_config(self) -> RestoreConfig:
+        if self.steps is None:
+            return RestoreConfig(scale=self.scale)
+        return RestoreConfig(scale=self.scale, solver_mode="normal", steps=self.steps)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything the restored pixels depend on; a video is redone when any of it changes."""
+        return {key: getattr(self, key) for key in
+                ("preset", "checkpoint", "scale", "steps", "prompt", "window", "overlap", "detector")}
+
+    def settings_key(self) -> str:
+        return hashlib.sha1(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class ConfigError(ValueError):
+    """The job cannot start: bad arguments, missing weights or unreachable storage. Raised before Ray
+    starts; the message says what to fix."""
+
+
+def validate(job: ArchiveJob) -> RestoreConfig:
+    """Every check that can fail without a GPU, in the order a user fixes them."""
+    try:
+        return _validate(job)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _validate(job: ArchiveJob) -> RestoreConfig:
+    preset = get_preset(job.preset)
+    resolve_weights(preset, job.weights, job.checkpoint)
+    config = job.restore_config()
+    if job.window < 1 or not 0 <= job.overlap <= job.window // 2:
+        raise ValueError(f"--window {job.window} --overlap {job.overlap}: need window >= 1 and "
+                         f"0 <= overlap <= window / 2")
+    if job.actors is not None and job.actors < 1:
+        raise ValueError(f"--actors {job.actors}: need at least 1")
+    if job.device not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"device {job.device!r}: choose auto, gpu or cpu")
+    if job.detector not in DETECTORS:
+        raise ValueError(f"detector {job.detector!r}: choose one of {sorted(DETECTORS)}")
+    input_root, output_root = _root(job.input), _root(job.output)
+    if _inside(output_root, input_root):
+        raise ValueError(f"output {job.output} is inside the input {job.input}: the next run would take the "
+                         f"restored videos for new sources; choose an output outside the input")
+    storage.check_reachable(input_root)
+    storage.check_reachable(output_root, writable=True)
+    return config
+
+
+def run(job: ArchiveJob) -> dict[str, Any]:
+    """Restore what is new or changed under `job.input`; returns the run's summary (also written to
+    `<output>/_ledger/summary.json`). Raises ConfigError, before Ray starts, for bad configuration."""
+    # 0. Fail fast, before any GPU is asked for: arguments, weights, storage.
+    config = validate(job)
+    input_root, output_root = _root(job.input), _root(job.output)
+    random_weights = get_preset(job.preset).random_weights
+    if random_weights:
+        log.warning("WARNING: %s", TINY_WARNING)
+    run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    started_at = ledger.now()
+
+    # 1. Sources (driver): list the archive; drop what the ledger records as done for the same
+    #    fingerprint and settings (resume and nightly runs are the same rule).
+    sources = storage.list_videos(input_root)
+    latest = ledger.latest_by_rel(ledger.read_videos(output_root))
+    selection = ledger.select(sources, latest, job.settings_key(), storage.list_videos(output_root),
+                              job.retry_failed)
+    header = dict(run_id=run_id, input=input_root, output=output_root, settings=job.settings(),
+                  settings_key=job.settings_key(), listed=len(sources), skipped_done=len(selection.done),
+                  skipped_failed=len(selection.bad), restored=len(selection.todo),
+                  ledger=storage.join(output_root, ledger.VIDEOS), warning=TINY_WARNING if random_weights else None,
+                  started_at=started_at)
+    log.info("run %s: %d videos under %s, %d already done, %d unchanged bad inputs skipped, %d to restore",
+             run_id, len(sources), input_root, len(selection.done), len(selection.bad), len(selection.todo))
+    stats = RunStats(len(selection.todo))
+    if not selection.todo:
+        log.info("nothing to restore: every video under %s is already done (or an unchanged bad input)",
+                 input_root)
+    else:
+        todo, clashing = _split_clashes(selection.todo, sources)
+        for source, reason in clashing:  # decided on the driver: no Ray needed
+            log.info(stats.add(_failed_video(source, reason, output_root, run_id, job.settings_key())))
+        if todo:
+            started_ray = not ray.is_initialized()
+            if started_ray:
+                ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
+            try:
+                for video in _restore_videos(job, config, todo, output_root, run_id):
+                    log.info(stats.add(video))
+            finally:
+                if started_ray:
+                    ray.shutdown()
+            _remove_if_empty(storage.join(output_root, "_staging"))
+    summary = stats.summary(**header, finished_at=ledger.now())
+    ledger.write_summary(output_root, summary)
+    log.info("%s", format_summary(summary))
+    return summary
+
+
+def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[SourceFile], output_root: str,
+                    run_id: str) -> Iterator[dict[str, Any]]:
+    """The restore pipeline, top to bottom; yields each video's ledger row as it finishes."""
+    settings = job.settings_key()
+    use_gpu, actors = _actor_pool(job)
+
+    # 1. Sources: one row per video, each its own block so that the scenes tasks run in parallel.
+    #    out: source, rel, fingerprint, video_id, output_stem, staging
+    rows = [{SOURCE: s.url, REL: s.rel, FINGERPRINT: s.fingerprint, VIDEO_ID: video_id(s.url),
+             OUTPUT_STEM: output_stem(output_root, s.rel),
+             STAGING: staging_folder(output_root, s.url, s.fingerprint, settings)} for s in sources]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+
+    # 2. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
+    #    into its windows, or into one failed row. in: a source row; out: window rows (plan_stage).
+    ds = ds.flat_map(plan_video, fn_kwargs=dict(window=job.window, overlap=job.overlap, detector=job.detector),
+                     num_cpus=1)
+    # One window per block: a video's windows spread over the actor pool instead of one actor
+    # taking the whole block.
+    ds = ds.repartition(target_num_rows_per_block=1)
+
+    # 3. Restore (actor pool, one GPU per actor; model loaded once per actor): decode the window,
+    #    run STAR, write the staging segment. in: window rows; out: + status, error, segment,
+    #    seconds, reused, device. batch_size must be an int when GPUs are requested.
+    ds = ds.map_batches(
+        RestoreWindows,
+        fn_constructor_kwargs=dict(preset=job.preset, weights=job.weights, config=config,
+                                   checkpoint=job.checkpoint, prompt=job.prompt),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        batch_size=1,
+        batch_format="pandas",
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=GPU_ACTOR_CPUS if use_gpu else 1,
+    )
+
+    # 4. Assemble (CPU task per video, 1 CPU: x264 encode), started as soon as a video's last
+    #    window comes out of the stream, so finished videos appear while others are restoring.
+    #    in: all window rows of a video; out: its ledger row (written by the task itself).
+    finish = ray.remote(num_cpus=1)(finish_video)
+    waiting: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    running: list[ray.ObjectRef] = []
+    for row in ds.iter_rows():
+        windows = waiting[row[VIDEO_ID]]
+        windows.append(dict(row))
+        if len(windows) == row[WINDOWS]:
+            running.append(finish.remote(waiting.pop(row[VIDEO_ID]), output_root=output_root, run_id=run_id,
+                                         settings=settings))
+        ready, running = ray.wait(running, num_returns=len(running), timeout=0) if running else ([], [])
+        yield from ray.get(ready)
+    assert not waiting, f"videos with missing windows: {sorted(waiting)}"
+    while running:
+        ready, running = ray.wait(running, num_returns=1)
+        yield from ray.get(ready)
+
+
+def _actor_pool(job: ArchiveJob) -> tuple[bool, int]:
+    """(GPU actors?, most actors): one actor per GPU in the cluster; without GPUs, CPU actors."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = job.device == "gpu" or (job.device == "auto" and gpus > 0)
+    if use_gpu:
+        return True, job.actors or max(gpus, 1)
+    log.warning("restoring on CPU (%s): fine for the tiny preset, far too slow for the official one",
+                "--device cpu" if job.device == "cpu" else "no GPU in the cluster")
+    return False, job.actors or 1
+
+
+def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile]
+                   ) -> tuple[list[SourceFile], list[tuple[SourceFile, str]]]:
+    """Sources whose outputs would collide ("a.mov" and "a.mp4" both restore to "a.mp4") fail;
+    retried on every run, so renaming one of them fixes it."""
+    by_stem = collections.defaultdict(list)
+    for s in sources:
+        by_stem[posixpath.splitext(s.rel)[0]].append(s.rel)
+    keep, clashing = [], []
+    for s in todo:
+        others = [rel for rel in by_stem[posixpath.splitext(s.rel)[0]] if rel != s.rel]
+        if others:
+            clashing.append((s, f"output name clashes with {', '.join(others)} (same name, other extension); "
+                                f"rename one of them"))
+        else:
+            keep.append(s)
+    return keep, clashing
+
+
+def _failed_video(source: SourceFile, reason: str, output_root: str, run_id: str, settings: str) -> dict[str, Any]:
+    row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, VIDEO_ID: video_id(source.url),
+           OUTPUT_STEM: output_stem(output_root, source.rel), STAGING: ""}
+    return finish_video([failed_row(row, reason, permanent=False)], output_root=output_root, run_id=run_id,
+                        settings=settings)
+
+
+def _remove_if_empty(folder: str) -> None:
+    """Drop the staging folder once no video has segments left in it (local disk keeps empty folders)."""
+    fs, path = storage.filesystem(folder)
+    if fs.exists(path) and not fs.find(path):
+        storage.remove(folder, recursive=True)
+
+
+def _root(url: str) -> str:
+    """Absolute and without a trailing "/": the form `storage.list_videos` gives its URLs, so that
+    URLs recorded in the ledger compare equal across runs started from other folders."""
+    return url.rstrip("/") if "://" in url else os.path.abspath(url)
+
+
+def _inside(url: str, root: str) -> bool:
+    try:
+        storage.relative(url, root)
+    except ValueError:
+        return False
+    return True
+

@@ -1,0 +1,71 @@
+"""Restore stage of the restore job (one GPU per actor): decode a window from storage, run STAR on it
+and write the restored frames as a lossless segment into the staging area. Only a small row leaves
+the actor; frames never travel through Ray's object store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from fractions import Fraction
+from typing import Any
+
+import pandas as pd
+import torch
+
+from pipelines import storage
+from pipelines.frames import read_frames, write_segment
+from pipelines.probe import BadVideo
+from pipelines.rows import (DEVICE, DONE, END, ERROR, FAILED, FPS, PENDING, PERMANENT, REL, REUSED, SECONDS,
+                            SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS, WINDOW, segment_url, window_seed)
+from star_model.presets import load_restorer
+from star_model.restore import RestoreConfig
+
+log = logging.getLogger(__name__)
+
+
+class RestoreWindows:
+    """Ray Data actor: `__init__` loads the model once, `__call__` restores a batch of window rows.
+
+    In: window rows (see `plan_stage.plan_video`). Out: the same rows with `status` done or failed,
+    `error`, `permanent`, `segment`, `seconds`, `reused`, `device`. Rows that arrive failed pass through.
+    """
+
+    def __init__(self, preset: str, weights: str | None, config: RestoreConfig, checkpoint: str, prompt: str) -> None:
+        # Random-weight presets are seeded (load_denoiser, build_vae, build_text_model): every actor of
+        # every run builds the same model, so windows restored by different actors (or by a run that
+        # resumes a killed one) belong together.
+        self.restorer = load_restorer(preset, weights, config=config, checkpoint=checkpoint)
+        self.prompt = prompt
+        self.base_seed = config.seed
+        self.device = self.restorer.device.type
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame([self.restore(row) for row in batch.to_dict("records")])
+
+    def restore(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row[STATUS] != PENDING:
+            return row
+        segment = segment_url(row[STAGING], int(row[WINDOW]))
+        row = {**row, SEGMENT: segment, DEVICE: self.device}
+        # A segment is written atomically, so one that exists is whole: an earlier run that was
+        # killed (or a retried task) already restored this window with the same seed.
+        if storage.exists(segment):
+            return {**row, STATUS: DONE, REUSED: True}
+        started = time.perf_counter()
+        try:
+            with storage.open_input(row[SOURCE]) as f:
+                frames_fhwc_u8 = read_frames(f, int(row[START]), int(row[END]), start_pts=int(row[START_PTS]))
+            seed = window_seed(row[REL], int(row[START]), int(row[END]), self.base_seed)
+            restored_fhwc_u8 = self.restorer(frames_fhwc_u8, self.prompt, seed=seed)
+            del frames_fhwc_u8
+            write_segment(restored_fhwc_u8, segment, Fraction(row[FPS]))
+            outcome = {STATUS: DONE}
+        except BadVideo as e:  # the source is damaged in this window
+            outcome = {STATUS: FAILED, ERROR: e.reason, PERMANENT: True}
+        except torch.cuda.OutOfMemoryError as e:
+            torch.cuda.empty_cache()  # the next window must not inherit the fragments
+            outcome = {STATUS: FAILED, ERROR: f"out of GPU memory ({e}); set a smaller window or tile"}
+        except Exception as e:  # noqa: BLE001 - recorded in the ledger, the other windows go on
+            log.warning("window %s of %s failed", row[WINDOW], row[SOURCE], exc_info=True)
+            outcome = {STATUS: FAILED, ERROR: f"{type(e).__name__}: {e}"}
+        return {**row, **outcome, SECONDS: time.perf_counter() - started}

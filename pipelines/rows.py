@@ -1,0 +1,85 @@
+"""Column names of the rows that flow through the restore job, and the deterministic ids and paths
+derived from them (a retried or resumed window finds the same seed and the same staging segment).
+
+Rows stay small: URLs, frame indices and timings. Frames never travel in a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import uuid
+from typing import Any
+
+from pipelines import storage
+from pipelines.scenes import Window
+
+# -- a source video (driver -> scenes stage) ---------------------------------------------------------
+SOURCE = "source"  # URL of the source video, as storage.list_videos gives it
+REL = "rel"  # its path below the input root; the output keeps this layout
+FINGERPRINT = "fingerprint"  # size + etag/mtime: changes when the content does
+VIDEO_ID = "video_id"  # uuid5 of the source URL
+OUTPUT_STEM = "output_stem"  # <output>/<rel without extension>; the scenes stage adds ".mp4"/".mkv"
+STAGING = "staging"  # this video's staging folder for this fingerprint and these settings
+
+# -- a window of a video (scenes stage -> restore stage -> driver) -----------------------------------
+OUTPUT = "output"  # URL of the restored video
+FRAMES = "frames"  # frames in the video
+WINDOWS = "windows"  # windows the video was split into: the driver knows when it has them all
+FPS = "fps"  # the video's average rate as "num/den" (the staging segments are tagged with it)
+WINDOW = "window"  # the `scenes.Window` fields, flat
+SCENE = "scene"
+START = "start"
+END = "end"
+KEEP_START = "keep_start"
+KEEP_END = "keep_end"
+FADE_IN = "fade_in"
+FADE_OUT = "fade_out"
+START_PTS = "start_pts"  # pts of frame `start`, so the actor's decode seeks without a demux pass
+STATUS = "status"  # PENDING after planning; DONE or FAILED after restoring
+ERROR = "error"  # one-line reason, "" when none
+PERMANENT = "permanent"  # the source itself is bad: retrying the unchanged file cannot help
+SEGMENT = "segment"  # URL of the restored window in the staging area
+SECONDS = "seconds"  # wall time the actor spent on the window (decode + model + encode)
+REUSED = "reused"  # the segment was already there (written by an earlier, interrupted run)
+DEVICE = "device"  # "cuda" or "cpu": what the actor ran the model on
+
+PENDING, DONE, FAILED = "pending", "done", "failed"
+
+_WINDOW_FIELDS = {WINDOW: "index", SCENE: "scene", START: "start", END: "end", KEEP_START: "keep_start",
+                  KEEP_END: "keep_end", FADE_IN: "fade_in", FADE_OUT: "fade_out"}
+_NAMESPACE = uuid.UUID("5d0c7f4e-3b7a-4c55-9a53-2f7d3a1b8e01")  # this project's uuid5 namespace
+
+
+def video_id(source_url: str) -> str:
+    return uuid.uuid5(_NAMESPACE, source_url).hex[:16]
+
+
+def staging_folder(output_root: str, source_url: str, fingerprint: str, settings_key: str) -> str:
+    """<output>/_staging/<video id>/<hash of fingerprint and settings>: a changed source or changed
+    settings never reuse segments restored from the old ones."""
+    version = hashlib.sha1(f"{fingerprint}|{settings_key}".encode()).hexdigest()[:16]
+    return storage.join(output_root, "_staging", video_id(source_url), version)
+
+
+def segment_url(staging: str, window_index: int) -> str:
+    return storage.join(staging, f"window_{window_index:05d}.mkv")
+
+
+def window_seed(rel: str, start: int, end: int, base_seed: int) -> int:
+    """The sampler seed of one window: fixed by what the window is (which video, which frames), so a
+    rerun, a resumed run or a retried task restores it to the same pixels."""
+    digest = uuid.uuid5(_NAMESPACE, f"{base_seed}/{rel}/{start}-{end}").int
+    return digest % (2**31 - 16)  # the restorer also uses seed + 1 and seed + 2
+
+
+def window_columns(window: Window) -> dict[str, int]:
+    return {column: getattr(window, field) for column, field in _WINDOW_FIELDS.items()}
+
+
+def window_of(row: dict[str, Any]) -> Window:
+    return Window(**{field: int(row[column]) for column, field in _WINDOW_FIELDS.items()})
+
+
+def output_stem(output_root: str, rel: str) -> str:
+    return storage.join(output_root, posixpath.splitext(rel)[0])

@@ -1,0 +1,84 @@
+"""Progress lines while the restore job runs and the summary at its end (printed, and written to
+`_ledger/summary.json`): videos done and failed, frames, frames per second, GPU-seconds, failures."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class RunStats:
+    """Counts of one run, fed one finished video (its ledger row) at a time."""
+
+    def __init__(self, to_restore: int) -> None:
+        self.to_restore = to_restore
+        self.started = time.perf_counter()
+        self.done = self.failed = self.frames = 0
+        self.windows_restored = self.windows_reused = 0
+        self.restore_seconds = 0.0
+        self.devices: set[str] = set()
+        self.failures: list[dict[str, str]] = []
+
+    def add(self, video: dict[str, Any]) -> str:
+        """Count a finished video; returns its progress line."""
+        if video["status"] == "done":
+            self.done += 1
+            self.frames += video["frames"]
+        else:
+            self.failed += 1
+            self.failures.append({"source": video["source"], "error": video["error"]})
+        self.windows_reused += video["windows_reused"]
+        self.windows_restored += video["windows"] - video["windows_reused"]
+        self.restore_seconds += video["restore_seconds"]
+        if video["device"]:
+            self.devices.add(video["device"])
+        finished = self.done + self.failed
+        what = f"{video['frames']} frames -> {video['output']}" if video["status"] == "done" else video["error"]
+        return (f"[{finished}/{self.to_restore}] {video['status']:6s} {video['rel']}: {what} | "
+                f"so far {self.done} done, {self.failed} failed, {self.frames} frames, "
+                f"{self.frames / self.elapsed():.2f} frames/s")
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.started, 1e-9)
+
+    def summary(self, **fields: Any) -> dict[str, Any]:
+        seconds = self.elapsed()
+        on_gpu = "cuda" in self.devices
+        return {
+            **fields,
+            "done": self.done,
+            "failed": self.failed,
+            "frames": self.frames,
+            "seconds": round(seconds, 3),
+            "frames_per_second": round(self.frames / seconds, 4),
+            "windows_restored": self.windows_restored,
+            "windows_reused": self.windows_reused,
+            # Actor time on the model's windows: GPU-seconds when the actors held GPUs; on a
+            # CPU-only cluster the same sum is CPU actor-seconds, and named so.
+            "gpu_seconds": round(self.restore_seconds, 3) if on_gpu else None,
+            "actor_seconds": round(self.restore_seconds, 3),
+            "actor_device": "gpu" if on_gpu else ("cpu" if self.devices else None),
+            "failures": self.failures,
+        }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"run {summary['run_id']}: {summary['done']} done, {summary['failed']} failed, "
+        f"{summary['skipped_done']} already done, {summary['skipped_failed']} unchanged bad inputs skipped "
+        f"(of {summary['listed']} videos under {summary['input']})",
+        f"{summary['frames']} frames in {summary['seconds']:.1f} s: {summary['frames_per_second']:.2f} frames/s",
+    ]
+    if summary["actor_device"] == "gpu":
+        lines.append(f"GPU-seconds: {summary['gpu_seconds']:.1f} ({summary['windows_restored']} windows restored, "
+                     f"{summary['windows_reused']} reused from an earlier run)")
+    elif summary["actor_device"] == "cpu":
+        lines.append(f"actor-seconds on CPU (no GPU in the cluster): {summary['actor_seconds']:.1f} "
+                     f"({summary['windows_restored']} windows restored, {summary['windows_reused']} reused "
+                     f"from an earlier run)")
+    for failure in summary["failures"]:
+        lines.append(f"FAILED {failure['source']}: {failure['error']}")
+    if summary.get("warning"):
+        lines.append(f"WARNING: {summary['warning']}")
+    lines.append(f"ledger: {summary['ledger']}")
+    return "\n".join(lines)
