@@ -12,7 +12,6 @@ import collections
 import hashlib
 import json
 import logging
-import os
 import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
@@ -101,7 +100,7 @@ def _validate(job: ArchiveJob) -> RestoreConfig:
         raise ValueError(f"device {job.device!r}: choose auto, gpu or cpu")
     if job.detector not in DETECTORS:
         raise ValueError(f"detector {job.detector!r}: choose one of {sorted(DETECTORS)}")
-    input_root, output_root = _root(job.input), _root(job.output)
+    input_root, output_root = storage.canonical(job.input), storage.canonical(job.output)
     if _inside(output_root, input_root):
         raise ValueError(f"output {job.output} is inside the input {job.input}: the next run would take the "
                          f"restored videos for new sources; choose an output outside the input")
@@ -115,7 +114,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     `<output>/_ledger/summary.json`). Raises ConfigError, before Ray starts, for bad configuration."""
     # 0. Fail fast, before any GPU is asked for: arguments, weights, storage.
     config = validate(job)
-    input_root, output_root = _root(job.input), _root(job.output)
+    input_root, output_root = storage.canonical(job.input), storage.canonical(job.output)
     random_weights = get_preset(job.preset).random_weights
     if random_weights:
         log.warning("WARNING: %s", TINY_WARNING)
@@ -256,12 +255,6 @@ def _remove_if_empty(folder: str) -> None:
     fs, path = storage.filesystem(folder)
     if fs.exists(path) and not fs.find(path):
         storage.remove(folder, recursive=True)
-
-
-def _root(url: str) -> str:
-    """Absolute and without a trailing "/": the form `storage.list_videos` gives its URLs, so that
-    URLs recorded in the ledger compare equal across runs started from other folders."""
-    return url.rstrip("/") if "://" in url else os.path.abspath(url)
 
 
 def _inside(url: str, root: str) -> bool:

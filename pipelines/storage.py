@@ -97,7 +97,7 @@ def list_videos(root: str | os.PathLike) -> list[SourceFile]:
     vanish. A missing root lists nothing; `check_reachable` is the check that says so.
     """
     fs, path = filesystem(root)
-    base = _canonical(root)
+    base = canonical(root)
     prefix = path.rstrip("/") + "/"
     out = []
     for name, info in fs.find(path, detail=True).items():
@@ -221,7 +221,7 @@ def _split(url: str | os.PathLike) -> tuple[str, str]:
     return protocol, path.rstrip("/")
 
 
-def _canonical(url: str | os.PathLike) -> str:
+def canonical(url: str | os.PathLike) -> str:
     """An absolute URL: plain absolute path on local disk (Ray workers may run in another working
     directory), "scheme://path" elsewhere."""
     protocol, path = _split(url)
