@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from servers import gcs_server, s3_server  # noqa: F401
 
@@ -25,3 +27,15 @@ def media(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"test clip not found at {path}")
     return path
+
+
+def audio_only(path: Path) -> None:
+    """Write a file with an AAC audio stream and no video stream (a bad input for the job)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=48000)
+        stream.layout = "mono"
+        for k in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 48000, k * 1024
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))

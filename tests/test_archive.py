@@ -22,7 +22,7 @@ import pyarrow.dataset as pads
 import pytest
 from PIL import Image
 
-from conftest import media
+from conftest import audio_only, media
 from pipelines.probe import probe, probe_timestamps
 from pipelines.rows import video_id
 from test_media_io import assert_same_timing, decode_all, make_clip, noisy_frames
@@ -113,17 +113,6 @@ def output_files(output: Path) -> dict[str, int]:
 
 
 # -- the archive -----------------------------------------------------------------------------------
-
-
-def audio_only(path: Path) -> None:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("aac", rate=48000)
-        stream.layout = "mono"
-        for k in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 48000, k * 1024
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
 
 
 def damaged(path: Path) -> None:

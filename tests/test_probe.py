@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipelines.probe import BadVideo, probe, probe_timestamps
-from conftest import media
+from conftest import audio_only, media
 
 
 def write_clip(path: Path, count: int = 12, size: tuple[int, int] = (32, 24), *, pts: list[int] | None = None,
@@ -133,14 +133,7 @@ def test_truncated_matroska(tmp_path):
 
 
 def test_audio_only_file(tmp_path):
-    with av.open(str(tmp_path / "speech.mp4"), "w") as out:
-        stream = out.add_stream("aac", rate=48000)
-        stream.layout = "mono"
-        for k in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 48000, k * 1024
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+    audio_only(tmp_path / "speech.mp4")
     with pytest.raises(BadVideo, match=r"no video stream \(audio-only or data-only file\)"):
         probe(tmp_path / "speech.mp4")
 
