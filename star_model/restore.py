@@ -19,7 +19,7 @@ from torch import Tensor
 
 from star_model.colorfix import adain_color_fix, wavelet_color_fix
 from star_model.diffusion import guided_x0
-from star_model.memory import MemoryPlan, free_device_memory, plan_memory
+from star_model.memory import OFFICIAL_WINDOW, MemoryPlan, free_device_memory, plan_memory
 from star_model.sampler import sample_dpmpp_2m_sde, sdedit_start, seeded_noise
 from star_model.schedule import NoiseSchedule, build_schedule, solver_sigmas
 from star_model.text import TextEncoder
@@ -38,8 +38,6 @@ from star_model.windows import (
 )
 
 log = logging.getLogger(__name__)
-
-OFFICIAL_WINDOW = 32  # official max_chunk_len
 
 
 @dataclass(frozen=True)
@@ -188,7 +186,7 @@ class StarRestorer:
             window = window or plan.window
             tile = tile or plan.tile
         if cfg.official_chunking:
-            windows = official_chunks(num_frames, window) if num_frames > window else [(0, num_frames)]
+            windows = official_chunks(num_frames, window)  # one window when F <= window
         else:
             overlap = cfg.window_overlap if cfg.window_overlap is not None else window // 2
             windows = plan_windows(num_frames, window, min(overlap, window - 1))

@@ -34,8 +34,13 @@ def audio_only(path: Path) -> None:
     with av.open(str(path), "w") as out:
         stream = out.add_stream("aac", rate=48000)
         stream.layout = "mono"
-        for k in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 48000, k * 1024
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
+        mux_silence(out, stream, 10)
+
+
+def mux_silence(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, frames: int) -> None:
+    """Encode and mux `frames` frames of mono 48 kHz silence (1024 samples each), then flush."""
+    for k in range(frames):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 48000, k * 1024
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))

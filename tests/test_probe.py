@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipelines.probe import BadVideo, probe, probe_timestamps
-from conftest import audio_only, media
+from conftest import audio_only, media, mux_silence
 
 
 def write_clip(path: Path, count: int = 12, size: tuple[int, int] = (32, 24), *, pts: list[int] | None = None,
@@ -201,11 +201,7 @@ def test_audio_and_subtitle_streams_are_listed(tmp_path):
             frame.pts, frame.time_base = i, Fraction(1, 24)
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
-        for k in range(5):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 48000, k * 1024
-            out.mux(audio.encode(frame))
-        out.mux(audio.encode(None))
+        mux_silence(out, audio, 5)
         packet = av.Packet(b"Hello")
         packet.stream, packet.time_base = subs, Fraction(1, 1000)
         packet.pts, packet.dts, packet.duration = 0, 0, 200
@@ -241,11 +237,7 @@ def test_cover_art_is_not_the_video_stream(tmp_path):
         frame.pts, frame.time_base = 0, Fraction(1, 1)
         out.mux(art.encode(frame))
         out.mux(art.encode(None))
-        for k in range(5):
-            a = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            a.sample_rate, a.pts = 48000, k * 1024
-            out.mux(audio.encode(a))
-        out.mux(audio.encode(None))
+        mux_silence(out, audio, 5)
     with av.open(str(src)) as container:
         if not any(s.disposition & av.stream.Disposition.attached_pic for s in container.streams.video):
             pytest.skip("this FFmpeg build does not read the cover back as an attached picture")
