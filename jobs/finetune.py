@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder or bucket URL of HR videos")
     parser.add_argument("--storage", required=True, help="folder or bucket URL for checkpoints")
     parser.add_argument("--preset", default="official", help="'official' (needs --weights) or 'tiny'")
-    parser.add_argument("--weights", help="folder with star/, text/, vae/ (see star_model/presets.py)")
+    parser.add_argument("--weights", help="folder or bucket with star/, text/, vae/ (jobs/fetch_weights.py)")
     parser.add_argument("--venhancer", help="start the denoiser from venhancer_v2.pt (as the paper)")
     parser.add_argument("--name", default="star-finetune", help="run name; the same name resumes")
     parser.add_argument("--workers", type=int, default=1)

@@ -27,8 +27,9 @@ def parse(argv: list[str] | None) -> ArchiveJob:
     parser.add_argument("--input", required=True, help="folder, s3://bucket/prefix or gs://bucket/prefix")
     parser.add_argument("--output", required=True, help="folder or bucket URL for restored videos and the ledger")
     parser.add_argument("--preset", default="official",
-                        help="official (needs --weights) or tiny (random weights: NOT a restoration)")
-    parser.add_argument("--weights", default=None, help="folder with star/, text/ and vae/")
+                        help="official (needs --weights) or tiny (without --weights random: NOT a restoration)")
+    parser.add_argument("--weights", default=None,
+                        help="folder or bucket with star/, text/ and vae/ (jobs/fetch_weights.py writes one)")
     parser.add_argument("--checkpoint", default="light_deg", help="light_deg or heavy_deg")
     parser.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")
     parser.add_argument("--prompt", default="", help="text prompt for every video")
@@ -40,13 +41,19 @@ def parse(argv: list[str] | None) -> ArchiveJob:
                         help="restore actors at most (default: one per GPU in the cluster, 1 without GPUs)")
     parser.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto",
                         help="gpu: ask for GPUs even before an autoscaler has started any")
+    parser.add_argument("--accelerator-type", default=None,
+                        help="restore only on this GPU type, as Ray names it (L4, A100, H100, ...); implies GPUs")
+    parser.add_argument("--lease-minutes", type=float, default=10.0,
+                        help="runs over the same output skip the videos another live run holds; a crashed "
+                             "run's videos are free after this long (default 10)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also retry unchanged sources that failed as bad inputs before")
     args = parser.parse_args(argv)
     return ArchiveJob(input=args.input, output=args.output, preset=args.preset, weights=args.weights,
                       checkpoint=args.checkpoint, scale=args.scale, steps=args.steps, prompt=args.prompt,
                       window=args.window, overlap=args.overlap, actors=args.actors, device=args.device,
-                      retry_failed=args.retry_failed)
+                      retry_failed=args.retry_failed, accelerator_type=args.accelerator_type,
+                      lease_minutes=args.lease_minutes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,13 +16,14 @@ import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import ray
 
-from pipelines import ledger, storage
+from pipelines import ledger, metrics, storage
 from pipelines.assemble_stage import finish_video
+from pipelines.lease import Leases, describe_holders
 from pipelines.plan_stage import failed_row, plan_video
 from pipelines.restore_stage import RestoreWindows
 from pipelines.rows import (FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGING, VIDEO_ID, WINDOWS, output_stem,
@@ -30,7 +31,8 @@ from pipelines.rows import (FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGING, VIDE
 from pipelines.scenes import DETECTORS
 from pipelines.storage import SourceFile
 from pipelines.summary import RunStats, format_summary
-from star_model.presets import get_preset, resolve_weights
+from pipelines.weights import check as check_weights
+from star_model.presets import get_preset
 from star_model.restore import RestoreConfig
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,8 @@ class ArchiveJob:
 
     input: str  # folder or bucket URL (local path, s3://, gs://)
     output: str
-    preset: str = "official"  # "official" (needs weights) or "tiny" (random weights, smoke tests)
-    weights: str | None = None  # folder with star/, text/, vae/ (see star_model/presets.py)
+    preset: str = "official"  # "official" (needs weights) or "tiny" (random weights unless given; smoke tests)
+    weights: str | None = None  # folder or bucket written by jobs/fetch_weights.py (layout: star_model/presets.py)
     checkpoint: str = "light_deg"  # or "heavy_deg"
     scale: int = 4
     steps: int | None = None  # sampler evaluations ("normal" mode); None: the official fast schedule
@@ -57,6 +59,8 @@ class ArchiveJob:
     device: Literal["auto", "gpu", "cpu"] = "auto"  # gpu: ask for GPUs even if none is up yet
     detector: str = "adaptive"
     retry_failed: bool = False  # also retry unchanged sources that failed for good before
+    accelerator_type: str | None = None  # restore only on this GPU type ("L4", "A100", "H100"; Ray's names)
+    lease_minutes: float = 10.0  # a crashed run's videos are free for other runs after this long
 
     def restore_config(self) -> RestoreConfig:
         if self.steps is None:
@@ -64,9 +68,12 @@ class ArchiveJob:
         return RestoreConfig(scale=self.scale, solver_mode="normal", steps=self.steps)
 
     def settings(self) -> dict[str, Any]:
-        """Everything the restored pixels depend on; a video is redone when any of it changes."""
-        return {key: getattr(self, key) for key in
-                ("preset", "checkpoint", "scale", "steps", "prompt", "window", "overlap", "detector")}
+        """Everything the restored pixels depend on; a video is redone when any of it changes. The
+        weights count by name (checkpoint) and by whether there are any (the tiny preset runs with or
+        without), not by where they lie: moving the weights folder redoes nothing."""
+        return {**{key: getattr(self, key) for key in
+                   ("preset", "checkpoint", "scale", "steps", "prompt", "window", "overlap", "detector")},
+                "random_weights": self.weights is None}
 
     def settings_key(self) -> str:
         return hashlib.sha1(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
@@ -89,7 +96,7 @@ def validate(job: ArchiveJob) -> RestoreConfig:
 
 def _validate(job: ArchiveJob) -> RestoreConfig:
     preset = get_preset(job.preset)
-    resolve_weights(preset, job.weights, job.checkpoint)
+    check_weights(preset, job.weights, job.checkpoint)  # local or bucket folder: layout and manifest sizes
     config = job.restore_config()
     if job.window < 1 or not 0 <= job.overlap <= job.window // 2:
         raise ValueError(f"--window {job.window} --overlap {job.overlap}: need window >= 1 and "
@@ -98,6 +105,11 @@ def _validate(job: ArchiveJob) -> RestoreConfig:
         raise ValueError(f"--actors {job.actors}: need at least 1")
     if job.device not in ("auto", "gpu", "cpu"):
         raise ValueError(f"device {job.device!r}: choose auto, gpu or cpu")
+    if job.accelerator_type is not None and job.device == "cpu":
+        raise ValueError(f"--accelerator-type {job.accelerator_type} asks for GPUs, --device cpu for none: "
+                         f"drop one of them")
+    if not job.lease_minutes > 0:
+        raise ValueError(f"--lease-minutes {job.lease_minutes}: need a positive number of minutes")
     if job.detector not in DETECTORS:
         raise ValueError(f"detector {job.detector!r}: choose one of {sorted(DETECTORS)}")
     input_root, output_root = storage.canonical(job.input), storage.canonical(job.output)
@@ -115,7 +127,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     # 0. Fail fast, before any GPU is asked for: arguments, weights, storage.
     config = validate(job)
     input_root, output_root = storage.canonical(job.input), storage.canonical(job.output)
-    random_weights = get_preset(job.preset).random_weights
+    random_weights = job.weights is None  # validate() allowed that only for the tiny preset
     if random_weights:
         log.warning("WARNING: %s", TINY_WARNING)
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
@@ -124,39 +136,74 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     # 1. Sources (driver): list the archive; drop what the ledger records as done for the same
     #    fingerprint and settings (resume and nightly runs are the same rule).
     sources = storage.list_videos(input_root)
-    latest = ledger.latest_by_rel(ledger.read_videos(output_root))
-    selection = ledger.select(sources, latest, job.settings_key(), storage.list_videos(output_root),
-                              job.retry_failed)
-    header = dict(run_id=run_id, input=input_root, output=output_root, settings=job.settings(),
-                  settings_key=job.settings_key(), listed=len(sources), skipped_done=len(selection.done),
-                  skipped_failed=len(selection.bad), restored=len(selection.todo),
-                  ledger=storage.join(output_root, ledger.VIDEOS), warning=TINY_WARNING if random_weights else None,
-                  started_at=started_at)
-    log.info("run %s: %d videos under %s, %d already done, %d unchanged bad inputs skipped, %d to restore",
-             run_id, len(sources), input_root, len(selection.done), len(selection.bad), len(selection.todo))
-    stats = RunStats(len(selection.todo))
-    if not selection.todo:
-        log.info("nothing to restore: every video under %s is already done (or an unchanged bad input)",
-                 input_root)
-    else:
-        todo, clashing = _split_clashes(selection.todo, sources)
-        for source, reason in clashing:  # decided on the driver: no Ray needed
-            log.info(stats.add(_failed_video(source, reason, output_root, run_id, job.settings_key())))
-        if todo:
-            started_ray = not ray.is_initialized()
-            if started_ray:
-                ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
-            try:
-                for video in _restore_videos(job, config, todo, output_root, run_id):
-                    log.info(stats.add(video))
-            finally:
-                if started_ray:
-                    ray.shutdown()
-            _remove_if_empty(storage.join(output_root, "_staging"))
-    summary = stats.summary(**header, finished_at=ledger.now())
-    ledger.write_summary(output_root, summary)
+    selection = _select(job, sources, output_root)
+    # Claim the rest: a video another live run is restoring (an overlapping nightly run, a manual
+    # run) is left to it. The claims last until this run ends, or its heartbeat expires if it dies.
+    with Leases(output_root, run_id, timedelta(minutes=job.lease_minutes)) as leases:
+        selection, held = _claim(leases, job, selection, output_root)
+        header = dict(run_id=run_id, input=input_root, output=output_root, settings=job.settings(),
+                      settings_key=job.settings_key(), listed=len(sources), skipped_done=len(selection.done),
+                      skipped_failed=len(selection.bad), skipped_leased=len(held),
+                      leased_by=sorted({holder for _, holder in held}), restored=len(selection.todo),
+                      ledger=storage.join(output_root, ledger.VIDEOS), warning=TINY_WARNING if random_weights else None,
+                      started_at=started_at)
+        log.info("run %s: %d videos under %s, %d already done, %d unchanged bad inputs skipped, %d being "
+                 "restored by other runs, %d to restore", run_id, len(sources), input_root, len(selection.done),
+                 len(selection.bad), len(held), len(selection.todo))
+        if held:
+            log.info("left to the runs that hold them: %s", describe_holders(held))
+        stats = RunStats(len(selection.todo))
+        if selection.todo:
+            _restore_all(job, config, selection.todo, sources, output_root, run_id, stats)
+        else:
+            log.info("nothing to restore: every video under %s is done, an unchanged bad input, or being "
+                     "restored by another run", input_root)
+        summary = stats.summary(**header, finished_at=ledger.now())
+        ledger.write_summary(output_root, summary)
     log.info("%s", format_summary(summary))
     return summary
+
+
+def _claim(leases: Leases, job: ArchiveJob, selection: ledger.Selection, output_root: str
+           ) -> tuple[ledger.Selection, list[tuple[SourceFile, str]]]:
+    """The selection less what other live runs hold, and those (source, holder run) pairs."""
+    claims = leases.claim(selection.todo)
+    if not claims.taken_over:
+        return ledger.Selection(claims.mine, selection.done, selection.bad), claims.held
+    # A run that ended since our ledger read may have finished some of them: read it again.
+    again = _select(job, claims.mine, output_root)
+    return ledger.Selection(again.todo, selection.done + again.done, selection.bad + again.bad), claims.held
+
+
+def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFile], sources: Sequence[SourceFile],
+                 output_root: str, run_id: str, stats: RunStats) -> None:
+    """Restore the claimed videos, counting each finished one in `stats` (and the metrics)."""
+    settings = job.settings_key()
+    todo, clashing = _split_clashes(todo, sources)
+    for source, reason in clashing:  # decided on the driver: no Ray needed
+        log.info(stats.add(_failed_video(source, reason, output_root, run_id, settings)))
+    if not todo:
+        return
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
+    try:
+        queued = len(todo)
+        metrics.videos_queued(queued)
+        for video in _restore_videos(job, config, todo, output_root, run_id):
+            log.info(stats.add(video))
+            metrics.video_finished(video["status"])
+            queued -= 1
+            metrics.videos_queued(queued)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    _remove_if_empty(storage.join(output_root, "_staging"))
+
+
+def _select(job: ArchiveJob, sources: Sequence[SourceFile], output_root: str) -> ledger.Selection:
+    latest = ledger.latest_by_rel(ledger.read_videos(output_root))
+    return ledger.select(sources, latest, job.settings_key(), storage.list_videos(output_root), job.retry_failed)
 
 
 def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[SourceFile], output_root: str,
@@ -192,6 +239,9 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
         batch_format="pandas",
         num_gpus=1 if use_gpu else 0,
         num_cpus=GPU_ACTOR_CPUS if use_gpu else 1,
+        # Only nodes with that GPU (the cluster configs declare `accelerator_type:<name>` resources,
+        # so the autoscaler can start such a node before any exists).
+        **({"accelerator_type": job.accelerator_type} if job.accelerator_type else {}),
     )
 
     # 4. Assemble (CPU task per video, 1 CPU: x264 encode), started as soon as a video's last
@@ -217,8 +267,11 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
 def _actor_pool(job: ArchiveJob) -> tuple[bool, int]:
     """(GPU actors?, most actors): one actor per GPU in the cluster; without GPUs, CPU actors."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = job.device == "gpu" or (job.device == "auto" and gpus > 0)
+    use_gpu = job.device == "gpu" or job.accelerator_type is not None or (job.device == "auto" and gpus > 0)
     if use_gpu:
+        if job.actors is None and gpus == 0:
+            log.warning("no GPU in the cluster yet: the restore pool is sized at 1 actor; pass --actors N for "
+                        "the GPUs the autoscaler may start")
         return True, job.actors or max(gpus, 1)
     log.warning("restoring on CPU (%s): fine for the tiny preset, far too slow for the official one",
                 "--device cpu" if job.device == "cpu" else "no GPU in the cluster")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import ledger, storage
+from pipelines import ledger, metrics, storage
 from pipelines.assemble import assemble, preview_still
 from pipelines.frames import iter_segment, read_frames
 from pipelines.probe import BadVideo, probe_timestamps
@@ -40,6 +40,8 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
         except Exception as e:  # noqa: BLE001 - recorded in the ledger, the run goes on
             log.warning("assembling %s failed", first[SOURCE], exc_info=True)
             status, error = FAILED, f"assembly: {type(e).__name__}: {e}"
+    if not failed and status == FAILED:
+        metrics.failure("assemble", permanent)
     restored = [r for r in rows if r[WINDOW] >= 0]
     video = {
         "source": first[SOURCE], "rel": first[REL], "fingerprint": first[FINGERPRINT], "settings": settings,

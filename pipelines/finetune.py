@@ -47,10 +47,12 @@ import torch.nn.functional as F
 from pipelines import storage
 from pipelines.train_data import (CAPTION, CLIP_SEED, GT, LQ, ClipConfig, build_pairs, derive_seed, iter_pairs,
                                   list_clips)
+from pipelines.weights import check as check_weights
+from pipelines.weights import local_copy
 from star_model.checkpoint import CheckpointError, compare_keys, read_state_dict
 from star_model.diffusion import diffuse
 from star_model.losses import LossConfig, star_loss
-from star_model.presets import StarPreset, get_preset
+from star_model.presets import StarPreset, get_preset, resolve_weights
 from star_model.schedule import build_schedule
 from star_model.text import TextEncoder, build_text_model, load_text_encoder, tiny_tokenizer
 from star_model.unet import StarDenoiser, load_denoiser
@@ -76,8 +78,8 @@ class FinetuneConfig:
 
     data: str  # folder or bucket URL of HR videos
     storage: str  # folder or bucket URL for checkpoints: <storage>/<name>/
-    preset: str = "tiny"  # "official" (needs weights) or "tiny" (random weights, tests)
-    weights: str | None = None  # folder with star/, text/, vae/ (star/ not needed with `venhancer`)
+    preset: str = "tiny"  # "official" (needs weights) or "tiny" (random weights without `weights`; tests)
+    weights: str | None = None  # folder or bucket with star/, text/, vae/ (star/ not needed with `venhancer`)
     venhancer: str | None = None  # start from venhancer_v2.pt instead of a STAR checkpoint (as the paper)
     checkpoint: str = "light_deg"  # which STAR checkpoint in weights/star/ to start from
     name: str = "star-finetune"  # stable: a run with the same storage and name resumes
@@ -131,7 +133,7 @@ def check_config(cfg: FinetuneConfig) -> None:
 
     Raises ValueError saying what to fix."""
     preset = get_preset(cfg.preset)
-    resolve_finetune_weights(preset, cfg)
+    check_finetune_weights(preset, cfg)
     height, width = cfg.clips.crop
     down = 2 ** (len(preset.vae.block_out_channels) - 1)
     if height % down or width % down:
@@ -158,31 +160,26 @@ class FinetuneWeights:
     vae: Path | None
 
 
-def resolve_finetune_weights(preset: StarPreset, cfg: FinetuneConfig) -> FinetuneWeights:
-    """Where each model's weights come from; cheap, touches no device."""
-    if preset.random_weights:
-        if cfg.weights is not None or cfg.venhancer is not None:
-            raise ValueError(f"preset {preset.name!r} uses random weights; drop --weights/--venhancer "
-                             "or pick 'official'")
-        return FinetuneWeights(None, None, None, None)
-    if cfg.weights is None:
-        raise ValueError(f"preset {preset.name!r} needs --weights DIR with text/ and vae/ (and star/ "
-                         "unless --venhancer is given); see star_model/presets.py")
-    root = Path(cfg.weights)
-    for sub, source in (("text", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
-                        ("vae", "stabilityai/stable-video-diffusion-img2vid (subfolder vae)")):
-        if not (root / sub / "config.json").is_file():
-            raise ValueError(f"no {sub} model at {root / sub}; download {source} there")
+def check_finetune_weights(preset: StarPreset, cfg: FinetuneConfig) -> None:
+    """The weights folder (local or bucket) has what the run needs; cheap: no download."""
     if cfg.venhancer is not None:
+        if cfg.weights is None:
+            raise ValueError("--venhancer needs --weights DIR with text/ and vae/ too; see star_model/presets.py")
         if not Path(cfg.venhancer).is_file():
             raise ValueError(f"no VEnhancer checkpoint at {cfg.venhancer}; download venhancer_v2.pt from "
                              "huggingface.co/jwhejwhe/VEnhancer")
-        return FinetuneWeights(None, Path(cfg.venhancer), root / "text", root / "vae")
-    from star_model.presets import resolve_weights
+    check_weights(preset, cfg.weights, None if cfg.venhancer else cfg.checkpoint)
 
-    paths = resolve_weights(preset, root, cfg.checkpoint)
+
+def resolve_finetune_weights(preset: StarPreset, cfg: FinetuneConfig) -> FinetuneWeights:
+    """Where each model's weights come from on this node (a bucket folder is copied here first);
+    all None for random weights. `check_finetune_weights` has vetted the configuration."""
+    if cfg.weights is None:
+        return FinetuneWeights(None, None, None, None)
+    paths = resolve_weights(preset, local_copy(cfg.weights), None if cfg.venhancer else cfg.checkpoint)
     assert paths is not None
-    return FinetuneWeights(paths.checkpoint, None, paths.text, paths.vae)
+    venhancer = Path(cfg.venhancer) if cfg.venhancer is not None else None
+    return FinetuneWeights(paths.checkpoint, venhancer, paths.text, paths.vae)
 
 
 def run_storage(url: str) -> tuple[str, Any]:
@@ -286,7 +283,7 @@ def build_models(cfg: FinetuneConfig, device: torch.device) -> tuple[StarDenoise
     preset = get_preset(cfg.preset)
     weights = resolve_finetune_weights(preset, cfg)
     vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the SVD VAE overflows fp16
-    if preset.random_weights:
+    if weights.text is None:  # no weights folder: random weights, seeded
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             denoiser = load_denoiser(preset.denoiser, None, device=device)

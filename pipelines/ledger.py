@@ -5,6 +5,7 @@ run and never rewritten. It is the resume point, the nightly diff and the audit 
     _ledger/_windows/<run>-<video id>.parquet  one row per window of it (hidden from discovery)
     _ledger/_previews/<rel>.png                before/after still per restored video (hidden too)
     _ledger/summary.json                       the latest run's counts
+    _ledger/_runs/, _ledger/_leases/           run heartbeats and per-video leases (pipelines/lease.py)
 
 `pyarrow.dataset.dataset("<output>/_ledger/videos")` reads the video rows. Reading the whole `_ledger`
 folder gives the same rows (pyarrow's discovery skips names starting with "_" or ".": window rows and

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipelines import storage
+from pipelines import metrics, storage
 from pipelines.assemble import choose_container
 from pipelines.probe import BadVideo, probe_timestamps
 from pipelines.rows import (DEVICE, ERROR, FAILED, FPS, FRAMES, OUTPUT, OUTPUT_STEM, PENDING, PERMANENT, REUSED,
@@ -29,12 +29,15 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str)
             container = choose_container(info)  # a source no container can carry fails here, before any GPU
             scenes = detect_scenes(f, detector, timestamps=timestamps)
     except BadVideo as e:
+        metrics.failure("scenes", permanent=True)
         return [failed_row(row, e.reason, permanent=True)]
     except Exception as e:  # noqa: BLE001 - recorded in the ledger, the run goes on
         log.warning("planning %s failed", row[SOURCE], exc_info=True)
+        metrics.failure("scenes", permanent=False)
         return [failed_row(row, f"{type(e).__name__}: {e}", permanent=False)]
 
     windows = plan_windows(scenes, window, overlap)
+    metrics.windows_planned(len(windows))
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: f"{row[OUTPUT_STEM]}.{container}", FRAMES: info.frame_count, WINDOWS: len(windows),
                   FPS: str(info.fps)})

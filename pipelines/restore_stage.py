@@ -12,11 +12,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pipelines import storage
+from pipelines import metrics, storage
 from pipelines.frames import read_frames, write_segment
 from pipelines.probe import BadVideo
 from pipelines.rows import (DEVICE, DONE, END, ERROR, FAILED, FPS, PENDING, PERMANENT, REL, REUSED, SECONDS,
                             SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS, WINDOW, segment_url, window_seed)
+from pipelines.weights import local_copy
 from star_model.presets import load_restorer
 from star_model.restore import RestoreConfig
 
@@ -34,7 +35,9 @@ class RestoreWindows:
         # Random-weight presets are seeded (load_denoiser, build_vae, build_text_model): every actor of
         # every run builds the same model, so windows restored by different actors (or by a run that
         # resumes a killed one) belong together.
-        self.restorer = load_restorer(preset, weights, config=config, checkpoint=checkpoint)
+        # A bucket folder is copied to this node once (the node's actors share the copy).
+        local = local_copy(weights) if weights is not None else None
+        self.restorer = load_restorer(preset, local, config=config, checkpoint=checkpoint)
         self.prompt = prompt
         self.base_seed = config.seed
         self.device = self.restorer.device.type
@@ -50,6 +53,7 @@ class RestoreWindows:
         # A segment is written atomically, so one that exists is whole: an earlier run that was
         # killed (or a retried task) already restored this window with the same seed.
         if storage.exists(segment):
+            metrics.window_finished("reused")
             return {**row, STATUS: DONE, REUSED: True}
         started = time.perf_counter()
         try:
@@ -68,4 +72,10 @@ class RestoreWindows:
         except Exception as e:  # noqa: BLE001 - recorded in the ledger, the other windows go on
             log.warning("window %s of %s failed", row[WINDOW], row[SOURCE], exc_info=True)
             outcome = {STATUS: FAILED, ERROR: f"{type(e).__name__}: {e}"}
-        return {**row, **outcome, SECONDS: time.perf_counter() - started}
+        seconds = time.perf_counter() - started
+        if outcome[STATUS] == DONE:
+            metrics.window_restored(int(row[END]) - int(row[START]), seconds, self.device)
+        else:
+            metrics.failure("restore", outcome.get(PERMANENT, False))
+        metrics.window_finished(outcome[STATUS])
+        return {**row, **outcome, SECONDS: seconds}

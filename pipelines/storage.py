@@ -194,6 +194,42 @@ def write_bytes_atomic(url: str | os.PathLike, data: bytes) -> None:
             f.write(data)
 
 
+def create_exclusive(url: str | os.PathLike, data: bytes) -> bool:
+    """Write `data` at `url` only if nothing is there yet: True if this call created it, False if
+    something already was. Of several concurrent callers exactly one gets True (leases rely on it).
+
+    Local disk: a complete hidden temporary file hard-linked to the name (`link` fails when the
+    name exists, and readers never see a half-written file); `open(..., "xb")` where the filesystem
+    has no hard links. S3: a put with `If-None-Match: *`; GCS: a put with `ifGenerationMatch=0`
+    (s3fs and gcsfs send these for `mode="create"`). Other fsspec stores check, then write.
+    """
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem):
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.part")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (some FUSE mounts): exclusive create, then write
+        try:
+            with open(path, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+    finally:
+        os.remove(tmp)
+    return True
+
+
 def exists(url: str | os.PathLike) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)

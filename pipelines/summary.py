@@ -65,8 +65,8 @@ class RunStats:
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"run {summary['run_id']}: {summary['done']} done, {summary['failed']} failed, "
-        f"{summary['skipped_done']} already done, {summary['skipped_failed']} unchanged bad inputs skipped "
-        f"(of {summary['listed']} videos under {summary['input']})",
+        f"{summary['skipped_done']} already done, {summary['skipped_failed']} unchanged bad inputs skipped, "
+        f"{summary['skipped_leased']} left to other runs (of {summary['listed']} videos under {summary['input']})",
         f"{summary['frames']} frames in {summary['seconds']:.1f} s: {summary['frames_per_second']:.2f} frames/s",
     ]
     if summary["actor_device"] == "gpu":

@@ -1,16 +1,23 @@
 """Whole-model presets (denoiser + text encoder + VAE) and the loader that turns a preset and a
 weights folder into a ready `StarRestorer`.
 
-Weights folder layout (what `jobs/fetch_weights.py`-style downloads produce; nothing is fetched here):
+Weights folder layout (what `jobs/fetch_weights.py` writes; nothing is fetched here):
 
-    WEIGHTS/star/light_deg.pt        (or heavy_deg.pt, or a converted .safetensors)
-    WEIGHTS/text/                    laion/CLIP-ViT-H-14-laion2B-s32B-b79K (config.json, weights, tokenizer)
-    WEIGHTS/vae/                     stabilityai/stable-video-diffusion-img2vid, subfolder vae
+    WEIGHTS/star/light_deg.safetensors   (or heavy_deg; or the released .pt)   SherryX/STAR
+    WEIGHTS/text/                        laion/CLIP-ViT-H-14-laion2B-s32B-b79K: config.json,
+                                         model.safetensors, tokenizer files
+    WEIGHTS/vae/                         stabilityai/stable-video-diffusion-img2vid, subfolder vae:
+                                         config.json, diffusion_pytorch_model[.fp16].safetensors
+    WEIGHTS/manifest.json                optional: sizes and SHA-256 of every file (pipelines/weights.py)
+
+The `tiny` preset runs with random weights when no folder is given (smoke tests), or loads TINY-shaped
+weights from a folder of the same layout with the same strict loaders (tests of the loading path).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +35,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = ("light_deg", "heavy_deg")
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt")  # a converted safetensors file is preferred (mmap, half)
+STAR_REPO = "SherryX/STAR"
+TEXT_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+VAE_REPO = "stabilityai/stable-video-diffusion-img2vid"  # gated: accept the licence, then use HF_TOKEN
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class StarPreset:
     denoiser: denoiser_configs.DenoiserConfig
     text: text_configs.TextConfig
     vae: vae_configs.VaeConfig
-    random_weights: bool  # True: no weights folder, random init (smoke tests; not a restoration)
+    weights_optional: bool  # True: without a weights folder, random init (smoke tests; not a restoration)
 
 
 PRESETS: dict[str, StarPreset] = {
@@ -47,7 +57,7 @@ PRESETS: dict[str, StarPreset] = {
 
 @dataclass(frozen=True)
 class WeightPaths:
-    checkpoint: Path
+    checkpoint: Path | None  # None when no STAR checkpoint was asked for
     text: Path
     vae: Path
 
@@ -59,30 +69,66 @@ def get_preset(name: str) -> StarPreset:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
-def resolve_weights(preset: StarPreset, weights: str | Path | None, checkpoint: str = "light_deg") -> WeightPaths | None:
-    """Check that a weights folder holds everything the preset needs; cheap, touches no device.
+# The pieces of a weights folder besides the STAR checkpoint: what each is, alternative file sets
+# (any one complete set will do, as the loaders accept each) and where it comes from.
+_VAE_WEIGHTS = tuple((f"vae/diffusion_pytorch_model{variant}.{suffix}",)
+                     for variant in ("", ".fp16") for suffix in ("safetensors", "bin"))
+_PIECES: tuple[tuple[str, tuple[tuple[str, ...], ...], str], ...] = (
+    ("text encoder config", (("text/config.json",),), TEXT_REPO),
+    ("text encoder weights", (("text/model.safetensors",), ("text/pytorch_model.bin",)), TEXT_REPO),
+    ("tokenizer", (("text/tokenizer.json",), ("text/vocab.json", "text/merges.txt"),
+                   ("text/tokenizer/tokenizer.json",), ("text/tokenizer/vocab.json", "text/tokenizer/merges.txt")),
+     TEXT_REPO),
+    ("VAE config", (("vae/config.json",),), f"{VAE_REPO}, subfolder vae"),
+    ("VAE weights", _VAE_WEIGHTS, f"{VAE_REPO}, subfolder vae"),
+)
 
-    Raises ValueError naming the missing piece and how to get it, so a job fails before asking for a GPU.
+
+def missing_weights(files: Collection[str], checkpoint: str | None = "light_deg") -> list[str]:
+    """Every piece a weights folder holding `files` (posix paths relative to it) lacks, one line each:
+    what it is, which files would do and where they come from. Both presets share the layout.
+    `checkpoint=None`: no STAR checkpoint is needed (fine-tuning from VEnhancer)."""
+    pieces = list(_PIECES)
+    if checkpoint is not None:
+        if checkpoint not in CHECKPOINT_NAMES:
+            raise ValueError(f"checkpoint {checkpoint!r}: choose one of {CHECKPOINT_NAMES}")
+        star = tuple((f"star/{checkpoint}{suffix}",) for suffix in CHECKPOINT_SUFFIXES)
+        pieces.insert(0, ("STAR checkpoint", star, f"{STAR_REPO}, file I2VGen-XL-based/{checkpoint}.pt"))
+    present = set(files)
+    lines = []
+    for what, alternatives, source in pieces:
+        if not any(present.issuperset(option) for option in alternatives):
+            wanted = " or ".join(" + ".join(option) for option in alternatives)
+            lines.append(f"no {what}: {wanted} (from huggingface.co/{source})")
+    return lines
+
+
+def incomplete_message(where: str, problems: list[str]) -> str:
+    return (f"weights folder {where} is incomplete; `python jobs/fetch_weights.py --dest {where}` writes a "
+            "complete one:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def resolve_weights(preset: StarPreset, weights: str | Path | None,
+                    checkpoint: str | None = "light_deg") -> WeightPaths | None:
+    """Check that a local weights folder holds everything the preset needs; cheap, touches no device.
+
+    None means random weights (only for presets where weights are optional). Raises ValueError listing
+    every missing piece and where to get it, so a job fails before asking for a GPU. Buckets:
+    `pipelines.weights.check` and `local_copy`.
     """
-    if preset.random_weights:
-        if weights is not None:
-            raise ValueError(f"preset {preset.name!r} uses random weights; drop --weights or pick 'official'")
-        return None
     if weights is None:
+        if preset.weights_optional:
+            return None
         raise ValueError(f"preset {preset.name!r} needs --weights DIR holding star/, text/ and vae/ "
                          f"(see star_model/presets.py for the layout)")
-    if checkpoint not in CHECKPOINT_NAMES:
-        raise ValueError(f"checkpoint {checkpoint!r}: choose one of {CHECKPOINT_NAMES}")
     root = Path(weights)
-    candidates = [root / "star" / f"{checkpoint}{suffix}" for suffix in CHECKPOINT_SUFFIXES]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
-        raise ValueError(f"no STAR checkpoint at {' or '.join(map(str, candidates))}; download "
-                         f"I2VGen-XL-based/{checkpoint}.pt from huggingface.co/SherryX/STAR there")
-    for sub, source in (("text", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
-                        ("vae", "stabilityai/stable-video-diffusion-img2vid (subfolder vae)")):
-        if not (root / sub / "config.json").is_file():
-            raise ValueError(f"no {sub} model at {root / sub}; download {source} there")
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    missing = missing_weights(files, checkpoint)
+    if missing:
+        raise ValueError(incomplete_message(str(root), missing))
+    found = None
+    if checkpoint is not None:
+        found = next(c for c in (root / "star" / f"{checkpoint}{s}" for s in CHECKPOINT_SUFFIXES) if c.is_file())
     return WeightPaths(found, root / "text", root / "vae")
 
 
@@ -100,7 +146,8 @@ def default_dtype(device: torch.device) -> torch.dtype:
 def load_restorer(preset_name: str, weights: str | Path | None = None, *, config: RestoreConfig = RestoreConfig(),
                   checkpoint: str = "light_deg", device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None) -> StarRestorer:
-    """Build a StarRestorer for a preset; official weights are loaded strictly from `weights`."""
+    """Build a StarRestorer for a preset; weights are loaded strictly from the local folder `weights`
+    (None: random weights, for presets where they are optional)."""
     preset = get_preset(preset_name)
     paths = resolve_weights(preset, weights, checkpoint)
     device = torch.device(device) if device is not None else default_device()

@@ -346,8 +346,8 @@ def load_job_module():
 @pytest.mark.parametrize("args, message", [
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--preset", "official"], "needs --weights DIR"),
-    (["--preset", "official", "--weights", "{tmp}/weights"], "no STAR checkpoint at"),
-    (["--weights", "{tmp}"], "uses random weights; drop --weights"),
+    (["--preset", "official", "--weights", "{tmp}/weights"], "--weights .*/weights: input folder .* does not exist"),
+    (["--weights", "{tmp}"], r"is incomplete.*\n  - no STAR checkpoint: star/light_deg.safetensors or"),
     (["--checkpoint", "medium_deg", "--preset", "official", "--weights", "{tmp}"], "checkpoint 'medium_deg'"),
     (["--input", "{tmp}/missing"], "input folder .* does not exist"),
     (["--output", "{tmp}/in/restored"], "is inside the input"),

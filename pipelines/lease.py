@@ -1,0 +1,240 @@
+"""Per-video leases in the output storage, so that runs over the same output (a nightly run and a
+manual one, or a nightly run that is still going when the next starts) never restore one video at
+once. A run claims each video it is about to restore; a video another live run holds is skipped and
+left to that run.
+
+    <output>/_ledger/_runs/<run id>.json                {run, host, pid, started_at, expires_at, finished}
+    <output>/_ledger/_leases/<key of rel>/<gen>.json    {run, rel, at}: the newest generation holds the video
+
+A lease is held while the run that wrote the newest generation is alive: its heartbeat file says
+`finished: false` and an `expires_at` still ahead (the run rewrites it every `ttl / 5`), and, when
+the run is on this very machine, its process still exists. So a run that ends frees all its leases
+at once, and a run that crashed (killed driver, lost node) frees them when its heartbeat expires.
+
+Claiming writes generation n + 1 with a create-if-absent put (`storage.create_exclusive`: an
+exclusive hard link on local disk, a conditional put on S3 and GCS): of two runs that race for a
+video, exactly one creates it. Generations only grow (older ones are deleted, the newest never), so
+a freed lease can never be claimed twice by starting again from 0.
+
+Clocks: expiry is the holder's clock compared with the reader's; keep clocks in sync (NTP) to well
+within `ttl`. A run that stalls for longer than `ttl` loses its leases; the worst that follows is
+the same window restored twice into the same (atomic, identical) staging segment, never a torn file.
+To free the leases of a run you know is dead before they expire, delete its `_runs/<run id>.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import socket
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pipelines import storage
+from pipelines.ledger import LEDGER
+from pipelines.storage import SourceFile
+
+log = logging.getLogger(__name__)
+
+RUNS = f"{LEDGER}/_runs"
+LEASES = f"{LEDGER}/_leases"
+DEFAULT_TTL = timedelta(minutes=10)
+_CLAIM_THREADS = 16  # claims are small round trips to the store: overlap them
+_CLAIM_TRIES = 3
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def lease_key(rel: str) -> str:
+    """A lease's folder name: by `rel`, like the ledger, so runs that name the archive by other URLs
+    (another mount, a copied bucket) still meet on the same lease."""
+    return hashlib.sha1(rel.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What `Leases.claim` got: the sources this run now holds, and the ones other live runs hold."""
+
+    mine: list[SourceFile]
+    held: list[tuple[SourceFile, str]]  # (source, holder run id)
+    taken_over: bool  # some lease was taken from a run that has ended or died since
+
+
+class Leases:
+    """This run's heartbeat and its claims. Use as a context manager around the work:
+
+        with Leases(output_root, run_id) as leases:
+            claims = leases.claim(sources)
+            ...restore claims.mine...
+
+    Entering writes the heartbeat and starts renewing it; leaving (normally or by an exception)
+    marks the run finished, which frees every lease it holds.
+    """
+
+    def __init__(self, output_root: str, run_id: str, ttl: timedelta = DEFAULT_TTL, clock: Clock = _utc_now):
+        if ttl <= timedelta(0):
+            raise ValueError(f"lease time {ttl} must be positive")
+        self.root, self.run_id, self.ttl, self.clock = output_root, run_id, ttl, clock
+        self.started_at = clock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- heartbeat ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> Leases:
+        self._beat(finished=False)
+        self._thread = threading.Thread(target=self._renew, name=f"lease-heartbeat-{self.run_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._beat(finished=True)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl.total_seconds() / 5):
+            try:
+                self._beat(finished=False)
+            except Exception:  # noqa: BLE001 - a store hiccup; the next beat tries again, well before expiry
+                log.warning("could not renew the heartbeat of run %s", self.run_id, exc_info=True)
+
+    def _beat(self, *, finished: bool) -> None:
+        now = self.clock()
+        record = {"run": self.run_id, **_this_process(), "started_at": self.started_at.isoformat(),
+                  "expires_at": (now + self.ttl).isoformat(), "finished": finished}
+        storage.write_bytes_atomic(run_url(self.root, self.run_id), json.dumps(record).encode())
+
+    # -- claims ------------------------------------------------------------------------------------
+
+    def claim(self, sources: Sequence[SourceFile]) -> Claims:
+        """Claim every source that no other live run holds (in parallel: one listing, a read or two
+        and one conditional put per source)."""
+        alive = _AliveCache(self.root, self.clock)
+        with ThreadPoolExecutor(max_workers=_CLAIM_THREADS) as pool:
+            outcomes = list(pool.map(lambda s: self._claim_one(s, alive), sources))
+        mine = [s for s, (holder, _) in zip(sources, outcomes) if holder is None]
+        held = [(s, holder) for s, (holder, _) in zip(sources, outcomes) if holder is not None]
+        return Claims(mine, held, taken_over=any(took for _, took in outcomes))
+
+    def _claim_one(self, source: SourceFile, alive: _AliveCache) -> tuple[str | None, bool]:
+        """(None, taken over?) when this run now holds the video, else (holder run id, False)."""
+        folder = storage.join(self.root, LEASES, lease_key(source.rel))
+        for _ in range(_CLAIM_TRIES):
+            generations = _generations(folder)
+            taken_over = False
+            if generations:
+                newest = generations[-1]
+                holder = _read_json(_generation_url(folder, newest)).get("run", "")
+                if holder == self.run_id:
+                    return None, False
+                if alive(holder):
+                    return holder, False
+                taken_over = True
+            following = generations[-1] + 1 if generations else 0
+            record = {"run": self.run_id, "rel": source.rel, "at": self.clock().isoformat()}
+            if storage.create_exclusive(_generation_url(folder, following), json.dumps(record).encode()):
+                for old in generations:  # never the newest: generations must only grow
+                    storage.remove(_generation_url(folder, old))
+                return None, taken_over
+            # Another run created that generation first: look again, it is probably alive.
+        return "another run (the lease kept changing while claiming it)", False
+
+
+def run_url(output_root: str, run_id: str) -> str:
+    return storage.join(output_root, RUNS, f"{run_id}.json")
+
+
+def describe_holders(held: Iterable[tuple[SourceFile, str]]) -> str:
+    """"3 videos held by run X, 1 by run Y" for the log."""
+    counts: dict[str, int] = {}
+    for _, holder in held:
+        counts[holder] = counts.get(holder, 0) + 1
+    return ", ".join(f"{n} by run {holder}" for holder, n in sorted(counts.items()))
+
+
+class _AliveCache:
+    """Is a run alive? Read once per run per claim pass: thousands of leases share a few runs."""
+
+    def __init__(self, output_root: str, clock: Clock):
+        self.root, self.clock = output_root, clock
+        self.known: dict[str, bool] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, run_id: str) -> bool:
+        with self.lock:
+            if run_id not in self.known:
+                self.known[run_id] = _alive(_read_json(run_url(self.root, run_id)), self.clock())
+            return self.known[run_id]
+
+
+def _alive(record: dict[str, Any], now: datetime) -> bool:
+    if not record or record.get("finished", True):
+        return False  # no heartbeat (deleted by hand, or never written) or a finished run
+    if datetime.fromisoformat(record["expires_at"]) <= now:
+        return False  # crashed: stopped renewing
+    here = _this_process()
+    if record.get("host") == here["host"] and record.get("pid") is not None:
+        # Same machine and same PID namespace: a vanished process is dead now, no need to wait
+        # for the expiry (a killed local run, a restarted head pod that kept its hostname).
+        return _pid_exists(int(record["pid"]))
+    return True
+
+
+def _this_process() -> dict[str, Any]:
+    """Where this run's driver lives. `host` includes the PID namespace on Linux, so two containers
+    that share a hostname (host networking) never judge each other's PIDs."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return {"host": f"{socket.gethostname()}/{namespace}", "pid": os.getpid()}
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _generations(folder: str) -> list[int]:
+    fs, path = storage.filesystem(folder)
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    numbers = []
+    for name in names:
+        stem, ext = posixpath.splitext(posixpath.basename(name.rstrip("/")))
+        if ext == ".json" and stem.isdigit():
+            numbers.append(int(stem))
+    return sorted(numbers)
+
+
+def _generation_url(folder: str, generation: int) -> str:
+    return storage.join(folder, f"{generation:012d}.json")
+
+
+def _read_json(url: str) -> dict[str, Any]:
+    """The record at `url`; {} when it is gone (a generation deleted by a newer claim, a run file
+    deleted by hand)."""
+    try:
+        return json.loads(storage.read_bytes(url))
+    except FileNotFoundError:
+        return {}

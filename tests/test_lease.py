@@ -1,0 +1,207 @@
+"""Per-video leases (pipelines/lease.py) and the create-if-absent put under them, on local disk and
+the S3 and GCS test servers: one winner per race, expiry of crashed runs, immediate release by a
+finished run, and generations that only grow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from pipelines import storage
+from pipelines.lease import LEASES, Leases, lease_key, run_url
+from pipelines.storage import SourceFile, create_exclusive, join
+
+T0 = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
+TTL = timedelta(minutes=10)
+SOURCES = [SourceFile(url=f"/archive/{n}.mp4", rel=f"reel/{n}.mp4", size=10, version="1") for n in "abcde"]
+
+
+@pytest.fixture(params=["local", "s3", "gs"])
+def root(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return request.getfixturevalue("s3_server" if request.param == "s3" else "gcs_server").fresh()
+
+
+@pytest.fixture(params=["local", "s3"])
+def atomic_root(request, tmp_path) -> str:
+    """Stores whose test server enforces create-if-absent. gcp-storage-emulator ignores the
+    `ifGenerationMatch=0` precondition that gcsfs sends (real GCS honours it), so races are not
+    tested against it."""
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return request.getfixturevalue("s3_server").fresh()
+
+
+class Clock:
+    def __init__(self, now: datetime = T0):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def started(root: str, run_id: str, clock: Clock) -> Leases:
+    """A run whose heartbeat is written but not renewed: what a crashed run leaves behind."""
+    leases = Leases(root, run_id, TTL, clock)
+    leases._beat(finished=False)
+    return leases
+
+
+# -- create_exclusive ------------------------------------------------------------------------------
+
+
+def test_create_exclusive_writes_once(root, request):
+    if "gs" in request.node.callspec.id:
+        pytest.skip("gcp-storage-emulator ignores ifGenerationMatch=0 (real GCS enforces it)")
+    url = join(root, "lock", "a.json")
+    assert create_exclusive(url, b"first")
+    assert not create_exclusive(url, b"second")
+    assert storage.read_bytes(url) == b"first"
+
+
+def test_create_exclusive_has_one_winner_in_a_race(atomic_root):
+    url = join(atomic_root, "lock", "race.json")
+    barrier = threading.Barrier(12)
+    results: list[bool] = []
+
+    def contender(n: int) -> None:
+        barrier.wait()
+        results.append(create_exclusive(url, f"contender {n}".encode()))
+
+    threads = [threading.Thread(target=contender, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 11 + [True]
+    assert storage.read_bytes(url).startswith(b"contender ")
+
+
+def test_create_exclusive_leaves_no_temporary_files(tmp_path):
+    url = str(tmp_path / "x.json")
+    create_exclusive(url, b"1")
+    create_exclusive(url, b"2")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+# -- leases ----------------------------------------------------------------------------------------
+
+
+def test_a_live_run_keeps_its_videos_and_a_finished_run_frees_them(root):
+    clock = Clock()
+    first = started(root, "run-a", clock)
+    assert first.claim(SOURCES).mine == SOURCES
+    assert first.claim(SOURCES).mine == SOURCES  # claiming again is harmless
+
+    second = started(root, "run-b", clock)
+    claims = second.claim(SOURCES)
+    assert claims.mine == [] and [(s.rel, holder) for s, holder in claims.held] == [
+        (s.rel, "run-a") for s in SOURCES]
+
+    first._beat(finished=True)
+    claims = second.claim(SOURCES)
+    assert claims.mine == SOURCES and claims.taken_over
+    assert json.loads(storage.read_bytes(run_url(root, "run-a")))["finished"] is True
+
+
+def test_a_crashed_run_holds_its_videos_until_its_heartbeat_expires(root):
+    clock = Clock()
+    started(root, "run-a", clock).claim(SOURCES[:2])
+    clock.now = T0 + TTL - timedelta(seconds=1)
+    assert started(root, "run-b", clock).claim(SOURCES).mine == SOURCES[2:]
+    clock.now = T0 + TTL + timedelta(seconds=1)
+    claims = started(root, "run-c", clock).claim(SOURCES)
+    # run-b renewed nothing either: its claims (made at T0 + TTL - 1 s) are still live.
+    assert claims.mine == SOURCES[:2] and {holder for _, holder in claims.held} == {"run-b"}
+
+
+def test_a_dead_process_on_this_machine_frees_its_videos_at_once(tmp_path):
+    root = str(tmp_path / "out")
+    clock = Clock()
+    started(root, "run-a", clock).claim(SOURCES)
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                            text=True, check=True)
+    record = json.loads(storage.read_bytes(run_url(root, "run-a")))
+    storage.write_bytes_atomic(run_url(root, "run-a"), json.dumps({**record, "pid": int(exited.stdout)}).encode())
+    assert started(root, "run-b", clock).claim(SOURCES).mine == SOURCES
+
+
+def test_a_run_on_another_machine_is_trusted_until_expiry(tmp_path):
+    root = str(tmp_path / "out")
+    clock = Clock()
+    started(root, "run-a", clock).claim(SOURCES)
+    record = json.loads(storage.read_bytes(run_url(root, "run-a")))
+    storage.write_bytes_atomic(run_url(root, "run-a"),
+                               json.dumps({**record, "host": "elsewhere/pid:[1]", "pid": 999_999_999}).encode())
+    assert started(root, "run-b", clock).claim(SOURCES).mine == []
+
+
+def test_deleting_a_run_file_frees_its_leases(tmp_path):
+    root = str(tmp_path / "out")
+    clock = Clock()
+    started(root, "run-a", clock).claim(SOURCES)
+    storage.remove(run_url(root, "run-a"))
+    assert started(root, "run-b", clock).claim(SOURCES).mine == SOURCES
+
+
+def test_generations_only_grow_and_old_ones_are_removed(tmp_path):
+    root = str(tmp_path / "out")
+    clock = Clock()
+    folder = tmp_path / "out" / LEASES / lease_key(SOURCES[0].rel)
+    for n, run in enumerate(["run-a", "run-b", "run-c"]):
+        leases = started(root, run, clock)
+        assert leases.claim(SOURCES[:1]).mine == SOURCES[:1]
+        leases._beat(finished=True)
+        assert [p.name for p in folder.iterdir()] == [f"{n:012d}.json"]
+    assert json.loads((folder / "000000000002.json").read_text())["run"] == "run-c"
+
+
+def test_racing_runs_split_the_videos_without_overlap(atomic_root):
+    """Eight runs claim the same videos at the same moment: each video goes to exactly one run."""
+    clock = Clock()
+    runs = [started(atomic_root, f"run-{n}", clock) for n in range(8)]
+    barrier = threading.Barrier(len(runs))
+    got: dict[str, list[str]] = {}
+
+    def claim(leases: Leases) -> None:
+        barrier.wait()
+        got[leases.run_id] = [s.rel for s in leases.claim(SOURCES).mine]
+
+    threads = [threading.Thread(target=claim, args=(leases,)) for leases in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = sorted(rel for rels in got.values() for rel in rels)
+    assert winners == sorted(s.rel for s in SOURCES)
+
+
+def test_the_heartbeat_is_renewed_and_finished_on_exit(tmp_path):
+    root = str(tmp_path / "out")
+    with Leases(root, "run-a", timedelta(seconds=0.5)) as leases:
+        first = json.loads(storage.read_bytes(run_url(root, "run-a")))["expires_at"]
+        time.sleep(0.35)
+        renewed = json.loads(storage.read_bytes(run_url(root, "run-a")))
+        assert renewed["expires_at"] > first and renewed["finished"] is False
+        leases.claim(SOURCES)
+    assert json.loads(storage.read_bytes(run_url(root, "run-a")))["finished"] is True
+
+
+def test_an_exception_still_finishes_the_run(tmp_path):
+    root = str(tmp_path / "out")
+    with pytest.raises(RuntimeError):
+        with Leases(root, "run-a"):
+            raise RuntimeError("restore failed")
+    assert json.loads(storage.read_bytes(run_url(root, "run-a")))["finished"] is True
+
+
+def test_a_zero_lease_time_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="must be positive"):
+        Leases(str(tmp_path), "run-a", timedelta(0))
