@@ -2,8 +2,8 @@
 
     python jobs/finetune.py --data gs://b/hr --storage gs://b/runs --preset official \\
         --weights /weights --workers 8 --use-gpu --steps 15000
-    python jobs/finetune.py --data shared/media/lq --storage /tmp/runs --preset tiny \\
-        --workers 2 --steps 20 --frames 4 --crop 48x32          # CPU smoke run
+    python jobs/finetune.py --data examples --storage /tmp/runs --preset tiny \\
+        --workers 1 --steps 20 --frames 4 --crop 48x32          # CPU smoke run (workers + 1 CPUs)
 
 Run it again with the same --storage (and --name) and it resumes from the latest checkpoint there.
 Bad arguments, missing weights and unreachable storage fail before Ray starts.

@@ -208,6 +208,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     if started_ray:
         ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
     try:
+        _warn_if_no_cpu_for_data(cfg, ray.cluster_resources())
         run_url = storage.join(cfg.storage, cfg.name)
         if storage.exists(storage.join(run_url, "checkpoint_manager_snapshot.json")):
             log.info("run %s exists: resuming from its latest checkpoint", run_url)
@@ -230,6 +231,17 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     metrics = dict(result.metrics or {})
     return FinetuneResult(step=int(metrics.get("step", 0)),
                           checkpoint=result.checkpoint.path if result.checkpoint else None, metrics=metrics)
+
+
+def _warn_if_no_cpu_for_data(cfg: FinetuneConfig, resources: dict[str, float]) -> None:
+    """The training workers hold their CPUs for the whole run; the tasks that make the training
+    pairs need at least one more, or nothing ever reaches the workers. An autoscaling cluster may
+    still add CPUs, so this warns instead of failing."""
+    cpus, held = resources.get("CPU", 0.0), cfg.workers * cfg.cpus_per_worker
+    if cpus < held + 1:
+        log.warning("the cluster has %g CPUs and the %d training workers hold %g of them: the tasks that make the "
+                    "training pairs need at least one more. The run waits until an autoscaler adds CPUs; on a "
+                    "fixed machine pass fewer --workers", cpus, cfg.workers, held)
 
 
 # --------------------------------------------------------------------------------------------------
