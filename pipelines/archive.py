@@ -188,13 +188,11 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFi
     if started_ray:
         ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
     try:
-        queued = len(todo)
-        metrics.videos_queued(queued)
+        metrics.videos_queued(len(todo))
         for video in _restore_videos(job, config, todo, output_root, run_id):
             log.info(stats.add(video))
             metrics.video_finished(video["status"])
-            queued -= 1
-            metrics.videos_queued(queued)
+            metrics.videos_queued(stats.to_restore - stats.done - stats.failed)
     finally:
         if started_ray:
             ray.shutdown()

@@ -24,6 +24,7 @@ To free the leases of a run you know is dead before they expire, delete its `_ru
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -159,9 +160,7 @@ def run_url(output_root: str, run_id: str) -> str:
 
 def describe_holders(held: Iterable[tuple[SourceFile, str]]) -> str:
     """"3 videos held by run X, 1 by run Y" for the log."""
-    counts: dict[str, int] = {}
-    for _, holder in held:
-        counts[holder] = counts.get(holder, 0) + 1
+    counts = collections.Counter(holder for _, holder in held)
     return ", ".join(f"{n} by run {holder}" for holder, n in sorted(counts.items()))
 
 

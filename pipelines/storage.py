@@ -88,28 +88,41 @@ class SourceFile:
         return f"{self.size}:{self.version}"
 
 
-def list_videos(root: str | os.PathLike) -> list[SourceFile]:
-    """Every video under `root`, recursively, sorted by `rel`.
-
-    A video is a file whose extension (any case) is in `VIDEO_EXTENSIONS`. Skipped: hidden names
-    (a file or folder starting with ".", which also hides our own temporaries) and anything under a
-    `_ledger` or `_staging` folder. Empty files are listed: they must end as failed ledger rows, not
-    vanish. A missing root lists nothing; `check_reachable` is the check that says so.
-    """
+def list_files(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """{posix path below `root`: fsspec info} of every file under `root`, recursively, hidden names
+    (a file or folder starting with ".", which also hides our own temporaries) left out. A missing
+    root lists nothing."""
     fs, path = filesystem(root)
-    base = canonical(root)
     prefix = path.rstrip("/") + "/"
-    out = []
+    out = {}
     for name, info in fs.find(path, detail=True).items():
         if info.get("type") != "file" or not name.startswith(prefix):
             continue
         rel = name[len(prefix):]
-        *folders, filename = parts = rel.split("/")
-        if any(part.startswith(".") for part in parts) or PIPELINE_FOLDERS.intersection(folders):
+        if not any(part.startswith(".") for part in rel.split("/")):
+            out[rel] = info
+    return out
+
+
+def list_videos(root: str | os.PathLike) -> list[SourceFile]:
+    """Every video under `root`, recursively, sorted by `rel`.
+
+    A video is a file whose extension (any case) is in `VIDEO_EXTENSIONS`. Skipped: hidden names
+    (see `list_files`) and anything under a `_ledger` or `_staging` folder. Empty files are listed:
+    they must end as failed ledger rows, not vanish. A missing root lists nothing; `check_reachable`
+    is the check that says so.
+    """
+    fs, _ = filesystem(root)
+    base = canonical(root)
+    out = []
+    for rel, info in list_files(root).items():
+        *folders, filename = rel.split("/")
+        if PIPELINE_FOLDERS.intersection(folders):
             continue
         if posixpath.splitext(filename)[1].lower() not in VIDEO_EXTENSIONS:
             continue
-        out.append(SourceFile(url=join(base, rel), rel=rel, size=int(info["size"]), version=_version(fs, name, info)))
+        out.append(SourceFile(url=join(base, rel), rel=rel, size=int(info["size"]),
+                              version=_version(fs, info["name"], info)))
     return sorted(out, key=lambda s: s.rel)
 
 
@@ -157,7 +170,7 @@ def atomic_output(url: str | os.PathLike) -> Iterator[str]:
     if isinstance(fs, LocalFileSystem):
         folder = os.path.dirname(path) or "."
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.part")
+        tmp = _temporary(path)
         try:
             yield tmp
             os.replace(tmp, path)
@@ -212,7 +225,7 @@ def create_exclusive(url: str | os.PathLike, data: bytes) -> bool:
         return True
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.part")
+    tmp = _temporary(path)
     with open(tmp, "wb") as f:
         f.write(data)
     try:
@@ -294,6 +307,12 @@ def _version(fs: fsspec.AbstractFileSystem, name: str, info: dict[str, Any]) -> 
         if info.get(key) is not None:
             return str(info[key])
     return ""
+
+
+def _temporary(path: str) -> str:
+    """A hidden temporary name beside the local file `path` (listings skip it; ".part" says what it is)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.part")
 
 
 def _probe_name() -> str:

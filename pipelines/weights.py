@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import tempfile
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,7 +57,7 @@ def check(preset: StarPreset, url: str | None, checkpoint: str | None = "light_d
         storage.check_reachable(url)
     except ValueError as e:
         raise ValueError(f"--weights {url}: {e}") from e
-    files = _list(url)
+    files = _sizes(url)
     problems = missing_weights(files, checkpoint)
     if MANIFEST not in files and not isinstance(storage.filesystem(url)[0], LocalFileSystem):
         problems.append(f"no {MANIFEST}: a bucket folder is copied to the nodes only with the sizes and SHA-256 "
@@ -74,16 +73,9 @@ def check(preset: StarPreset, url: str | None, checkpoint: str | None = "light_d
         raise ValueError(incomplete_message(url, problems))
 
 
-def _list(url: str) -> dict[str, int]:
+def _sizes(url: str) -> dict[str, int]:
     """{posix path below url: size} of every file, hidden ones (temporaries, .cache/) left out."""
-    fs, path = storage.filesystem(url)
-    prefix = path.rstrip("/") + "/"
-    out = {}
-    for name, info in fs.find(path, detail=True).items():
-        rel = name[len(prefix):] if name.startswith(prefix) else None
-        if info.get("type") == "file" and rel and not any(p.startswith(".") for p in rel.split("/")):
-            out[rel] = int(info["size"])
-    return out
+    return {rel: int(info["size"]) for rel, info in storage.list_files(url).items()}
 
 
 def _manifest(url: str, raw: bytes | None = None) -> dict[str, Any]:
@@ -158,18 +150,13 @@ def _stat(path: Path) -> list[int] | None:
 
 def _download_verified(remote: str, local: Path, sha256: str) -> None:
     fs, path = storage.filesystem(remote)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:12]}.part")
-    try:
-        log.info("copying %s to %s", remote, local)
-        fs.get_file(path, str(tmp))
+    log.info("copying %s to %s", remote, local)
+    with storage.atomic_output(str(local)) as tmp:  # in place only once verified
+        fs.get_file(path, tmp)
         actual = sha256_of(tmp)
         if actual != sha256:
             raise CheckpointError(f"{remote}: SHA-256 {actual} differs from {sha256} in {MANIFEST}: the bucket "
                                   "copy is corrupt or was replaced; re-run jobs/fetch_weights.py into that folder")
-        os.replace(tmp, local)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,7 +194,7 @@ def fetch(dest: str, checkpoints: Sequence[str] = ("light_deg",), dtype: str = "
     parts = _plan(checkpoints, dtype, keep_pt, vae_variant, dict(revisions or {}))
     storage.check_reachable(dest, writable=True)
     old = _manifest(dest) if storage.exists(storage.join(dest, MANIFEST)) else {"files": {}}
-    old_parts, old_files, listed = old.get("parts", {}), old["files"], _list(dest)
+    old_parts, old_files, listed = old.get("parts", {}), old["files"], _sizes(dest)
     todo = [p for p in parts if not (_same_request(old_parts, p) and _intact(dest, old_files, p.name, listed, True))]
     if not todo:
         log.info("%s already holds every part asked for; nothing to fetch", dest)

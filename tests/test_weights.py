@@ -105,7 +105,7 @@ def fetched(hub, tmp_path_factory):
 
 
 def listing(folder: str | Path) -> set[str]:
-    return set(weights._list(str(folder)))
+    return set(storage.list_files(str(folder)))
 
 
 # -- the layout ------------------------------------------------------------------------------------
