@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from pipelines.finetune import FinetuneConfig, check_config, run_finetune  # noqa: E402
 from pipelines.train_data import ClipConfig  # noqa: E402
-from star_model.degrade import FULL, LIGHT  # noqa: E402
+from star_model.degrade import PROFILES  # noqa: E402
 from star_model.losses import LossConfig  # noqa: E402
 
 
@@ -48,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--crop", type=crop_size, default=(720, 1280), help="HR crop HEIGHTxWIDTH")
-    parser.add_argument("--degrade", choices=["full", "light"], default="full")
+    parser.add_argument("--degrade", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--scales", type=lambda t: tuple(int(v) for v in t.split(",")), default=(),
+                        help="scale factors drawn per clip, e.g. 2,4 (needs --batch-size 1)")
+    parser.add_argument("--clips-per-video", type=int, default=1)
+    parser.add_argument("--from-scratch", action="store_true", help="train the whole denoiser from a seeded random start")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--df-mode", choices=["paper", "official"], default="paper",
                         help="paper: DF loss with gradient through the VAE decoder; official: logged only")
     parser.add_argument("--checkpoint-every", type=int, default=500)
@@ -59,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
-        clips = ClipConfig(frames=args.frames, crop=args.crop, seed=args.seed,
-                           degrade=FULL if args.degrade == "full" else LIGHT)
+        clips = ClipConfig(frames=args.frames, crop=args.crop, seed=args.seed, degrade=PROFILES[args.degrade],
+                           scales=args.scales, clips_per_video=args.clips_per_video)
         cfg = FinetuneConfig(
             data=args.data, storage=args.storage, preset=args.preset, weights=args.weights,
             venhancer=args.venhancer, name=args.name, workers=args.workers, use_gpu=args.use_gpu,
+            from_scratch=args.from_scratch, cpus_per_worker=args.cpus_per_worker,
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
             seed=args.seed, fixed_noise=args.fixed_noise, clips=clips, loss=LossConfig(mode=args.df_mode))
         check_config(cfg)  # before Ray: bad configuration never waits for a cluster

@@ -52,11 +52,10 @@ from pipelines.weights import local_copy
 from star_model.checkpoint import CheckpointError, compare_keys, read_state_dict
 from star_model.diffusion import diffuse
 from star_model.losses import LossConfig, star_loss
-from star_model.presets import StarPreset, get_preset, resolve_weights
+from star_model.presets import StarPreset, Vae, WeightPaths, build_models, get_preset, resolve_weights
 from star_model.schedule import build_schedule
-from star_model.text import TextEncoder, build_text_model, load_text_encoder, tiny_tokenizer
-from star_model.unet import StarDenoiser, load_denoiser
-from star_model.vae import VideoVae, build_vae, load_vae
+from star_model.text import TextEncoder
+from star_model.unet import StarDenoiser
 from star_model.windows import latent_size_ok, min_padded_latent
 
 log = logging.getLogger(__name__)
@@ -82,6 +81,9 @@ class FinetuneConfig:
     weights: str | None = None  # folder or bucket with star/, text/, vae/ (star/ not needed with `venhancer`)
     venhancer: str | None = None  # start from venhancer_v2.pt instead of a STAR checkpoint (as the paper)
     checkpoint: str = "light_deg"  # which STAR checkpoint in weights/star/ to start from
+    # Train the whole denoiser from a random start drawn from `seed` (nano is trained so), instead of
+    # the control branch and LIEM gates of a pretrained one; the text tower and the VAE/codec stay frozen.
+    from_scratch: bool = False
     name: str = "star-finetune"  # stable: a run with the same storage and name resumes
     workers: int = 1
     use_gpu: bool = False
@@ -113,6 +115,11 @@ class FinetuneConfig:
                 raise ValueError(f"FinetuneConfig.{name}={getattr(self, name)} must be >= 1")
         if self.lr <= 0 or self.grad_clip <= 0:
             raise ValueError(f"FinetuneConfig lr={self.lr} and grad_clip={self.grad_clip} must be > 0")
+        if self.clips.scales and len(self.clips.scales) > 1 and self.batch_size != 1:
+            raise ValueError(f"clips of several scales {self.clips.scales} have LR clips of different sizes: "
+                             f"use batch_size 1 (got {self.batch_size})")
+        if self.from_scratch and (self.weights is not None or self.venhancer is not None):
+            raise ValueError("from_scratch starts from random weights: drop weights/venhancer")
         if self.max_failures < 0:
             raise ValueError(f"FinetuneConfig.max_failures={self.max_failures} must be >= 0 (-1 is not allowed)")
 
@@ -135,7 +142,7 @@ def check_config(cfg: FinetuneConfig) -> None:
     preset = get_preset(cfg.preset)
     check_finetune_weights(preset, cfg)
     height, width = cfg.clips.crop
-    down = 2 ** (len(preset.vae.block_out_channels) - 1)
+    down = preset.downsample
     if height % down or width % down:
         raise ValueError(f"crop {height}x{width} must be a multiple of the VAE's {down} px")
     if not latent_size_ok(height // down, width // down, preset.denoiser.num_downsamples):
@@ -162,6 +169,8 @@ class FinetuneWeights:
 
 def check_finetune_weights(preset: StarPreset, cfg: FinetuneConfig) -> None:
     """The weights folder (local or bucket) has what the run needs; cheap: no download."""
+    if cfg.from_scratch:
+        return
     if cfg.venhancer is not None:
         if cfg.weights is None:
             raise ValueError("--venhancer needs --weights DIR with text/ and vae/ too; see star_model/presets.py")
@@ -253,12 +262,13 @@ def is_trainable(name: str) -> bool:
     return name.startswith(TRAINABLE_PREFIX) or any(m in name for m in LIEM_MARKERS)
 
 
-def freeze_for_finetune(model: StarDenoiser) -> list[torch.nn.Parameter]:
+def freeze_for_finetune(model: StarDenoiser, everything: bool = False) -> list[torch.nn.Parameter]:
     """requires_grad only on the trainable parameters (the official leaves the UNet's requires_grad on
-    and only keeps it out of the optimiser; turning it off saves the UNet's weight gradients)."""
+    and only keeps it out of the optimiser; turning it off saves the UNet's weight gradients).
+    `everything`: the whole denoiser trains (from scratch)."""
     trainable = []
     for name, param in model.named_parameters():
-        param.requires_grad_(is_trainable(name))
+        param.requires_grad_(everything or is_trainable(name))
         if param.requires_grad:
             trainable.append(param)
     return trainable
@@ -289,28 +299,17 @@ def load_venhancer(model: StarDenoiser, path: str | os.PathLike) -> tuple[list[s
     return missing, dropped
 
 
-def build_models(cfg: FinetuneConfig, device: torch.device) -> tuple[StarDenoiser, TextEncoder, VideoVae]:
-    """The preset's denoiser (fp32: it holds the trainable master weights), text encoder and VAE.
-    TINY weights are random but seeded, so every worker and every restart builds the same model."""
+def build_finetune_models(cfg: FinetuneConfig, device: torch.device) -> tuple[StarDenoiser, TextEncoder, Vae]:
+    """The preset's models through the one loader (`star_model.presets.build_models`), the denoiser in
+    fp32 (it holds the trainable master weights). Random starts (no weights folder, `from_scratch`, the
+    LIEM gates of a VEnhancer start) are drawn from `cfg.seed`, the same on every worker and restart."""
     preset = get_preset(cfg.preset)
     weights = resolve_finetune_weights(preset, cfg)
-    vae_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the SVD VAE overflows fp16
-    if weights.text is None:  # no weights folder: random weights, seeded
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            denoiser = load_denoiser(preset.denoiser, None, device=device)
-        text = TextEncoder(build_text_model(preset.text), tiny_tokenizer(), device=device)
-        vae = VideoVae(build_vae(preset.vae).to(device, vae_dtype), preset.vae)
-    else:
-        if weights.venhancer is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)  # the LIEM gates' default init, the same on every worker
-                denoiser = load_denoiser(preset.denoiser, None, device=device)
-            load_venhancer(denoiser, weights.venhancer)
-        else:
-            denoiser = load_denoiser(preset.denoiser, weights.denoiser, device=device)
-        text = load_text_encoder(weights.text, device=device)
-        vae = load_vae(weights.vae, preset.vae, device=device, dtype=vae_dtype)
+    paths = None if weights.text is None else WeightPaths(weights.denoiser, weights.text, weights.vae)
+    denoiser, text, vae = build_models(preset, paths, device=device, dtype=torch.float32, seed=cfg.seed,
+                                       fresh=cfg.from_scratch or weights.venhancer is not None)
+    if weights.venhancer is not None:
+        load_venhancer(denoiser, weights.venhancer)
     return denoiser, text, vae
 
 
@@ -325,8 +324,8 @@ class FinetuneStep:
 
     def __init__(self, cfg: FinetuneConfig, device: torch.device, distributed: bool = False) -> None:
         self.cfg, self.device = cfg, device
-        self.denoiser, self.text, self.vae = build_models(cfg, device)
-        self.trainable = freeze_for_finetune(self.denoiser)
+        self.denoiser, self.text, self.vae = build_finetune_models(cfg, device)
+        self.trainable = freeze_for_finetune(self.denoiser, everything=cfg.from_scratch)
         if cfg.gradient_checkpointing and device.type == "cuda":
             self.denoiser.set_gradient_checkpointing(True)
         self.denoiser.train()  # dropout as the official; the VAE and the text encoder stay in eval
@@ -346,13 +345,20 @@ class FinetuneStep:
                 for n, p in self.denoiser.named_parameters() if p.requires_grad}
 
     def _context(self, captions: list[str]) -> torch.Tensor:
-        """(B, 77, D) text context; each distinct caption is encoded once (they are all "")."""
+        """(B, 77, D) text context; each distinct caption is encoded once (they are all "").
+
+        Fine-tuning encodes the caption as given (official). From scratch, a caption is encoded as the
+        restorer's conditional context (caption + positive suffix): nano restores without guidance,
+        so that is the only context it ever sees."""
         for caption in set(captions) - set(self._contexts):
-            self._contexts[caption] = self.text.encode([caption])[0]
+            if self.cfg.from_scratch:
+                self._contexts[caption] = self.text.context_for(caption)[0][0]
+            else:
+                self._contexts[caption] = self.text.encode([caption])[0]
         return torch.stack([self._contexts[c] for c in captions]).to(self.device)
 
     def _encode(self, frames_bfchw: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        """(B, F, 3, H, W) in [-1, 1] -> (B, 4, F, H/8, W/8) sampled latents (per frame, as officially)."""
+        """(B, F, 3, H, W) in [-1, 1] -> (B, C, F, H/f, W/f) sampled latents (per frame, as officially)."""
         latents = [self.vae.encode(clip, generator=g) for clip, g in zip(frames_bfchw, generators)]
         return torch.stack(latents).transpose(1, 2)  # (B, F, 4, h, w) -> (B, 4, F, h, w)
 

@@ -10,6 +10,7 @@ and the clip's number, so a re-run, a retried task or a resumed job sees the sam
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -54,16 +55,20 @@ class ClipConfig:
     clips_per_video: int = 1  # clips cut from each video per epoch (different starts and crops)
     seed: int = 0
     degrade: DegradeConfig = field(default=FULL)
+    # Scale factors drawn per clip (seeded) instead of `degrade.scale`: one model for x2 and x4, as a
+    # pipeline that pre-upscales LR bilinearly can be. Clips of different scales have LR clips of
+    # different sizes, so a trainer batches them one at a time (FinetuneConfig checks batch_size 1).
+    scales: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.frame_step < 1 or self.clips_per_video < 1:
             raise ValueError(f"ClipConfig frames={self.frames}, frame_step={self.frame_step}, "
                              f"clips_per_video={self.clips_per_video} must all be >= 1")
         height, width = self.crop
-        scale = self.degrade.scale
-        if height < 1 or width < 1 or height % scale or width % scale:
-            raise ValueError(f"crop {height}x{width} must be positive multiples of the scale {scale} "
-                             f"(the LR clip is {height}/{scale} x {width}/{scale})")
+        for scale in self.scales or (self.degrade.scale,):
+            if scale < 1 or height < 1 or width < 1 or height % scale or width % scale:
+                raise ValueError(f"crop {height}x{width} must be positive multiples of the scale {scale} "
+                                 f"(the LR clip is {height}/{scale} x {width}/{scale})")
         if self.seed < 0:
             raise ValueError(f"ClipConfig.seed={self.seed} must be >= 0")
 
@@ -111,8 +116,11 @@ def make_pair(row: dict[str, Any], config: ClipConfig) -> list[dict[str, Any]]:
     except BadVideo as e:
         log.warning("skipping %s: %s", url, e.reason)
         return []
-    # 3. the official degradation: sharpened GT and the LR clip
-    gt_fhwc_u8, lq_fhwc_u8 = degrade_clip(frames, config.degrade, seed)
+    # 3. the official degradation: sharpened GT and the LR clip, at this clip's scale
+    degrade = config.degrade
+    if config.scales:
+        degrade = dataclasses.replace(degrade, scale=int(rng.choice(config.scales)))
+    gt_fhwc_u8, lq_fhwc_u8 = degrade_clip(frames, degrade, seed)
     return [{GT: gt_fhwc_u8, LQ: lq_fhwc_u8, CAPTION: "", CLIP_SEED: seed}]
 
 

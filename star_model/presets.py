@@ -20,15 +20,18 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from star_model import codec as codec_configs
+from star_model.codec import CodecConfig, PixelCodec
 from star_model import config as denoiser_configs
 from star_model import text as text_configs
 from star_model import vae as vae_configs
 from star_model.restore import RestoreConfig, StarRestorer
 from star_model.text import TextEncoder, build_text_model, load_text_encoder, tiny_tokenizer
-from star_model.unet import load_denoiser
+from star_model.unet import StarDenoiser, load_denoiser
 from star_model.vae import VideoVae, build_vae, load_vae
 
 log = logging.getLogger(__name__)
@@ -45,14 +48,43 @@ class StarPreset:
     name: str
     denoiser: denoiser_configs.DenoiserConfig
     text: text_configs.TextConfig
-    vae: vae_configs.VaeConfig
-    weights_optional: bool  # True: without a weights folder, random init (smoke tests; not a restoration)
+    vae: vae_configs.VaeConfig | CodecConfig  # the SVD VAE, or nano's parameter-free codec
+    weights_optional: bool  # True: runs without a weights folder (random init, or the shipped weights)
+    shipped: Path | None = None  # weights that come with the package (nano); None: random without a folder
+    # RestoreConfig fields this preset restores with unless the caller says otherwise
+    restore_defaults: tuple[tuple[str, Any], ...] = ()
 
+    @property
+    def downsample(self) -> int:
+        """Pixels per latent pixel along each axis (8 for the SVD VAE, the codec's factor for nano)."""
+        return self.vae.downsample
+
+    def restore_config(self, **overrides: Any) -> RestoreConfig:
+        """The preset's restore settings: RestoreConfig's defaults, then the preset's, then `overrides`."""
+        return RestoreConfig(**{**dict(self.restore_defaults), **overrides})
+
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+NANO_WEIGHTS = SHIPPED_WEIGHTS / "nano.safetensors"
+
+# Nano restores with one network evaluation per step and no classifier-free guidance: it was trained on
+# the empty prompt's context only, so cond and uncond would differ by noise that guidance would amplify
+# (one pass instead of two also halves the CPU time). The step count was chosen by jobs/evaluate.py on
+# the held-out clips (model card).
+NANO_RESTORE = (("solver_mode", "normal"), ("steps", 4), ("guide_scale", 1.0), ("guide_rescale", 0.0))
 
 PRESETS: dict[str, StarPreset] = {
     "official": StarPreset("official", denoiser_configs.OFFICIAL, text_configs.OFFICIAL, vae_configs.TILED, False),
+    "nano": StarPreset("nano", denoiser_configs.NANO, text_configs.TINY, codec_configs.NANO, True,
+                       shipped=NANO_WEIGHTS, restore_defaults=NANO_RESTORE),
     "tiny": StarPreset("tiny", denoiser_configs.TINY, text_configs.TINY, vae_configs.TINY, True),
 }
+DEFAULT_PRESET = "nano"  # without --weights; with a weights folder the default is "official"
+
+
+def default_preset(weights: object | None) -> str:
+    """The preset a job uses when none is named: nano (shipped) without weights, official with them."""
+    return "official" if weights is not None else DEFAULT_PRESET
 
 
 @dataclass(frozen=True)
@@ -143,37 +175,91 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_restorer(preset_name: str, weights: str | Path | None = None, *, config: RestoreConfig = RestoreConfig(),
+Vae = VideoVae | PixelCodec
+
+
+def build_models(preset: StarPreset, paths: WeightPaths | None, *, device: torch.device, dtype: torch.dtype,
+                 seed: int = 0, fresh: bool = False) -> tuple[StarDenoiser, TextEncoder, Vae]:
+    """The preset's denoiser (in `dtype`), text encoder and VAE or codec: the one place that builds them,
+    for restoring and for training.
+
+    `paths` (from `resolve_weights`) loads everything strictly from a weights folder. Without one, a
+    preset with shipped weights (nano) loads those, and any other preset gets random weights drawn from
+    `seed`; `fresh=True` asks for that random start even where weights are shipped (nano trained from
+    scratch). Random weights depend on `seed` only, so every worker and every restart builds the same.
+    """
+    if paths is not None:
+        denoiser = load_denoiser(preset.denoiser, paths.checkpoint, device=device, dtype=dtype)
+        text = load_text_encoder(paths.text, device=device)
+        return denoiser, text, _load_vae(preset, paths.vae, device, dtype)
+    if preset.shipped is not None and not fresh:
+        return load_shipped(preset, device=device, dtype=dtype)
+    if preset.shipped is None:
+        log.warning("preset %r with RANDOM weights: its output is NOT a restoration (smoke tests, benchmarks)",
+                    preset.name)
+    denoiser = load_denoiser(preset.denoiser, None, device=device, dtype=dtype, seed=seed)
+    # The tiny vocabulary fits any text config; token ids do not change the cost of the text tower.
+    text = TextEncoder(build_text_model(preset.text, seed=seed), tiny_tokenizer(), device=device)
+    return denoiser, text, _load_vae(preset, None, device, dtype, seed)
+
+
+def _load_vae(preset: StarPreset, folder: Path | None, device: torch.device, dtype: torch.dtype,
+              seed: int = 0) -> Vae:
+    if isinstance(preset.vae, CodecConfig):
+        return PixelCodec(preset.vae, device=device)
+    # The SVD VAE overflows in fp16 (its config says force_upcast): bf16 where asked, else fp32.
+    vae_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    if folder is not None:
+        return load_vae(folder, preset.vae, device=device, dtype=vae_dtype)
+    return VideoVae(build_vae(preset.vae, seed=seed).to(device, vae_dtype), preset.vae)
+
+
+# Shipped weights hold the denoiser and the text tower in one safetensors file, under these prefixes.
+DENOISER_PREFIX, TEXT_PREFIX = "denoiser.", "text."
+
+
+def save_shipped(path: str | Path, denoiser: StarDenoiser, text: TextEncoder, metadata: dict[str, str]) -> None:
+    """Write a preset's weights file: the denoiser (fp32) and the text tower, strictly reloadable."""
+    import safetensors.torch
+
+    tensors = {DENOISER_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous()
+               for k, v in denoiser.state_dict().items()}
+    tensors.update({TEXT_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous()
+                    for k, v in text.model.state_dict().items()})
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+
+def load_shipped(preset: StarPreset, *, device: torch.device, dtype: torch.dtype,
+                 path: str | Path | None = None) -> tuple[StarDenoiser, TextEncoder, Vae]:
+    """The preset's shipped weights (or `path` of the same layout), loaded strictly."""
+    from star_model.checkpoint import read_state_dict
+
+    path = Path(path or preset.shipped)
+    if not path.is_file():
+        raise ValueError(f"preset {preset.name!r} has no weights at {path}; reinstall the package, or train them "
+                         f"with the command in {path.with_suffix('.md')}")
+    state = read_state_dict(path)
+    denoiser_state = {k[len(DENOISER_PREFIX):]: v for k, v in state.items() if k.startswith(DENOISER_PREFIX)}
+    text_state = {k[len(TEXT_PREFIX):]: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
+    if len(denoiser_state) + len(text_state) != len(state):
+        raise ValueError(f"{path} holds tensors outside {DENOISER_PREFIX!r} and {TEXT_PREFIX!r}")
+    denoiser = load_denoiser(preset.denoiser, None, device=device, dtype=dtype)
+    denoiser.load_state_dict(denoiser_state, strict=True)
+    model = build_text_model(preset.text)
+    model.load_state_dict(text_state, strict=True)
+    text = TextEncoder(model, tiny_tokenizer(), device=device)
+    return denoiser, text, _load_vae(preset, None, device, dtype)
+
+
+def load_restorer(preset_name: str, weights: str | Path | None = None, *, config: RestoreConfig | None = None,
                   checkpoint: str = "light_deg", device: str | torch.device | None = None,
-                  dtype: torch.dtype | None = None) -> StarRestorer:
+                  dtype: torch.dtype | None = None, seed: int = 0) -> StarRestorer:
     """Build a StarRestorer for a preset; weights are loaded strictly from the local folder `weights`
-    (None: random weights, for presets where they are optional)."""
+    (None: the shipped weights, or random ones for presets where they are optional). `config` None:
+    the preset's own restore settings."""
     preset = get_preset(preset_name)
     paths = resolve_weights(preset, weights, checkpoint)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    if paths is None:
-        return random_restorer(preset, config=config, device=device, dtype=dtype)
-    denoiser = load_denoiser(preset.denoiser, paths.checkpoint, device=device, dtype=dtype)
-    text = load_text_encoder(paths.text, device=device)
-    vae = load_vae(paths.vae, preset.vae, device=device, dtype=_vae_dtype(dtype))
-    return StarRestorer(denoiser, text, vae, config)
-
-
-def random_restorer(preset: StarPreset, *, config: RestoreConfig, device: torch.device, dtype: torch.dtype,
-                    vae_config: vae_configs.VaeConfig | None = None) -> StarRestorer:
-    """A restorer of the preset's shapes with random weights: the TINY smoke preset, and benchmarks of
-    the official shapes (random weights take the same time as real ones)."""
-    log.warning("preset %r with RANDOM weights: its output is NOT a restoration (smoke tests, benchmarks)",
-                preset.name)
-    denoiser = load_denoiser(preset.denoiser, None, device=device, dtype=dtype)
-    # The tiny vocabulary fits any text config; token ids do not change the cost of the text tower.
-    text = TextEncoder(build_text_model(preset.text), tiny_tokenizer(), device=device)
-    vae_config = vae_config or preset.vae
-    vae = VideoVae(build_vae(vae_config).to(device, _vae_dtype(dtype)), vae_config)
-    return StarRestorer(denoiser, text, vae, config)
-
-
-def _vae_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The SVD VAE overflows in fp16 (its config says force_upcast): bf16 where asked, else fp32."""
-    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    denoiser, text, vae = build_models(preset, paths, device=device, dtype=dtype, seed=seed)
+    return StarRestorer(denoiser, text, vae, config or preset.restore_config())
