@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pipelines.finetune import FinetuneConfig, check_config, run_finetune  # noqa: E402
-from pipelines.train_data import ClipConfig  # noqa: E402
+from pipelines.finetune.step import FinetuneConfig, check_config, run_finetune  # noqa: E402
+from pipelines.finetune.data import ClipConfig  # noqa: E402
 from star_model.degrade import PROFILES  # noqa: E402
 from star_model.losses import LossConfig  # noqa: E402
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.stills import HELD_OUT, build_training_set  # noqa: E402
+from pipelines.finetune.stills import HELD_OUT, build_training_set  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout or a Ray working_dir, uninstalled
 
-from pipelines.archive import ArchiveJob, ConfigError, run  # noqa: E402
+from pipelines.restore.pipeline import ArchiveJob, ConfigError, run  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> ArchiveJob:

@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from conftest import audio_only, media
-from pipelines.probe import probe, probe_timestamps
-from pipelines.rows import video_id
+from pipelines.media.probe import probe, probe_timestamps
+from pipelines.restore.rows import video_id
 from test_media_io import assert_same_timing, decode_all, make_clip, noisy_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -320,7 +320,7 @@ def test_sources_that_would_write_the_same_output_fail_without_ray(tmp_path):
     """"take.mov" and "take.mp4" would both become "take.mp4": both fail (retried once renamed)."""
     import ray
 
-    from pipelines.archive import ArchiveJob, run
+    from pipelines.restore.pipeline import ArchiveJob, run
 
     (tmp_path / "in").mkdir()
     for name in ("take.mov", "take.mp4"):

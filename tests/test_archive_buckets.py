@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines import ledger, storage
-from pipelines.probe import probe
+from pipelines import storage
+from pipelines.restore import ledger
+from pipelines.media.probe import probe
 from test_archive import run_job, small_archive
 
 pytestmark = pytest.mark.timeout(300)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.frames import read_frames
+from pipelines.media.frames import read_frames
 from star_model.degrade import (
     FULL,
     LIGHT,

@@ -72,7 +72,7 @@ def test_official_kwargs_that_star_never_uses_are_refused():
 
 
 def _run_parity(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "star_model.parity", str(folder)], cwd=REPO,
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "parity.py"), str(folder)], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
 
 

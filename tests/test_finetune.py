@@ -18,9 +18,9 @@ import safetensors.torch
 import torch
 from conftest import MEDIA
 
-from pipelines.finetune import (OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, VENHANCER_ONLY_PREFIXES, FinetuneConfig,
+from pipelines.finetune.step import (OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, VENHANCER_ONLY_PREFIXES, FinetuneConfig,
                                 FinetuneStep, check_config, is_trainable, load_venhancer, read_checkpoint)
-from pipelines.train_data import CAPTION, CLIP_SEED, GT, LQ, ClipConfig, list_clips, make_pair
+from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, ClipConfig, list_clips, make_pair
 from star_model.checkpoint import CheckpointError
 from star_model.config import TINY
 from star_model.unet import StarDenoiser
@@ -145,7 +145,7 @@ def test_bucket_storage_goes_through_our_filesystem(s3_server):
     import pyarrow.fs
 
     from pipelines import storage
-    from pipelines.finetune import run_storage
+    from pipelines.finetune.step import run_storage
 
     url = s3_server.fresh("runs")
     path, fs = run_storage(url)
@@ -197,7 +197,7 @@ def test_train_checkpoint_fail_and_resume(data_dir, tmp_path, ray_address):
     #     checkpoint: at step 8 B must equal A bit-for-bit (weights, AdamW state, step);
     #   C the job script run again on A's storage with --steps 12: it resumes at 8 and must end where
     #     B ended.
-    from pipelines.finetune import run_finetune
+    from pipelines.finetune.step import run_finetune
 
     a = run_finetune(_config(data_dir, tmp_path / "a", steps=8))
     run_a = tmp_path / "a" / "star-finetune"

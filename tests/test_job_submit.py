@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from pipelines.probe import probe
+from pipelines.media.probe import probe
 from servers import _free_port as free_port
 from test_archive import REPO, TINY, small_archive
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pipelines import storage
-from pipelines.lease import LEASES, Leases, lease_key, run_url
+from pipelines.restore.lease import LEASES, Leases, lease_key, run_url
 from pipelines.storage import SourceFile, create_exclusive, join
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)

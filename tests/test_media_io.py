@@ -1,5 +1,5 @@
-"""Tests of reading windows, staging segments and assembling the final file (pipelines.frames,
-pipelines.assemble), ending in whole restore round trips with a plain upscale standing in for STAR."""
+"""Tests of reading windows, staging segments and assembling the final file (pipelines.media.frames,
+pipelines.media.mux), ending in whole restore round trips with a plain upscale standing in for STAR."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.assemble import assemble, choose_container, preview_still
-from pipelines.frames import iter_segment, read_frames, write_segment
-from pipelines.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
-from pipelines.scenes import Window, detect_scenes, plan_windows
+from pipelines.media.mux import assemble, choose_container, preview_still
+from pipelines.media.frames import iter_segment, read_frames, write_segment
+from pipelines.media.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
+from pipelines.media.scenes import Window, detect_scenes, plan_windows
 from pipelines.storage import atomic_output
 from conftest import media
 
@@ -184,7 +184,7 @@ def corrupt_clip(tmp_path: Path, codec: str, damaged: int = 13) -> Path:
 @pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
 def test_corrupt_frame_repeats_the_previous_one(tmp_path, caplog, codec):
     clip = corrupt_clip(tmp_path, codec)
-    with caplog.at_level(logging.WARNING, logger="pipelines.frames"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.media.frames"):
         frames = read_frames(clip, 8, 16)
     assert frames.shape[0] == 8
     assert np.array_equal(frames[5], frames[4])  # frame 13 is frame 12 again

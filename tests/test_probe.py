@@ -1,4 +1,4 @@
-"""Tests of pipelines.probe on real clips from ../shared/media and on bad inputs written here with PyAV."""
+"""Tests of pipelines.media.probe on real clips from ../shared/media and on bad inputs written here with PyAV."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipelines.probe import BadVideo, probe, probe_timestamps
+from pipelines.media.probe import BadVideo, probe, probe_timestamps
 from conftest import audio_only, media, mux_silence
 
 

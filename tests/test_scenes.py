@@ -1,4 +1,4 @@
-"""Tests of pipelines.scenes: shot cuts on PySceneDetect's own test clips, and window planning."""
+"""Tests of pipelines.media.scenes: shot cuts on PySceneDetect's own test clips, and window planning."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipelines.probe import probe_timestamps
-from pipelines.scenes import Window, detect_scenes, plan_windows
+from pipelines.media.probe import probe_timestamps
+from pipelines.media.scenes import Window, detect_scenes, plan_windows
 from conftest import media
 
 

@@ -15,7 +15,7 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.archive import ArchiveJob, run
+from pipelines.restore.pipeline import ArchiveJob, run
 from servers import _free_port as free_port
 from conftest import media
 from test_archive import JOB, REPO, TINY, job_env, latest_rows, read_summary, real_clips, shrink

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.probe import probe
+from pipelines.media.probe import probe
 from pipelines.storage import (VIDEO_EXTENSIONS, SourceFile, atomic_output, check_reachable, exists, filesystem,
                                join, list_videos, open_input, read_bytes, relative, remove, write_bytes_atomic)
 

@@ -400,7 +400,7 @@ def test_job_says_how_to_get_the_gated_vae(tmp_path):
 
 
 def test_finetune_checks_and_loads_weights_from_a_bucket(hub, bucket_weights, tmp_path, monkeypatch):
-    from pipelines.finetune import FinetuneConfig, build_models, check_finetune_weights
+    from pipelines.finetune.step import FinetuneConfig, build_models, check_finetune_weights
 
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
     cfg = FinetuneConfig(data=str(tmp_path), storage=str(tmp_path), preset="tiny", weights=bucket_weights)
@@ -417,7 +417,7 @@ def test_finetune_checks_and_loads_weights_from_a_bucket(hub, bucket_weights, tm
 
 @pytest.mark.timeout(240)
 def test_archive_job_restores_with_weights_from_a_bucket(bucket_weights, tmp_path, monkeypatch):
-    from pipelines.archive import ArchiveJob, run
+    from pipelines.restore.pipeline import ArchiveJob, run
     from test_archive import small_archive
 
     monkeypatch.setenv("RAY_ADDRESS", "local")  # a fresh local Ray, never a `ray start` cluster

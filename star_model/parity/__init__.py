@@ -1,6 +1,6 @@
 """Checks of our implementation against fixtures recorded by running the official STAR code.
 
-`python -m star_model.parity DIR` runs every check whose fixture files are present in DIR.
+`python jobs/parity.py DIR` runs every check whose fixture files are present in DIR.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from pipelines.frames import iter_segment
-from pipelines.probe import BadVideo, VideoInfo, open_container, probe_timestamps
-from pipelines.scenes import Window, blend_weight
+from pipelines.media.frames import iter_segment
+from pipelines.media.probe import BadVideo, VideoInfo, open_container, probe_timestamps
+from pipelines.media.scenes import Window, blend_weight
 from pipelines.storage import Source, atomic_output, open_input
 
 # Codecs each output container carries, by FFmpeg's canonical codec name. Deliberately conservative:

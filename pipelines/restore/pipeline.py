@@ -21,16 +21,17 @@ from typing import Any, Literal
 
 import ray
 
-from pipelines import ledger, metrics, storage
-from pipelines.assemble_stage import finish_video
-from pipelines.lease import Leases, describe_holders
-from pipelines.plan_stage import failed_row, plan_video
-from pipelines.restore_stage import RestoreWindows
-from pipelines.rows import (FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGING, VIDEO_ID, WINDOWS, output_stem,
+from pipelines import storage
+from pipelines.restore import ledger, metrics
+from pipelines.restore.assemble_stage import finish_video
+from pipelines.restore.lease import Leases, describe_holders
+from pipelines.restore.plan_stage import failed_row, plan_video
+from pipelines.restore.restore_stage import RestoreWindows
+from pipelines.restore.rows import (FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGING, VIDEO_ID, WINDOWS, output_stem,
                             staging_folder, video_id)
-from pipelines.scenes import DETECTORS
+from pipelines.media.scenes import DETECTORS
 from pipelines.storage import SourceFile
-from pipelines.summary import RunStats, format_summary
+from pipelines.restore.summary import RunStats, format_summary
 from pipelines.weights import check as check_weights
 from star_model.presets import get_preset
 from star_model.restore import RestoreConfig

@@ -15,7 +15,7 @@ from scenedetect.backends.pyav import VideoStreamAv
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
-from pipelines.probe import BadVideo, probe_timestamps
+from pipelines.media.probe import BadVideo, probe_timestamps
 from pipelines.storage import Source, open_input
 
 Scene = tuple[int, int]

@@ -20,8 +20,8 @@ import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines import storage
-from pipelines.frames import read_frames
-from pipelines.probe import BadVideo, probe_timestamps
+from pipelines.media.frames import read_frames
+from pipelines.media.probe import BadVideo, probe_timestamps
 from star_model.degrade import FULL, DegradeConfig, degrade_clip
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,9 @@
-"""`python -m star_model.parity DIR`: compare our STAR with the official fixtures in DIR.
+"""Compare our STAR with the official fixtures in a folder of the format of ../shared/parity.
+
+    python jobs/parity.py ../shared/parity
 
 Prints one line per fixture with its max absolute error; exits 1 when any error is above its
-tolerance, 2 when DIR holds no fixture at all.
+tolerance, 2 when the folder holds no fixture at all.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from star_model.parity import Check, denoiser, losses, sampling
+import torch  # noqa: E402
+
+from star_model.parity import Check, denoiser, losses, sampling  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m star_model.parity", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a folder in the format of shared/parity (see its README.md)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pipelines import metrics, storage
-from pipelines.assemble import choose_container
-from pipelines.probe import BadVideo, probe_timestamps
-from pipelines.rows import (DEVICE, ERROR, FAILED, FPS, FRAMES, OUTPUT, OUTPUT_STEM, PENDING, PERMANENT, REUSED,
+from pipelines import storage
+from pipelines.restore import metrics
+from pipelines.media.mux import choose_container
+from pipelines.media.probe import BadVideo, probe_timestamps
+from pipelines.restore.rows import (DEVICE, ERROR, FAILED, FPS, FRAMES, OUTPUT, OUTPUT_STEM, PENDING, PERMANENT, REUSED,
                             SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS, window_columns)
-from pipelines.scenes import Window, detect_scenes, plan_windows
+from pipelines.media.scenes import Window, detect_scenes, plan_windows
 
 log = logging.getLogger(__name__)
 

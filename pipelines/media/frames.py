@@ -13,7 +13,7 @@ from typing import BinaryIO, Literal
 import av
 import numpy as np
 
-from pipelines.probe import BadVideo, display_rotation, open_container, probe_timestamps, video_stream
+from pipelines.media.probe import BadVideo, display_rotation, open_container, probe_timestamps, video_stream
 from pipelines.storage import Source, atomic_output, open_input
 
 log = logging.getLogger(__name__)

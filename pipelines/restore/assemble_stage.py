@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import ledger, metrics, storage
-from pipelines.assemble import assemble, preview_still
-from pipelines.frames import iter_segment, read_frames
-from pipelines.probe import BadVideo, probe_timestamps
-from pipelines.rows import (DEVICE, DONE, END, ERROR, FAILED, FINGERPRINT, FRAMES, OUTPUT, PERMANENT, REL,
+from pipelines import storage
+from pipelines.restore import ledger, metrics
+from pipelines.media.mux import assemble, preview_still
+from pipelines.media.frames import iter_segment, read_frames
+from pipelines.media.probe import BadVideo, probe_timestamps
+from pipelines.restore.rows import (DEVICE, DONE, END, ERROR, FAILED, FINGERPRINT, FRAMES, OUTPUT, PERMANENT, REL,
                             REUSED, SECONDS, SEGMENT, SOURCE, START, STATUS, VIDEO_ID, WINDOW, window_of)
-from pipelines.scenes import Window
+from pipelines.media.scenes import Window
 
 log = logging.getLogger(__name__)
 

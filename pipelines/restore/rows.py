@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from pipelines import storage
-from pipelines.scenes import Window
+from pipelines.media.scenes import Window
 
 # -- a source video (driver -> scenes stage) ---------------------------------------------------------
 SOURCE = "source"  # URL of the source video, as storage.list_videos gives it

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import storage
-from pipelines.train_data import (CAPTION, CLIP_SEED, GT, LQ, ClipConfig, build_pairs, derive_seed, iter_pairs,
+from pipelines.finetune.data import (CAPTION, CLIP_SEED, GT, LQ, ClipConfig, build_pairs, derive_seed, iter_pairs,
                                   list_clips)
 from pipelines.weights import check as check_weights
 from pipelines.weights import local_copy

@@ -39,7 +39,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pipelines import storage
-from pipelines.ledger import LEDGER
+from pipelines.restore.ledger import LEDGER
 from pipelines.storage import SourceFile
 
 log = logging.getLogger(__name__)
