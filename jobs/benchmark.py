@@ -3,23 +3,110 @@
     python jobs/benchmark.py                  # GPU: official preset at 480p->x4 and 1080p->x2
     python jobs/benchmark.py --preset tiny    # CPU: the same comparison on the TINY preset
 
-Random weights (a forward costs the same whatever the weights). Each case runs in a fresh process.
+Random weights (a forward costs the same whatever the weights). Each case runs in a fresh process, so
+peak memory does not leak from one case into the next.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import multiprocessing as mp
+import resource
 import sys
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from star_model.benchmark import Case, ratios, run  # noqa: E402
+from star_model import vae as vae_configs  # noqa: E402
+from star_model.presets import build_models, get_preset  # noqa: E402
+from star_model.restore import RestoreConfig, StarRestorer  # noqa: E402
+
+
+class Case(NamedTuple):
+    name: str  # e.g. "480p x4"
+    height: int  # input size
+    width: int
+    scale: int
+    frames: int
+
+
+class Measurement(NamedTuple):
+    case: str
+    settings: str  # "official" or "ours"
+    seconds_per_frame: float | None  # None: did not fit in memory
+    peak_bytes: int | None
+    note: str = ""
+
 
 GPU_CASES = [Case("480p x4", 480, 854, 4, 32), Case("1080p x2", 1080, 1920, 2, 32)]
 CPU_CASES = [Case("64p x4", 64, 112, 4, 4), Case("128p x2", 128, 224, 2, 4)]
+
+
+def restorer_for(preset_name: str, settings: str, scale: int, steps: int | None, device: torch.device) -> StarRestorer:
+    """Random weights with the settings of the official inference (fp16 as its `.half()`, whole-canvas
+    VAE, 32-frame hard-cut windows) or of ours (bf16, tiled VAE, planner-chosen windows and tiles)."""
+    sampler = {} if steps is None else dict(solver_mode="normal", steps=steps)
+    gpu = device.type == "cuda"
+    if settings == "official":
+        config, dtype, vae = RestoreConfig.official(scale=scale, **sampler), torch.float16, vae_configs.OFFICIAL
+    else:
+        config, dtype, vae = RestoreConfig(scale=scale, **sampler), torch.bfloat16, vae_configs.TILED
+    preset = get_preset(preset_name)
+    if preset.name != "tiny":  # the tiny VAE has its own shape; tiling settings do not apply to it
+        preset = dataclasses.replace(preset, vae=vae)
+    models = build_models(preset, None, device=device, dtype=dtype if gpu else torch.float32)
+    return StarRestorer(*models, config)
+
+
+def measure(preset_name: str, case: Case, settings: str, steps: int | None, device_name: str, queue) -> None:
+    device = torch.device(device_name)
+    restorer = restorer_for(preset_name, settings, case.scale, steps, device)
+    frames = np.random.default_rng(0).integers(0, 256, (case.frames, case.height, case.width, 3), dtype=np.uint8)
+    restorer(frames[:1, :16, :16], "warm-up")  # kernels, allocator, text cache
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    try:
+        restorer(frames, "a good video")
+    except torch.OutOfMemoryError as exc:
+        queue.put(Measurement(case.name, settings, None, None, f"out of memory: {str(exc).splitlines()[0]}"))
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    plan = restorer.last_plan.describe() if restorer.last_plan else "explicit window, whole frame"
+    queue.put(Measurement(case.name, settings, (time.perf_counter() - start) / case.frames, peak, plan))
+
+
+def run(preset_name: str, cases: list[Case], device_name: str, steps: int | None) -> list[Measurement]:
+    """Every case with official and our settings, each in a fresh spawned process."""
+    context, results = mp.get_context("spawn"), []
+    for case in cases:
+        for settings in ("official", "ours"):
+            queue = context.Queue()
+            process = context.Process(target=measure, args=(preset_name, case, settings, steps, device_name, queue))
+            process.start()
+            process.join()
+            failed = process.exitcode != 0 and queue.empty()
+            results.append(Measurement(case.name, settings, None, None, f"process exited {process.exitcode}")
+                           if failed else queue.get())
+    return results
+
+
+def ratio_line(official: Measurement, ours: Measurement) -> str:
+    if official.seconds_per_frame is None or ours.seconds_per_frame is None:
+        return f"{ours.case}: no ratio (official: {official.note or 'ok'}; ours: {ours.note or 'ok'})"
+    return (f"{ours.case}: ours is {official.seconds_per_frame / ours.seconds_per_frame:.2f}x faster per output "
+            f"frame and uses {official.peak_bytes / ours.peak_bytes:.2f}x less peak memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,18 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("official" if device == "cuda" else "tiny")
     cases = GPU_CASES if device == "cuda" else CPU_CASES
     if args.frames:
-        cases = [Case(c.name, c.height, c.width, c.scale, args.frames) for c in cases]
+        cases = [c._replace(frames=args.frames) for c in cases]
 
-    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    print(f"preset {preset} (random weights) on {name}, torch {torch.__version__}")
+    print(f"preset {preset} (random weights) on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, "
+          f"torch {torch.__version__}")
     results = run(preset, cases, device, args.steps)
     print(f"{'case':10s} {'settings':9s} {'s/frame':>9s} {'peak GiB':>9s}  plan")
     for r in results:
         spf = f"{r.seconds_per_frame:9.3f}" if r.seconds_per_frame is not None else f"{'-':>9s}"
         peak = f"{r.peak_bytes / 2**30:9.2f}" if r.peak_bytes is not None else f"{'-':>9s}"
         print(f"{r.case:10s} {r.settings:9s} {spf} {peak}  {r.note}")
-    for line in ratios(results):
-        print(line)
+    for official, ours in zip(results[::2], results[1::2]):
+        print(ratio_line(official, ours))
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout or a Ray working_dir, uninstalled
 
-from pipelines.weights import VAE_VARIANTS, fetch  # noqa: E402
+from pipelines.hub import VAE_VARIANTS, fetch  # noqa: E402
 from star_model.checkpoint import DTYPES  # noqa: E402
 from star_model.presets import CHECKPOINT_NAMES  # noqa: E402
 

@@ -6,10 +6,8 @@ Nothing in a checkpoint is ever executed: `.pt` files go through `torch.load(wei
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -270,37 +268,3 @@ def _save_atomically(tensors: StateDict, dst: Path, metadata: dict[str, str]) ->
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`convert SRC DST [--dtype bf16] [--verify-sha256]` or `sha256 FILE`."""
-    parser = argparse.ArgumentParser(prog="python -m star_model.checkpoint", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser("convert", help="write a .pt checkpoint as .safetensors")
-    convert.add_argument("src", type=Path)
-    convert.add_argument("dst", type=Path)
-    convert.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
-    convert.add_argument("--verify-sha256", action="store_true",
-                         help="check SRC against the published digest for its file name first")
-    digest = commands.add_parser("sha256", help="print a file's SHA-256")
-    digest.add_argument("file", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "convert":
-            expected = "published" if args.verify_sha256 else None
-            out = convert_to_safetensors(args.src, args.dst, args.dtype, expected_sha256=expected)
-            print(f"wrote {out} ({args.dtype})")
-        else:
-            print(f"{sha256_of(args.file)}  {args.file}")
-    except (CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

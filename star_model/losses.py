@@ -50,7 +50,7 @@ OFFICIAL_SHARPNESS = 10.0  # soft mask sigmoid(sharpness·(cutoff − |F|))
 class LossConfig:
     """What the DF term computes and how much of the clip it decodes."""
 
-    mode: DfMode = "paper"
+    mode: DfMode = "paper"  # paper: DF loss with gradient through the VAE decoder; official: as released, logged only
     alpha: float = 2.0  # c(t) = (t/t_max)^alpha: low-frequency weight, large early in sampling (large t)
     beta: float = 1.0  # b(t) = beta·(1 - t/t_max): DF weight, large late in sampling (small t)
     t_max: int = 999

@@ -15,7 +15,7 @@ import psutil
 import torch
 
 from star_model.config import DenoiserConfig
-from star_model.windows import min_padded_latent
+from star_model.padding import min_padded_latent
 
 log = logging.getLogger(__name__)
 

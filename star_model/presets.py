@@ -189,7 +189,8 @@ def build_models(preset: StarPreset, paths: WeightPaths | None, *, device: torch
     scratch). Random weights depend on `seed` only, so every worker and every restart builds the same.
     """
     if paths is not None:
-        denoiser = load_denoiser(preset.denoiser, paths.checkpoint, device=device, dtype=dtype)
+        # No checkpoint in `paths` (a VEnhancer start loads its own): the denoiser starts from `seed`.
+        denoiser = load_denoiser(preset.denoiser, paths.checkpoint, device=device, dtype=dtype, seed=seed)
         text = load_text_encoder(paths.text, device=device)
         return denoiser, text, _load_vae(preset, paths.vae, device, dtype)
     if preset.shipped is not None and not fresh:

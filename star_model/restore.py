@@ -20,22 +20,14 @@ from torch import Tensor
 from star_model.colorfix import adain_color_fix, wavelet_color_fix
 from star_model.diffusion import guided_x0
 from star_model.memory import OFFICIAL_WINDOW, MemoryPlan, free_device_memory, plan_memory
+from star_model.padding import latent_size_ok, minimal_pad, official_pad_to_fit
 from star_model.sampler import sample_dpmpp_2m_sde, sdedit_start, seeded_noise
 from star_model.schedule import NoiseSchedule, build_schedule, solver_sigmas
 from star_model.text import TextEncoder
+from star_model.tiles import Tile, plan_tiles, tiled_denoiser
 from star_model.unet import StarDenoiser
 from star_model.vae import VideoVae
-from star_model.tiles import Tile, plan_tiles, tiled_denoiser
-from star_model.windows import (
-    Window,
-    WindowDenoiser,
-    latent_size_ok,
-    minimal_pad,
-    official_chunks,
-    official_pad_to_fit,
-    plan_windows,
-    windowed_denoiser,
-)
+from star_model.windows import Span, WindowDenoiser, official_chunks, plan_spans, windowed_denoiser
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +167,7 @@ class StarRestorer:
         # the GroupNorm statistics (the official's +1 padding does).
         return F.pad(up, (w1, w2, h1, h2), mode="replicate"), (h1, w1)
 
-    def _plan(self, latent_shape: torch.Size) -> tuple[list[Window], list[Tile]]:
+    def _plan(self, latent_shape: torch.Size) -> tuple[list[Span], list[Tile]]:
         cfg = self.config
         _, _, num_frames, lat_h, lat_w = latent_shape
         window, tile = cfg.window, cfg.tile
@@ -189,7 +181,7 @@ class StarRestorer:
             windows = official_chunks(num_frames, window)  # one window when F <= window
         else:
             overlap = cfg.window_overlap if cfg.window_overlap is not None else window // 2
-            windows = plan_windows(num_frames, window, min(overlap, window - 1))
+            windows = plan_spans(num_frames, window, min(overlap, window - 1))
         tile_h, tile_w = (min(tile[0], lat_h), min(tile[1], lat_w)) if tile else (lat_h, lat_w)
         tiles = plan_tiles(lat_h, lat_w, tile_h, tile_w, min(cfg.tile_overlap, tile_h - 1, tile_w - 1),
                            self.denoiser.cfg.num_downsamples)

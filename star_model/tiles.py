@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from star_model.diffusion import Denoiser
-from star_model.windows import Ramp, blend_weights, latent_size_ok, plan_windows
+from star_model.padding import latent_size_ok
+from star_model.windows import Ramp, blend_weights, plan_spans
 
 Tile = tuple[int, int, int, int]  # latent rows [y0, y1), columns [x0, x1)
 # (x_t of one tile (B, C, F, h, w), t (B,), the tile) -> x̂0 of the tile.
@@ -19,12 +20,12 @@ TileDenoiser = Callable[[Tensor, Tensor, Tile], Tensor]
 def plan_tiles(height: int, width: int, tile_height: int, tile_width: int, overlap: int,
                num_downsamples: int | None = None) -> list[Tile]:
     """A row-major grid of tiles covering (height, width): tiles are tile-sized (or the whole axis when it
-    is smaller), overlap by at least `overlap` latent pixels, and are spread evenly (`plan_windows`).
+    is smaller), overlap by at least `overlap` latent pixels, and are spread evenly (`plan_spans`).
 
     With `num_downsamples`, every tile size must pass `latent_size_ok` (the network's size rule).
     """
-    rows = plan_windows(height, tile_height, overlap)
-    cols = plan_windows(width, tile_width, overlap)
+    rows = plan_spans(height, tile_height, overlap)
+    cols = plan_spans(width, tile_width, overlap)
     if num_downsamples is not None:
         h, w = rows[0][1] - rows[0][0], cols[0][1] - cols[0][0]
         if not latent_size_ok(h, w, num_downsamples):

@@ -16,7 +16,7 @@ from star_model.checkpoint import load_checkpoint
 from star_model.config import DenoiserConfig
 from star_model.control import ControlBranch
 from star_model.diffusion import sinusoidal_embedding
-from star_model.windows import latent_size_ok, min_padded_latent
+from star_model.padding import latent_size_ok, min_padded_latent
 from star_model.encoder import attention_layers, build_encoder, build_middle_block, build_time_embed, run_block
 
 
@@ -46,7 +46,7 @@ class StarDenoiser(nn.Module):
 
     x, hint: (B, C, F, H, W) noisy latent and clean LR latent; t: (B,) integer timesteps;
     y: (B, L, context_dim) text embedding. Returns v with the shape of x.
-    H must survive the Downsample/Upsample round trip (see `latent_size_ok` in windows.py).
+    H must survive the Downsample/Upsample round trip (see `latent_size_ok` in padding.py).
     """
 
     def __init__(self, cfg: DenoiserConfig) -> None:
@@ -72,7 +72,7 @@ class StarDenoiser(nn.Module):
         b, _, f, h, w = x.shape
         if not latent_size_ok(h, w, self.cfg.num_downsamples):
             raise ValueError(f"latent size {h}x{w} does not survive {self.cfg.num_downsamples} down/upsamplings; "
-                             f"pad to {min_padded_latent(h, w, self.cfg.num_downsamples)} (windows.minimal_pad)")
+                             f"pad to {min_padded_latent(h, w, self.cfg.num_downsamples)} (padding.minimal_pad)")
         if hint.shape != x.shape:
             raise ValueError(f"hint {tuple(hint.shape)} must have the shape of x {tuple(x.shape)}")
         dtype = next(self.parameters()).dtype

@@ -1,5 +1,6 @@
-"""Temporal windows (the official chunking rule and ours), merging per-window x̂0 back into one clip, and
-spatial padding (the official canvas rule and ours: only what the network's down/up-sampling needs)."""
+"""Temporal windows of the sampler (the official chunking rule and ours) as spans of latent frames, the
+one blend ramp, and merging per-window x̂0 back into one clip; `plan_spans` also lays out tile rows and
+columns (star_model/tiles.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import Tensor
 
 from star_model.diffusion import Denoiser
 
-Window = tuple[int, int]  # frames [start, stop)
+Span = tuple[int, int]  # [start, stop) along one axis: latent frames of a window, or rows/columns of a tile
 MergeMode = Literal["weighted", "hard_cut"]
 Ramp = Literal["linear", "cosine"]
 # (x_t of one window (B, C, f, H, W), t (B,), the window's frames) -> x̂0 of the window.
@@ -23,7 +24,7 @@ WindowDenoiser = Callable[[Tensor, Tensor, slice], Tensor]
 # Windows
 
 
-def official_chunks(num_frames: int, max_chunk_len: int) -> list[Window]:
+def official_chunks(num_frames: int, max_chunk_len: int) -> list[Span]:
     """The official `make_chunks(F, 0, max_chunk_len)`: windows of L frames with stride L//2; a window
     that would end within 1.25·L of the end is extended to the end (so the last has L//2+1 ... 1.25·L).
 
@@ -33,7 +34,7 @@ def official_chunks(num_frames: int, max_chunk_len: int) -> list[Window]:
     if num_frames < 1 or max_chunk_len < 2:
         raise ValueError(f"need num_frames >= 1 and max_chunk_len >= 2, got {num_frames}, {max_chunk_len}")
     stride = max_chunk_len // 2
-    windows: list[Window] = []
+    windows: list[Span] = []
     start = 0
     while start + 1.25 * max_chunk_len < num_frames:
         windows.append((start, start + max_chunk_len))
@@ -50,7 +51,7 @@ def official_merge_fails(num_frames: int, max_chunk_len: int) -> bool:
     return num_frames > max_chunk_len and len(official_chunks(num_frames, max_chunk_len)) == 1
 
 
-def plan_windows(num_frames: int, length: int, overlap: int) -> list[Window]:
+def plan_spans(num_frames: int, length: int, overlap: int) -> list[Span]:
     """Our windows for any F >= 1: all `length` long (one window of F frames if F <= length), consecutive
     windows overlap by at least `overlap`, the first starts at 0 and the last ends at F; starts are spread
     evenly (n = ceil((F - O)/(L - O)) windows), so no window is a sliver next to its neighbour.
@@ -70,7 +71,7 @@ def plan_windows(num_frames: int, length: int, overlap: int) -> list[Window]:
     return [(s, s + length) for s in starts]
 
 
-def _check_windows(windows: Sequence[Window], num_frames: int) -> None:
+def _check_spans(windows: Sequence[Span], num_frames: int) -> None:
     if not windows or windows[0][0] != 0 or windows[-1][1] != num_frames:
         raise ValueError(f"windows {list(windows)} must start at 0 and end at {num_frames}")
     for (a0, a1), (b0, b1) in zip(windows, windows[1:]):
@@ -82,7 +83,7 @@ def _check_windows(windows: Sequence[Window], num_frames: int) -> None:
 # Merging
 
 
-def hard_cut_keeps(windows: Sequence[Window]) -> list[Window]:
+def hard_cut_keeps(windows: Sequence[Span]) -> list[Span]:
     """The frames each window keeps (absolute [start, stop)) when cutting at the middle of each overlap.
 
     Cut between windows k and k+1 at start_{k+1} + (stop_k - start_{k+1})//2. For the official equal
@@ -95,27 +96,29 @@ def hard_cut_keeps(windows: Sequence[Window]) -> list[Window]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _ramp(n: int, kind: Ramp) -> Tensor:
-    """Weights rising over an overlap of n frames: w_j for j = 1..n, with w_j + w_{n+1-j} = 1, all > 0."""
+def blend_ramp(n: int, kind: Ramp = "linear") -> Tensor:
+    """Weights rising over an overlap of n frames, (n,) float64: w_j for j = 1..n, with w_j + w_{n+1-j} = 1,
+    all > 0, so both sides count at every shared frame. The one ramp of every blend: latent windows and
+    tiles here, restored segments in the restore job's assembly."""
     x = torch.arange(1, n + 1, dtype=torch.float64) / (n + 1)
     return x if kind == "linear" else 0.5 - 0.5 * torch.cos(math.pi * x)
 
 
-def blend_weights(windows: Sequence[Window], num_frames: int, ramp: Ramp = "linear") -> Tensor:
+def blend_weights(windows: Sequence[Span], num_frames: int, ramp: Ramp = "linear") -> Tensor:
     """Per-window per-frame weights (n_windows, F), float32, zero outside each window and summing to 1
     over windows at every frame: each window ramps up across its overlap with the previous window and
     down across its overlap with the next, then the weights are normalised per frame."""
-    _check_windows(windows, num_frames)
+    _check_spans(windows, num_frames)
     weights = torch.zeros(len(windows), num_frames, dtype=torch.float64)
     for k, (start, stop) in enumerate(windows):
         w = torch.ones(stop - start, dtype=torch.float64)
         if k > 0:
             n_in = windows[k - 1][1] - start  # overlap with the previous window
-            w[:n_in] = torch.minimum(w[:n_in], _ramp(n_in, ramp))
+            w[:n_in] = torch.minimum(w[:n_in], blend_ramp(n_in, ramp))
         if k + 1 < len(windows):
             n_out = stop - windows[k + 1][0]  # overlap with the next window
             if n_out > 0:
-                w[stop - start - n_out :] = torch.minimum(w[stop - start - n_out :], _ramp(n_out, ramp).flip(0))
+                w[stop - start - n_out :] = torch.minimum(w[stop - start - n_out :], blend_ramp(n_out, ramp).flip(0))
         weights[k, start:stop] = w
     # Normalising covers frames where three windows overlap (possible when overlap > length/2).
     return (weights / weights.sum(0, keepdim=True)).to(torch.float32)
@@ -123,7 +126,7 @@ def blend_weights(windows: Sequence[Window], num_frames: int, ramp: Ramp = "line
 
 def merge_windows(
     outputs: Sequence[Tensor],
-    windows: Sequence[Window],
+    windows: Sequence[Span],
     mode: MergeMode = "weighted",
     ramp: Ramp = "linear",
 ) -> Tensor:
@@ -133,7 +136,7 @@ def merge_windows(
     "hard_cut" (official): each window contributes only its `hard_cut_keeps` frames.
     """
     num_frames = windows[-1][1]
-    _check_windows(windows, num_frames)
+    _check_spans(windows, num_frames)
     if mode == "hard_cut":
         keeps = hard_cut_keeps(windows)
         parts = [
@@ -153,7 +156,7 @@ def merge_windows(
 
 def windowed_denoiser(
     denoise_window: WindowDenoiser,
-    windows: Sequence[Window],
+    windows: Sequence[Span],
     mode: MergeMode = "weighted",
     ramp: Ramp = "linear",
 ) -> Denoiser:
@@ -165,80 +168,3 @@ def windowed_denoiser(
         return merge_windows(outputs, windows, mode, ramp)
 
     return denoise
-
-
-# ---------------------------------------------------------------------------------------------------
-# Spatial padding
-
-
-def official_pad_to_fit(height: int, width: int) -> tuple[int, int, int, int]:
-    """The official canvas padding (w1, w2, h1, h2) in pixels; the official pads with value +1 (white).
-
-    H < 720: centred to 720; H > 720: at the bottom to ⌊(H+48)/64⌋·64 + 16 (≡ 16 mod 64).
-    W < 1280: centred to 1280; W > 1280: at the right to ⌊W/64⌋·64 + 64 (adds 64 even if W ≡ 0 mod 64).
-    For an odd centred difference the extra pixel goes after (bottom/right) [inferred; the fixtures
-    only have even differences].
-    """
-
-    def side(size: int, canvas: int, target_above: int) -> tuple[int, int]:
-        if size < canvas:
-            before = (canvas - size) // 2
-            return before, canvas - size - before
-        if size == canvas:
-            return 0, 0
-        return 0, target_above - size
-
-    w1, w2 = side(width, 1280, width // 64 * 64 + 64)
-    h1, h2 = side(height, 720, (height + 48) // 64 * 64 + 16)
-    return w1, w2, h1, h2
-
-
-def _downsample_size(h: int, w: int) -> tuple[int, int]:
-    """The official Downsample: stride-2 3x3 conv with padding 2 rows, 1 column."""
-    return (h + 4 - 3) // 2 + 1, (w + 2 - 3) // 2 + 1
-
-
-def _upsample_size(h: int, w: int) -> tuple[int, int]:
-    """The official Upsample: nearest x2, then the first and last row are dropped."""
-    return 2 * h - 2, 2 * w
-
-
-def latent_size_ok(height: int, width: int, num_downsamples: int) -> bool:
-    """Whether a latent of (height, width) round-trips through `num_downsamples` Downsample/Upsample
-    pairs with equal sizes at every skip concatenation (the UNet's condition).
-
-    Works out to H ≡ 2 (mod 2^k) and W ≡ 0 (mod 2^k) for k >= 1 downsamples.
-    """
-    h, w = height, width
-    for _ in range(num_downsamples):
-        if h < 1 or w < 1:
-            return False
-        down_h, down_w = _downsample_size(h, w)
-        if _upsample_size(down_h, down_w) != (h, w):
-            return False
-        h, w = down_h, down_w
-    return True
-
-
-def min_padded_latent(height: int, width: int, num_downsamples: int) -> tuple[int, int]:
-    """The smallest latent (H', W') >= (height, width) with `latent_size_ok`: H' ≡ 2, W' ≡ 0 mod 2^k."""
-    if height < 1 or width < 1:
-        raise ValueError(f"latent size must be positive, got {height}x{width}")
-    if num_downsamples == 0:
-        return height, width
-    m = 2**num_downsamples
-    padded_h = height + (2 - height) % m  # 2 is a valid height for every k (2 -> 2 -> 2 ...)
-    padded_w = width + (-width) % m
-    assert latent_size_ok(padded_h, padded_w, num_downsamples)
-    return padded_h, padded_w
-
-
-def minimal_pad(height: int, width: int, num_downsamples: int, vae_scale: int = 8) -> tuple[int, int, int, int]:
-    """Our pixel padding (w1, w2, h1, h2), at the bottom and right only: the least that makes the latent
-    (⌈H/8⌉, ⌈W/8⌉) padded to `min_padded_latent` fit the network.
-
-    Differs from the official on purpose: the official pads every clip to at least 720x1280 (2.8x the
-    work for a 480p clip x4); the network needs only the size rule, not a minimum canvas.
-    """
-    lat_h, lat_w = min_padded_latent(-(-height // vae_scale), -(-width // vae_scale), num_downsamples)
-    return 0, lat_w * vae_scale - width, 0, lat_h * vae_scale - height

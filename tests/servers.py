@@ -7,7 +7,6 @@ import ctypes
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
+from helpers import free_port
 
 BUCKET = "star-test-bucket"
 _START_SECONDS = 30.0
@@ -41,7 +42,7 @@ class ObjectStore:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[ObjectStore]:
     _require("moto.server", "moto[server]")
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = {
         "AWS_ENDPOINT_URL": endpoint,
@@ -61,7 +62,7 @@ def s3_server() -> Iterator[ObjectStore]:
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[ObjectStore]:
     _require("gcp_storage_emulator", "gcp-storage-emulator")
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = {
         "STORAGE_EMULATOR_HOST": endpoint,
@@ -78,12 +79,6 @@ def gcs_server() -> Iterator[ObjectStore]:
 def _require(module: str, package: str) -> None:
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{package} is not installed (pip install '{package}'); bucket tests need its server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent() -> None:

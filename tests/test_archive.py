@@ -4,8 +4,6 @@ ledger, summary, reruns, incremental runs, kill-and-resume, and configuration er
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import re
 import shutil
@@ -22,22 +20,12 @@ import pyarrow.dataset as pads
 import pytest
 from PIL import Image
 
-from conftest import audio_only, media
+from helpers import (JOB, REPO, TINY, assert_same_timing, audio_only, decode_all, job_env, latest_rows, load_job,
+                     make_clip, media, noisy_frames, read_summary, real_clips, run_job)
 from pipelines.media.probe import probe, probe_timestamps
 from pipelines.restore.rows import video_id
-from test_media_io import assert_same_timing, decode_all, make_clip, noisy_frames
-
-REPO = Path(__file__).resolve().parents[1]
-JOB = REPO / "jobs" / "upscale_archive.py"
-TINY = ["--preset", "tiny", "--scale", "2", "--steps", "2", "--window", "8", "--overlap", "2"]
 
 pytestmark = pytest.mark.timeout(300)  # each job run is one local Ray start plus seconds of TINY work
-
-
-def job_env(**extra: str) -> dict[str, str]:
-    """The environment of a job run: this process's (bucket fixtures set endpoints in it) plus a fresh
-    local Ray per run; without RAY_ADDRESS=local, ray.init() joins any `ray start` cluster on the machine."""
-    return {**os.environ, "RAY_ADDRESS": "local", **extra}
 
 
 GOOD = {  # rel -> output rel
@@ -55,55 +43,6 @@ BAD = {  # rel -> reason in the ledger
     # probes fine; one of its windows holds only damaged frames, the other three are repaired
     "bad/damaged.mp4": r"^window 1 \(frames 6-13\): corrupt or undecodable frames 6-13 in window \[6, 14\)$",
 }
-
-
-# -- helpers shared with the bucket and job-submission tests ---------------------------------------
-
-
-def shrink(src: Path, dst: Path, size: tuple[int, int], frames: int) -> Path:
-    """The first `frames` frames of a real clip, resized to `size`, re-encoded (H.264, same rate)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        rate = inp.streams.video[0].average_rate
-        stream = out.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
-        for i, frame in enumerate(inp.decode(video=0)):
-            if i == frames:
-                break
-            small = av.VideoFrame.from_image(frame.to_image().resize(size, Image.Resampling.BILINEAR))
-            small.pts = None
-            out.mux(stream.encode(small))
-        out.mux(stream.encode(None))
-    return dst
-
-
-def real_clips(root: Path) -> None:
-    """Two real low-quality clips, shrunk: 32 frames (5 windows of 8) and 16 frames (3 windows)."""
-    shrink(media("lq/dove_002.mp4"), root / "reels/dove_002.mp4", (80, 46), 32)
-    shrink(media("lq/seedvr2_Eyes_212x120.mp4"), root / "faces/eyes.mp4", (64, 36), 16)
-
-
-def small_archive(root: Path) -> Path:
-    """A real clip, shrunk (16 frames: 3 windows of 8), and a text file named .mp4."""
-    shrink(media("lq/seedvr2_Eyes_212x120.mp4"), root / "faces/eyes.mp4", (64, 36), 16)
-    (root / "notes.mp4").write_text("shot list, not a video\n" * 20)
-    return root
-
-
-def run_job(input_url: str | Path, output_url: str | Path, *extra: str, timeout: float = 240
-            ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(JOB), "--input", str(input_url), "--output", str(output_url),
-                           *TINY, *extra], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def read_summary(output: Path) -> dict:
-    return json.loads((output / "_ledger" / "summary.json").read_text())
-
-
-def latest_rows(output: Path) -> dict[str, dict]:
-    rows = sorted(pads.dataset(output / "_ledger" / "videos").to_table().to_pylist(),
-                  key=lambda r: r["finished_at"])
-    return {row["rel"]: row for row in rows}
 
 
 def output_files(output: Path) -> dict[str, int]:
@@ -320,7 +259,8 @@ def test_sources_that_would_write_the_same_output_fail_without_ray(tmp_path):
     """"take.mov" and "take.mp4" would both become "take.mp4": both fail (retried once renamed)."""
     import ray
 
-    from pipelines.restore.pipeline import ArchiveJob, run
+    from pipelines.restore.job import ArchiveJob
+    from pipelines.restore.pipeline import run
 
     (tmp_path / "in").mkdir()
     for name in ("take.mov", "take.mp4"):
@@ -333,13 +273,6 @@ def test_sources_that_would_write_the_same_output_fail_without_ray(tmp_path):
 
 
 # -- configuration errors: fast, clear, before Ray ---------------------------------------------------
-
-
-def load_job_module():
-    spec = importlib.util.spec_from_file_location("upscale_archive", JOB)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.timeout(60)
@@ -368,7 +301,7 @@ def test_bad_configuration_fails_fast_before_ray(tmp_path, monkeypatch, capsys, 
     argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--preset", "tiny"]
     argv += [a.format(tmp=tmp_path) for a in args]
     started = time.perf_counter()
-    assert load_job_module().main(argv) == 2
+    assert load_job("upscale_archive").main(argv) == 2
     assert time.perf_counter() - started < 20 and not ray.is_initialized()
     assert re.search(message, capsys.readouterr().err)
 

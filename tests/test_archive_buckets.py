@@ -10,10 +10,10 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
+from helpers import run_job, small_archive
 from pipelines import storage
-from pipelines.restore import ledger
 from pipelines.media.probe import probe
-from test_archive import run_job, small_archive
+from pipelines.restore import ledger
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -17,11 +17,11 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from helpers import REPO, load_job, parity
 from star_model.checkpoint import (PUBLISHED_SHA256, CheckpointError, convert_to_safetensors,
-                                   load_checkpoint, main, read_state_dict, sha256_of, verify_sha256)
-
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
-REPO = Path(__file__).resolve().parents[1]
+                                   load_checkpoint, read_state_dict, sha256_of, verify_sha256)
+from star_model.config import TINY, DenoiserConfig
+from star_model.unet import StarDenoiser
 
 
 def tiny_model(seed: int = 0) -> nn.Module:
@@ -324,10 +324,10 @@ def test_cli_convert_and_sha256(tmp_path, source, capsys):
     torch.save(source.state_dict(), src)
     dst = tmp_path / "w.safetensors"
 
-    assert main(["convert", str(src), str(dst), "--dtype", "bf16"]) == 0
+    assert load_job("checkpoint").main(["convert", str(src), str(dst), "--dtype", "bf16"]) == 0
     assert all(t.dtype == torch.bfloat16 for t in read_state_dict(dst).values())
 
-    assert main(["sha256", str(dst)]) == 0
+    assert load_job("checkpoint").main(["sha256", str(dst)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"{sha256_of(dst)}  {dst}"
 
 
@@ -336,17 +336,17 @@ def test_cli_verify_sha256_fails_cleanly(tmp_path, source, capsys):
     torch.save(source.state_dict(), src)
     dst = tmp_path / "light_deg.safetensors"
 
-    assert main(["convert", str(src), str(dst), "--verify-sha256"]) == 1
+    assert load_job("checkpoint").main(["convert", str(src), str(dst), "--verify-sha256"]) == 1
 
     err = capsys.readouterr().err
     assert "SHA-256 mismatch" in err and PUBLISHED_SHA256["light_deg.pt"] in err
     assert not dst.exists()
 
 
-def test_cli_runs_as_a_module(tmp_path):
+def test_cli_prints_a_sha256(tmp_path):
     path = tmp_path / "blob.bin"
     path.write_bytes(b"star")
-    done = subprocess.run([sys.executable, "-m", "star_model.checkpoint", "sha256", str(path)],
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "checkpoint.py"), "sha256", str(path)],
                           cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.split()[0] == hashlib.sha256(b"star").hexdigest()
 
@@ -356,22 +356,17 @@ def test_cli_runs_as_a_module(tmp_path):
 
 
 def test_tiny_star_denoiser_round_trip_and_parity_weights(tmp_path):
-    unet = pytest.importorskip("star_model.unet")
-    from star_model.config import TINY, DenoiserConfig
-
     torch.manual_seed(0)
-    source = unet.StarDenoiser(TINY)
+    source = StarDenoiser(TINY)
     path = tmp_path / "tiny.pt"
     torch.save(source.state_dict(), path)
-    target = unet.StarDenoiser(TINY)
+    target = StarDenoiser(TINY)
     load_checkpoint(target, path)
     assert_same_weights(target, source)
 
-    if not PARITY.is_dir():
-        pytest.skip(f"no parity fixtures at {PARITY}")
-    kwargs = json.loads((PARITY / "tiny_config.json").read_text())["constructor_kwargs"]
-    model = unet.StarDenoiser(DenoiserConfig.from_official_kwargs(kwargs))
-    fixture = PARITY / "tiny_state_dict.safetensors"
+    kwargs = json.loads(parity("tiny_config.json").read_text())["constructor_kwargs"]
+    model = StarDenoiser(DenoiserConfig.from_official_kwargs(kwargs))
+    fixture = parity("tiny_state_dict.safetensors")
     result = load_checkpoint(model, fixture, what="the parity fixture tiny_state_dict.safetensors")
     expected = safetensors.torch.load_file(fixture)
     assert set(result.loaded) == set(expected)

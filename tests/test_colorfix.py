@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from helpers import parity
 from star_model.colorfix import adain_color_fix, wavelet_color_fix
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
-needs_fixture = pytest.mark.skipif(not (PARITY / "colorfix.safetensors").exists(), reason="no parity fixtures")
 
 
-@needs_fixture
 @pytest.mark.parametrize("name,fix", [("adain", adain_color_fix), ("wavelet", wavelet_color_fix)])
 def test_matches_official(name: str, fix) -> None:
-    ref = load_file(PARITY / "colorfix.safetensors")
+    ref = load_file(parity("colorfix.safetensors"))
     ours = fix(ref[f"{name}.target"], ref[f"{name}.source"])
     torch.testing.assert_close(ours, ref[f"{name}.output"], atol=2e-5, rtol=0)
 

@@ -11,21 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import media
 from pipelines.media.frames import read_frames
-from star_model.degrade import (
-    FULL,
-    LIGHT,
-    DegradeConfig,
-    KernelParams,
-    StageConfig,
-    compress_video,
-    degrade_clip,
-    draw_params,
-    make_kernel,
-    upscale_lq,
-    usm_sharpen,
-)
-from conftest import media
+from star_model.degrade import degrade_clip, draw_params, upscale_lq
+from star_model.degrade_config import FULL, LIGHT, DegradeConfig, KernelParams, StageConfig
+from star_model.degrade_ops import compress_video, make_kernel, usm_sharpen
 
 FULL_CLIP = dataclasses.replace(FULL, per="clip")
 LIGHT_CLIP = dataclasses.replace(LIGHT, per="clip")

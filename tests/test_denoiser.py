@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import REPO, shared
 from star_model.config import OFFICIAL, TINY, DenoiserConfig
 from star_model.unet import StarDenoiser, load_denoiser
-
-from conftest import PARITY, SHARED
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _official_meta_state() -> list[tuple[str, tuple[int, ...]]]:
@@ -39,9 +35,7 @@ def test_official_preset_has_the_released_checkpoint_layout(parity_dir):
 
 
 def test_official_preset_matches_the_reference_tsv():
-    tsv = SHARED / "reference" / "star_official_i2vgenxl_state_dict_keys.tsv"
-    if not tsv.exists():
-        pytest.skip("reference TSV not found")
+    tsv = shared("reference/star_official_i2vgenxl_state_dict_keys.tsv")
     rows = [line.split("\t") for line in tsv.read_text().splitlines() if line.strip()]
     expected = [(key, tuple(int(n) for n in shape.strip("()").split(",") if n.strip())) for key, shape in rows]
     assert _official_meta_state() == expected

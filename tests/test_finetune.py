@@ -14,18 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import safetensors.torch
 import torch
-from conftest import MEDIA
 
-from pipelines.finetune.step import (OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, VENHANCER_ONLY_PREFIXES, FinetuneConfig,
-                                FinetuneStep, check_config, is_trainable, load_venhancer, read_checkpoint)
+from helpers import REPO, media
+from pipelines.finetune.checkpoint import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, read_checkpoint
+from pipelines.finetune.config import FinetuneConfig, check_config
 from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, ClipConfig, list_clips, make_pair
+from pipelines.finetune.step import FinetuneStep, build_finetune_models
 from star_model.checkpoint import CheckpointError
 from star_model.config import TINY
+from star_model.finetuning import VENHANCER_ONLY_PREFIXES, is_trainable, load_venhancer
 from star_model.unet import StarDenoiser
-
-REPO = Path(__file__).resolve().parents[1]
 CLIPS = ("dove_002.mp4", "dove_007.mp4")  # 32 and 33 frames, 318x180 and 316x178
 TINY_CLIPS = ClipConfig(frames=4, crop=(48, 32), seed=1)  # 4 frames of 48x32 HR -> 12x8 LR at scale 4
 
@@ -34,9 +35,7 @@ TINY_CLIPS = ClipConfig(frames=4, crop=(48, 32), seed=1)  # 4 frames of 48x32 HR
 def data_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("hr")
     for name in CLIPS:
-        if not (MEDIA / "lq" / name).exists():
-            pytest.skip(f"test clip {MEDIA / 'lq' / name} not found")
-        shutil.copy(MEDIA / "lq" / name, folder / name)
+        shutil.copy(media(f"lq/{name}"), folder / name)
     return folder
 
 
@@ -112,6 +111,22 @@ def test_venhancer_weights_load_except_liem(tmp_path):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("preset, from_scratch", [("tiny", False), ("nano", True)])
+def test_the_seed_draws_the_initial_denoiser(tmp_path, preset, from_scratch):
+    """Random starts come from FinetuneConfig.seed: the same seed builds the same denoiser (on every
+    worker and after every restart), another seed another one."""
+    def initial(seed: int) -> dict[str, torch.Tensor]:
+        cfg = FinetuneConfig(data=str(tmp_path), storage=str(tmp_path), preset=preset, from_scratch=from_scratch,
+                             seed=seed)
+        return build_finetune_models(cfg, torch.device("cpu"))[0].state_dict()
+
+    first, again, other = initial(1), initial(1), initial(2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    differ = [k for k in first if not torch.equal(first[k], other[k])]
+    assert len(differ) > len(first) // 2, f"only {len(differ)} of {len(first)} tensors depend on the seed"
+
+
+@pytest.mark.timeout(60)
 def test_bad_configuration_fails_before_ray(data_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown preset"):
         check_config(_config(data_dir, tmp_path, preset="huge"))
@@ -145,7 +160,7 @@ def test_bucket_storage_goes_through_our_filesystem(s3_server):
     import pyarrow.fs
 
     from pipelines import storage
-    from pipelines.finetune.step import run_storage
+    from pipelines.finetune.trainer import run_storage
 
     url = s3_server.fresh("runs")
     path, fs = run_storage(url)
@@ -162,7 +177,6 @@ def test_bucket_storage_goes_through_our_filesystem(s3_server):
 
 @pytest.fixture(scope="module")
 def ray_address():
-    ray = pytest.importorskip("ray")
     # Ray Train's controller collects reports every 2 s and a worker's next report waits for the
     # previous one: a 0.3 s TINY step would be timed at 2 s. Every process of this local cluster
     # (the job's controller too) inherits the shorter interval from this environment.
@@ -197,7 +211,7 @@ def test_train_checkpoint_fail_and_resume(data_dir, tmp_path, ray_address):
     #     checkpoint: at step 8 B must equal A bit-for-bit (weights, AdamW state, step);
     #   C the job script run again on A's storage with --steps 12: it resumes at 8 and must end where
     #     B ended.
-    from pipelines.finetune.step import run_finetune
+    from pipelines.finetune.trainer import run_finetune
 
     a = run_finetune(_config(data_dir, tmp_path / "a", steps=8))
     run_a = tmp_path / "a" / "star-finetune"

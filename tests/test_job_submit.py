@@ -10,7 +10,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -20,9 +19,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
+from helpers import REPO, TINY, free_port, small_archive
 from pipelines.media.probe import probe
-from servers import _free_port as free_port
-from test_archive import REPO, TINY, small_archive
 
 pytestmark = pytest.mark.timeout(300)
 

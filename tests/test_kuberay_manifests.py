@@ -249,6 +249,10 @@ results = []
 for script, argv in json.load(sys.stdin):
     def parse_args(self, args=None, namespace=None, _argv=argv):
         options.extend(self._option_string_actions)
+        for action in self._actions:  # the options of each command too (convert --dtype, ...)
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    options.extend(command._option_string_actions)
         raise Parsed(vars(real(self, _argv)))
     argparse.ArgumentParser.parse_args = parse_args
     err, options = io.StringIO(), []

@@ -1,4 +1,4 @@
-"""Per-video leases (pipelines/lease.py) and the create-if-absent put under them, on local disk and
+"""Per-video leases (pipelines/restore/lease.py) and the create-if-absent put under them, on local disk and
 the S3 and GCS test servers: one winner per race, expiry of crashed runs, immediate release by a
 finished run, and generations that only grow."""
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import PARITY
 
+from helpers import parity
 from star_model import config as denoiser_configs
 from star_model.diffusion import diffuse
 from star_model.losses import (LossConfig, df_weight, low_weight, official_df_loss, paper_df_loss,
@@ -34,9 +34,7 @@ def test_timestep_weights_at_known_points():
 
 
 def test_official_mode_reproduces_the_recorded_fixtures():
-    if not (PARITY / loss_parity.FIXTURE).exists():
-        pytest.skip(f"no {loss_parity.FIXTURE} in {PARITY}")
-    checks = loss_parity.checks(PARITY)
+    checks = loss_parity.checks(parity(loss_parity.FIXTURE).parent)
     names = {c.name for c in checks}
     for case in ("small", "large"):
         assert f"dfloss.{case}.loss" in names

@@ -1,5 +1,6 @@
-"""Tests of reading windows, staging segments and assembling the final file (pipelines.media.frames,
-pipelines.media.mux), ending in whole restore round trips with a plain upscale standing in for STAR."""
+"""Tests of reading windows, staging segments and assembling the final file (pipelines.media.frames and
+mux, pipelines.restore.assemble_stage), ending in whole restore round trips with a plain upscale
+standing in for STAR."""
 
 from __future__ import annotations
 
@@ -16,75 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.media.mux import assemble, choose_container, preview_still
+from helpers import assert_same_timing, decode_all, make_clip, media, noisy_frames
 from pipelines.media.frames import iter_segment, read_frames, write_segment
+from pipelines.media.mux import choose_container
 from pipelines.media.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
-from pipelines.media.scenes import Window, detect_scenes, plan_windows
+from pipelines.media.scenes import detect_scenes
+from pipelines.restore.assemble_stage import assemble, preview_still
+from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 from pipelines.storage import atomic_output
-from conftest import media
-
-
-def make_clip(path: Path, frames_fhwc_u8: np.ndarray, *, pts: list[int] | None = None,
-              time_base: Fraction = Fraction(1, 24), fmt: str | None = None, pix_fmt: str = "yuv420p",
-              rotation: int | None = None, audio_seconds: float = 0.0,
-              subtitles: tuple[tuple[int, int, bytes], ...] = (), options: dict[str, str] | None = None,
-              colorspace: int | None = None, codec: str = "libx264") -> Path:
-    """Encode frames (H.264 unless told) at the given pts; optionally an AAC track and SubRip cues (ms)."""
-    _, height, width, _ = frames_fhwc_u8.shape
-    with av.open(str(path), "w", format=fmt) as out:
-        video = out.add_stream(codec, rate=24)
-        video.width, video.height, video.pix_fmt = width, height, pix_fmt
-        video.codec_context.time_base = video.time_base = time_base
-        video.options = options or {}
-        if rotation is not None:
-            video.set_display_rotation(rotation)
-        if colorspace is not None:
-            video.codec_context.colorspace = video.codec_context.color_primaries = colorspace
-            video.codec_context.color_trc = colorspace
-            video.codec_context.color_range = 1
-        audio = out.add_stream("aac", rate=48000) if audio_seconds else None
-        if audio is not None:
-            audio.layout = "stereo"
-        subs = out.add_mux_stream("subrip") if subtitles else None
-        for i, rgb in enumerate(frames_fhwc_u8):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            if colorspace is not None:
-                frame = frame.reformat(format=pix_fmt, dst_colorspace=colorspace, dst_color_range=1)
-            frame.pts, frame.time_base = (pts[i] if pts else i), time_base
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
-        if audio is not None:
-            t = np.arange(int(audio_seconds * 48000) // 1024 * 1024) / 48000
-            wave = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)]).astype(np.float32) * 0.3
-            for k in range(0, wave.shape[1], 1024):
-                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, k:k + 1024]), format="fltp",
-                                                   layout="stereo")
-                chunk.sample_rate, chunk.pts = 48000, k
-                out.mux(audio.encode(chunk))
-            out.mux(audio.encode(None))
-        for start_ms, duration_ms, text in subtitles:
-            packet = av.Packet(text)
-            packet.stream, packet.time_base = subs, Fraction(1, 1000)
-            packet.pts, packet.dts, packet.duration = start_ms, start_ms, duration_ms
-            out.mux(packet)
-    return path
 
 
 def grey_frames(values: list[int], size: tuple[int, int] = (32, 24)) -> np.ndarray:
     width, height = size
     return np.stack([np.full((height, width, 3), v, np.uint8) for v in values])
-
-
-def noisy_frames(count: int, size: tuple[int, int] = (64, 48), seed: int = 0) -> np.ndarray:
-    width, height = size
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 200, (height, width, 3))
-    return np.stack([(base + 2 * i) % 256 for i in range(count)]).astype(np.uint8)
-
-
-def decode_all(path: Path | str) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
 
 
 def stream_packets(path: Path | str, kind: str) -> list[tuple[bytes, Fraction, Fraction]]:
@@ -94,16 +39,16 @@ def stream_packets(path: Path | str, kind: str) -> list[tuple[bytes, Fraction, F
                 for p in container.demux(stream) if p.size]
 
 
-def upscale2x(frames_fhwc_u8: np.ndarray, window: Window) -> np.ndarray:
+def upscale2x(frames_fhwc_u8: np.ndarray, window: SceneWindow) -> np.ndarray:
     return frames_fhwc_u8.repeat(2, axis=1).repeat(2, axis=2)
 
 
 def restore_video(src: Path | str, output: Path | str, stage: Path | str, *, window: int, overlap: int,
-                  restore: Callable[[np.ndarray, Window], np.ndarray] = upscale2x, detector: str = "content",
-                  **assemble_options) -> tuple[VideoInfo, np.ndarray, list[Window]]:
+                  restore: Callable[[np.ndarray, SceneWindow], np.ndarray] = upscale2x, detector: str = "content",
+                  **assemble_options) -> tuple[VideoInfo, np.ndarray, list[SceneWindow]]:
     """The restore job's media path end to end, with `restore` standing in for STAR."""
     info, timestamps = probe_timestamps(src)
-    plan = plan_windows(detect_scenes(src, detector, timestamps=timestamps), window, overlap)
+    plan = plan_scene_windows(detect_scenes(src, detector, timestamps=timestamps), window, overlap)
     segments = []
     for w in plan:
         frames = read_frames(src, w.start, w.end, start_pts=int(timestamps[w.start]))
@@ -112,15 +57,6 @@ def restore_video(src: Path | str, output: Path | str, stage: Path | str, *, win
         segments.append((w, url))
     assemble(src, segments, output, info=info, timestamps=timestamps, **assemble_options)
     return info, timestamps, plan
-
-
-def assert_same_timing(output: Path, info: VideoInfo, timestamps: np.ndarray) -> VideoInfo:
-    out_info, out_timestamps = probe_timestamps(output)
-    tick = max(info.time_base, out_info.time_base)
-    assert out_info.frame_count == info.frame_count
-    assert np.all(np.abs(out_timestamps * out_info.time_base - timestamps * info.time_base) <= tick)
-    assert abs(out_info.duration - info.duration) <= tick
-    return out_info
 
 
 # -- read_frames ----------------------------------------------------------------------------------
@@ -355,7 +291,7 @@ def test_round_trip_blends_overlaps(tmp_path):
 
     offsets = [0, 40, 80]  # window k adds offsets[k % 3]: neighbours always differ by 40
 
-    def restore(frames: np.ndarray, w: Window) -> np.ndarray:
+    def restore(frames: np.ndarray, w: SceneWindow) -> np.ndarray:
         return np.clip(upscale2x(frames, w).astype(int) + offsets[w.index % 3], 0, 255).astype(np.uint8)
 
     info, timestamps, plan = restore_video(src, tmp_path / "out.mkv", tmp_path / "stage", window=10, overlap=3,
@@ -401,7 +337,7 @@ def test_round_trip_one_frame_on_a_bucket_like_filesystem(tmp_path):
     src = make_clip(tmp_path / "still.mp4", grey_frames([128]))
     info, timestamps, plan = restore_video(src, "memory://bucket/restored/still.mp4", "memory://bucket/stage",
                                            window=8, overlap=2)
-    assert plan == [Window(0, 0, 0, 1, 0, 1, 0, 0)]
+    assert plan == [SceneWindow(0, 0, 0, 1, 0, 1, 0, 0)]
     assert_same_timing("memory://bucket/restored/still.mp4", info, timestamps)
     assert fsspec.filesystem("memory").ls("/bucket/restored", detail=False) == ["/bucket/restored/still.mp4"]
 
@@ -446,7 +382,7 @@ def test_colours_keep_the_source_matrix(tmp_path):
 def test_failed_assembly_leaves_no_file(tmp_path):
     src = make_clip(tmp_path / "clip.mp4", noisy_frames(20, size=(32, 24)), audio_seconds=1.0)
     info, timestamps = probe_timestamps(src)
-    plan = plan_windows([(0, 20)], 8, 2)
+    plan = plan_scene_windows([(0, 20)], 8, 2)
     segments = []
     for w in plan:
         write_segment(upscale2x(read_frames(src, w.start, w.end), w), tmp_path / f"s{w.index}.mkv", info.fps)

@@ -7,7 +7,7 @@ import torch
 
 from star_model.config import OFFICIAL
 from star_model.memory import estimate_bytes, plan_memory
-from star_model.windows import latent_size_ok
+from star_model.padding import latent_size_ok
 
 GiB = 2**30
 

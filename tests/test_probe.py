@@ -11,8 +11,8 @@ import fsspec
 import numpy as np
 import pytest
 
+from helpers import audio_only, media, mux_silence
 from pipelines.media.probe import BadVideo, probe, probe_timestamps
-from conftest import audio_only, media, mux_silence
 
 
 def write_clip(path: Path, count: int = 12, size: tuple[int, int] = (32, 24), *, pts: list[int] | None = None,

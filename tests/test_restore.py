@@ -21,14 +21,21 @@ BASE = RestoreConfig(scale=2, **FAST_TEST)
 
 
 @pytest.fixture(scope="module")
-def restorer():
-    return load_restorer("tiny", config=BASE, device="cpu")
+def tiny_models():
+    """The TINY models, built once per module; no test changes them."""
+    restorer = load_restorer("tiny", device="cpu")
+    return restorer.denoiser, restorer.text, restorer.vae
 
 
-def _with(restorer, **changes):
-    """The shared restorer with BASE plus `changes` (models are loaded once per module)."""
-    restorer.config = BASE.replace(**changes)
-    return restorer
+@pytest.fixture
+def restorer(tiny_models):
+    """A restorer of this test's own (BASE settings) over the module's models."""
+    return StarRestorer(*tiny_models, BASE)
+
+
+def _with(restorer, config=BASE, **changes):
+    """Another restorer over the same models, with `config` plus `changes`."""
+    return StarRestorer(restorer.denoiser, restorer.text, restorer.vae, config.replace(**changes))
 
 
 @pytest.mark.parametrize("frames, height, width, scale", [
@@ -54,14 +61,12 @@ def test_every_frame_count_restores(restorer, count, merge):
 
 
 def test_official_chunking_handles_the_official_crash_range(restorer):
-    config = RestoreConfig.official(scale=2, padding="minimal", **FAST_TEST)
-    restorer.config = config
-    out = restorer(_frames(36, 16, 16), "")
+    official = _with(restorer, RestoreConfig.official(scale=2, padding="minimal", **FAST_TEST))
+    out = official(_frames(36, 16, 16), "")
     assert out.shape == (36, 32, 32, 3)
 
 
 def test_seed_determines_the_output(restorer):
-    _with(restorer)
     clip = _frames(4, 24, 32)
     first, again = restorer(clip, "a dog", seed=7), restorer(clip, "a dog", seed=7)
     other = restorer(clip, "a dog", seed=8)
@@ -98,10 +103,10 @@ def test_tiles_and_windows_are_cut_and_blended_in_place(restorer):
     y, x = np.mgrid[0:40, 0:64]
     smooth = np.stack([(y * 3) % 256, (x * 2) % 256, (x + y) % 256], -1).astype(np.uint8)
     clip = np.stack([np.roll(smooth, k, axis=1) for k in range(12)])
-    local = StarRestorer(PointwiseDenoiser(restorer.denoiser.cfg), restorer.text, restorer.vae, BASE)
-    whole = local(clip, "", seed=1).astype(int)
-    local.config = BASE.replace(tile=(6, 8), tile_overlap=4, window=5, window_overlap=2)
-    pieces = local(clip, "", seed=1).astype(int)
+    pointwise = PointwiseDenoiser(restorer.denoiser.cfg)
+    whole = StarRestorer(pointwise, restorer.text, restorer.vae, BASE)(clip, "", seed=1).astype(int)
+    pieces_config = BASE.replace(tile=(6, 8), tile_overlap=4, window=5, window_overlap=2)
+    pieces = StarRestorer(pointwise, restorer.text, restorer.vae, pieces_config)(clip, "", seed=1).astype(int)
     assert np.abs(pieces - whole).max() <= 1  # float rounding at the uint8 step only
 
 
@@ -149,7 +154,7 @@ def test_bad_config_is_refused_before_loading_anything(tmp_path):
 
 
 def test_official_padding_builds_the_official_canvas(restorer):
-    restorer.config = RestoreConfig.official(scale=4)
+    restorer = _with(restorer, RestoreConfig.official(scale=4))
     padded, (top, left) = restorer._pad(torch.zeros(1, 3, 960, 1704))  # the toy example 240x426 x4
     assert tuple(padded.shape[2:]) == (976, 1728) and (top, left) == (0, 0)
     padded, (top, left) = restorer._pad(torch.zeros(1, 3, 480, 852))

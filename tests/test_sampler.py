@@ -13,42 +13,36 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from helpers import parity, parity_names
 from star_model.diffusion import diffuse, get_velocity, guide, guided_x0, sinusoidal_embedding, x0_from_v
 from star_model.parity import sampling
+from star_model.parity.denoiser import build_fixture_denoiser
 from star_model.sampler import replayed_noise, sample_dpmpp_2m_sde, sdedit_start, seeded_noise
 from star_model.schedule import build_schedule, solver_sigmas
 from star_model.windows import official_chunks, windowed_denoiser
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
 SCHEDULE = build_schedule()
-SAMPLER_FIXTURES = sorted(p.stem for p in PARITY.glob("sampler_*.json")) if PARITY.exists() else []
+SAMPLER_FIXTURES = parity_names("sampler_*.json")
 
 
-def needs(*files: str) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(not all((PARITY / f).exists() for f in files), reason="no parity fixtures")
-
-
-@needs("diffusion_ops.safetensors")
 def test_forward_process_and_conversions_match_official() -> None:
-    ref = load_file(PARITY / "diffusion_ops.safetensors")
+    ref = load_file(parity("diffusion_ops.safetensors"))
     t = ref["t"]
     torch.testing.assert_close(diffuse(SCHEDULE, ref["x0"], t, ref["noise"]), ref["xt"], atol=2e-5, rtol=0)
     torch.testing.assert_close(get_velocity(SCHEDULE, ref["x0"], ref["xt"], t), ref["velocity"], atol=2e-5, rtol=0)
     torch.testing.assert_close(x0_from_v(SCHEDULE, ref["xt"], ref["v_in"], t), ref["x0_from_v_in"], atol=2e-5, rtol=0)
 
 
-@needs("diffusion_ops.safetensors")
 @pytest.mark.parametrize("dim", [320, 32, 7])
 def test_sinusoidal_embedding_matches_official(dim: int) -> None:
-    ref = load_file(PARITY / "diffusion_ops.safetensors")
+    ref = load_file(parity("diffusion_ops.safetensors"))
     torch.testing.assert_close(sinusoidal_embedding(ref["sinusoidal.t"], dim), ref[f"sinusoidal.dim{dim}"],
                                atol=2e-5, rtol=0)
 
 
-@needs("diffusion_ops.safetensors")
 @pytest.mark.parametrize("step", [899, 500, 0])
 def test_guided_x0_matches_official_denoise(step: int) -> None:
-    ref = load_file(PARITY / "diffusion_ops.safetensors")
+    ref = load_file(parity("diffusion_ops.safetensors"))
     calls: list[Tensor] = []
 
     def model(x: Tensor, t: Tensor, y: Tensor, *, hint: Tensor) -> Tensor:
@@ -85,8 +79,8 @@ def replay_model(ref: dict[str, Tensor], meta: dict):
 
 @pytest.mark.parametrize("name", SAMPLER_FIXTURES)
 def test_sampler_replays_official_run(name: str) -> None:
-    ref = load_file(PARITY / f"{name}.safetensors")
-    meta = json.loads((PARITY / f"{name}.json").read_text())
+    ref = load_file(parity(f"{name}.safetensors"))
+    meta = json.loads((parity(f"{name}.json")).read_text())
     model, seen_t = replay_model(ref, meta)
     y, negative_y, hint = ref["y"], ref["negative_y"], ref["latent_lr"]
     scale, rescale = meta["guide_scale"], meta["guide_rescale"]
@@ -119,11 +113,10 @@ def test_sampler_replays_official_run(name: str) -> None:
     torch.testing.assert_close(output, ref["output"], atol=2e-4, rtol=0)
 
 
-@needs("sampler_fast.json", "sampler_fast.safetensors")
 def test_replay_detects_a_wrong_noise_draw() -> None:
     # The comparison is sharp enough to see one stochastic draw replaced.
-    ref = load_file(PARITY / "sampler_fast.safetensors")
-    meta = json.loads((PARITY / "sampler_fast.json").read_text())
+    ref = load_file(parity("sampler_fast.safetensors"))
+    meta = json.loads((parity("sampler_fast.json")).read_text())
     model, _ = replay_model(ref, meta)
     draws = [ref[f"sde_noise.{i:02d}"] for i in range(len(meta["sde_noise_draws"]))]
     draws[5] = -draws[5]
@@ -182,9 +175,8 @@ def test_sampler_recovers_a_point_mass() -> None:
     assert abs(float(residual.std()) - 1) < 0.25
 
 
-@pytest.mark.skipif(not (PARITY / "helpers.json").exists(), reason="no parity fixtures")
-def test_parity_checks_all_pass() -> None:
-    results = sampling.checks(PARITY, None)
+def test_parity_checks_all_pass(parity_dir: Path) -> None:
+    results = sampling.checks(parity_dir, None)
     names = {c.name for c in results}
     assert any(n.startswith("schedule.") for n in names) and any(n.startswith("colorfix.") for n in names)
     assert sum(n.endswith("replay.output") for n in names) == len(SAMPLER_FIXTURES)
@@ -192,18 +184,15 @@ def test_parity_checks_all_pass() -> None:
     assert not failed, failed
 
 
-@pytest.mark.skipif(not (PARITY / "colorfix.safetensors").exists(), reason="no parity fixtures")
 def test_parity_checks_run_only_what_is_present(tmp_path: Path) -> None:
-    shutil.copy(PARITY / "colorfix.safetensors", tmp_path)
+    shutil.copy(parity("colorfix.safetensors"), tmp_path)
     assert [c.name for c in sampling.checks(tmp_path, None)] == ["colorfix.adain", "colorfix.wavelet"]
     assert sampling.checks(tmp_path / "missing", None) == []
 
 
-@pytest.mark.skipif(not (PARITY / "tiny_state_dict.safetensors").exists(), reason="no parity fixtures")
-def test_sampler_with_tiny_network_matches_official() -> None:
-    denoiser_parity = pytest.importorskip("star_model.parity.denoiser")
-    model = denoiser_parity.build_fixture_denoiser(PARITY)
-    results = sampling.sampler_checks(PARITY, SCHEDULE, model)
+def test_sampler_with_tiny_network_matches_official(parity_dir: Path) -> None:
+    model = build_fixture_denoiser(parity_dir)
+    results = sampling.sampler_checks(parity_dir, SCHEDULE, model)
     ran = [c for c in results if ".replay." not in c.name]
     assert sum(c.name.endswith(".output") for c in ran) == len(SAMPLER_FIXTURES)
     failed = [c.line() for c in results if not c.passed]

@@ -1,16 +1,16 @@
-"""Tests of pipelines.media.scenes: shot cuts on PySceneDetect's own test clips, and window planning."""
+"""Shot cuts on PySceneDetect's own test clips (pipelines.media.scenes) and the restore job's window
+planning inside them (pipelines.restore.scene_windows)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import fsspec
 import numpy as np
 import pytest
 
+from helpers import media
 from pipelines.media.probe import probe_timestamps
-from pipelines.media.scenes import Window, detect_scenes, plan_windows
-from conftest import media
+from pipelines.media.scenes import detect_scenes
+from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 
 # Known cuts. PySceneDetect's golden files (tests/resources/goldens/*.json in its repository) list
@@ -73,9 +73,9 @@ def test_unknown_detector():
 # -- window planning ------------------------------------------------------------------------------
 
 
-def check_plan(scenes: list[tuple[int, int]], window: int, overlap: int) -> list[Window]:
+def check_plan(scenes: list[tuple[int, int]], window: int, overlap: int) -> list[SceneWindow]:
     """Invariants every plan must keep; returns the plan for further checks."""
-    plan = plan_windows(scenes, window, overlap)
+    plan = plan_scene_windows(scenes, window, overlap)
     total = scenes[-1][1]
     weight = np.zeros(total)
     for w in plan:
@@ -100,7 +100,7 @@ def test_plan_examples():
     assert [(w.start, w.end) for w in plan[:5]] == [(0, 8), (6, 14), (12, 20), (18, 26), (22, 30)]
     assert plan[4].keep_start == 24  # context frames 22, 23; blends 24, 25 with the window before
     assert (plan[5].start, plan[5].end, plan[5].scene) == (30, 31, 1)  # a one-frame scene
-    assert check_plan([(0, 5)], window=8, overlap=4)[0] == Window(0, 0, 0, 5, 0, 5, 0, 0)
+    assert check_plan([(0, 5)], window=8, overlap=4)[0] == SceneWindow(0, 0, 0, 5, 0, 5, 0, 0)
 
 
 @pytest.mark.parametrize("window, overlap", [(1, 0), (2, 1), (5, 0), (8, 2), (8, 4), (16, 5), (32, 8)])
@@ -111,7 +111,7 @@ def test_plan_any_scene_length(window, overlap):
 
 
 def test_weights_ramp_linearly():
-    a, b = plan_windows([(0, 13)], window=8, overlap=3)
+    a, b = plan_scene_windows([(0, 13)], window=8, overlap=3)
     assert a.weights()[-3:] == pytest.approx([0.75, 0.5, 0.25])
     assert b.weights()[:3] == pytest.approx([0.25, 0.5, 0.75])
 
@@ -119,9 +119,9 @@ def test_weights_ramp_linearly():
 @pytest.mark.parametrize("window, overlap", [(0, 0), (8, 5), (8, -1)])
 def test_plan_rejects_bad_settings(window, overlap):
     with pytest.raises(ValueError, match="overlap"):
-        plan_windows([(0, 10)], window, overlap)
+        plan_scene_windows([(0, 10)], window, overlap)
 
 
 def test_plan_rejects_empty_scene():
     with pytest.raises(ValueError, match="is empty"):
-        plan_windows([(0, 4), (4, 4)], 8, 2)
+        plan_scene_windows([(0, 4), (4, 4)], 8, 2)

@@ -4,16 +4,14 @@ fixtures (shared/parity/schedule.*) and by their defining properties."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import parity
 from star_model.schedule import ScheduleConfig, build_schedule, solver_sigmas, solver_timesteps
 
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
-needs_fixture = pytest.mark.skipif(not (PARITY / "schedule.safetensors").exists(), reason="no parity fixtures")
 SCHEDULE = build_schedule()
 
 
@@ -24,9 +22,8 @@ def assert_close_with_inf(ours: torch.Tensor, ref: torch.Tensor, atol: float) ->
     torch.testing.assert_close(ours[finite], ref[finite], atol=atol, rtol=0)
 
 
-@needs_fixture
 def test_tables_match_official() -> None:
-    ref = load_file(PARITY / "schedule.safetensors")
+    ref = load_file(parity("schedule.safetensors"))
     torch.testing.assert_close(SCHEDULE.sigmas, ref["sigmas"], atol=2e-5, rtol=0)
     torch.testing.assert_close(SCHEDULE.alphas, ref["alphas"], atol=2e-5, rtol=0)
     torch.testing.assert_close(SCHEDULE.alphas_cumprod, ref["alphas_cumprod"], atol=2e-5, rtol=0)
@@ -36,17 +33,15 @@ def test_tables_match_official() -> None:
     torch.testing.assert_close(plain.sigmas, ref["sigmas_before_zero_terminal_snr"], atol=2e-5, rtol=0)
 
 
-@needs_fixture
 def test_timestep_sigma_maps_match_official() -> None:
-    ref = load_file(PARITY / "schedule.safetensors")
+    ref = load_file(parity("schedule.safetensors"))
     assert_close_with_inf(SCHEDULE.t_to_sigma(ref["t_to_sigma.t"]), ref["t_to_sigma.sigma"], 2e-5)
     torch.testing.assert_close(SCHEDULE.sigma_to_t(ref["sigma_to_t.sigma"]), ref["sigma_to_t.t"], atol=2e-5, rtol=0)
 
 
-@needs_fixture
 def test_solver_sigmas_and_model_timesteps_match_official() -> None:
-    ref = load_file(PARITY / "schedule.safetensors")
-    modes = json.loads((PARITY / "schedule.json").read_text())["sampling_schedules"]
+    ref = load_file(parity("schedule.safetensors"))
+    modes = json.loads((parity("schedule.json")).read_text())["sampling_schedules"]
     assert modes, "schedule.json lists no sampling schedule"
     for label, meta in modes.items():
         sigmas = solver_sigmas(SCHEDULE, meta["solver_mode"], meta["steps_arg"], meta["t_max"])

@@ -15,11 +15,10 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.restore.pipeline import ArchiveJob, run
-from servers import _free_port as free_port
-from conftest import media
-from test_archive import JOB, REPO, TINY, job_env, latest_rows, read_summary, real_clips, shrink
-from test_media_io import make_clip, noisy_frames
+from helpers import (JOB, REPO, TINY, free_port, job_env, latest_rows, make_clip, media, noisy_frames, read_summary,
+                     real_clips, shrink)
+from pipelines.restore.job import ArchiveJob
+from pipelines.restore.pipeline import run
 
 pytestmark = pytest.mark.timeout(400)
 

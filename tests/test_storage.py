@@ -1,4 +1,5 @@
-"""Tests of pipelines.storage on local disk and on real S3 (moto) and GCS (emulator) servers."""
+"""Tests of pipelines.storage and pipelines.reachable on local disk and on real S3 (moto) and GCS (emulator)
+servers."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import media
 from pipelines.media.probe import probe
-from pipelines.storage import (VIDEO_EXTENSIONS, SourceFile, atomic_output, check_reachable, exists, filesystem,
-                               join, list_videos, open_input, read_bytes, relative, remove, write_bytes_atomic)
-
-CLIP = Path(__file__).resolve().parents[2] / "shared" / "media" / "lq" / "dove_007.mp4"
+from pipelines.reachable import check_reachable
+from pipelines.storage import (VIDEO_EXTENSIONS, SourceFile, atomic_output, exists, filesystem, join, list_videos,
+                               open_input, read_bytes, relative, remove, write_bytes_atomic)
 
 STORES = ["local", "s3", "gs"]
 
@@ -216,11 +217,10 @@ def test_open_input_seeks(root):
 
 def test_probe_reads_from_the_store(root):
     """The source path of the scenes and restore stages: PyAV reads straight from the bucket."""
-    if not CLIP.exists():
-        pytest.skip(f"test clip not found at {CLIP}")
+    clip = media("lq/dove_007.mp4")
     url = join(root, "in", "dove.mp4")
-    put(url, CLIP.read_bytes())
-    assert probe(url) == probe(CLIP)
+    put(url, clip.read_bytes())
+    assert probe(url) == probe(clip)
 
 
 # -- reachability ---------------------------------------------------------------------------------
@@ -281,9 +281,9 @@ def test_check_reachable_missing_bucket_name():
 def test_check_reachable_silent_endpoint_times_out(store, variable, monkeypatch):
     """An endpoint that accepts connections and never answers (a hung proxy, a firewall that
     swallows packets after the handshake): bounded by the check's time budget, not by retries."""
-    import pipelines.storage
+    import pipelines.reachable
 
-    monkeypatch.setattr(pipelines.storage, "_CHECK_SECONDS", 1.0)
+    monkeypatch.setattr(pipelines.reachable, "_CHECK_SECONDS", 1.0)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with socket.socket() as listener:

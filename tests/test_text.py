@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPVisionConfig
+from transformers import CLIPTokenizer
 
+from helpers import save_tiny_clip_model
 from star_model import config as denoiser_config
 from star_model import text
 from star_model.text import NEGATIVE_PROMPT, POSITIVE_PROMPT, TextEncoder
@@ -176,21 +177,8 @@ def test_context_is_cached(tokenizer):
     assert len(calls) == 3 and uncond3 is uncond and not torch.equal(cond3, cond)
 
 
-def _save_tiny_clip_model(folder: Path, seed: int) -> CLIPModel:
-    """A full CLIPModel (both towers) as the laion repository holds it."""
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2, image_size=32, patch_size=16)
-    cfg = CLIPConfig(text_config=text.TINY.to_hf().to_dict(), vision_config=vision.to_dict(),
-                     projection_dim=16)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPModel(cfg).eval()
-    model.save_pretrained(folder)
-    return model
-
-
 def test_load_from_full_clip_folder(tmp_path):
-    clip = _save_tiny_clip_model(tmp_path, seed=3)
+    clip = save_tiny_clip_model(tmp_path, seed=3)
     text.write_tiny_tokenizer(tmp_path / "tokenizer")  # tokenizer in a subfolder
     encoder = text.load_text_encoder(tmp_path)
     loaded = encoder.model.state_dict()

@@ -9,7 +9,6 @@ HF_HUB_OFFLINE once, at import, so the test sets its constants as well as the va
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import logging
 import os
@@ -24,11 +23,13 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from test_text import _save_tiny_clip_model
 from transformers import CLIPTokenizer
 
+from helpers import REPO, load_job, save_tiny_clip_model, small_archive
+import pipelines.hub
 from pipelines import storage, weights
-from pipelines.weights import MANIFEST, check, fetch, local_copy
+from pipelines.hub import TEXT_FILES, fetch
+from pipelines.weights import MANIFEST, check, local_copy
 from star_model import vae as vae_configs
 from star_model.checkpoint import CheckpointError, sha256_of
 from star_model.config import TINY
@@ -41,12 +42,11 @@ from star_model.vae import build_vae
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "jobs" / "fetch_weights.py"
 COMMITS = {STAR_REPO: "1" * 40, TEXT_REPO: "2" * 40, VAE_REPO: "3" * 40}
 TINY_PRESET = get_preset("tiny")
 FETCHED = {"star/light_deg.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
-           *(f"text/{f}" for f in weights.TEXT_FILES)}
+           *(f"text/{f}" for f in TEXT_FILES)}
 
 
 def add_to_cache(cache: Path, repo: str, files: dict[str, Path]) -> None:
@@ -73,7 +73,7 @@ def hub(tmp_path_factory):
     add_to_cache(cache, STAR_REPO, {"I2VGen-XL-based/light_deg.pt": work / "light_deg.pt"})
 
     text = work / "text"  # as the laion repository: both towers, tokenizer files, and copies we skip
-    _save_tiny_clip_model(text, seed=5)
+    save_tiny_clip_model(text, seed=5)
     write_tiny_tokenizer(text)
     CLIPTokenizer.from_pretrained(text, local_files_only=True).save_pretrained(text)
     (text / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|startoftext|>",
@@ -157,7 +157,7 @@ def test_fetch_into_a_local_folder(hub, fetched):
 
 def test_rerun_skips_what_is_there(hub, fetched, monkeypatch):
     dest, manifest = fetched
-    monkeypatch.setattr(weights, "hf_hub_download", lambda *a, **k: pytest.fail("downloaded again"))
+    monkeypatch.setattr(pipelines.hub, "hf_hub_download", lambda *a, **k: pytest.fail("downloaded again"))
     assert fetch(str(dest), expected_sha256={"light_deg.pt": hub[1]}) == manifest
 
 
@@ -336,13 +336,6 @@ def test_tiny_preset_loads_the_fetched_weights_strictly(hub, fetched):
 # -- the job ---------------------------------------------------------------------------------------
 
 
-def load_job():
-    spec = importlib.util.spec_from_file_location("fetch_weights", JOB)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("argv, message", [
     ([], "the following arguments are required: --dest"),
     (["--dest", "{tmp}", "--checkpoint", "medium_deg"], "invalid choice: 'medium_deg'"),
@@ -351,12 +344,12 @@ def load_job():
 ])
 def test_job_bad_arguments_exit_2(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        load_job().main([a.format(tmp=tmp_path) for a in argv])
+        load_job("fetch_weights").main([a.format(tmp=tmp_path) for a in argv])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_job_refusals_exit_2(hub, tmp_path, capsys):
-    job = load_job()
+    job = load_job("fetch_weights")
     assert job.main(["--dest", str(tmp_path), "--checkpoint", "light_deg", "light_deg"]) == 2
     assert "once each" in capsys.readouterr().err
     assert job.main(["--dest", str(tmp_path), "--checkpoint", "heavy_deg"]) == 2  # not in the offline cache
@@ -400,12 +393,13 @@ def test_job_says_how_to_get_the_gated_vae(tmp_path):
 
 
 def test_finetune_checks_and_loads_weights_from_a_bucket(hub, bucket_weights, tmp_path, monkeypatch):
-    from pipelines.finetune.step import FinetuneConfig, build_models, check_finetune_weights
+    from pipelines.finetune.config import FinetuneConfig, check_finetune_weights
+    from pipelines.finetune.step import build_finetune_models
 
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
     cfg = FinetuneConfig(data=str(tmp_path), storage=str(tmp_path), preset="tiny", weights=bucket_weights)
     check_finetune_weights(TINY_PRESET, cfg)
-    denoiser, _, _ = build_models(cfg, torch.device("cpu"))
+    denoiser, _, _ = build_finetune_models(cfg, torch.device("cpu"))
     assert all(torch.equal(denoiser.state_dict()[k], v) for k, v in hub[2].items())
     with pytest.raises(ValueError, match="checkpoint 'medium_deg'"):
         check_finetune_weights(TINY_PRESET, FinetuneConfig(data="d", storage="s", weights=bucket_weights,
@@ -417,8 +411,8 @@ def test_finetune_checks_and_loads_weights_from_a_bucket(hub, bucket_weights, tm
 
 @pytest.mark.timeout(240)
 def test_archive_job_restores_with_weights_from_a_bucket(bucket_weights, tmp_path, monkeypatch):
-    from pipelines.restore.pipeline import ArchiveJob, run
-    from test_archive import small_archive
+    from pipelines.restore.job import ArchiveJob
+    from pipelines.restore.pipeline import run
 
     monkeypatch.setenv("RAY_ADDRESS", "local")  # a fresh local Ray, never a `ray start` cluster
     monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))  # inherited by the restore actor

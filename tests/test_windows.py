@@ -3,42 +3,27 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import parity
+from star_model.padding import latent_size_ok, min_padded_latent, minimal_pad, official_pad_to_fit
 from star_model.tiles import merge_tiles, plan_tiles, tile_weights, tiled_denoiser
-from star_model.windows import (
-    blend_weights,
-    hard_cut_keeps,
-    latent_size_ok,
-    merge_windows,
-    min_padded_latent,
-    minimal_pad,
-    official_chunks,
-    official_merge_fails,
-    official_pad_to_fit,
-    plan_windows,
-    windowed_denoiser,
-)
-
-PARITY = Path(__file__).resolve().parents[2] / "shared" / "parity"
-needs_helpers = pytest.mark.skipif(not (PARITY / "helpers.json").exists(), reason="no parity fixtures")
+from star_model.windows import (blend_weights, hard_cut_keeps, merge_windows, official_chunks, official_merge_fails,
+                                plan_spans, windowed_denoiser)
 
 
-@needs_helpers
 def test_official_chunks_match_make_chunks() -> None:
-    cases = json.loads((PARITY / "helpers.json").read_text())["make_chunks"]
+    cases = json.loads(parity("helpers.json").read_text())["make_chunks"]
     assert len(cases) > 100
     for key, windows in cases.items():
         frames, max_len = (int(v) for v in key[1:].split("_max"))
         assert official_chunks(frames, max_len) == [tuple(w) for w in windows], key
 
 
-@needs_helpers
 def test_official_pad_to_fit_matches() -> None:
-    cases = json.loads((PARITY / "helpers.json").read_text())["pad_to_fit"]
+    cases = json.loads(parity("helpers.json").read_text())["pad_to_fit"]
     for key, pad in cases.items():
         height, width = (int(v) for v in key.split("x"))
         assert list(official_pad_to_fit(height, width)) == pad, key
@@ -61,7 +46,7 @@ def test_official_merge_failure_range() -> None:
 @pytest.mark.parametrize("length,overlap", [(32, 16), (32, 8), (16, 12), (8, 0), (5, 2), (4, 3)])
 def test_plan_windows_covers_every_frame_count(length: int, overlap: int) -> None:
     for frames in range(1, 150):
-        windows = plan_windows(frames, length, overlap)
+        windows = plan_spans(frames, length, overlap)
         assert windows[0][0] == 0 and windows[-1][1] == frames
         assert all(stop - start == min(length, frames) for start, stop in windows)
         for (a0, a1), (b0, b1) in zip(windows, windows[1:]):
@@ -79,9 +64,9 @@ def test_plan_windows_covers_every_frame_count(length: int, overlap: int) -> Non
 
 def test_plan_windows_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="overlap"):
-        plan_windows(10, 4, 4)
+        plan_spans(10, 4, 4)
     with pytest.raises(ValueError, match="num_frames"):
-        plan_windows(0, 4, 2)
+        plan_spans(0, 4, 2)
 
 
 @pytest.mark.parametrize("ramp", ["linear", "cosine"])
@@ -95,7 +80,7 @@ def test_ramps_cross_fade(ramp: str) -> None:
 @pytest.mark.parametrize("mode", ["weighted", "hard_cut"])
 def test_merge_of_consistent_windows_is_the_clip(mode: str) -> None:
     clip = torch.randn(2, 4, 45, 3, 5)
-    for windows in (plan_windows(45, 16, 6), official_chunks(45, 16), [(0, 45)]):
+    for windows in (plan_spans(45, 16, 6), official_chunks(45, 16), [(0, 45)]):
         parts = [clip[:, :, a:b] for a, b in windows]
         torch.testing.assert_close(merge_windows(parts, windows, mode), clip)  # type: ignore[arg-type]
 
@@ -116,7 +101,7 @@ def test_windowed_denoiser_passes_frame_slices() -> None:
         return xt * 2
 
     xt = torch.randn(1, 4, 20, 2, 2)
-    windows = plan_windows(20, 8, 4)
+    windows = plan_spans(20, 8, 4)
     out = windowed_denoiser(denoise_window, windows)(xt, torch.tensor([899]))
     torch.testing.assert_close(out, xt * 2)
     assert [(s.start, s.stop) for s in seen] == windows

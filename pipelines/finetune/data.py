@@ -22,7 +22,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from pipelines import storage
 from pipelines.media.frames import read_frames
 from pipelines.media.probe import BadVideo, probe_timestamps
-from star_model.degrade import FULL, DegradeConfig, degrade_clip
+from star_model.degrade import degrade_clip
+from star_model.degrade_config import FULL, DegradeConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,14 @@ class ClipConfig:
     """
 
     frames: int = 32  # F, frames per clip (official 32)
-    crop: tuple[int, int] = (720, 1280)  # HR (height, width) of the random crop (official 720x1280)
+    crop: tuple[int, int] = (720, 1280)  # HR HEIGHTxWIDTH of the random crop (official 720x1280)
     frame_step: int = 1  # take every n-th frame (the official loader used 2; 1 = what inference sees)
     clips_per_video: int = 1  # clips cut from each video per epoch (different starts and crops)
     seed: int = 0
-    degrade: DegradeConfig = field(default=FULL)
-    # Scale factors drawn per clip (seeded) instead of `degrade.scale`: one model for x2 and x4, as a
-    # pipeline that pre-upscales LR bilinearly can be. Clips of different scales have LR clips of
-    # different sizes, so a trainer batches them one at a time (FinetuneConfig checks batch_size 1).
+    degrade: DegradeConfig = field(default=FULL)  # how LR clips are made: a profile of star_model/degrade_config.py
+    # Scale factors drawn per clip (seeded), e.g. 2,4, instead of `degrade.scale`: one model for x2 and
+    # x4, as a pipeline that pre-upscales LR bilinearly can be. LR clips of different scales differ in
+    # size, so a trainer batches them one at a time (batch size 1; FinetuneConfig checks it).
     scales: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:

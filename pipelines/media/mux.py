@@ -1,22 +1,19 @@
-"""Join a video's restored window segments into the final file: blend the overlaps, encode with the
-source's own timestamps, copy its audio and subtitles unchanged, and publish the file atomically."""
+"""Write a video with a source's timing: encode frames at the source's own timestamps, copy its audio and
+subtitles unchanged into the container that can carry them, and publish the file atomically."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Literal
 
 import av
 import numpy as np
-from PIL import Image
 
-from pipelines.media.frames import iter_segment
-from pipelines.media.probe import BadVideo, VideoInfo, open_container, probe_timestamps
-from pipelines.media.scenes import Window, blend_weight
+from pipelines.media.probe import BadVideo, VideoInfo, open_container
 from pipelines.storage import Source, atomic_output, open_input
 
 # Codecs each output container carries, by FFmpeg's canonical codec name. Deliberately conservative:
@@ -50,35 +47,31 @@ def choose_container(info: VideoInfo) -> Literal["mp4", "mkv"]:
                    f"{not_mp4}, Matroska cannot carry {not_mkv}")
 
 
-def assemble(
+def write_video(
     source: Source,
-    segments: Sequence[tuple[Window, str]],
+    frames: Iterator[np.ndarray],
     output_url: str | os.PathLike,
+    info: VideoInfo,
+    timestamps: np.ndarray,
     *,
     crf: int = 16,
     preset: str = "medium",
-    info: VideoInfo | None = None,
-    timestamps: np.ndarray | None = None,
 ) -> None:
-    """Write the restored video to `output_url` (".mp4" or ".mkv": see `choose_container`).
+    """Write `frames` ((H, W, 3) uint8, one per source frame) to `output_url` (".mp4" or ".mkv": see
+    `choose_container`) with the audio and subtitle streams of `source`.
 
-    `segments` are (window, staging segment URL) for every window `plan_windows` made for this
-    video. Frame i of the output is shown at the source's pts of frame i in the source's time_base,
-    so variable frame rates and the duration carry over (Matroska rounds them to its millisecond
-    clock). The video is H.264 yuv420p; a restored size that is odd is padded by one row or column
-    repeating the edge (no restored pixel is dropped). Frames were turned upright when read, so no
-    rotation is written. Nothing appears at `output_url` unless the whole file was written.
+    Frame i is shown at the source's pts of frame i (`timestamps`) in the source's time_base, so
+    variable frame rates and the duration carry over (Matroska rounds them to its millisecond clock).
+    The video is H.264 yuv420p; an odd size is padded by one row or column repeating the edge (no
+    pixel is dropped). Frames are upright, so no rotation is written. Nothing appears at
+    `output_url` unless the whole file was written.
     """
     fmt = _FORMATS.get(os.path.splitext(os.fspath(output_url))[1].lower())
     if fmt is None:
         raise ValueError(f"output {output_url!r} must end in one of {sorted(_FORMATS)}")
-    if info is None or timestamps is None:
-        info, timestamps = probe_timestamps(source)
     if fmt == "mp4" and choose_container(info) == "mkv":
         raise ValueError(f"the source's streams ({[s.codec for s in info.audio + info.subtitles]}) do not fit "
                          f"in MP4; name the output by choose_container(info), here '.mkv'")
-    windows = sorted(segments, key=lambda pair: pair[0].index)
-    frames = _blended_frames(windows, len(timestamps))
     # MP4 rounds its edit list to the movie clock (1 ms by default): use the video's own clock.
     options = {}
     if fmt == "mp4" and info.time_base.numerator == 1:
@@ -116,7 +109,7 @@ def _encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], ti
             count += 1
             yield from video.encode(frame)
         if count != len(timestamps):
-            raise ValueError(f"the segments hold {count} frames, the source {len(timestamps)}")
+            raise ValueError(f"got {count} frames for the source's {len(timestamps)}")
         yield from video.encode(None)
 
     first_dts = held = None
@@ -169,44 +162,6 @@ def _pad_even(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(rgb, pad, mode="edge")
 
 
-def _blended_frames(windows: Sequence[tuple[Window, str]], frame_count: int) -> Iterator[np.ndarray]:
-    """Output frames 0..frame_count-1 in order, `(H, W, 3)` uint8.
-
-    Streams window by window: only the previous window's `fade_out` frames are held, never a
-    whole video (a 4x window of 1080p frames alone is gigabytes).
-    """
-    carry: list[np.ndarray] = []  # previous window's last frames, to cross-fade into this one
-    emitted = 0
-    for window, url in windows:
-        if window.keep_start != emitted or window.fade_in != len(carry):
-            raise ValueError(f"window {window.index} keeps frames from {window.keep_start} fading in "
-                             f"{window.fade_in}, but the windows before end at {emitted} with {len(carry)} "
-                             f"to fade: the segment list is missing or repeating a window")
-        fade_out_from = window.keep_end - window.fade_out
-        next_carry: list[np.ndarray] = []
-        count = 0
-        for j, rgb in enumerate(iter_segment(url)):
-            count += 1
-            index = window.start + j
-            if not window.keep_start <= index < window.keep_end:
-                continue  # context frames, restored only so the model sees the shot around them
-            k = index - window.keep_start
-            if k < window.fade_in:
-                a = blend_weight(k, window.fade_in)
-                mixed = carry[k].astype(np.float32) * (1.0 - a) + rgb.astype(np.float32) * a
-                yield np.rint(mixed).astype(np.uint8)
-            elif index >= fade_out_from:
-                next_carry.append(rgb)
-            else:
-                yield rgb
-        if count != window.frames:
-            raise BadVideo(f"segment {url} holds {count} frames, window {window.index} needs {window.frames}")
-        emitted = fade_out_from
-        carry = next_carry
-    if emitted != frame_count or carry:
-        raise ValueError(f"windows cover frames up to {emitted + len(carry)}, the source has {frame_count}")
-
-
 def _copied_packets(src: av.container.InputContainer,
                     copied: dict[int, av.stream.Stream]) -> Iterator[av.Packet]:
     """The source's audio and subtitle packets, re-addressed to their output streams, unchanged."""
@@ -222,15 +177,3 @@ def _copied_packets(src: av.container.InputContainer,
 def _seconds(packet: av.Packet) -> Fraction:
     ts = packet.dts if packet.dts is not None else packet.pts
     return ts * Fraction(packet.time_base)
-
-
-def preview_still(lq_frame: np.ndarray, restored_frame: np.ndarray, path: str | os.PathLike,
-                  resample: Literal["bilinear", "nearest"] = "bilinear") -> None:
-    """A PNG of the input frame resized plainly to the restored size (left) beside the restored
-    frame (right): what the model added over a plain resize, at a glance."""
-    height, width = restored_frame.shape[:2]
-    method = Image.Resampling.BILINEAR if resample == "bilinear" else Image.Resampling.NEAREST
-    plain = np.asarray(Image.fromarray(lq_frame).resize((width, height), method))
-    side_by_side = np.concatenate([plain, restored_frame], axis=1)  # (H, 2W, 3)
-    with atomic_output(path) as tmp:
-        Image.fromarray(side_by_side).save(tmp, format="PNG")

@@ -1,26 +1,35 @@
 """Assemble stage of the restore job (CPU, one task per video): once all of a video's windows are
-restored, join their segments into the final file, save a before/after still, write the video's
-ledger rows and clear its staging folder. A failed window fails the video, never the run."""
+restored, join their segments into the final file (blending the overlaps), save a before/after still,
+write the video's ledger rows and clear its staging folder. A failed window fails the video, never the run."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
 from pipelines import storage
-from pipelines.restore import ledger, metrics
-from pipelines.media.mux import assemble, preview_still
 from pipelines.media.frames import iter_segment, read_frames
-from pipelines.media.probe import BadVideo, probe_timestamps
-from pipelines.restore.rows import (DEVICE, DONE, END, ERROR, FAILED, FINGERPRINT, FRAMES, OUTPUT, PERMANENT, REL,
-                            REUSED, SECONDS, SEGMENT, SOURCE, START, STATUS, VIDEO_ID, WINDOW, window_of)
-from pipelines.media.scenes import Window
+from pipelines.media.mux import write_video
+from pipelines.media.probe import BadVideo, VideoInfo, probe_timestamps
+from pipelines.restore import ledger, metrics
+from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEVICE, DONE, END, ERROR, FAILED, FINGERPRINT, FINISHED_AT,
+                                    FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT,
+                                    SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED,
+                                    video_staging, window_of)
+from pipelines.restore.scene_windows import SceneWindow
+from pipelines.storage import Source, atomic_output
+from star_model.windows import blend_ramp
 
 log = logging.getLogger(__name__)
+
+# Columns a window row carries into the ledger's window rows.
+_WINDOW_LEDGER = (SOURCE, FINGERPRINT, WINDOW, START, END, SEGMENT, STATUS, ERROR, SECONDS, REUSED, DEVICE)
 
 
 def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: str, settings: str) -> dict[str, Any]:
@@ -45,28 +54,40 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
         metrics.failure("assemble", permanent)
     restored = [r for r in rows if r[WINDOW] >= 0]
     video = {
-        "source": first[SOURCE], "rel": first[REL], "fingerprint": first[FINGERPRINT], "settings": settings,
-        "output": first[OUTPUT] if status == DONE else None,
-        "status": status, "error": error, "permanent": permanent,
-        "frames": int(first[FRAMES]), "windows": len(restored),
-        "windows_reused": sum(bool(r[REUSED]) for r in restored),
-        "restore_seconds": float(sum(r[SECONDS] for r in restored if not r[REUSED])),
-        "assemble_seconds": time.perf_counter() - started,
-        "device": next((r[DEVICE] for r in restored if r[DEVICE]), ""),
-        "run_id": run_id, "finished_at": ledger.now(),
+        SOURCE: first[SOURCE], REL: first[REL], FINGERPRINT: first[FINGERPRINT], SETTINGS: settings,
+        OUTPUT: first[OUTPUT] if status == DONE else None,
+        STATUS: status, ERROR: error, PERMANENT: permanent,
+        FRAMES: int(first[FRAMES]), WINDOWS: len(restored),
+        WINDOWS_REUSED: sum(bool(r[REUSED]) for r in restored),
+        RESTORE_SECONDS: float(sum(r[SECONDS] for r in restored if not r[REUSED])),
+        ASSEMBLE_SECONDS: time.perf_counter() - started,
+        DEVICE: next((r[DEVICE] for r in restored if r[DEVICE]), ""),
+        RUN_ID: run_id, FINISHED_AT: ledger.now(),
     }
     ledger.write_windows(output_root, first[VIDEO_ID], run_id, [
-        {"source": r[SOURCE], "fingerprint": r[FINGERPRINT], "run_id": run_id, "window": r[WINDOW],
-         "start": r[START], "end": r[END], "segment": r[SEGMENT] or None, "status": r[STATUS],
-         "error": r[ERROR] or None, "seconds": r[SECONDS], "reused": r[REUSED], "device": r[DEVICE]}
-        for r in restored])
+        {**{column: r[column] for column in _WINDOW_LEDGER}, RUN_ID: run_id,
+         SEGMENT: r[SEGMENT] or None, ERROR: r[ERROR] or None} for r in restored])
     ledger.write_video(output_root, first[VIDEO_ID], video)
     if status == DONE or permanent:
         # A video that failed for another reason (out of memory, storage) keeps its segments: the
         # next run retries only the windows that failed. A bad source changes before it is retried,
         # which makes its staging folder a new one anyway.
-        storage.remove(storage.join(output_root, "_staging", first[VIDEO_ID]), recursive=True)
+        storage.remove(video_staging(output_root, first[VIDEO_ID]), recursive=True)
     return video
+
+
+def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output_url: str | os.PathLike, *,
+             info: VideoInfo | None = None, timestamps: np.ndarray | None = None, **encode: Any) -> None:
+    """Join the restored segments of a video into `output_url` (see `media.mux.write_video`; `encode`:
+    its crf and preset), cross-fading the frames consecutive windows share.
+
+    `segments` are (window, staging segment URL) for every window `plan_scene_windows` made for the
+    video. Nothing appears at `output_url` unless the whole file was written.
+    """
+    if info is None or timestamps is None:
+        info, timestamps = probe_timestamps(source)
+    windows = sorted(segments, key=lambda pair: pair[0].index)
+    write_video(source, _blended_frames(windows, len(timestamps)), output_url, info, timestamps, **encode)
 
 
 def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: str) -> None:
@@ -84,7 +105,46 @@ def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: st
             log.warning("no preview still for %s", video[SOURCE], exc_info=True)
 
 
-def _restored_frame(segments: Sequence[tuple[Window, str]], index: int) -> np.ndarray:
+def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int) -> Iterator[np.ndarray]:
+    """Output frames 0..frame_count-1 in order, `(H, W, 3)` uint8.
+
+    Streams window by window: only the previous window's `fade_out` frames are held, never a
+    whole video (a 4x window of 1080p frames alone is gigabytes).
+    """
+    carry: list[np.ndarray] = []  # previous window's last frames, to cross-fade into this one
+    emitted = 0
+    for window, url in windows:
+        if window.keep_start != emitted or window.fade_in != len(carry):
+            raise ValueError(f"window {window.index} keeps frames from {window.keep_start} fading in "
+                             f"{window.fade_in}, but the windows before end at {emitted} with {len(carry)} "
+                             f"to fade: the segment list is missing or repeating a window")
+        fade_out_from = window.keep_end - window.fade_out
+        fade_in_weights = blend_ramp(window.fade_in).tolist()  # of this window, over the previous one's
+        next_carry: list[np.ndarray] = []
+        count = 0
+        for j, rgb in enumerate(iter_segment(url)):
+            count += 1
+            index = window.start + j
+            if not window.keep_start <= index < window.keep_end:
+                continue  # context frames, restored only so the model sees the shot around them
+            k = index - window.keep_start
+            if k < window.fade_in:
+                a = fade_in_weights[k]
+                mixed = carry[k].astype(np.float32) * (1.0 - a) + rgb.astype(np.float32) * a
+                yield np.rint(mixed).astype(np.uint8)
+            elif index >= fade_out_from:
+                next_carry.append(rgb)
+            else:
+                yield rgb
+        if count != window.frames:
+            raise BadVideo(f"segment {url} holds {count} frames, window {window.index} needs {window.frames}")
+        emitted = fade_out_from
+        carry = next_carry
+    if emitted != frame_count or carry:
+        raise ValueError(f"windows cover frames up to {emitted + len(carry)}, the source has {frame_count}")
+
+
+def _restored_frame(segments: Sequence[tuple[SceneWindow, str]], index: int) -> np.ndarray:
     """Frame `index` as the window that owns it restored it (before any overlap blending)."""
     window, url = next((w, u) for w, u in segments if w.keep_start <= index < w.keep_end)
     for j, rgb in enumerate(iter_segment(url)):
@@ -100,3 +160,14 @@ def _reason(failed: Sequence[dict[str, Any]]) -> str:
     more = f" (and {len(failed) - 1} more failed windows)" if len(failed) > 1 else ""
     return f"{where}{first[ERROR]}{more}"
 
+
+def preview_still(lq_frame: np.ndarray, restored_frame: np.ndarray, path: str | os.PathLike,
+                  resample: Literal["bilinear", "nearest"] = "bilinear") -> None:
+    """A PNG of the input frame resized plainly to the restored size (left) beside the restored
+    frame (right): what the model added over a plain resize, at a glance."""
+    height, width = restored_frame.shape[:2]
+    method = Image.Resampling.BILINEAR if resample == "bilinear" else Image.Resampling.NEAREST
+    plain = np.asarray(Image.fromarray(lq_frame).resize((width, height), method))
+    side_by_side = np.concatenate([plain, restored_frame], axis=1)  # (H, 2W, 3)
+    with atomic_output(path) as tmp:
+        Image.fromarray(side_by_side).save(tmp, format="PNG")

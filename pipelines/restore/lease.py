@@ -39,13 +39,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pipelines import storage
-from pipelines.restore.ledger import LEDGER
-from pipelines.storage import SourceFile
+from pipelines.storage import LEDGER_FOLDER, SourceFile
 
 log = logging.getLogger(__name__)
 
-RUNS = f"{LEDGER}/_runs"
-LEASES = f"{LEDGER}/_leases"
+RUNS = f"{LEDGER_FOLDER}/_runs"
+LEASES = f"{LEDGER_FOLDER}/_leases"
 DEFAULT_TTL = timedelta(minutes=10)
 _CLAIM_THREADS = 16  # claims are small round trips to the store: overlap them
 _CLAIM_TRIES = 3

@@ -5,7 +5,7 @@ run and never rewritten. It is the resume point, the nightly diff and the audit 
     _ledger/_windows/<run>-<video id>.parquet  one row per window of it (hidden from discovery)
     _ledger/_previews/<rel>.png                before/after still per restored video (hidden too)
     _ledger/summary.json                       the latest run's counts
-    _ledger/_runs/, _ledger/_leases/           run heartbeats and per-video leases (pipelines/lease.py)
+    _ledger/_runs/, _ledger/_leases/           run heartbeats and per-video leases (lease.py)
 
 `pyarrow.dataset.dataset("<output>/_ledger/videos")` reads the video rows. Reading the whole `_ledger`
 folder gives the same rows (pyarrow's discovery skips names starting with "_" or ".": window rows and
@@ -27,46 +27,48 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.storage import SourceFile
+from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEVICE, DONE, END, ERROR, FAILED, FINISHED_AT, FINGERPRINT,
+                                    FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT,
+                                    SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS, WINDOWS_REUSED)
+from pipelines.storage import LEDGER_FOLDER, SourceFile
 
-LEDGER = "_ledger"
-VIDEOS = f"{LEDGER}/videos"
-WINDOWS = f"{LEDGER}/_windows"
-PREVIEWS = f"{LEDGER}/_previews"
-SUMMARY = f"{LEDGER}/summary.json"
+VIDEOS = f"{LEDGER_FOLDER}/videos"
+WINDOW_ROWS = f"{LEDGER_FOLDER}/_windows"
+PREVIEWS = f"{LEDGER_FOLDER}/_previews"
+SUMMARY = f"{LEDGER_FOLDER}/summary.json"
 
 VIDEO_SCHEMA = pa.schema([
-    ("source", pa.string()),  # URL of the source video
-    ("rel", pa.string()),  # its path below the input root
-    ("fingerprint", pa.string()),  # size:etag-or-mtime when it was restored
-    ("settings", pa.string()),  # hash of the settings the output depends on (preset, scale, ...)
-    ("output", pa.string()),  # URL of the restored video; null when failed
-    ("status", pa.string()),  # "done" | "failed"
-    ("error", pa.string()),  # reason, null when done
-    ("permanent", pa.bool_()),  # the source itself is bad: an unchanged file is not retried
-    ("frames", pa.int64()),  # frames in the video (0 when it could not be read)
-    ("windows", pa.int64()),
-    ("windows_reused", pa.int64()),  # restored by an earlier, interrupted run
-    ("restore_seconds", pa.float64()),  # actor time on this run's windows
-    ("assemble_seconds", pa.float64()),
-    ("device", pa.string()),  # "cuda" | "cpu" | "" (never reached an actor)
-    ("run_id", pa.string()),
-    ("finished_at", pa.timestamp("us", tz="UTC")),
+    (SOURCE, pa.string()),  # URL of the source video
+    (REL, pa.string()),  # its path below the input root
+    (FINGERPRINT, pa.string()),  # size:etag-or-mtime when it was restored
+    (SETTINGS, pa.string()),  # hash of the settings the output depends on (preset, scale, ...)
+    (OUTPUT, pa.string()),  # URL of the restored video; null when failed
+    (STATUS, pa.string()),  # "done" | "failed"
+    (ERROR, pa.string()),  # reason, null when done
+    (PERMANENT, pa.bool_()),  # the source itself is bad: an unchanged file is not retried
+    (FRAMES, pa.int64()),  # frames in the video (0 when it could not be read)
+    (WINDOWS, pa.int64()),  # windows restored (0 when it never reached the restore actors)
+    (WINDOWS_REUSED, pa.int64()),  # restored by an earlier, interrupted run
+    (RESTORE_SECONDS, pa.float64()),  # actor time on this run's windows
+    (ASSEMBLE_SECONDS, pa.float64()),
+    (DEVICE, pa.string()),  # "cuda" | "cpu" | "" (never reached an actor)
+    (RUN_ID, pa.string()),
+    (FINISHED_AT, pa.timestamp("us", tz="UTC")),
 ])
 
 WINDOW_SCHEMA = pa.schema([
-    ("source", pa.string()),
-    ("fingerprint", pa.string()),
-    ("run_id", pa.string()),
-    ("window", pa.int64()),
-    ("start", pa.int64()),
-    ("end", pa.int64()),
-    ("segment", pa.string()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("seconds", pa.float64()),
-    ("reused", pa.bool_()),
-    ("device", pa.string()),
+    (SOURCE, pa.string()),
+    (FINGERPRINT, pa.string()),
+    (RUN_ID, pa.string()),
+    (WINDOW, pa.int64()),
+    (START, pa.int64()),
+    (END, pa.int64()),
+    (SEGMENT, pa.string()),
+    (STATUS, pa.string()),
+    (ERROR, pa.string()),
+    (SECONDS, pa.float64()),
+    (REUSED, pa.bool_()),
+    (DEVICE, pa.string()),
 ])
 
 
@@ -75,12 +77,12 @@ def now() -> datetime:
 
 
 def write_video(output_root: str, video_id: str, row: dict[str, Any]) -> None:
-    _write(storage.join(output_root, VIDEOS, f"{row['run_id']}-{video_id}.parquet"), [row], VIDEO_SCHEMA)
+    _write(storage.join(output_root, VIDEOS, f"{row[RUN_ID]}-{video_id}.parquet"), [row], VIDEO_SCHEMA)
 
 
 def write_windows(output_root: str, video_id: str, run_id: str, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        _write(storage.join(output_root, WINDOWS, f"{run_id}-{video_id}.parquet"), rows, WINDOW_SCHEMA)
+        _write(storage.join(output_root, WINDOW_ROWS, f"{run_id}-{video_id}.parquet"), rows, WINDOW_SCHEMA)
 
 
 def read_videos(output_root: str) -> list[dict[str, Any]]:
@@ -89,14 +91,14 @@ def read_videos(output_root: str) -> list[dict[str, Any]]:
     if not fs.exists(path):
         return []
     table = pads.dataset(path, filesystem=fs, format="parquet", schema=VIDEO_SCHEMA).to_table()
-    return sorted(table.to_pylist(), key=lambda r: (r["finished_at"], r["run_id"]))
+    return sorted(table.to_pylist(), key=lambda r: (r[FINISHED_AT], r[RUN_ID]))
 
 
 def latest_by_rel(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The newest row of each source, by its path below the input root (rows oldest first, as
     `read_videos` returns them). Keyed by `rel`, not URL, so the ledger stays valid when the
     archive or the output is moved or copied (another mount, another bucket)."""
-    return {row["rel"]: row for row in rows}
+    return {row[REL]: row for row in rows}
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,11 @@ def select(sources: Sequence[SourceFile], latest: dict[str, dict[str, Any]], set
     todo, done, bad = [], [], []
     for source in sources:
         row = latest.get(source.rel)
-        same = row is not None and row["fingerprint"] == source.fingerprint and row["settings"] == settings
-        if same and row["status"] == "done" and posixpath.splitext(source.rel)[0] in present:
+        same = row is not None and row[FINGERPRINT] == source.fingerprint and row[SETTINGS] == settings
+        if same and row[STATUS] == DONE and posixpath.splitext(source.rel)[0] in present:
             done.append(source)
-        elif same and row["status"] == "failed" and row["permanent"] and not retry_failed:
-            bad.append((source, row["error"]))
+        elif same and row[STATUS] == FAILED and row[PERMANENT] and not retry_failed:
+            bad.append((source, row[ERROR]))
         else:
             todo.append(source)
     return Selection(todo, done, bad)

@@ -9,117 +9,31 @@ The pipeline (`_restore_videos`) reads top to bottom: sources -> scenes -> resto
 from __future__ import annotations
 
 import collections
-import hashlib
-import json
 import logging
 import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any
 
 import ray
 
 from pipelines import storage
 from pipelines.restore import ledger, metrics
 from pipelines.restore.assemble_stage import finish_video
+from pipelines.restore.job import TINY_WARNING, ArchiveJob, validate
 from pipelines.restore.lease import Leases, describe_holders
 from pipelines.restore.plan_stage import failed_row, plan_video
 from pipelines.restore.restore_stage import RestoreWindows
-from pipelines.restore.rows import (FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGING, VIDEO_ID, WINDOWS, output_stem,
-                            staging_folder, video_id)
-from pipelines.media.scenes import DETECTORS
-from pipelines.storage import SourceFile
+from pipelines.restore.rows import (FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGING, STATUS, VIDEO_ID, WINDOWS,
+                                    output_stem, staging_folder, staging_root, video_id)
 from pipelines.restore.summary import RunStats, format_summary
-from pipelines.weights import check as check_weights
-from star_model.presets import get_preset
+from pipelines.storage import SourceFile
 from star_model.restore import RestoreConfig
 
 log = logging.getLogger(__name__)
 
 GPU_ACTOR_CPUS = 2  # decode of the window and FFV1 encode of the segment run beside the model
-TINY_WARNING = "preset 'tiny' has RANDOM weights: its outputs are NOT restorations (pipeline smoke tests only)"
-
-
-@dataclass(frozen=True)
-class ArchiveJob:
-    """What to restore, where to, and with which model settings."""
-
-    input: str  # folder or bucket URL (local path, s3://, gs://)
-    output: str
-    preset: str = "official"  # "official" (needs weights) or "tiny" (random weights unless given; smoke tests)
-    weights: str | None = None  # folder or bucket written by jobs/fetch_weights.py (layout: star_model/presets.py)
-    checkpoint: str = "light_deg"  # or "heavy_deg"
-    scale: int = 4
-    steps: int | None = None  # sampler evaluations ("normal" mode); None: the official fast schedule
-    prompt: str = ""
-    window: int = 32  # frames per restore window (one unit of GPU work)
-    overlap: int = 8  # frames shared and cross-faded by consecutive windows of a shot
-    actors: int | None = None  # restore actors at most; default: one per GPU, or 1 without GPUs
-    device: Literal["auto", "gpu", "cpu"] = "auto"  # gpu: ask for GPUs even if none is up yet
-    detector: str = "adaptive"
-    retry_failed: bool = False  # also retry unchanged sources that failed for good before
-    accelerator_type: str | None = None  # restore only on this GPU type ("L4", "A100", "H100"; Ray's names)
-    lease_minutes: float = 10.0  # a crashed run's videos are free for other runs after this long
-
-    def restore_config(self) -> RestoreConfig:
-        if self.steps is None:
-            return RestoreConfig(scale=self.scale)
-        return RestoreConfig(scale=self.scale, solver_mode="normal", steps=self.steps)
-
-    def settings(self) -> dict[str, Any]:
-        """Everything the restored pixels depend on; a video is redone when any of it changes. The
-        weights count by name (checkpoint) and by whether there are any (the tiny preset runs with or
-        without), not by where they lie: moving the weights folder redoes nothing."""
-        return {**{key: getattr(self, key) for key in
-                   ("preset", "checkpoint", "scale", "steps", "prompt", "window", "overlap", "detector")},
-                "random_weights": self.weights is None}
-
-    def settings_key(self) -> str:
-        return hashlib.sha1(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
-
-
-class ConfigError(ValueError):
-    """The job cannot start: bad arguments, missing weights or unreachable storage. Raised before Ray
-    starts; the message says what to fix."""
-
-
-def validate(job: ArchiveJob) -> RestoreConfig:
-    """Every check that can fail without a GPU, in the order a user fixes them."""
-    try:
-        return _validate(job)
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-
-
-def _validate(job: ArchiveJob) -> RestoreConfig:
-    preset = get_preset(job.preset)
-    check_weights(preset, job.weights, job.checkpoint)  # local or bucket folder: layout and manifest sizes
-    config = job.restore_config()
-    if job.window < 1 or not 0 <= job.overlap <= job.window // 2:
-        raise ValueError(f"--window {job.window} --overlap {job.overlap}: need window >= 1 and "
-                         f"0 <= overlap <= window / 2")
-    if job.actors is not None and job.actors < 1:
-        raise ValueError(f"--actors {job.actors}: need at least 1")
-    if job.device not in ("auto", "gpu", "cpu"):
-        raise ValueError(f"device {job.device!r}: choose auto, gpu or cpu")
-    if job.accelerator_type is not None and job.device == "cpu":
-        raise ValueError(f"--accelerator-type {job.accelerator_type} asks for GPUs, --device cpu for none: "
-                         f"drop one of them")
-    if not job.lease_minutes > 0:
-        raise ValueError(f"--lease-minutes {job.lease_minutes}: need a positive number of minutes")
-    if job.detector not in DETECTORS:
-        raise ValueError(f"detector {job.detector!r}: choose one of {sorted(DETECTORS)}")
-    input_root, output_root = storage.canonical(job.input), storage.canonical(job.output)
-    if _inside(output_root, input_root):
-        raise ValueError(f"output {job.output} is inside the input {job.input}: the next run would take the "
-                         f"restored videos for new sources; choose an output outside the input")
-    storage.check_reachable(input_root)
-    storage.check_reachable(output_root, writable=True)
-    return config
 
 
 def run(job: ArchiveJob) -> dict[str, Any]:
@@ -192,12 +106,12 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFi
         metrics.videos_queued(len(todo))
         for video in _restore_videos(job, config, todo, output_root, run_id):
             log.info(stats.add(video))
-            metrics.video_finished(video["status"])
+            metrics.video_finished(video[STATUS])
             metrics.videos_queued(stats.to_restore - stats.done - stats.failed)
     finally:
         if started_ray:
             ray.shutdown()
-    _remove_if_empty(storage.join(output_root, "_staging"))
+    _remove_if_empty(staging_root(output_root))
 
 
 def _select(job: ArchiveJob, sources: Sequence[SourceFile], output_root: str) -> ledger.Selection:
@@ -307,12 +221,3 @@ def _remove_if_empty(folder: str) -> None:
     fs, path = storage.filesystem(folder)
     if fs.exists(path) and not fs.find(path):
         storage.remove(folder, recursive=True)
-
-
-def _inside(url: str, root: str) -> bool:
-    try:
-        storage.relative(url, root)
-    except ValueError:
-        return False
-    return True
-

@@ -7,12 +7,13 @@ import logging
 from typing import Any
 
 from pipelines import storage
-from pipelines.restore import metrics
 from pipelines.media.mux import choose_container
 from pipelines.media.probe import BadVideo, probe_timestamps
-from pipelines.restore.rows import (DEVICE, ERROR, FAILED, FPS, FRAMES, OUTPUT, OUTPUT_STEM, PENDING, PERMANENT, REUSED,
-                            SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS, window_columns)
-from pipelines.media.scenes import Window, detect_scenes, plan_windows
+from pipelines.media.scenes import detect_scenes
+from pipelines.restore import metrics
+from pipelines.restore.rows import (DEVICE, ERROR, FAILED, FPS, FRAMES, OUTPUT, OUTPUT_STEM, PENDING, PERMANENT,
+                                    REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS, window_columns)
+from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str)
         metrics.failure("scenes", permanent=False)
         return [failed_row(row, f"{type(e).__name__}: {e}", permanent=False)]
 
-    windows = plan_windows(scenes, window, overlap)
+    windows = plan_scene_windows(scenes, window, overlap)
     metrics.windows_planned(len(windows))
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: f"{row[OUTPUT_STEM]}.{container}", FRAMES: info.frame_count, WINDOWS: len(windows),
@@ -50,7 +51,7 @@ def failed_row(row: dict[str, Any], reason: str, *, permanent: bool) -> dict[str
     """The one row a video that never reaches the restore actors leaves (window -1, `windows` 1)."""
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: "", FRAMES: 0, WINDOWS: 1, FPS: "0"})
-    nowhere = Window(index=-1, scene=-1, start=-1, end=-1, keep_start=-1, keep_end=-1, fade_in=0, fade_out=0)
+    nowhere = SceneWindow(index=-1, scene=-1, start=-1, end=-1, keep_start=-1, keep_end=-1, fade_in=0, fade_out=0)
     return {**video, **window_columns(nowhere), START_PTS: -1, **_outcome(FAILED, reason, permanent)}
 
 

@@ -13,11 +13,12 @@ import pandas as pd
 import torch
 
 from pipelines import storage
-from pipelines.restore import metrics
 from pipelines.media.frames import read_frames, write_segment
 from pipelines.media.probe import BadVideo
+from pipelines.restore import metrics
 from pipelines.restore.rows import (DEVICE, DONE, END, ERROR, FAILED, FPS, PENDING, PERMANENT, REL, REUSED, SECONDS,
-                            SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS, WINDOW, segment_url, window_seed)
+                                    SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS, WINDOW, segment_url,
+                                    window_seed)
 from pipelines.weights import local_copy
 from star_model.presets import load_restorer
 from star_model.restore import RestoreConfig

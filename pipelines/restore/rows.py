@@ -1,5 +1,6 @@
-"""Column names of the rows that flow through the restore job, and the deterministic ids and paths
-derived from them (a retried or resumed window finds the same seed and the same staging segment).
+"""Column names of the restore job's rows, those that flow through its stages and those its ledger keeps,
+and the deterministic ids and paths derived from them (a retried or resumed window finds the same seed
+and the same staging segment).
 
 Rows stay small: URLs, frame indices and timings. Frames never travel in a row.
 """
@@ -12,7 +13,7 @@ import uuid
 from typing import Any
 
 from pipelines import storage
-from pipelines.media.scenes import Window
+from pipelines.restore.scene_windows import SceneWindow
 
 # -- a source video (driver -> scenes stage) ---------------------------------------------------------
 SOURCE = "source"  # URL of the source video, as storage.list_videos gives it
@@ -27,7 +28,7 @@ OUTPUT = "output"  # URL of the restored video
 FRAMES = "frames"  # frames in the video
 WINDOWS = "windows"  # windows the video was split into: the driver knows when it has them all
 FPS = "fps"  # the video's average rate as "num/den" (the staging segments are tagged with it)
-WINDOW = "window"  # the `scenes.Window` fields, flat
+WINDOW = "window"  # the `SceneWindow` fields, flat
 SCENE = "scene"
 START = "start"
 END = "end"
@@ -44,6 +45,14 @@ SECONDS = "seconds"  # wall time the actor spent on the window (decode + model +
 REUSED = "reused"  # the segment was already there (written by an earlier, interrupted run)
 DEVICE = "device"  # "cuda" or "cpu": what the actor ran the model on
 
+# -- the ledger's rows (assemble stage -> _ledger/): columns above, and these ----------------------------
+SETTINGS = "settings"  # the run's settings key (ArchiveJob.settings_key): what the pixels depend on
+WINDOWS_REUSED = "windows_reused"  # windows an earlier, interrupted run had restored
+RESTORE_SECONDS = "restore_seconds"  # actor time on this run's windows
+ASSEMBLE_SECONDS = "assemble_seconds"
+RUN_ID = "run_id"
+FINISHED_AT = "finished_at"
+
 PENDING, DONE, FAILED = "pending", "done", "failed"
 
 _WINDOW_FIELDS = {WINDOW: "index", SCENE: "scene", START: "start", END: "end", KEEP_START: "keep_start",
@@ -55,11 +64,21 @@ def video_id(source_url: str) -> str:
     return uuid.uuid5(_NAMESPACE, source_url).hex[:16]
 
 
+def staging_root(output_root: str) -> str:
+    """<output>/_staging: the restored windows of every video not yet assembled."""
+    return storage.join(output_root, storage.STAGING_FOLDER)
+
+
+def video_staging(output_root: str, video: str) -> str:
+    """<output>/_staging/<video id>: every staging folder of one video, whatever its version."""
+    return storage.join(staging_root(output_root), video)
+
+
 def staging_folder(output_root: str, source_url: str, fingerprint: str, settings_key: str) -> str:
     """<output>/_staging/<video id>/<hash of fingerprint and settings>: a changed source or changed
     settings never reuse segments restored from the old ones."""
     version = hashlib.sha1(f"{fingerprint}|{settings_key}".encode()).hexdigest()[:16]
-    return storage.join(output_root, "_staging", video_id(source_url), version)
+    return storage.join(video_staging(output_root, video_id(source_url)), version)
 
 
 def segment_url(staging: str, window_index: int) -> str:
@@ -73,12 +92,12 @@ def window_seed(rel: str, start: int, end: int, base_seed: int) -> int:
     return digest % (2**31 - 16)  # the restorer also uses seed + 1 and seed + 2
 
 
-def window_columns(window: Window) -> dict[str, int]:
+def window_columns(window: SceneWindow) -> dict[str, int]:
     return {column: getattr(window, field) for column, field in _WINDOW_FIELDS.items()}
 
 
-def window_of(row: dict[str, Any]) -> Window:
-    return Window(**{field: int(row[column]) for column, field in _WINDOW_FIELDS.items()})
+def window_of(row: dict[str, Any]) -> SceneWindow:
+    return SceneWindow(**{field: int(row[column]) for column, field in _WINDOW_FIELDS.items()})
 
 
 def output_stem(output_root: str, rel: str) -> str:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pipelines.restore.rows import (DEVICE, DONE, ERROR, FRAMES, OUTPUT, REL, RESTORE_SECONDS, SOURCE, STATUS, WINDOWS,
+                                    WINDOWS_REUSED)
+
 
 class RunStats:
     """Counts of one run, fed one finished video (its ledger row) at a time."""
@@ -20,21 +23,21 @@ class RunStats:
         self.failures: list[dict[str, str]] = []
 
     def add(self, video: dict[str, Any]) -> str:
-        """Count a finished video; returns its progress line."""
-        if video["status"] == "done":
+        """Count a finished video (its ledger row); returns its progress line."""
+        if video[STATUS] == DONE:
             self.done += 1
-            self.frames += video["frames"]
+            self.frames += video[FRAMES]
         else:
             self.failed += 1
-            self.failures.append({"source": video["source"], "error": video["error"]})
-        self.windows_reused += video["windows_reused"]
-        self.windows_restored += video["windows"] - video["windows_reused"]
-        self.restore_seconds += video["restore_seconds"]
-        if video["device"]:
-            self.devices.add(video["device"])
+            self.failures.append({"source": video[SOURCE], "error": video[ERROR]})
+        self.windows_reused += video[WINDOWS_REUSED]
+        self.windows_restored += video[WINDOWS] - video[WINDOWS_REUSED]
+        self.restore_seconds += video[RESTORE_SECONDS]
+        if video[DEVICE]:
+            self.devices.add(video[DEVICE])
         finished = self.done + self.failed
-        what = f"{video['frames']} frames -> {video['output']}" if video["status"] == "done" else video["error"]
-        return (f"[{finished}/{self.to_restore}] {video['status']:6s} {video['rel']}: {what} | "
+        what = f"{video[FRAMES]} frames -> {video[OUTPUT]}" if video[STATUS] == DONE else video[ERROR]
+        return (f"[{finished}/{self.to_restore}] {video[STATUS]:6s} {video[REL]}: {what} | "
                 f"so far {self.done} done, {self.failed} failed, {self.frames} frames, "
                 f"{self.frames / self.elapsed():.2f} frames/s")
 

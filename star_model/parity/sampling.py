@@ -17,7 +17,8 @@ from star_model.diffusion import Denoiser, diffuse, get_velocity, guided_x0, sin
 from star_model.parity import Check, compare
 from star_model.sampler import replayed_noise, sample_dpmpp_2m_sde, sdedit_start
 from star_model.schedule import NoiseSchedule, ScheduleConfig, build_schedule, solver_sigmas
-from star_model.windows import official_chunks, official_pad_to_fit, windowed_denoiser
+from star_model.padding import official_pad_to_fit
+from star_model.windows import official_chunks, windowed_denoiser
 
 TOLERANCE = 2e-5
 SAMPLER_TOLERANCE = 2e-4  # multi-step: float error grows through CFG 7.5 (README: 1e-4 between thread counts)

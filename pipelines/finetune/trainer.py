@@ -1,0 +1,89 @@
+"""Ray wiring of the fine-tuning job: check the config, build the pairs dataset and run the workers'
+loop with Ray Train's `TorchTrainer` (NCCL on GPUs, gloo on CPU), checkpoints in local or bucket storage.
+
+Resume: Ray Train V2 (ray 2.60, verified in its CheckpointManager) writes a snapshot of the reported
+checkpoints to `storage/name/` and reloads it when a run with the same storage and name starts, so
+`ray.train.get_checkpoint()` returns the latest checkpoint both after a worker restart (FailureConfig)
+and in a new job; `resume_from_checkpoint=` is deprecated there (it raises). The run name is therefore
+stable (`FinetuneConfig.name`), and `train_loop` restores weights, optimiser state and step from
+`get_checkpoint()`.
+
+Ray Train's controller collects one report per worker every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s)
+and a worker's report waits for the previous one: with steps shorter than that, per-step reports cap
+the rate (GPU steps of the official size take longer; CPU tests shorten the interval).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from pipelines import storage
+from pipelines.finetune.config import FinetuneConfig, FinetuneResult, check_config
+from pipelines.finetune.data import build_pairs, list_clips
+from pipelines.finetune.loop import train_loop
+
+log = logging.getLogger(__name__)
+
+
+def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
+    """Check the config, build the pairs dataset and train to `cfg.steps`, resuming if the run's
+    storage folder holds checkpoints of an earlier run with the same name."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    check_config(cfg)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
+    try:
+        _warn_if_no_cpu_for_data(cfg, ray.cluster_resources())
+        run_url = storage.join(cfg.storage, cfg.name)
+        if storage.exists(storage.join(run_url, "checkpoint_manager_snapshot.json")):
+            log.info("run %s exists: resuming from its latest checkpoint", run_url)
+        storage_path, storage_fs = run_storage(cfg.storage)
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"cfg": cfg},
+            scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                         resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                                               **({"GPU": 1} if cfg.use_gpu else {})}),
+            run_config=RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+            datasets={"train": build_pairs(list_clips(cfg.data, cfg.clips), cfg.clips)},
+        )
+        result = trainer.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    metrics = dict(result.metrics or {})
+    return FinetuneResult(step=int(metrics.get("step", 0)),
+                          checkpoint=result.checkpoint.path if result.checkpoint else None, metrics=metrics)
+
+
+def run_storage(url: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for `RunConfig`: a local absolute path and None, or for a
+    bucket the "bucket/prefix" path and our fsspec filesystem wrapped for pyarrow, so Ray Train writes
+    through the same endpoint and credentials as the rest of the pipeline (test servers included)."""
+    fs, path = storage.filesystem(url)
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        return os.path.abspath(path), None  # Ray Train wants an absolute local path
+    import pyarrow.fs
+
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _warn_if_no_cpu_for_data(cfg: FinetuneConfig, resources: dict[str, float]) -> None:
+    """The training workers hold their CPUs for the whole run; the tasks that make the training
+    pairs need at least one more, or nothing ever reaches the workers. An autoscaling cluster may
+    still add CPUs, so this warns instead of failing."""
+    cpus, held = resources.get("CPU", 0.0), cfg.workers * cfg.cpus_per_worker
+    if cpus < held + 1:
+        log.warning("the cluster has %g CPUs and the %d training workers hold %g of them: the tasks that make the "
+                    "training pairs need at least one more. The run waits until an autoscaler adds CPUs; on a "
+                    "fixed machine pass fewer --workers", cpus, cfg.workers, held)

@@ -1,0 +1,2 @@
+"""The restore job: every video under an input URL restored into an output URL, resumable through its ledger
+(pipeline.py reads top to bottom: sources -> scenes -> restore -> assemble)."""

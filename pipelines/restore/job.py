@@ -1,0 +1,120 @@
+"""What one run of the restore job is (`ArchiveJob`, whose fields are also the job's flags), the settings
+key that decides whether a video is already done, and every check that can fail before Ray starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pipelines import storage
+from pipelines.media.scenes import DETECTORS
+from pipelines.reachable import check_reachable
+from pipelines.weights import check as check_weights
+from star_model.presets import get_preset
+from star_model.restore import RestoreConfig
+
+TINY_WARNING = "preset 'tiny' has RANDOM weights: its outputs are NOT restorations (pipeline smoke tests only)"
+
+
+@dataclass(frozen=True)
+class ArchiveJob:
+    """What to restore, where to, and with which model settings. The comment beside a field is its
+    --help in jobs/upscale_archive.py."""
+
+    input: str  # folder, s3://bucket/prefix or gs://bucket/prefix of the source videos
+    output: str  # folder or bucket URL for the restored videos and the ledger
+    preset: str = "official"  # official (needs --weights) or tiny (without --weights random: NOT a restoration)
+    weights: str | None = None  # folder or bucket with star/, text/ and vae/ (jobs/fetch_weights.py writes one)
+    checkpoint: str = "light_deg"  # light_deg or heavy_deg
+    scale: int = 4  # upscaling factor
+    steps: int | None = None  # sampler evaluations ('normal' mode); default: the official fast schedule (14)
+    prompt: str = ""  # text prompt for every video
+    window: int = 32  # frames per restore window (one unit of GPU work)
+    overlap: int = 8  # frames cross-faded between consecutive windows of a shot
+    actors: int | None = None  # restore actors at most (default: one per GPU in the cluster, 1 without GPUs)
+    device: Literal["auto", "gpu", "cpu"] = "auto"  # gpu: ask for GPUs even before an autoscaler has started any
+    detector: str = "adaptive"  # PySceneDetect's detector: adaptive or content
+    retry_failed: bool = False  # also retry unchanged sources that failed as bad inputs before
+    # Restore only on this GPU type, as Ray names it (L4, A100, H100, ...); implies GPUs.
+    accelerator_type: str | None = None
+    # Runs over the same output skip the videos another live run holds; a crashed run's videos are free
+    # after this long.
+    lease_minutes: float = 10.0
+
+    def restore_config(self) -> RestoreConfig:
+        """How the actors restore a clip: the preset's settings at this scale (and step count)."""
+        sampler = {} if self.steps is None else dict(solver_mode="normal", steps=self.steps)
+        return get_preset(self.preset).restore_config(scale=self.scale, **sampler)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything the restored pixels depend on; a video is redone when any of it changes. Built
+        from the fields themselves: every RestoreConfig field, and every field of this job but those
+        in RUN_ONLY, so a new option counts unless it is declared not to. The weights count by name
+        (checkpoint) and by whether there are any (the tiny preset runs with or without), not by where
+        they lie: moving the weights folder redoes nothing."""
+        job = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_ONLY}
+        return {**job, "random_weights": self.weights is None, "restore": dataclasses.asdict(self.restore_config())}
+
+    def settings_key(self) -> str:
+        """12 hex digits of the settings (sorted JSON): the ledger's `settings` column."""
+        return hashlib.sha1(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ArchiveJob fields that say where the job reads and writes and how it runs, not what it makes: they
+# stay out of the settings key (a run with more actors or another lease time redoes nothing).
+RUN_ONLY = frozenset({"input", "output", "weights", "actors", "device", "accelerator_type", "lease_minutes",
+                      "retry_failed"})
+
+
+class ConfigError(ValueError):
+    """The job cannot start: bad arguments, missing weights or unreachable storage. Raised before Ray
+    starts; the message says what to fix."""
+
+
+def validate(job: ArchiveJob) -> RestoreConfig:
+    """Every check that can fail without a GPU, in the order a user fixes them."""
+    try:
+        return _validate(job)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _validate(job: ArchiveJob) -> RestoreConfig:
+    preset = get_preset(job.preset)
+    check_weights(preset, job.weights, job.checkpoint)  # local or bucket folder: layout and manifest sizes
+    config = job.restore_config()
+    if job.window < 1 or not 0 <= job.overlap <= job.window // 2:
+        raise ValueError(f"--window {job.window} --overlap {job.overlap}: need window >= 1 and "
+                         f"0 <= overlap <= window / 2")
+    if job.actors is not None and job.actors < 1:
+        raise ValueError(f"--actors {job.actors}: need at least 1")
+    if job.device not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"device {job.device!r}: choose auto, gpu or cpu")
+    if job.accelerator_type is not None and job.device == "cpu":
+        raise ValueError(f"--accelerator-type {job.accelerator_type} asks for GPUs, --device cpu for none: "
+                         f"drop one of them")
+    if not job.lease_minutes > 0:
+        raise ValueError(f"--lease-minutes {job.lease_minutes}: need a positive number of minutes")
+    if job.detector not in DETECTORS:
+        raise ValueError(f"detector {job.detector!r}: choose one of {sorted(DETECTORS)}")
+    input_root, output_root = storage.canonical(job.input), storage.canonical(job.output)
+    if _inside(output_root, input_root):
+        raise ValueError(f"output {job.output} is inside the input {job.input}: the next run would take the "
+                         f"restored videos for new sources; choose an output outside the input")
+    check_reachable(input_root)
+    check_reachable(output_root, writable=True)
+    return config
+
+
+def _inside(url: str, root: str) -> bool:
+    try:
+        storage.relative(url, root)
+    except ValueError:
+        return False
+    return True
+

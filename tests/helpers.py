@@ -1,0 +1,236 @@
+"""Helpers that several test files share: the shared folder (official parity fixtures, real clips) and
+what makes a missing one fail, clip writers and readers, the restore job's command line, free ports.
+
+../shared/ (next to the checkout) is part of the test suite: a test that needs a fixture or a clip
+that is not there FAILS, naming the path, on every machine (CI or not), so a suite that cannot find
+its references never passes quietly by skipping them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+from pipelines.media.probe import VideoInfo, probe_timestamps
+from star_model.text import TINY as TINY_TEXT
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PARITY = SHARED / "parity"
+MEDIA = SHARED / "media"
+JOB = REPO / "jobs" / "upscale_archive.py"
+TINY = ["--preset", "tiny", "--scale", "2", "--steps", "2", "--window", "8", "--overlap", "2"]
+
+
+# -- the shared folder ----------------------------------------------------------------------------
+
+
+def shared(rel: str) -> Path:
+    """SHARED/rel; the calling test fails (never skips) when it is not there."""
+    path = SHARED / rel
+    if not path.exists():
+        pytest.fail(f"{path} not found: the tests need ../shared next to the checkout (parity fixtures, "
+                    f"clips, reference tables)", pytrace=False)
+    return path
+
+
+def parity(name: str) -> Path:
+    """An official parity fixture (see shared/parity/README.md)."""
+    return shared(f"parity/{name}")
+
+
+def media(name: str) -> Path:
+    """A real clip from shared/media (see its SOURCES.md)."""
+    return shared(f"media/{name}")
+
+
+def parity_names(pattern: str) -> list[str]:
+    """Stems of the fixtures matching `pattern`, to parametrize over; where none matches, the pattern
+    itself, so that its test runs and fails on the missing file instead of being collected empty."""
+    return sorted(p.stem for p in PARITY.glob(pattern)) or [Path(pattern).stem]
+
+
+# -- clips ----------------------------------------------------------------------------------------
+
+
+def make_clip(path: Path, frames_fhwc_u8: np.ndarray, *, pts: list[int] | None = None,
+              time_base: Fraction = Fraction(1, 24), fmt: str | None = None, pix_fmt: str = "yuv420p",
+              rotation: int | None = None, audio_seconds: float = 0.0,
+              subtitles: tuple[tuple[int, int, bytes], ...] = (), options: dict[str, str] | None = None,
+              colorspace: int | None = None, codec: str = "libx264") -> Path:
+    """Encode frames (H.264 unless told) at the given pts; optionally an AAC track and SubRip cues (ms)."""
+    _, height, width, _ = frames_fhwc_u8.shape
+    with av.open(str(path), "w", format=fmt) as out:
+        video = out.add_stream(codec, rate=24)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        video.codec_context.time_base = video.time_base = time_base
+        video.options = options or {}
+        if rotation is not None:
+            video.set_display_rotation(rotation)
+        if colorspace is not None:
+            video.codec_context.colorspace = video.codec_context.color_primaries = colorspace
+            video.codec_context.color_trc = colorspace
+            video.codec_context.color_range = 1
+        audio = out.add_stream("aac", rate=48000) if audio_seconds else None
+        if audio is not None:
+            audio.layout = "stereo"
+        subs = out.add_mux_stream("subrip") if subtitles else None
+        for i, rgb in enumerate(frames_fhwc_u8):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if colorspace is not None:
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=colorspace, dst_color_range=1)
+            frame.pts, frame.time_base = (pts[i] if pts else i), time_base
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if audio is not None:
+            t = np.arange(int(audio_seconds * 48000) // 1024 * 1024) / 48000
+            wave = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)]).astype(np.float32) * 0.3
+            for k in range(0, wave.shape[1], 1024):
+                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, k:k + 1024]), format="fltp",
+                                                   layout="stereo")
+                chunk.sample_rate, chunk.pts = 48000, k
+                out.mux(audio.encode(chunk))
+            out.mux(audio.encode(None))
+        for start_ms, duration_ms, text in subtitles:
+            packet = av.Packet(text)
+            packet.stream, packet.time_base = subs, Fraction(1, 1000)
+            packet.pts, packet.dts, packet.duration = start_ms, start_ms, duration_ms
+            out.mux(packet)
+    return path
+
+
+def noisy_frames(count: int, size: tuple[int, int] = (64, 48), seed: int = 0) -> np.ndarray:
+    width, height = size
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 200, (height, width, 3))
+    return np.stack([(base + 2 * i) % 256 for i in range(count)]).astype(np.uint8)
+
+
+def decode_all(path: Path | str) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def assert_same_timing(output: Path, info: VideoInfo, timestamps: np.ndarray) -> VideoInfo:
+    out_info, out_timestamps = probe_timestamps(output)
+    tick = max(info.time_base, out_info.time_base)
+    assert out_info.frame_count == info.frame_count
+    assert np.all(np.abs(out_timestamps * out_info.time_base - timestamps * info.time_base) <= tick)
+    assert abs(out_info.duration - info.duration) <= tick
+    return out_info
+
+
+def audio_only(path: Path) -> None:
+    """Write a file with an AAC audio stream and no video stream (a bad input for the job)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=48000)
+        stream.layout = "mono"
+        mux_silence(out, stream, 10)
+
+
+def mux_silence(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, frames: int) -> None:
+    """Encode and mux `frames` frames of mono 48 kHz silence (1024 samples each), then flush."""
+    for k in range(frames):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 48000, k * 1024
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+
+
+def shrink(src: Path, dst: Path, size: tuple[int, int], frames: int) -> Path:
+    """The first `frames` frames of a real clip, resized to `size`, re-encoded (H.264, same rate)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        rate = inp.streams.video[0].average_rate
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        for i, frame in enumerate(inp.decode(video=0)):
+            if i == frames:
+                break
+            small = av.VideoFrame.from_image(frame.to_image().resize(size, Image.Resampling.BILINEAR))
+            small.pts = None
+            out.mux(stream.encode(small))
+        out.mux(stream.encode(None))
+    return dst
+
+
+def real_clips(root: Path) -> None:
+    """Two real low-quality clips, shrunk: 32 frames (5 windows of 8) and 16 frames (3 windows)."""
+    shrink(media("lq/dove_002.mp4"), root / "reels/dove_002.mp4", (80, 46), 32)
+    shrink(media("lq/seedvr2_Eyes_212x120.mp4"), root / "faces/eyes.mp4", (64, 36), 16)
+
+
+def small_archive(root: Path) -> Path:
+    """A real clip, shrunk (16 frames: 3 windows of 8), and a text file named .mp4."""
+    shrink(media("lq/seedvr2_Eyes_212x120.mp4"), root / "faces/eyes.mp4", (64, 36), 16)
+    (root / "notes.mp4").write_text("shot list, not a video\n" * 20)
+    return root
+
+
+# -- the jobs' command lines -----------------------------------------------------------------------
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The environment of a job run: this process's (bucket fixtures set endpoints in it) plus a fresh
+    local Ray per run; without RAY_ADDRESS=local, ray.init() joins any `ray start` cluster on the machine."""
+    return {**os.environ, "RAY_ADDRESS": "local", **extra}
+
+
+def run_job(input_url: str | Path, output_url: str | Path, *extra: str, timeout: float = 240
+            ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(JOB), "--input", str(input_url), "--output", str(output_url),
+                           *TINY, *extra], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def read_summary(output: Path) -> dict:
+    return json.loads((output / "_ledger" / "summary.json").read_text())
+
+
+def latest_rows(output: Path) -> dict[str, dict]:
+    rows = sorted(pads.dataset(output / "_ledger" / "videos").to_table().to_pylist(),
+                  key=lambda r: r["finished_at"])
+    return {row["rel"]: row for row in rows}
+
+
+def load_job(name: str):
+    """jobs/<name>.py as a module, so that a test calls its main(argv) in this process."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- models and ports -----------------------------------------------------------------------------
+
+
+def save_tiny_clip_model(folder: Path, seed: int) -> CLIPModel:
+    """A full CLIPModel (both towers) as the laion repository holds it."""
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, image_size=32, patch_size=16)
+    cfg = CLIPConfig(text_config=TINY_TEXT.to_hf().to_dict(), vision_config=vision.to_dict(),
+                     projection_dim=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(cfg).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

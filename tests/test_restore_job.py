@@ -1,0 +1,48 @@
+"""The restore job's settings key, which decides whether a video is already done: built from the fields
+themselves, so every restore setting counts (a new one included) and where the job runs does not."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pipelines.restore.job import RUN_ONLY, ArchiveJob
+from star_model.restore import RestoreConfig
+
+JOB = ArchiveJob(input="in", output="out", preset="tiny")
+KEY = JOB.settings_key()
+# A valid other value for the job fields that the restore settings are made from.
+OTHER_VALUES = {"preset": "official", "checkpoint": "heavy_deg", "scale": 2, "steps": 3, "detector": "content"}
+
+
+def test_the_key_is_deterministic():
+    again = ArchiveJob(input="in", output="out", preset="tiny")
+    assert again.settings_key() == KEY == JOB.settings_key()
+    assert len(KEY) == 12 and int(KEY, 16) >= 0
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(RestoreConfig)])
+def test_every_restore_setting_changes_the_key(name, monkeypatch):
+    changed = JOB.restore_config()
+    object.__setattr__(changed, name, "another value")  # any other value counts: past the config's checks
+    monkeypatch.setattr(ArchiveJob, "restore_config", lambda self: changed)
+    assert JOB.settings_key() != KEY
+
+
+def test_a_new_restore_setting_changes_the_key(monkeypatch):
+    extended = dataclasses.make_dataclass("Extended", [("new_option", int, dataclasses.field(default=1))],
+                                          bases=(RestoreConfig,), frozen=True)
+    monkeypatch.setattr(ArchiveJob, "restore_config", lambda self: extended(scale=self.scale))
+    assert JOB.settings_key() != KEY
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(ArchiveJob)])
+def test_job_fields_count_unless_they_only_say_how_it_runs(name):
+    changed = dataclasses.replace(JOB, **{name: OTHER_VALUES.get(name, "another value")})
+    if name == "weights":  # where the weights lie does not count, whether there are any does
+        assert dataclasses.replace(changed, weights="elsewhere").settings_key() == changed.settings_key() != KEY
+    elif name in RUN_ONLY:
+        assert changed.settings_key() == KEY
+    else:
+        assert changed.settings_key() != KEY
