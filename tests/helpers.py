@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
@@ -111,6 +112,11 @@ def make_clip(path: Path, frames_fhwc_u8: np.ndarray, *, pts: list[int] | None =
             packet.pts, packet.dts, packet.duration = start_ms, start_ms, duration_ms
             out.mux(packet)
     return path
+
+
+def grey_frames(values: list[int], size: tuple[int, int] = (32, 24)) -> np.ndarray:
+    width, height = size
+    return np.stack([np.full((height, width, 3), v, np.uint8) for v in values])
 
 
 def noisy_frames(count: int, size: tuple[int, int] = (64, 48), seed: int = 0) -> np.ndarray:
@@ -215,6 +221,15 @@ def load_job(name: str):
 
 
 # -- models and ports -----------------------------------------------------------------------------
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(2, 8))
+    with torch.no_grad():  # GroupNorm starts at ones/zeros; make every value distinctive
+        for p in model.parameters():
+            p.normal_()
+    return model
 
 
 def save_tiny_clip_model(folder: Path, seed: int) -> CLIPModel:

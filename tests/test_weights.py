@@ -1,111 +1,28 @@
-"""Weights folders: fetching from the Hugging Face Hub, checking, copying from buckets, loading.
-
-No network: the hub's own cache layout (models--ORG--NAME/blobs, snapshots/<commit>/..., refs/main) is
-built in a temporary folder with TINY-shaped STAR, CLIP and VAE files, and huggingface_hub runs offline
-against it, so `fetch` goes through the real `hf_hub_download` calls. The library reads HF_HUB_CACHE and
-HF_HUB_OFFLINE once, at import, so the test sets its constants as well as the variables (for children).
-"""
+"""Weights folders (pipelines.weights, star_model.presets): the layout and what a folder lacks, the check
+before a job starts, copies of a bucket folder on a node, and loading what was fetched, in the restorer,
+in fine-tuning and in the restore job (the folders come from the offline hub of offline_hub.py)."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
-import huggingface_hub.constants
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
-from transformers import CLIPTokenizer
 
-from helpers import REPO, load_job, save_tiny_clip_model, small_archive
-import pipelines.hub
+from helpers import small_archive
+from offline_hub import FETCHED, listing
 from pipelines import storage, weights
-from pipelines.hub import TEXT_FILES, fetch
 from pipelines.weights import MANIFEST, check, local_copy
-from star_model import vae as vae_configs
-from star_model.checkpoint import CheckpointError, sha256_of
-from star_model.config import TINY
-from star_model.presets import (STAR_REPO, TEXT_REPO, VAE_REPO, get_preset, load_restorer, missing_weights,
-                                resolve_weights)
+from star_model.checkpoint import CheckpointError
+from star_model.presets import get_preset, load_restorer, missing_weights, resolve_weights
 from star_model.restore import RestoreConfig
-from star_model.text import write_tiny_tokenizer
-from star_model.unet import load_denoiser
-from star_model.vae import build_vae
 
 pytestmark = pytest.mark.timeout(120)
 
-JOB = REPO / "jobs" / "fetch_weights.py"
-COMMITS = {STAR_REPO: "1" * 40, TEXT_REPO: "2" * 40, VAE_REPO: "3" * 40}
 TINY_PRESET = get_preset("tiny")
-FETCHED = {"star/light_deg.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
-           *(f"text/{f}" for f in TEXT_FILES)}
-
-
-def add_to_cache(cache: Path, repo: str, files: dict[str, Path]) -> None:
-    """Put files into the hub's cache layout: blobs named by digest, snapshot entries linking to them,
-    refs/main naming the snapshot's commit."""
-    root = cache / f"models--{repo.replace('/', '--')}"
-    for repo_path, source in files.items():
-        blob = root / "blobs" / sha256_of(source)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, blob)
-        entry = root / "snapshots" / COMMITS[repo] / repo_path
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        entry.symlink_to(os.path.relpath(blob, entry.parent))
-    (root / "refs").mkdir(exist_ok=True)
-    (root / "refs" / "main").write_text(COMMITS[repo])
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    """(HF cache folder, SHA-256 of the tiny light_deg.pt, its state dict), with the hub offline on it."""
-    work, cache = tmp_path_factory.mktemp("hub-files"), tmp_path_factory.mktemp("hf-cache")
-    state = load_denoiser(TINY, None, seed=7).state_dict()
-    torch.save(state, work / "light_deg.pt")
-    add_to_cache(cache, STAR_REPO, {"I2VGen-XL-based/light_deg.pt": work / "light_deg.pt"})
-
-    text = work / "text"  # as the laion repository: both towers, tokenizer files, and copies we skip
-    save_tiny_clip_model(text, seed=5)
-    write_tiny_tokenizer(text)
-    CLIPTokenizer.from_pretrained(text, local_files_only=True).save_pretrained(text)
-    (text / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|startoftext|>",
-                                                              "eos_token": "<|endoftext|>"}))
-    (text / "open_clip_pytorch_model.bin").write_bytes(b"a second copy of the weights: never fetched")
-    add_to_cache(cache, TEXT_REPO, {p.name: p for p in text.iterdir()})
-
-    model = build_vae(vae_configs.TINY)  # the SVD repository holds both precisions: one is fetched
-    model.save_pretrained(work / "vae32")
-    model.half().save_pretrained(work / "vae16", variant="fp16")
-    add_to_cache(cache, VAE_REPO, {"vae/config.json": work / "vae32/config.json",
-                                   "vae/diffusion_pytorch_model.safetensors":
-                                       work / "vae32/diffusion_pytorch_model.safetensors",
-                                   "vae/diffusion_pytorch_model.fp16.safetensors":
-                                       work / "vae16/diffusion_pytorch_model.fp16.safetensors"})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        mp.setenv("HF_HUB_CACHE", str(cache))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield cache, sha256_of(work / "light_deg.pt"), state
-
-
-@pytest.fixture(scope="module")
-def fetched(hub, tmp_path_factory):
-    """A weights folder fetched from the offline hub: (folder, manifest)."""
-    dest = tmp_path_factory.mktemp("weights") / "w"
-    return dest, fetch(str(dest), expected_sha256={"light_deg.pt": hub[1]})
-
-
-def listing(folder: str | Path) -> set[str]:
-    return set(storage.list_files(str(folder)))
 
 
 # -- the layout ------------------------------------------------------------------------------------
@@ -135,77 +52,6 @@ def test_missing_pieces_are_all_listed(tmp_path):
         resolve_weights(get_preset("official"), None)
 
 
-# -- fetch -----------------------------------------------------------------------------------------
-
-
-def test_fetch_into_a_local_folder(hub, fetched):
-    cache, digest, state = hub
-    dest, manifest = fetched
-    assert listing(dest) == FETCHED | {MANIFEST}  # no .pt, no open_clip copy, one VAE precision
-    assert json.loads((dest / MANIFEST).read_text()) == manifest
-    for rel, entry in manifest["files"].items():
-        assert entry["size"] == (dest / rel).stat().st_size and entry["sha256"] == sha256_of(dest / rel)
-    assert manifest["parts"]["star/light_deg"] == {
-        "repo": STAR_REPO, "revision": "main", "commit": COMMITS[STAR_REPO], "checkpoint": "light_deg",
-        "dtype": "fp32", "keep_pt": False, "sha256": digest, "files": ["I2VGen-XL-based/light_deg.pt"]}
-    assert manifest["parts"]["vae"]["commit"] == COMMITS[VAE_REPO] and manifest["parts"]["vae"]["variant"] == "fp16"
-    assert manifest["parts"]["text"]["commit"] == COMMITS[TEXT_REPO] and manifest["created_at"]
-    converted = safetensors.torch.load_file(dest / "star/light_deg.safetensors")
-    assert converted.keys() == state.keys() and all(torch.equal(converted[k], v) for k, v in state.items())
-    check(TINY_PRESET, str(dest))
-
-
-def test_rerun_skips_what_is_there(hub, fetched, monkeypatch):
-    dest, manifest = fetched
-    monkeypatch.setattr(pipelines.hub, "hf_hub_download", lambda *a, **k: pytest.fail("downloaded again"))
-    assert fetch(str(dest), expected_sha256={"light_deg.pt": hub[1]}) == manifest
-
-
-def test_bf16_and_kept_pt_then_a_rerun_drops_the_pt(hub, tmp_path):
-    expected = {"light_deg.pt": hub[1]}
-    pinned = {"text": COMMITS[TEXT_REPO]}  # a commit: read from the cache's snapshots, no refs
-    manifest = fetch(str(tmp_path), dtype="bf16", keep_pt=True, revisions=pinned, expected_sha256=expected)
-    assert manifest["parts"]["text"]["revision"] == manifest["parts"]["text"]["commit"] == COMMITS[TEXT_REPO]
-    assert {"star/light_deg.pt", "star/light_deg.safetensors"} <= set(manifest["files"])
-    assert os.path.samefile(tmp_path / "star/light_deg.pt", hub[0] / "models--SherryX--STAR/snapshots" /
-                            COMMITS[STAR_REPO] / "I2VGen-XL-based/light_deg.pt")  # a hard link, no copy
-    tensors = safetensors.torch.load_file(tmp_path / "star/light_deg.safetensors")
-    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.bfloat16}
-    again = fetch(str(tmp_path), dtype="bf16", revisions=pinned, expected_sha256=expected)
-    assert "star/light_deg.pt" not in again["files"] and not (tmp_path / "star/light_deg.pt").exists()
-    assert again["parts"]["text"] == manifest["parts"]["text"]  # kept, not fetched again
-
-
-def test_a_wrong_digest_is_refused_and_nothing_written(hub, tmp_path):
-    with pytest.raises(CheckpointError, match="SHA-256 .*nothing was written"):
-        fetch(str(tmp_path / "w"), expected_sha256={"light_deg.pt": "0" * 64})
-    assert listing(tmp_path / "w") == set()
-
-
-@pytest.mark.parametrize("server", ["s3_server", "gcs_server"])
-def test_fetch_into_a_bucket_check_and_copy_back(hub, fetched, server, request, tmp_path, monkeypatch):
-    store = request.getfixturevalue(server)
-    url = store.fresh("weights")
-    manifest = fetch(url, expected_sha256={"light_deg.pt": hub[1]})
-    assert listing(url) == FETCHED | {MANIFEST}
-    # the same files as fetched locally; safetensors writes its header's metadata in no fixed order,
-    # so a converted file's digest differs from one conversion to the next
-    same = {rel: e["size"] if rel.startswith("star/") else e for rel, e in manifest["files"].items()}
-    assert same == {rel: e["size"] if rel.startswith("star/") else e for rel, e in fetched[1]["files"].items()}
-    check(TINY_PRESET, url)
-    # local_copy: every file verified into the node's cache (from $STAR_WEIGHTS_CACHE)
-    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "cache"))
-    copy = Path(local_copy(url))
-    assert copy.parent == tmp_path / "cache" and listing(copy) == FETCHED
-    assert all(sha256_of(copy / rel) == e["sha256"] for rel, e in manifest["files"].items())
-    # a piece removed from the bucket: the check names it, and the manifest's entry too
-    storage.remove(storage.join(url, "vae/config.json"))
-    with pytest.raises(ValueError) as error:
-        check(TINY_PRESET, url)
-    assert "no VAE config: vae/config.json" in str(error.value)
-    assert f"vae/config.json is listed in {MANIFEST} but missing" in str(error.value)
-
-
 # -- check -----------------------------------------------------------------------------------------
 
 
@@ -233,16 +79,6 @@ def test_check_lists_every_missing_piece_and_size_mismatches(fetched, tmp_path):
 
 
 # -- local_copy ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def bucket_weights(s3_server, fetched):
-    """A fetched folder uploaded to a fresh S3 folder as is (manifest included)."""
-    url = s3_server.fresh("weights")
-    fs, path = storage.filesystem(url)
-    for rel in listing(fetched[0]):
-        fs.put_file(str(fetched[0] / rel), f"{path}/{rel}")
-    return url
 
 
 def counting_downloads(monkeypatch) -> list[str]:
@@ -331,65 +167,6 @@ def test_tiny_preset_loads_the_fetched_weights_strictly(hub, fetched):
     frames = np.random.default_rng(0).integers(0, 256, (2, 16, 24, 3), dtype=np.uint8)
     out = restorer(frames, "")
     assert out.shape == (2, 32, 48, 3) and out.dtype == np.uint8
-
-
-# -- the job ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("argv, message", [
-    ([], "the following arguments are required: --dest"),
-    (["--dest", "{tmp}", "--checkpoint", "medium_deg"], "invalid choice: 'medium_deg'"),
-    (["--dest", "{tmp}", "--dtype", "int8"], "invalid choice: 'int8'"),
-    (["--dest", "{tmp}", "--revision", "unet=abc"], "write it as star=REV"),
-])
-def test_job_bad_arguments_exit_2(argv, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        load_job("fetch_weights").main([a.format(tmp=tmp_path) for a in argv])
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_job_refusals_exit_2(hub, tmp_path, capsys):
-    job = load_job("fetch_weights")
-    assert job.main(["--dest", str(tmp_path), "--checkpoint", "light_deg", "light_deg"]) == 2
-    assert "once each" in capsys.readouterr().err
-    assert job.main(["--dest", str(tmp_path), "--checkpoint", "heavy_deg"]) == 2  # not in the offline cache
-    assert "not in the Hugging Face cache, and the Hub cannot be reached" in capsys.readouterr().err
-    assert job.main(["--dest", str(tmp_path)]) == 2  # the tiny file is not the published light_deg.pt
-    assert "SHA-256" in capsys.readouterr().err and not (tmp_path / MANIFEST).exists()
-
-
-class _GatedHub(http.server.BaseHTTPRequestHandler):
-    """Answers every request as the Hub answers for a gated repository without an accepted licence."""
-
-    def do_HEAD(self):
-        self.send_response(401)
-        self.send_header("X-Error-Code", "GatedRepo")
-        self.send_header("X-Error-Message", "Access to model is restricted")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_GET = do_HEAD
-
-    def log_message(self, *args):
-        pass
-
-
-def test_job_says_how_to_get_the_gated_vae(tmp_path):
-    """The real command line against a hub that refuses the VAE (asked first), with an empty cache."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _GatedHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
-           "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
-    try:
-        result = subprocess.run([sys.executable, str(JOB), "--dest", str(tmp_path / "w")], env=env,
-                                capture_output=True, text=True, timeout=90)
-    finally:
-        server.shutdown()
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "it is gated, or the token has no access; accept its licence at " \
-        "https://huggingface.co/stabilityai/stable-video-diffusion-img2vid" in result.stderr
-    assert "set HF_TOKEN" in result.stderr
-    assert not (tmp_path / "w" / MANIFEST).exists()
 
 
 def test_finetune_checks_and_loads_weights_from_a_bucket(hub, bucket_weights, tmp_path, monkeypatch):
