@@ -2,8 +2,7 @@
 
 A (F, 3, H, W) clip becomes (F, 3·f², H/f, W/f) latents: each f x f block of pixels is folded into
 channels, so nothing is lost and nothing is learnt (decode o encode is the identity up to float
-rounding). `jobs/benchmark_codec.py` measured it against a small trained diffusers AutoencoderKL on
-held-out clips; the model card (star_model/weights/nano.md) gives the figures and why we chose it.
+rounding). Not yet measured against a small trained diffusers AutoencoderKL (issue 11 asks for it).
 
 The class has `VideoVae`'s interface (encode/decode on (F, C, h, w), `downsample`, `latent_channels`,
 `config.decode_group_frames`), so the restorer, the sampler and the DF loss use it unchanged.

@@ -100,7 +100,7 @@ class DenoiserConfig:
 OFFICIAL = DenoiserConfig()
 TINY = DenoiserConfig(dim=32, context_dim=40, dim_mult=(1, 1, 1), num_heads=4, head_dim=16,
                       num_res_blocks=1, attn_scales=(1.0, 0.5))
-# Ours, trained here (star_model/weights/nano.md): STAR's layout at a CPU-sized width, on nano's
+# Ours, trained here (jobs/finetune.py --from-scratch): STAR's layout at a CPU-sized width, on nano's
 # pixel-unshuffle latents (3·4² = 48 channels at 1/4 resolution). Spatial attention only at the coarsest
 # level (a 1/16-resolution token grid stays short at any frame size); temporal attention everywhere.
 # One width at every level keeps the shipped file under 20 MB in fp32 (4.8 M parameters).

@@ -177,7 +177,7 @@ def _check_stage(name: str, stage: StageConfig) -> None:
 
 FULL = DegradeConfig()
 LIGHT = DegradeConfig(profile="light")
-# Ours, for nano (star_model/weights/nano.md): the light profile at mild ranges, one draw per clip, and
+# Ours, for nano's from-scratch training: the light profile at mild ranges, one draw per clip, and
 # no USM sharpening of the GT, so the model learns to reach the real HR picture (what PSNR and SSIM
 # against HR measure) from LR clips with some blur, noise and compression rather than from the
 # heavy Real-ESRGAN mix a 4.8 M-parameter model trained for hours could not undo.

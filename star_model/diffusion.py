@@ -93,7 +93,13 @@ def guided_x0(
     uncond); one batched pass is faster on a GPU and agrees to float error. xt (B, 4, F, H, W) is the
     VP network input, t (B,) int64; `hint` is the clean LR latent (B, 4, F, H, W), given to both halves
     (no noise augmentation, as the official); `y_*` are the text contexts (B, L, ctx).
+
+    With guide_scale 1 and no rescale, guidance is the conditional velocity itself, so the unconditional
+    half is not computed (nano restores so).
     """
+    if guide_scale == 1.0 and guide_rescale == 0.0:
+        v = model(xt, t, y_cond, hint=hint).float()
+        return x0_from_v(schedule, xt.float(), v, t)
     batch = xt.shape[0]
     v_both = model(
         torch.cat([xt, xt]),  # (2B, 4, F, H, W)

@@ -3,7 +3,7 @@ the preset under test (plain interpolation, and Real-ESRGAN where its package is
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 
 import numpy as np
 import torch
@@ -11,8 +11,6 @@ import torch.nn.functional as F
 
 from star_model.degrade import degrade_clip
 from star_model.degrade_config import PROFILES
-
-log = logging.getLogger(__name__)
 
 INTERPOLATIONS = ("bicubic", "bilinear")
 REALESRGAN = "realesrgan"
@@ -42,8 +40,6 @@ def make_lq(hr_fhwc_u8: np.ndarray, scale: int, degrade: str | None, seed: int) 
     if degrade is None:
         return resize(hr_fhwc_u8, (hr_fhwc_u8.shape[1] // scale, hr_fhwc_u8.shape[2] // scale), "bicubic")
     config = PROFILES[degrade]
-    import dataclasses
-
     return degrade_clip(hr_fhwc_u8, dataclasses.replace(config, scale=scale, usm_weight=0.0), seed)[1]
 
 

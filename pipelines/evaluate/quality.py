@@ -47,7 +47,6 @@ class ReferenceFlow:
         grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in reference_fhwc_u8]
         height, width = grey[0].shape
         ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-        self.grid = (xs, ys)
         self.maps: list[tuple[np.ndarray, np.ndarray]] = []  # where frame t's pixels lie in frame t+1
         self.masks: list[np.ndarray] = []  # (H, W) bool: seen in both frames
         for a, b in zip(grey[:-1], grey[1:]):
