@@ -10,16 +10,21 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import parity
+from star_model.parity.sampling import official_schedule
 from star_model.schedule import ScheduleConfig, build_schedule, solver_sigmas, solver_timesteps
 
 SCHEDULE = build_schedule()
+# The derived maps are checked on the fixture's own tables: near sigma = 1 the last float32 bit of a
+# table entry, which varies with the machine's libm, is amplified to ~1e-4 (see `official_schedule`).
+OFFICIAL = official_schedule(parity("schedule.safetensors").parent)
 
 
 def assert_close_with_inf(ours: torch.Tensor, ref: torch.Tensor, atol: float) -> None:
     finite = torch.isfinite(ref)
     assert torch.equal(torch.isfinite(ours), finite)
     assert torch.equal(ours[~finite], ref[~finite])
-    torch.testing.assert_close(ours[finite], ref[finite], atol=atol, rtol=0)
+    # k-sigmas reach 1e3: the bound is relative there (a float32 bit of 1e3 is 1.2e-4), as `compare_scaled`.
+    torch.testing.assert_close(ours[finite], ref[finite], atol=atol, rtol=atol)
 
 
 def test_tables_match_official() -> None:
@@ -27,16 +32,18 @@ def test_tables_match_official() -> None:
     torch.testing.assert_close(SCHEDULE.sigmas, ref["sigmas"], atol=2e-5, rtol=0)
     torch.testing.assert_close(SCHEDULE.alphas, ref["alphas"], atol=2e-5, rtol=0)
     torch.testing.assert_close(SCHEDULE.alphas_cumprod, ref["alphas_cumprod"], atol=2e-5, rtol=0)
-    assert_close_with_inf(-SCHEDULE.logsnrs, ref["logsnrs"], 2e-5)  # official sign: log(sigma²/alpha²)
-    assert_close_with_inf(SCHEDULE.k_sigmas, ref["k_sigmas"], 2e-5)
+    assert_close_with_inf(-OFFICIAL.logsnrs, ref["logsnrs"], 2e-5)  # official sign: log(sigma²/alpha²)
+    assert_close_with_inf(OFFICIAL.k_sigmas, ref["k_sigmas"], 2e-5)
     plain = build_schedule(ScheduleConfig(zero_terminal_snr=False))
     torch.testing.assert_close(plain.sigmas, ref["sigmas_before_zero_terminal_snr"], atol=2e-5, rtol=0)
 
 
 def test_timestep_sigma_maps_match_official() -> None:
     ref = load_file(parity("schedule.safetensors"))
-    assert_close_with_inf(SCHEDULE.t_to_sigma(ref["t_to_sigma.t"]), ref["t_to_sigma.sigma"], 2e-5)
-    torch.testing.assert_close(SCHEDULE.sigma_to_t(ref["sigma_to_t.sigma"]), ref["sigma_to_t.t"], atol=2e-5, rtol=0)
+    assert_close_with_inf(OFFICIAL.t_to_sigma(ref["t_to_sigma.t"]), ref["t_to_sigma.sigma"], 2e-5)
+    # t up to 999: one float32 bit is 6e-5, so the bound is relative there.
+    torch.testing.assert_close(OFFICIAL.sigma_to_t(ref["sigma_to_t.sigma"]), ref["sigma_to_t.t"], atol=2e-5,
+                               rtol=2e-5)
 
 
 def test_solver_sigmas_and_model_timesteps_match_official() -> None:
@@ -44,9 +51,11 @@ def test_solver_sigmas_and_model_timesteps_match_official() -> None:
     modes = json.loads((parity("schedule.json")).read_text())["sampling_schedules"]
     assert modes, "schedule.json lists no sampling schedule"
     for label, meta in modes.items():
-        sigmas = solver_sigmas(SCHEDULE, meta["solver_mode"], meta["steps_arg"], meta["t_max"])
+        sigmas = solver_sigmas(OFFICIAL, meta["solver_mode"], meta["steps_arg"], meta["t_max"])
         torch.testing.assert_close(sigmas, ref[f"solver_sigmas.{label}"], atol=2e-5, rtol=0)
-        assert SCHEDULE.model_timestep(sigmas[:-1]).tolist() == meta["model_timesteps"], label
+        assert SCHEDULE.model_timestep(solver_sigmas(SCHEDULE, meta["solver_mode"], meta["steps_arg"],
+                                                     meta["t_max"])[:-1]).tolist() == meta["model_timesteps"]
+        assert OFFICIAL.model_timestep(sigmas[:-1]).tolist() == meta["model_timesteps"], label
 
 
 def test_schedule_shape() -> None:

@@ -33,3 +33,14 @@ def compare(name: str, ours: torch.Tensor, official: torch.Tensor, tolerance: fl
         raise ValueError(f"{name}: shape {tuple(ours.shape)} differs from the fixture's {tuple(official.shape)}")
     diff = (ours.detach().double().cpu() - official.double()).abs()
     return Check(name, float(diff.max()) if diff.numel() else 0.0, tolerance)
+
+
+def compare_scaled(name: str, ours: torch.Tensor, official: torch.Tensor, tolerance: float) -> Check:
+    """`compare` with each entry's error divided by max(1, |official|): for values far from unit scale
+    (0..255 images, FFT magnitudes, k-sigmas near 1e3), whose last float32 bit alone is worth more than a
+    unit-scale bound and varies with the machine's libm and FFT summation order."""
+    if tuple(ours.shape) != tuple(official.shape):
+        raise ValueError(f"{name}: shape {tuple(ours.shape)} differs from the fixture's {tuple(official.shape)}")
+    reference = official.double()
+    diff = (ours.detach().double().cpu() - reference).abs() / reference.abs().clamp(min=1.0)
+    return Check(name, float(diff.max()) if diff.numel() else 0.0, tolerance)

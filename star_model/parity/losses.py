@@ -16,6 +16,12 @@ from star_model.parity import Check, compare
 from star_model.schedule import build_schedule
 
 TOLERANCE = 2e-5
+
+
+def _fft_bound(official: torch.Tensor) -> float:
+    """FFT magnitudes (up to ~60 here) are sums whose float32 rounding depends on the machine's FFT
+    summation order, so their error is proportional to the largest of them: the bound scales with it."""
+    return TOLERANCE * max(1.0, float(official.abs().max()))
 FIXTURE = "dfloss.safetensors"
 
 
@@ -32,8 +38,9 @@ def checks(folder: Path) -> list[Check]:
             found += _case_checks(case, ref, meta.get(case, {}))
     if "balance.x" in ref:
         low, high = official_frequencies(ref["balance.x"], balance=float(ref["balance.value"]))
-        found += [compare("dfloss.balance.low_freq", low, ref["balance.low_freq"], TOLERANCE),
-                  compare("dfloss.balance.high_freq", high, ref["balance.high_freq"], TOLERANCE)]
+        found += [compare("dfloss.balance.low_freq", low, ref["balance.low_freq"], _fft_bound(ref["balance.low_freq"])),
+                  compare("dfloss.balance.high_freq", high, ref["balance.high_freq"],
+                          _fft_bound(ref["balance.high_freq"]))]
     return found
 
 
@@ -80,8 +87,10 @@ def _case_checks(case: str, ref: dict[str, torch.Tensor], meta: dict) -> list[Ch
         if f"{case}.low_freq_pred" in ref:
             for name, video in (("pred", pred), ("gt", gt)):
                 f_low, f_high = official_frequencies(video.transpose(1, 2).flatten(0, 1))  # (B*F, C, H, W)
-                found += [compare(f"dfloss.{case}.low_freq_{name}", f_low, r(f"low_freq_{name}"), TOLERANCE),
-                          compare(f"dfloss.{case}.high_freq_{name}", f_high, r(f"high_freq_{name}"), TOLERANCE)]
+                found += [compare(f"dfloss.{case}.low_freq_{name}", f_low, r(f"low_freq_{name}"),
+                                  _fft_bound(r(f"low_freq_{name}"))),
+                          compare(f"dfloss.{case}.high_freq_{name}", f_high, r(f"high_freq_{name}"),
+                                  _fft_bound(r(f"high_freq_{name}")))]
     loss_v = v_loss(r("v_pred"), r("v_target"))
     total = loss_v + df_weight(t, cfg) * loss_t
     found += [
