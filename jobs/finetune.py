@@ -27,13 +27,14 @@ from star_model.degrade_config import PROFILES  # noqa: E402
 from star_model.losses import LossConfig  # noqa: E402
 
 RUN = ("data", "storage", "preset", "weights", "venhancer", "checkpoint", "from_scratch", "name", "workers",
-       "use_gpu", "cpus_per_worker", "steps", "batch_size", "lr", "checkpoint_every", "seed", "fixed_noise")
+       "use_gpu", "cpus_per_worker", "steps", "batch_size", "lr", "checkpoint_every", "seed", "timesteps",
+       "fixed_noise")
 CLIPS = ("frames", "crop", "degrade", "scales", "clips_per_video")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_options(parser, FinetuneConfig, RUN, required=["steps"])
+    add_options(parser, FinetuneConfig, RUN, required=["steps"], parse={"timesteps": int_list})
     add_options(parser, ClipConfig, CLIPS, parse={"crop": size, "scales": int_list, "degrade": PROFILES})
     add_options(parser, LossConfig, ["mode"], flags={"mode": "--df-mode"})
     args = parser.parse_args(argv)

@@ -53,6 +53,9 @@ class FinetuneConfig:
     keep_checkpoints: int | None = 3
     max_failures: int = 3  # worker-group restarts from the latest checkpoint before the run fails
     seed: int = 0  # draws the clips, the noise and every random initial weight
+    # Training timesteps, first,last (inclusive), drawn uniformly (official: all 1000). A from-scratch
+    # model that restores in one step at t_start learns only where its sampler asks (nano: 700,999).
+    timesteps: tuple[int, int] = (0, 999)
     # Debug: a clip gets the same t and noise at every step (overfit a tiny set). With one clip per
     # worker this is nanoGPT's overfit-one-batch check of the loop: the loss must fall.
     fixed_noise: bool = False
@@ -73,6 +76,9 @@ class FinetuneConfig:
                              f"use batch_size 1 (got {self.batch_size})")
         if self.from_scratch and (self.weights is not None or self.venhancer is not None):
             raise ValueError("from_scratch starts from random weights: drop weights/venhancer")
+        if len(self.timesteps) != 2 or not 0 <= self.timesteps[0] <= self.timesteps[1] <= 999:
+            raise ValueError(f"FinetuneConfig.timesteps={self.timesteps} must be two steps first,last "
+                             f"with 0 <= first <= last <= 999")
         if self.max_failures < 0:
             raise ValueError(f"FinetuneConfig.max_failures={self.max_failures} must be >= 0 (-1 is not allowed)")
 

@@ -115,7 +115,8 @@ class FinetuneStep:
         z_gt = self._encode(gt, gens)  # (B, 4, F, h, w)
         z_lq = self._encode(lq, gens)
         y = self._context(list(batch[CAPTION]))
-        t = torch.stack([torch.randint(0, self.schedule.num_timesteps, (1,), generator=g)[0] for g in gens])
+        first, last = cfg.timesteps
+        t = torch.stack([torch.randint(first, last + 1, (1,), generator=g)[0] for g in gens])
         noise = torch.stack([torch.randn(z_gt.shape[1:], generator=g) for g in gens]).to(self.device)
         t = t.to(self.device)
         x_t = diffuse(self.schedule, z_gt, t, noise)
