@@ -111,6 +111,19 @@ _PIECES: tuple[tuple[str, tuple[tuple[str, ...], ...], str], ...] = (
 )
 
 
+def default_preset(weights: str | Path | None) -> str:
+    """The preset a job runs when none is named: `official` when weights are given (real work), else
+    the shipped `nano`, so that a first run without downloads restores real pictures."""
+    return "official" if weights is not None else "nano"
+
+
+def restore_settings(preset_name: str, scale: int, steps: int | None = None) -> RestoreConfig:
+    """A preset's restore settings at `scale`; `steps` switches to 'normal' mode with that many solver
+    evaluations (None: the preset's own schedule)."""
+    sampler = {} if steps is None else dict(solver_mode="normal", steps=steps)
+    return get_preset(preset_name).restore_config(scale=scale, **sampler)
+
+
 def missing_weights(files: Collection[str], checkpoint: str | None = "light_deg") -> list[str]:
     """Every piece a weights folder holding `files` (posix paths relative to it) lacks, one line each:
     what it is, which files would do and where they come from. Both presets share the layout.
@@ -144,6 +157,10 @@ def resolve_weights(preset: StarPreset, weights: str | Path | None,
     `pipelines.weights.check` and `local_copy`.
     """
     if weights is None:
+        if preset.shipped is not None and not Path(preset.shipped).is_file():
+            raise ValueError(f"preset {preset.name!r} ships its weights at {preset.shipped}, which is missing; "
+                             f"reinstall the package, or train them with the command in "
+                             f"{Path(preset.shipped).with_suffix('.md')}")
         if preset.weights_optional:
             return None
         raise ValueError(f"preset {preset.name!r} needs --weights DIR holding star/, text/ and vae/ "

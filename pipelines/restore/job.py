@@ -13,7 +13,7 @@ from pipelines import storage
 from pipelines.media.scenes import DETECTORS
 from pipelines.reachable import check_reachable
 from pipelines.weights import check as check_weights
-from star_model.presets import get_preset
+from star_model.presets import default_preset, get_preset, restore_settings
 from star_model.restore import RestoreConfig
 
 TINY_WARNING = "preset 'tiny' has RANDOM weights: its outputs are NOT restorations (pipeline smoke tests only)"
@@ -26,7 +26,9 @@ class ArchiveJob:
 
     input: str  # folder, s3://bucket/prefix or gs://bucket/prefix of the source videos
     output: str  # folder or bucket URL for the restored videos and the ledger
-    preset: str = "official"  # official (needs --weights) or tiny (without --weights random: NOT a restoration)
+    # nano (shipped with the package; the default without --weights), official (needs --weights; the default
+    # with them: the preset for real work) or tiny (random weights without --weights: NOT a restoration)
+    preset: str | None = None
     weights: str | None = None  # folder or bucket with star/, text/ and vae/ (jobs/fetch_weights.py writes one)
     checkpoint: str = "light_deg"  # light_deg or heavy_deg
     scale: int = 4  # upscaling factor
@@ -44,10 +46,13 @@ class ArchiveJob:
     # after this long.
     lease_minutes: float = 10.0
 
+    def __post_init__(self) -> None:
+        if self.preset is None:
+            object.__setattr__(self, "preset", default_preset(self.weights))
+
     def restore_config(self) -> RestoreConfig:
         """How the actors restore a clip: the preset's settings at this scale (and step count)."""
-        sampler = {} if self.steps is None else dict(solver_mode="normal", steps=self.steps)
-        return get_preset(self.preset).restore_config(scale=self.scale, **sampler)
+        return restore_settings(self.preset, self.scale, self.steps)
 
     def settings(self) -> dict[str, Any]:
         """Everything the restored pixels depend on; a video is redone when any of it changes. Built

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 
 from pipelines import storage
+from pipelines.actors import actor_pool
 from pipelines.restore import ledger, metrics
 from pipelines.restore.assemble_stage import finish_video
 from pipelines.restore.job import TINY_WARNING, ArchiveJob, validate
@@ -123,7 +124,7 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
                     run_id: str) -> Iterator[dict[str, Any]]:
     """The restore pipeline, top to bottom; yields each video's ledger row as it finishes."""
     settings = job.settings_key()
-    use_gpu, actors = _actor_pool(job)
+    use_gpu, actors = actor_pool(job.device, job.actors, job.accelerator_type)
 
     # 1. Sources: one row per video, each its own block so that the scenes tasks run in parallel.
     #    out: source, rel, fingerprint, video_id, output_stem, staging
@@ -175,20 +176,6 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
     while running:
         ready, running = ray.wait(running, num_returns=1)
         yield from ray.get(ready)
-
-
-def _actor_pool(job: ArchiveJob) -> tuple[bool, int]:
-    """(GPU actors?, most actors): one actor per GPU in the cluster; without GPUs, CPU actors."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    use_gpu = job.device == "gpu" or job.accelerator_type is not None or (job.device == "auto" and gpus > 0)
-    if use_gpu:
-        if job.actors is None and gpus == 0:
-            log.warning("no GPU in the cluster yet: the restore pool is sized at 1 actor; pass --actors N for "
-                        "the GPUs the autoscaler may start")
-        return True, job.actors or max(gpus, 1)
-    log.warning("restoring on CPU (%s): fine for the tiny preset, far too slow for the official one",
-                "--device cpu" if job.device == "cpu" else "no GPU in the cluster")
-    return False, job.actors or 1
 
 
 def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile]

@@ -1,0 +1,27 @@
+"""How big a model actor pool is and whether its actors hold GPUs: shared by the restore and the
+evaluation jobs, which both run STAR in a Ray Data actor pool."""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+def actor_pool(device: str, actors: int | None, accelerator_type: str | None = None) -> tuple[bool, int]:
+    """(GPU actors?, most actors): one actor per GPU in the cluster; without GPUs, CPU actors.
+
+    `device` is auto (GPUs when the cluster has any), gpu (ask for GPUs even before an autoscaler has
+    started one) or cpu; an `accelerator_type` implies GPUs."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = device == "gpu" or accelerator_type is not None or (device == "auto" and gpus > 0)
+    if use_gpu:
+        if actors is None and gpus == 0:
+            log.warning("no GPU in the cluster yet: the actor pool is sized at 1 actor; pass --actors N for "
+                        "the GPUs the autoscaler may start")
+        return True, actors or max(gpus, 1)
+    log.warning("running STAR on CPU (%s): fine for the nano and tiny presets, far too slow for the official one",
+                "--device cpu" if device == "cpu" else "no GPU in the cluster")
+    return False, actors or 1
