@@ -46,3 +46,9 @@ def test_job_fields_count_unless_they_only_say_how_it_runs(name):
         assert changed.settings_key() == KEY
     else:
         assert changed.settings_key() != KEY
+
+
+def test_the_preset_defaults_to_nano_without_weights_and_official_with_them():
+    assert ArchiveJob(input="in", output="out").preset == "nano"
+    assert ArchiveJob(input="in", output="out", weights="/weights").preset == "official"
+    assert ArchiveJob(input="in", output="out", weights="/weights", preset="tiny").preset == "tiny"

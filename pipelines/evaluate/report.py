@@ -56,14 +56,15 @@ def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], job: dic
     lines += ["", "## Per clip", "", "| clip | scale | method | size | PSNR (dB) | SSIM | warp (1e-3) | error |",
               "|---|---:|---|---|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["rel"], r["scale"], r["method"])):
-        lines.append(f"| {r['rel']} | x{r['scale']} | {r['method']} | {r['size']} | {r['psnr']:.2f} | "
-                     f"{r['ssim']:.4f} | {1000 * r['warp']:.3f} | {r['error']} |")
+        lines.append(f"| {r['rel']} | x{r['scale']} | {r['method']} | {r['size']} | {_fmt(r['psnr'], '.2f')} | "
+                     f"{_fmt(r['ssim'], '.4f')} | {_fmt(1000 * r['warp'], '.3f')} | {r['error']} |")
     return "\n".join(lines) + "\n"
 
 
 def write_report(output: str, job: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Write results.json and results.md under `output` (atomically); returns the JSON content."""
-    rows = [{k: _plain(v) for k, v in r.items()} for r in rows]
+    # Ray Data hands missing numbers back as None: NaN here, null in the JSON
+    rows = [{k: math.nan if v is None and k in METRICS else _plain(v) for k, v in r.items()} for r in rows]
     summary = summarise(rows, job["preset"])
     report = {"job": job, "summary": summary, "rows": rows}
     storage.write_bytes_atomic(storage.join(output, "results.json"), json.dumps(_json_safe(report), indent=1).encode())
@@ -74,6 +75,10 @@ def write_report(output: str, job: dict[str, Any], rows: list[dict[str, Any]]) -
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "-" if math.isnan(value) else format(value, spec)
 
 
 def _plain(value: Any) -> Any:

