@@ -253,3 +253,32 @@ def test_train_checkpoint_fail_and_resume(data_dir, tmp_path, ray_address):
     assert "step 8/12" not in log  # nothing before the checkpoint was redone
     _same_checkpoint(run_a / "step_00000012", run_b / "step_00000012")
     assert read_checkpoint(run_a / "step_00000012")[2]["resumed_at"] == [8]
+
+
+@pytest.mark.timeout(600)
+def test_from_scratch_trains_the_whole_nano_denoiser_and_exports_it(data_dir, tmp_path, ray_address):
+    """Nano's recipe in miniature: from a seeded random start, every part of the denoiser trains (not
+    only the control branch), at the restorer's timesteps; the checkpoint exports to a shipped-weights
+    file that the restorer loads strictly."""
+    from pipelines.finetune.export import export_shipped
+    from pipelines.finetune.trainer import run_finetune
+    from star_model.presets import get_preset, load_shipped, restore_settings
+    from star_model.restore import StarRestorer
+
+    clips = ClipConfig(frames=4, crop=(40, 32), seed=1, scales=(2, 4))  # latent 10x8: fits nano's UNet
+    cfg = _config(data_dir, tmp_path, preset="nano", from_scratch=True, workers=1, steps=2, checkpoint_every=2,
+                  clips=clips, fixed_noise=False, timesteps=(700, 999))
+    result = run_finetune(cfg)
+    weights, _, state = read_checkpoint(result.checkpoint)
+    initial = build_finetune_models(cfg, torch.device("cpu"))[0].state_dict()
+    assert weights.keys() == initial.keys() and state["seed"] == 1  # the whole denoiser is saved
+    changed = {k.split(".")[0] for k in weights if not torch.equal(weights[k], initial[k])}
+    assert {"input_blocks", "middle_block", "output_blocks", "out", "VideoControlNet"} <= changed
+
+    shipped = tmp_path / "nano.safetensors"
+    assert export_shipped(result.checkpoint, shipped)["step"] == "2"
+    denoiser, text, codec = load_shipped(get_preset("nano"), device=torch.device("cpu"), dtype=torch.float32,
+                                         path=shipped)
+    assert all(torch.equal(denoiser.state_dict()[k], weights[k]) for k in weights)
+    lq = np.zeros((2, 10, 8, 3), dtype=np.uint8)
+    assert StarRestorer(denoiser, text, codec, restore_settings("nano", 4))(lq).shape == (2, 40, 32, 3)
