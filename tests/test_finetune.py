@@ -282,3 +282,24 @@ def test_from_scratch_trains_the_whole_nano_denoiser_and_exports_it(data_dir, tm
     assert all(torch.equal(denoiser.state_dict()[k], weights[k]) for k in weights)
     lq = np.zeros((2, 10, 8, 3), dtype=np.uint8)
     assert StarRestorer(denoiser, text, codec, restore_settings("nano", 4))(lq).shape == (2, 40, 32, 3)
+
+
+@pytest.mark.timeout(120)
+def test_the_moving_average_follows_the_weights_and_resumes(data_dir, tmp_path):
+    from pipelines.finetune.checkpoint import read_ema, save_checkpoint
+
+    step = FinetuneStep(_config(data_dir, tmp_path, ema=0.5), torch.device("cpu"))
+    before = {n: t.clone() for n, t in step.ema_state().items()}
+    step(_batch(data_dir), 0)
+    after, weights = step.ema_state(), dict(step.denoiser.named_parameters())
+    moved = [n for n in after if not torch.equal(after[n], before[n])]
+    assert moved
+    for name in moved[:20]:  # decay 0.5: halfway between the old average and the new weights
+        torch.testing.assert_close(after[name], 0.5 * before[name] + 0.5 * weights[name].detach())
+    save_checkpoint(tmp_path, step.denoiser, step.optimizer, {"step": 1}, step.ema_state())
+    resumed = FinetuneStep(_config(data_dir, tmp_path, ema=0.5), torch.device("cpu"))
+    resumed.load_ema(read_ema(tmp_path))
+    assert all(torch.equal(resumed.ema_state()[n], after[n]) for n in after)
+    resumed.load_ema(None)  # a checkpoint without an average: it restarts from the current weights
+    current = dict(resumed.denoiser.named_parameters())
+    assert all(torch.equal(t, current[n].detach()) for n, t in resumed.ema_state().items())

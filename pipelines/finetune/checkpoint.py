@@ -16,15 +16,20 @@ from star_model.checkpoint import CheckpointError, read_state_dict
 WEIGHTS_FILE = "trainable.safetensors"  # the trainable tensors, fp32
 OPTIMIZER_FILE = "optimizer.pt"  # AdamW state dict (torch.save; read back with weights_only=True)
 STATE_FILE = "state.json"  # step, preset, metrics history, resumed_at
+EMA_FILE = "ema.safetensors"  # the moving average of the trainable tensors (runs with FinetuneConfig.ema)
 
 
 def save_checkpoint(folder: str | os.PathLike, denoiser: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any]) -> None:
-    """Write the denoiser's trainable tensors, the optimiser state and `state` (it holds the step)."""
+                    state: dict[str, Any], ema: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the denoiser's trainable tensors, the optimiser state, `state` (it holds the step) and the
+    moving average of the trainable tensors when there is one."""
     folder = Path(folder)
     trainable = {n: p.detach().to("cpu", torch.float32).contiguous()
                  for n, p in denoiser.named_parameters() if p.requires_grad}
     safetensors.torch.save_file(trainable, folder / WEIGHTS_FILE, metadata={"step": str(state["step"])})
+    if ema is not None:
+        safetensors.torch.save_file({n: t.detach().to("cpu", torch.float32).contiguous() for n, t in ema.items()},
+                                    folder / EMA_FILE, metadata={"step": str(state["step"])})
     torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
     (folder / STATE_FILE).write_text(json.dumps(state))
 
@@ -57,3 +62,9 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     weights = read_state_dict(folder / WEIGHTS_FILE)
     optimizer = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     return weights, optimizer, json.loads((folder / STATE_FILE).read_text())
+
+
+def read_ema(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The moving average of a checkpoint's trainable tensors, None when the run kept none."""
+    path = Path(folder) / EMA_FILE
+    return read_state_dict(path) if path.is_file() else None

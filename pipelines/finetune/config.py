@@ -56,6 +56,9 @@ class FinetuneConfig:
     # Training timesteps, first,last (inclusive), drawn uniformly (official: all 1000). A from-scratch
     # model that restores in one step at t_start learns only where its sampler asks (nano: 700,999).
     timesteps: tuple[int, int] = (0, 999)
+    # Decay of an exponential moving average of the trained weights, kept in every checkpoint beside
+    # them and what --export writes (None: no average, as the official trainer)
+    ema: float | None = None
     # Debug: a clip gets the same t and noise at every step (overfit a tiny set). With one clip per
     # worker this is nanoGPT's overfit-one-batch check of the loop: the loss must fall.
     fixed_noise: bool = False
@@ -79,6 +82,8 @@ class FinetuneConfig:
         if len(self.timesteps) != 2 or not 0 <= self.timesteps[0] <= self.timesteps[1] <= 999:
             raise ValueError(f"FinetuneConfig.timesteps={self.timesteps} must be two steps first,last "
                              f"with 0 <= first <= last <= 999")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"FinetuneConfig.ema={self.ema} must be in (0, 1), e.g. 0.999")
         if self.max_failures < 0:
             raise ValueError(f"FinetuneConfig.max_failures={self.max_failures} must be >= 0 (-1 is not allowed)")
 

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from pipelines import storage
-from pipelines.finetune.checkpoint import restore_checkpoint, save_checkpoint
+from pipelines.finetune.checkpoint import read_ema, restore_checkpoint, save_checkpoint
 from pipelines.finetune.config import FinetuneConfig
 from pipelines.finetune.data import iter_pairs
 from pipelines.finetune.step import FinetuneStep
@@ -37,6 +37,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = restore_checkpoint(folder, trainer.denoiser, trainer.optimizer, cfg.preset)
+            trainer.load_ema(read_ema(folder))
         step = int(state["step"])
         history, resumed_at = state.get("history", []), state.get("resumed_at", []) + [step]
         if rank == 0:
@@ -83,7 +84,7 @@ def _report_with_checkpoint(trainer: FinetuneStep, metrics: dict[str, Any], stat
     with tempfile.TemporaryDirectory(prefix="star-ckpt-") as folder:
         checkpoint = None
         if rank == 0:  # the weights are identical on every worker (DDP): one copy is written
-            save_checkpoint(folder, trainer.denoiser, trainer.optimizer, state)
+            save_checkpoint(folder, trainer.denoiser, trainer.optimizer, state, trainer.ema_state())
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"step_{state['step']:08d}")
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from pipelines.finetune.config import FinetuneConfig
 from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, derive_seed
@@ -71,8 +72,29 @@ class FinetuneStep:
         # AdamW on the trainable parameters only, official hyper-parameters; constant lr (official).
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                            weight_decay=cfg.weight_decay)
+        # The moving average of the trained weights (cfg.ema), one tensor per trainable parameter, in the
+        # order of `trainable`; torch's EMA update (swa_utils), applied after every optimiser step.
+        self.ema = [p.detach().clone() for p in self.trainable] if cfg.ema is not None else None
+        self._ema_update = get_ema_multi_avg_fn(cfg.ema) if cfg.ema is not None else None
         self.schedule = build_schedule()
         self._contexts: dict[str, torch.Tensor] = {}
+
+    def ema_state(self) -> dict[str, torch.Tensor] | None:
+        """{parameter name: its moving average}, None without cfg.ema."""
+        if self.ema is None:
+            return None
+        names = {id(p): n for n, p in self.denoiser.named_parameters()}
+        return {names[id(p)]: e for p, e in zip(self.trainable, self.ema)}
+
+    def load_ema(self, state: dict[str, torch.Tensor] | None) -> None:
+        """Resume the average from a checkpoint's; None (a checkpoint without one) restarts it from the
+        current weights."""
+        if self.ema is None:
+            return
+        names = {id(p): n for n, p in self.denoiser.named_parameters()}
+        with torch.no_grad():
+            for p, e in zip(self.trainable, self.ema):
+                e.copy_(p if state is None else state[names[id(p)]])
 
     def _context(self, captions: list[str]) -> torch.Tensor:
         """(B, 77, D) text context; each distinct caption is encoded once (they are all "").
@@ -132,6 +154,8 @@ class FinetuneStep:
         terms.total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self._ema_update(self.ema, [p.detach() for p in self.trainable], None)
 
         logged = torch.stack([terms.total.detach(), terms.v.detach().mean(), terms.df.detach().mean(),
                               grad_norm.detach().float()]).float()
