@@ -40,8 +40,9 @@ def check(preset: StarPreset, url: str | None, checkpoint: str | None = "light_d
     """Raise ValueError listing everything the weights folder `url` (local, s3://, gs://) lacks, and
     every file its manifest lists that is missing or has another size. No download, no hashing.
     `url=None` is fine only for presets that run with random weights."""
-    if url is None:
-        resolve_weights(preset, None, checkpoint)  # raises unless the preset's weights are optional
+    if url is None or preset.shipped is not None:
+        # None: raises unless the preset's weights are optional; nano takes one local file of its layout
+        resolve_weights(preset, url, checkpoint)
         return
     try:
         check_reachable(url)

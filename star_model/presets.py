@@ -84,9 +84,9 @@ PRESETS: dict[str, StarPreset] = {
 
 @dataclass(frozen=True)
 class WeightPaths:
-    checkpoint: Path | None  # None when no STAR checkpoint was asked for
-    text: Path
-    vae: Path
+    checkpoint: Path | None  # None when no STAR checkpoint was asked for; a shipped-layout file for nano
+    text: Path | None  # None for a shipped-layout file (it holds the text tower; nano has no VAE)
+    vae: Path | None
 
 
 def get_preset(name: str) -> StarPreset:
@@ -156,6 +156,11 @@ def resolve_weights(preset: StarPreset, weights: str | Path | None,
     every missing piece and where to get it, so a job fails before asking for a GPU. Buckets:
     `pipelines.weights.check` and `local_copy`.
     """
+    if preset.shipped is not None and weights is not None:
+        if not Path(weights).is_file():
+            raise ValueError(f"preset {preset.name!r} takes --weights as one local file of its shipped layout (what "
+                             f"jobs/finetune.py --export writes), not {weights}")
+        return WeightPaths(Path(weights), None, None)
     if weights is None:
         if preset.shipped is not None and not Path(preset.shipped).is_file():
             raise ValueError(f"preset {preset.name!r} ships its weights at {preset.shipped}, which is missing; "
@@ -200,6 +205,8 @@ def build_models(preset: StarPreset, paths: WeightPaths | None, *, device: torch
     `seed`; `fresh=True` asks for that random start even where weights are shipped (nano trained from
     scratch). Random weights depend on `seed` only, so every worker and every restart builds the same.
     """
+    if paths is not None and preset.shipped is not None:  # another file of the shipped layout
+        return load_shipped(preset, device=device, dtype=dtype, path=paths.checkpoint)
     if paths is not None:
         # No checkpoint in `paths` (a VEnhancer start loads its own): the denoiser starts from `seed`.
         denoiser = load_denoiser(preset.denoiser, paths.checkpoint, device=device, dtype=dtype, seed=seed)

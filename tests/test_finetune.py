@@ -262,8 +262,7 @@ def test_from_scratch_trains_the_whole_nano_denoiser_and_exports_it(data_dir, tm
     file that the restorer loads strictly."""
     from pipelines.finetune.export import export_shipped
     from pipelines.finetune.trainer import run_finetune
-    from star_model.presets import get_preset, load_shipped, restore_settings
-    from star_model.restore import StarRestorer
+    from star_model.presets import load_restorer
 
     clips = ClipConfig(frames=4, crop=(40, 32), seed=1, scales=(2, 4))  # latent 10x8: fits nano's UNet
     cfg = _config(data_dir, tmp_path, preset="nano", from_scratch=True, workers=1, steps=2, checkpoint_every=2,
@@ -277,11 +276,10 @@ def test_from_scratch_trains_the_whole_nano_denoiser_and_exports_it(data_dir, tm
 
     shipped = tmp_path / "nano.safetensors"
     assert export_shipped(result.checkpoint, shipped)["step"] == "2"
-    denoiser, text, codec = load_shipped(get_preset("nano"), device=torch.device("cpu"), dtype=torch.float32,
-                                         path=shipped)
-    assert all(torch.equal(denoiser.state_dict()[k], weights[k]) for k in weights)
+    restorer = load_restorer("nano", shipped, device="cpu", dtype=torch.float32)  # --weights FILE for nano
+    assert all(torch.equal(restorer.denoiser.state_dict()[k], weights[k]) for k in weights)
     lq = np.zeros((2, 10, 8, 3), dtype=np.uint8)
-    assert StarRestorer(denoiser, text, codec, restore_settings("nano", 4))(lq).shape == (2, 40, 32, 3)
+    assert restorer(lq).shape == (2, 40, 32, 3)
 
 
 @pytest.mark.timeout(120)
