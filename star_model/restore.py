@@ -40,6 +40,10 @@ class RestoreConfig:
     solver_mode: Literal["fast", "normal"] = "fast"  # fast: the official 14 evaluations
     steps: int = 15  # evaluations in "normal" mode (fewer = faster)
     t_start: int = 899  # SDEdit start (official total_noise_levels 900)
+    # The SDEdit start noise: independent per frame (official), or one noise field for every frame of
+    # the clip (ours, for nano: what the network fails to cancel of it then stays put instead of
+    # flickering from frame to frame)
+    start_noise: Literal["per_frame", "shared"] = "per_frame"
     guide_scale: float = 7.5
     guide_rescale: float = 0.2
     padding: Literal["minimal", "official"] = "minimal"
@@ -66,7 +70,8 @@ class RestoreConfig:
             raise ValueError("official_chunking needs temporal_merge='hard_cut'")
         for name, allowed in (("solver_mode", ("fast", "normal")), ("padding", ("minimal", "official")),
                               ("temporal_merge", ("weighted", "hard_cut")),
-                              ("color_fix", ("adain", "wavelet", "none")), ("rounding", ("round", "truncate"))):
+                              ("color_fix", ("adain", "wavelet", "none")), ("rounding", ("round", "truncate")),
+                              ("start_noise", ("per_frame", "shared"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
 
@@ -124,7 +129,9 @@ class StarRestorer:
         windows, tiles = self._plan(z_lr.shape)
 
         # 5. SDEdit start from the LR latent at t_start, then the guided SDE sampler
-        eps = torch.randn(z_lr.shape, generator=torch.Generator().manual_seed(seed + 1)).to(self.device)
+        noise_shape = z_lr.shape if cfg.start_noise == "per_frame" else (*z_lr.shape[:2], 1, *z_lr.shape[3:])
+        eps = torch.randn(noise_shape, generator=torch.Generator().manual_seed(seed + 1)).expand(z_lr.shape)
+        eps = eps.to(self.device)
         x_start = sdedit_start(self.schedule, z_lr, eps, cfg.t_start)
         sigmas = solver_sigmas(self.schedule, cfg.solver_mode, cfg.steps, t_max=cfg.t_start)
 

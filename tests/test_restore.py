@@ -74,6 +74,20 @@ def test_seed_determines_the_output(restorer):
     assert not np.array_equal(first, other)
 
 
+@pytest.mark.parametrize("mode", ["per_frame", "shared"])
+def test_start_noise_is_per_frame_or_one_field_for_all_frames(restorer, mode, monkeypatch):
+    import star_model.restore as restore_module
+
+    seen = []
+    real = restore_module.sdedit_start
+    monkeypatch.setattr(restore_module, "sdedit_start", lambda s, z, eps, t: seen.append(eps) or real(s, z, eps, t))
+    _with(restorer, start_noise=mode)(_frames(3, 16, 16), "")
+    eps = seen[0]  # (1, C, F, h, w)
+    same = [torch.equal(eps[:, :, 0], eps[:, :, k]) for k in (1, 2)]
+    assert same == ([True, True] if mode == "shared" else [False, False])
+    assert 0.8 < float(eps.std()) < 1.2
+
+
 def test_a_tile_covering_the_frame_equals_no_tiling(restorer):
     clip = _frames(3, 24, 32)
     untiled = _with(restorer)(clip, "", seed=1)
