@@ -72,7 +72,11 @@ NANO_WEIGHTS = SHIPPED_WEIGHTS / "nano.safetensors"
 # a 4.8 M-parameter network trained for hours on a CPU learns where its sampler asks, not all 1000 steps;
 # and on the empty prompt's context only, so cond and uncond would differ by noise that guidance would
 # amplify (guided_x0 makes one pass instead of two).
-NANO_RESTORE = (("solver_mode", "normal"), ("steps", 1), ("guide_scale", 1.0), ("guide_rescale", 0.0))
+# One SDEdit noise field for all frames (start_noise="shared"): what nano fails to cancel of the noise then
+# stays put; at training step 700 this cut its warping error on a held-out crop 3x (2.2e-3 -> 0.7e-3)
+# for 0.05 dB of PSNR.
+NANO_RESTORE = (("solver_mode", "normal"), ("steps", 1), ("guide_scale", 1.0), ("guide_rescale", 0.0),
+                ("start_noise", "shared"))
 
 PRESETS: dict[str, StarPreset] = {
     "official": StarPreset("official", denoiser_configs.OFFICIAL, text_configs.OFFICIAL, vae_configs.TILED, False),
