@@ -43,7 +43,7 @@ class FinetuneConfig:
     cpus_per_worker: float = 1.0  # CPUs each training worker holds (the pairs tasks need more besides)
     steps: int = 15_000  # total optimiser steps (resumed runs count on)
     batch_size: int = 1  # clips per worker per step (official: 1 per GPU on 8 GPUs)
-    lr: float = 5e-5  # AdamW learning rate, constant (official)
+    lr: float = 5e-5  # AdamW learning rate, constant (official); a resumed run takes the one given
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8

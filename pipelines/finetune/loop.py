@@ -38,6 +38,8 @@ def train_loop(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             state = restore_checkpoint(folder, trainer.denoiser, trainer.optimizer, cfg.preset)
             trainer.load_ema(read_ema(folder))
+        for group in trainer.optimizer.param_groups:  # the saved state keeps its moments, not its rate:
+            group["lr"] = cfg.lr  # a resumed run trains at the --lr it is given (lower it to settle a run)
         step = int(state["step"])
         history, resumed_at = state.get("history", []), state.get("resumed_at", []) + [step]
         if rank == 0:
