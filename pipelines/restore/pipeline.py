@@ -30,6 +30,7 @@ from pipelines.restore.rows import (FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGI
                                     output_stem, staging_folder, staging_root, video_id)
 from pipelines.restore.summary import RunStats, format_summary
 from pipelines.storage import SourceFile
+from star_model.presets import get_preset
 from star_model.restore import RestoreConfig
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     # 0. Fail fast, before any GPU is asked for: arguments, weights, storage.
     config = validate(job)
     input_root, output_root = storage.canonical(job.input), storage.canonical(job.output)
-    random_weights = job.weights is None  # validate() allowed that only for the tiny preset
+    # validate() allowed no weights only for tiny (random) and nano (its shipped weights)
+    random_weights = job.weights is None and get_preset(job.preset).shipped is None
     if random_weights:
         log.warning("WARNING: %s", TINY_WARNING)
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
