@@ -24,16 +24,14 @@ from diffusers import AutoencoderKL  # noqa: E402
 
 from pipelines.evaluate.quality import psnr_y  # noqa: E402
 from pipelines.finetune.stills import HELD_OUT  # noqa: E402
-from pipelines.media.frames import read_frames  # noqa: E402
-from pipelines.media.probe import probe_timestamps  # noqa: E402
+from pipelines.media.frames import read_first_frames  # noqa: E402
 from star_model.codec import NANO, PixelCodec  # noqa: E402
 
 CROP = (168, 320)
 
 
 def frames_of(path: Path, count: int) -> np.ndarray:
-    _, timestamps = probe_timestamps(str(path))
-    frames = read_frames(str(path), 0, min(count, len(timestamps)), start_pts=int(timestamps[0]))
+    frames = read_first_frames(str(path), count)
     height, width = min(CROP[0], frames.shape[1]) // 8 * 8, min(CROP[1], frames.shape[2]) // 8 * 8
     top, left = (frames.shape[1] - height) // 2, (frames.shape[2] - width) // 2
     return frames[:, top:top + height, left:left + width]

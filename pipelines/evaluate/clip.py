@@ -16,8 +16,7 @@ from PIL import Image, ImageDraw
 from pipelines import storage
 from pipelines.evaluate.methods import INTERPOLATIONS, REALESRGAN, RealEsrgan, crop_to_scale, interpolate, make_lq
 from pipelines.evaluate.quality import ReferenceFlow, psnr_y, ssim_y
-from pipelines.media.frames import read_frames
-from pipelines.media.probe import probe_timestamps
+from pipelines.media.frames import read_first_frames
 from pipelines.weights import local_copy
 from star_model.presets import load_restorer, restore_settings
 
@@ -49,10 +48,7 @@ class ScoreClips:
 
     def score(self, url: str, rel: str) -> list[dict[str, Any]]:
         job = self.job
-        _, timestamps = probe_timestamps(url)
-        count = min(job["frames"], len(timestamps))
-        with storage.open_input(url) as f:
-            reference = _centre_crop(read_frames(f, 0, count, start_pts=int(timestamps[0])), job["crop"])
+        reference = _centre_crop(read_first_frames(url, job["frames"]), job["crop"])
         rows = []
         for scale in job["scales"]:
             hr = crop_to_scale(reference, scale)

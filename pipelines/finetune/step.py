@@ -76,6 +76,8 @@ class FinetuneStep:
         # order of `trainable`; torch's EMA update (swa_utils), applied after every optimiser step.
         self.ema = [p.detach().clone() for p in self.trainable] if cfg.ema is not None else None
         self._ema_update = get_ema_multi_avg_fn(cfg.ema) if cfg.ema is not None else None
+        names = {id(p): n for n, p in self.denoiser.named_parameters()}
+        self._trainable_names = [names[id(p)] for p in self.trainable]
         self.schedule = build_schedule()
         self._contexts: dict[str, torch.Tensor] = {}
 
@@ -83,18 +85,16 @@ class FinetuneStep:
         """{parameter name: its moving average}, None without cfg.ema."""
         if self.ema is None:
             return None
-        names = {id(p): n for n, p in self.denoiser.named_parameters()}
-        return {names[id(p)]: e for p, e in zip(self.trainable, self.ema)}
+        return dict(zip(self._trainable_names, self.ema))
 
     def load_ema(self, state: dict[str, torch.Tensor] | None) -> None:
         """Resume the average from a checkpoint's; None (a checkpoint without one) restarts it from the
         current weights."""
         if self.ema is None:
             return
-        names = {id(p): n for n, p in self.denoiser.named_parameters()}
         with torch.no_grad():
-            for p, e in zip(self.trainable, self.ema):
-                e.copy_(p if state is None else state[names[id(p)]])
+            for name, p, e in zip(self._trainable_names, self.trainable, self.ema):
+                e.copy_(p if state is None else state[name])
 
     def _context(self, captions: list[str]) -> torch.Tensor:
         """(B, 77, D) text context; each distinct caption is encoded once (they are all "").

@@ -80,6 +80,13 @@ class _Window:
     rotation: int
 
 
+
+def read_first_frames(src: str | os.PathLike, count: int) -> np.ndarray:
+    """The first `count` frames of the video at `src` (a path or bucket URL), fewer when it is shorter."""
+    _, timestamps = probe_timestamps(src)
+    return read_frames(src, 0, min(count, len(timestamps)), start_pts=int(timestamps[0]))
+
+
 def _decode_window(f: BinaryIO, start_pts: int, count: int, *, seek_to: int | None) -> _Window | None:
     f.seek(0)
     container = open_container(f)
