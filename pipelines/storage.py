@@ -127,8 +127,8 @@ def list_videos(root: str | os.PathLike) -> list[SourceFile]:
 def atomic_output(url: str | os.PathLike) -> Iterator[str]:
     """Yield a local path to write; on success it appears at `url` whole, on error nothing does.
 
-    Local disk: a hidden temporary file in the destination folder, then `os.replace` (atomic on one
-    filesystem). Buckets have no rename (a "move" is copy + delete), but an object becomes visible
+    Local disk: a hidden temporary file in the destination folder, flushed to the disk (fsync), then
+    `os.replace` (atomic on one filesystem), then the folder flushed so the new name is durable too. Buckets have no rename (a "move" is copy + delete), but an object becomes visible
     only when its upload completes, so the finished local file is uploaded in one put.
     The temporary name ends in `.part`, so a listing of the output folder never takes it for a video.
     """
@@ -140,7 +140,9 @@ def atomic_output(url: str | os.PathLike) -> Iterator[str]:
         tmp = _temporary(path)
         try:
             yield tmp
+            _sync(tmp)  # the data reaches the disk before the name does: a crash never leaves a torn file
             os.replace(tmp, path)
+            _sync(folder)  # and the rename itself survives a power cut
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -195,8 +197,10 @@ def create_exclusive(url: str | os.PathLike, data: bytes) -> bool:
     tmp = _temporary(path)
     with open(tmp, "wb") as f:
         f.write(data)
+    _sync(tmp)
     try:
         os.link(tmp, path)
+        _sync(folder)
     except FileExistsError:
         return False
     except OSError:  # no hard links here (some FUSE mounts): exclusive create, then write
@@ -274,6 +278,15 @@ def _version(fs: fsspec.AbstractFileSystem, name: str, info: dict[str, Any]) -> 
         if info.get(key) is not None:
             return str(info[key])
     return ""
+
+
+def _sync(path: str) -> None:
+    """fsync a local file or folder (a folder's entry list is what a rename changes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _temporary(path: str) -> str:

@@ -13,8 +13,8 @@ import pytest
 from helpers import media
 from pipelines.media.probe import probe
 from pipelines.reachable import check_reachable
-from pipelines.storage import (VIDEO_EXTENSIONS, SourceFile, atomic_output, exists, filesystem, join, list_videos,
-                               open_input, read_bytes, relative, remove, write_bytes_atomic)
+from pipelines.storage import (VIDEO_EXTENSIONS, SourceFile, atomic_output, create_exclusive, exists, filesystem, join,
+                               list_videos, open_input, read_bytes, relative, remove, write_bytes_atomic)
 
 STORES = ["local", "s3", "gs"]
 
@@ -294,3 +294,25 @@ def test_check_reachable_silent_endpoint_times_out(store, variable, monkeypatch)
         with pytest.raises(ValueError, match=f"no answer from {store}://bucket .* within 1 s"):
             check_reachable(f"{store}://bucket/in")
         assert time.monotonic() - start < 5
+
+
+def test_local_writes_reach_the_disk_before_their_name_does(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_bytes_atomic(str(tmp_path / "summary.json"), b"{}")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].endswith(".part") and events[2][1] == str(tmp_path)  # the data, then the folder
+    events.clear()
+    assert create_exclusive(str(tmp_path / "lease.json"), b"{}")
+    assert [kind for kind, _ in events] == ["fsync", "fsync"] and events[1][1] == str(tmp_path)
