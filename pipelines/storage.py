@@ -96,9 +96,47 @@ def list_files(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
         if info.get("type") != "file" or not name.startswith(prefix):
             continue
         rel = name[len(prefix):]
-        if not any(part.startswith(".") for part in rel.split("/")):
+        # "." and ".." segments (possible in bucket keys) are not hidden names: the caller must see
+        # them, and refuse them (`unsafe_key`), not lose the object silently.
+        if not any(part.startswith(".") and part not in (".", "..") for part in rel.split("/")):
             out[rel] = info
     return out
+
+
+def unsafe_key(rel: str) -> str | None:
+    """Why `rel` (a path below the input root, as listed) cannot name an output, or None if it can.
+
+    Object stores allow keys a filesystem cannot hold: "a/../b" (on a local disk or through a FUSE
+    mount it names a file outside its folder), "a//b" and "/a" (empty segments, which URL joins and
+    mounts collapse, so two keys land on one output), "a/./b". Sources with such keys are refused,
+    never written under another name.
+    """
+    parts = rel.split("/")
+    if rel.startswith("/"):
+        return "the key has a leading '/' (an empty first segment)"
+    if "" in parts:
+        return "the key has an empty segment ('//')"
+    if ".." in parts or "." in parts:
+        return "the key has a '..' or '.' segment (it would name a place outside its folder)"
+    if any(ord(c) < 32 for c in rel):
+        return "the key has control characters"
+    return None
+
+
+def case_insensitive(root: str | os.PathLike) -> bool:
+    """Whether names under `root` that differ only in case are one file (macOS and Windows disks,
+    some mounts). Buckets never fold case; a local folder is asked with a hidden probe file."""
+    fs, path = filesystem(root)
+    if not isinstance(fs, LocalFileSystem):
+        return False
+    os.makedirs(path, exist_ok=True)
+    name = f".star-case-probe-{uuid.uuid4().hex[:12]}"
+    with open(os.path.join(path, name), "wb"):
+        pass
+    try:
+        return os.path.exists(os.path.join(path, name.upper()))
+    finally:
+        os.remove(os.path.join(path, name))
 
 
 def list_videos(root: str | os.PathLike) -> list[SourceFile]:
@@ -118,7 +156,9 @@ def list_videos(root: str | os.PathLike) -> list[SourceFile]:
             continue
         if posixpath.splitext(filename)[1].lower() not in VIDEO_EXTENSIONS:
             continue
-        out.append(SourceFile(url=join(base, rel), rel=rel, size=int(info["size"]),
+        # The key exactly as stored: `join` would collapse "//" and name another object.
+        url = f"{base.rstrip('/')}/{rel}" if unsafe_key(rel) else join(base, rel)
+        out.append(SourceFile(url=url, rel=rel, size=int(info["size"]),
                               version=_version(fs, info["name"], info)))
     return sorted(out, key=lambda s: s.rel)
 

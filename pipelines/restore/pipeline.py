@@ -110,10 +110,10 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFi
                  output_root: str, run_id: str, stats: RunStats) -> None:
     """Restore the claimed videos, counting each finished one in `stats` (and the metrics)."""
     settings = job.settings_key()
-    todo, clashing = _split_clashes(todo, sources)
-    for source, reason in clashing:  # decided on the driver: no Ray needed
+    todo, refused = _split_clashes(todo, sources, output_root)
+    for source, reason, permanent in refused:  # decided on the driver: no Ray needed
         row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, VIDEO_ID: video_id(source.url)}
-        log.info(stats.add(_failed_video(row, reason, output_root, run_id, settings)))
+        log.info(stats.add(_failed_video(row, reason, output_root, run_id, settings, permanent=permanent)))
     if not todo:
         return
     started_ray = not ray.is_initialized()
@@ -214,31 +214,38 @@ def _ledger_rows(finished: Iterator[tuple[dict[str, Any], dict[str, Any] | str]]
         yield outcome if isinstance(outcome, dict) else _failed_video(video, outcome, output_root, run_id, settings)
 
 
-def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile]
-                   ) -> tuple[list[SourceFile], list[tuple[SourceFile, str]]]:
-    """Sources whose outputs would collide ("a.mov" and "a.mp4" both restore to "a.mp4") fail;
-    retried on every run, so renaming one of them fixes it."""
+def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile], output_root: str
+                   ) -> tuple[list[SourceFile], list[tuple[SourceFile, str, bool]]]:
+    """(sources to restore, [(source, reason, permanent)] for those refused on the driver): keys that
+    could write outside the output (`storage.unsafe_key`: refused for good while unchanged), and
+    sources whose outputs would collide ("a.mov" and "a.mp4" both restore to "a.mp4"; "A.mp4" and
+    "a.mp4" on an output that folds case), retried on every run, so renaming one of them fixes it."""
+    fold = str.casefold if storage.case_insensitive(output_root) else str
     by_stem = collections.defaultdict(list)
     for s in sources:
-        by_stem[posixpath.splitext(s.rel)[0]].append(s.rel)
-    keep, clashing = [], []
+        by_stem[fold(posixpath.splitext(s.rel)[0])].append(s.rel)
+    keep, refused = [], []
     for s in todo:
-        others = [rel for rel in by_stem[posixpath.splitext(s.rel)[0]] if rel != s.rel]
-        if others:
-            clashing.append((s, f"output name clashes with {', '.join(others)} (same name, other extension); "
-                                f"rename one of them"))
+        unsafe = storage.unsafe_key(s.rel)
+        others = [rel for rel in by_stem[fold(posixpath.splitext(s.rel)[0])] if rel != s.rel]
+        if unsafe:
+            refused.append((s, f"unsafe object key {s.rel!r}: {unsafe}; rename the object", True))
+        elif others:
+            refused.append((s, f"output name clashes with {', '.join(others)} (same name, other extension or "
+                               f"case); rename one of them", False))
         else:
             keep.append(s)
-    return keep, clashing
+    return keep, refused
 
 
-def _failed_video(row: dict[str, Any], reason: str, output_root: str, run_id: str, settings: str) -> dict[str, Any]:
+def _failed_video(row: dict[str, Any], reason: str, output_root: str, run_id: str, settings: str, *,
+                  permanent: bool = False) -> dict[str, Any]:
     """Record a video that failed before or after the workers (a source row or a window row of it):
-    retried by the next run. A ledger write that fails (the store is down) is logged; the run's
+    retried by the next run unless `permanent`. A ledger write that fails (the store is down) is logged; the run's
     summary still counts the video."""
     row = {key: row[key] for key in (SOURCE, REL, FINGERPRINT, VIDEO_ID)} | {
         OUTPUT_STEM: output_stem(output_root, row[REL]), STAGING: ""}
-    failed = failed_row(row, reason, permanent=False)
+    failed = failed_row(row, reason, permanent=permanent)
     try:
         return finish_video([failed], output_root=output_root, run_id=run_id, settings=settings)
     except Exception:  # noqa: BLE001
