@@ -9,7 +9,7 @@ import os
 import posixpath
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -164,8 +164,10 @@ def list_videos(root: str | os.PathLike) -> list[SourceFile]:
 
 
 @contextlib.contextmanager
-def atomic_output(url: str | os.PathLike) -> Iterator[str]:
+def atomic_output(url: str | os.PathLike, fence: Callable[[], None] | None = None) -> Iterator[str]:
     """Yield a local path to write; on success it appears at `url` whole, on error nothing does.
+    `fence`, if given, is called once the file is complete and just before it is published: an
+    exception from it (a lease lost meanwhile) publishes nothing.
 
     Local disk: a hidden temporary file in the destination folder, flushed to the disk (fsync), then
     `os.replace` (atomic on one filesystem), then the folder flushed so the new name is durable too. Buckets have no rename (a "move" is copy + delete), but an object becomes visible
@@ -181,6 +183,8 @@ def atomic_output(url: str | os.PathLike) -> Iterator[str]:
         try:
             yield tmp
             _sync(tmp)  # the data reaches the disk before the name does: a crash never leaves a torn file
+            if fence:
+                fence()
             os.replace(tmp, path)
             _sync(folder)  # and the rename itself survives a power cut
         finally:
@@ -190,6 +194,8 @@ def atomic_output(url: str | os.PathLike) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="star-out-") as folder:
             tmp = os.path.join(folder, name)
             yield tmp
+            if fence:
+                fence()
             fs.put_file(tmp, path)
 
 
@@ -257,6 +263,18 @@ def create_exclusive(url: str | os.PathLike, data: bytes) -> bool:
 def exists(url: str | os.PathLike) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)
+
+
+def remove_empty_folders(url: str | os.PathLike) -> None:
+    """Remove the empty folders under a local `url` (itself included), deepest first. A folder that
+    another process fills meanwhile is left (`rmdir` refuses a non-empty one), so this never deletes
+    anyone's files. Buckets have no folders to remove."""
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
+        return
+    for folder, _, _ in sorted(os.walk(path), key=lambda entry: -entry[0].count(os.sep)):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def remove(url: str | os.PathLike, recursive: bool = False) -> None:

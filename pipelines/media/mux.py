@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import Literal
 
@@ -56,6 +56,7 @@ def write_video(
     *,
     crf: int = 16,
     preset: str = "medium",
+    fence: Callable[[], None] | None = None,
 ) -> None:
     """Write `frames` ((H, W, 3) uint8, one per source frame) to `output_url` (".mp4" or ".mkv": see
     `choose_container`) with the audio and subtitle streams of `source`.
@@ -64,7 +65,8 @@ def write_video(
     variable frame rates and the duration carry over (Matroska rounds them to its millisecond clock).
     The video is H.264 yuv420p; an odd size is padded by one row or column repeating the edge (no
     pixel is dropped). Frames are upright, so no rotation is written. Nothing appears at
-    `output_url` unless the whole file was written.
+    `output_url` unless the whole file was written (and `fence`, called just before, raised nothing:
+    see `storage.atomic_output`).
     """
     fmt = _FORMATS.get(os.path.splitext(os.fspath(output_url))[1].lower())
     if fmt is None:
@@ -77,7 +79,7 @@ def write_video(
     if fmt == "mp4" and info.time_base.numerator == 1:
         options["movie_timescale"] = str(info.time_base.denominator)
 
-    with atomic_output(output_url) as tmp, open_input(source) as f:
+    with atomic_output(output_url, fence) as tmp, open_input(source) as f:
         src = open_container(f)
         try:
             with av.open(tmp, "w", format=fmt, options=options) as out:

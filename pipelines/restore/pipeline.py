@@ -129,7 +129,7 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFi
     finally:
         if started_ray:
             ray.shutdown()
-    _remove_if_empty(staging_root(output_root))
+    storage.remove_empty_folders(staging_root(output_root))  # never a folder another live run is filling
 
 
 def _select(job: ArchiveJob, sources: Sequence[SourceFile], output_root: str) -> ledger.Selection:
@@ -251,10 +251,3 @@ def _failed_video(row: dict[str, Any], reason: str, output_root: str, run_id: st
     except Exception:  # noqa: BLE001
         log.error("could not record the failure of %s in the ledger (%s)", row[SOURCE], reason, exc_info=True)
         return {**failed, SETTINGS: settings, WINDOWS_REUSED: 0, RESTORE_SECONDS: 0.0, WINDOWS: 0}
-
-
-def _remove_if_empty(folder: str) -> None:
-    """Drop the staging folder once no video has segments left in it (local disk keeps empty folders)."""
-    fs, path = storage.filesystem(folder)
-    if fs.exists(path) and not fs.find(path):
-        storage.remove(folder, recursive=True)
