@@ -21,6 +21,8 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 import fsspec  # noqa: E402
 from fsspec.implementations.local import LocalFileSystem  # noqa: E402
 
+from star_model.checkpoint import sha256_of_stream  # noqa: E402
+
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({
     ".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv",
 })
@@ -78,10 +80,13 @@ class SourceFile:
     rel: str  # posix path relative to the input root; the output keeps this layout
     size: int  # bytes
     version: str  # etag on buckets, modification time in ns on local disk
+    checksum: str = ""  # the store's own checksum of the content ("crc32c:...", "md5:..."); "" when none
 
     @property
     def fingerprint(self) -> str:
-        """Changes whenever the content does (size and etag/mtime): the ledger's resume key."""
+        """Changes whenever the content does (size and etag/mtime), and also when a copy is made
+        (`cp -r`, another bucket): the cheap check. The content's identity is `checksum`, or the
+        SHA-256 the scenes stage records (`content_digest`)."""
         return f"{self.size}:{self.version}"
 
 
@@ -158,8 +163,8 @@ def list_videos(root: str | os.PathLike) -> list[SourceFile]:
             continue
         # The key exactly as stored: `join` would collapse "//" and name another object.
         url = f"{base.rstrip('/')}/{rel}" if unsafe_key(rel) else join(base, rel)
-        out.append(SourceFile(url=url, rel=rel, size=int(info["size"]),
-                              version=_version(fs, info["name"], info)))
+        out.append(SourceFile(url=url, rel=rel, size=int(info["size"]), version=_version(fs, info["name"], info),
+                              checksum=_checksum(info)))
     return sorted(out, key=lambda s: s.rel)
 
 
@@ -345,6 +350,27 @@ def _sync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def content_digest(f: BinaryIO) -> str:
+    """"sha256:<hex>" of an open file's whole content (read from the start; the position is restored)."""
+    position = f.tell()
+    f.seek(0)
+    digest = sha256_of_stream(f)
+    f.seek(position)
+    return f"sha256:{digest}"
+
+
+def _checksum(info: dict[str, Any]) -> str:
+    """The store's checksum of the whole content, where it has one that does not depend on how the
+    object was uploaded: GCS's crc32c (every object), S3's ETag when it is a plain MD5 (single-part
+    uploads without KMS; a multipart ETag ("...-N") depends on the part size, so it is not used)."""
+    if info.get("crc32c"):
+        return f"crc32c:{info['crc32c']}"
+    etag = str(info.get("ETag") or "").strip('"')
+    if etag and "-" not in etag and len(etag) == 32 and info.get("ServerSideEncryption") != "aws:kms":
+        return f"md5:{etag}"
+    return ""
 
 
 def _temporary(path: str) -> str:

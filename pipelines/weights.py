@@ -64,6 +64,28 @@ def check(preset: StarPreset, url: str | None, checkpoint: str | None = "light_d
         raise ValueError(incomplete_message(url, problems))
 
 
+def digest(preset: StarPreset, url: str | None, checkpoint: str | None = "light_deg") -> str:
+    """What the restored pixels depend on in the weights, as 16 hex digits: new weights give a new
+    digest (and so a new settings key), a copy of the same weights elsewhere the same one.
+
+    A shipped-layout file (nano): its SHA-256. A folder with a manifest: the manifest's size and
+    SHA-256 of the files this checkpoint uses (star/<checkpoint>.*, text/, vae/). A local folder
+    without one: those files' sizes and modification times (a copy of it counts as new weights;
+    jobs/fetch_weights.py writes manifests). No weights: "random".
+    """
+    if preset.shipped is not None:
+        return sha256_of(url or preset.shipped)[:16]
+    if url is None:
+        return "random"
+    used = ("text/", "vae/", f"star/{checkpoint}.")
+    if storage.exists(storage.join(url, MANIFEST)):
+        files = {rel: entry for rel, entry in read_manifest(url)["files"].items() if rel.startswith(used)}
+    else:
+        files = {rel: [info["size"], info.get("mtime")]
+                 for rel, info in storage.list_files(url).items() if rel.startswith(used)}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def file_sizes(url: str) -> dict[str, int]:
     """{posix path below url: size} of every file, hidden ones (temporaries, .cache/) left out."""
     return {rel: int(info["size"]) for rel, info in storage.list_files(url).items()}

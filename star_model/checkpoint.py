@@ -12,7 +12,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import BinaryIO, Mapping, Sequence
 
 import safetensors.torch
 import torch
@@ -55,10 +55,15 @@ class LoadResult:
 
 def sha256_of(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, streamed so an 8 GB checkpoint never sits in memory."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
+        return sha256_of_stream(f)
+
+
+def sha256_of_stream(f: BinaryIO) -> str:
+    """Hex SHA-256 of what is left to read in an open binary file (any file object: a bucket's too)."""
+    digest = hashlib.sha256()
+    while chunk := f.read(_HASH_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -1,13 +1,19 @@
 """The restore job's settings key, which decides whether a video is already done: built from the fields
-themselves, so every restore setting counts (a new one included) and where the job runs does not."""
+themselves, so every restore setting counts (a new one included) and where the job runs does not; the
+weights count by content."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from pipelines.restore.job import RUN_ONLY, ArchiveJob
+from pipelines.weights import MANIFEST
+from star_model.presets import get_preset
 from star_model.restore import RestoreConfig
 
 JOB = ArchiveJob(input="in", output="out", preset="tiny")
@@ -52,3 +58,35 @@ def test_the_preset_defaults_to_nano_without_weights_and_official_with_them():
     assert ArchiveJob(input="in", output="out").preset == "nano"
     assert ArchiveJob(input="in", output="out", weights="/weights").preset == "official"
     assert ArchiveJob(input="in", output="out", weights="/weights", preset="tiny").preset == "tiny"
+
+
+def test_new_weights_change_the_key_and_a_copy_of_the_same_weights_does_not(tmp_path):
+    shipped = Path(get_preset("nano").shipped)
+    first = tmp_path / "a" / "nano.safetensors"
+    first.parent.mkdir()
+    shutil.copyfile(shipped, first)
+    copy = tmp_path / "b" / "copied.safetensors"
+    copy.parent.mkdir()
+    shutil.copyfile(first, copy)
+    retrained = tmp_path / "retrained.safetensors"
+    retrained.write_bytes(shipped.read_bytes()[:-1] + b"\x00")  # one byte of another model
+    key = ArchiveJob(input="in", output="out", preset="nano", weights=str(first)).settings_key()
+    assert ArchiveJob(input="in", output="out", preset="nano", weights=str(copy)).settings_key() == key
+    assert ArchiveJob(input="in", output="out", preset="nano", weights=str(retrained)).settings_key() != key
+    assert ArchiveJob(input="in", output="out", preset="nano").settings_key() == key  # the shipped file itself
+
+
+def test_a_weights_folder_counts_by_its_manifest(tmp_path):
+    def folder(name: str, sha: str) -> str:
+        root = tmp_path / name
+        root.mkdir()
+        files = {"star/light_deg.safetensors": {"size": 8, "sha256": sha}, "vae/config.json": {"size": 2, "sha256": "b"},
+                 "star/heavy_deg.safetensors": {"size": 8, "sha256": sha + "-other"}}
+        (root / MANIFEST).write_text(json.dumps({"files": files}))
+        return str(root)
+
+    key = ArchiveJob(input="in", output="out", preset="tiny", weights=folder("a", "1")).settings_key()
+    assert ArchiveJob(input="in", output="out", preset="tiny", weights=folder("b", "1")).settings_key() == key
+    assert ArchiveJob(input="in", output="out", preset="tiny", weights=folder("c", "2")).settings_key() != key
+    assert ArchiveJob(input="in", output="out", preset="tiny", weights=folder("d", "1"),
+                      checkpoint="heavy_deg").settings_key() != key

@@ -20,10 +20,10 @@ from pipelines.media.mux import write_video
 from pipelines.media.probe import BadVideo, VideoInfo, probe_timestamps
 from pipelines.restore import ledger, metrics
 from pipelines.restore.lease import LeaseLost, check_held
-from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEVICE, DONE, END, ERROR, FAILED, FINGERPRINT, FINISHED_AT,
-                                    FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT,
-                                    SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED,
-                                    video_staging, window_of)
+from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEVICE, DONE, END, ERROR, FAILED,
+                                    FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED,
+                                    RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW, WINDOWS,
+                                    WINDOWS_REUSED, video_staging, window_of)
 from pipelines.restore.scene_windows import SceneWindow
 from pipelines.storage import Source, atomic_output
 from star_model.windows import blend_ramp
@@ -85,6 +85,7 @@ def _video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], settings: 
     restored = [r for r in rows if r[WINDOW] >= 0]
     return {
         SOURCE: first[SOURCE], REL: first[REL], FINGERPRINT: first[FINGERPRINT], SETTINGS: settings,
+        CHECKSUM: first.get(CHECKSUM) or None, CONTENT: first.get(CONTENT) or None,
         OUTPUT: first[OUTPUT] if status == DONE else None,
         STATUS: status, ERROR: error, PERMANENT: permanent,
         FRAMES: int(first[FRAMES]), WINDOWS: len(restored),

@@ -4,6 +4,7 @@ key that decides whether a video is already done, and every check that can fail 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pipelines import storage
 from pipelines.media.scenes import DETECTORS
 from pipelines.reachable import check_reachable
 from pipelines.weights import check as check_weights
+from pipelines.weights import digest as weights_digest
 from star_model.presets import default_preset, get_preset, restore_settings
 from star_model.restore import RestoreConfig
 
@@ -58,10 +60,15 @@ class ArchiveJob:
         """Everything the restored pixels depend on; a video is redone when any of it changes. Built
         from the fields themselves: every RestoreConfig field, and every field of this job but those
         in RUN_ONLY, so a new option counts unless it is declared not to. The weights count by name
-        (checkpoint) and by whether there are any (the tiny preset runs with or without), not by where
-        they lie: moving the weights folder redoes nothing."""
+        (checkpoint) and by their content (`weights_digest`: new weights redo every output), not by
+        where they lie: moving or copying the weights folder redoes nothing."""
         job = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_ONLY}
-        return {**job, "random_weights": self.weights is None, "restore": dataclasses.asdict(self.restore_config())}
+        return {**job, "weights_digest": self.weights_digest, "restore": dataclasses.asdict(self.restore_config())}
+
+    @functools.cached_property
+    def weights_digest(self) -> str:
+        """`pipelines.weights.digest` of this job's weights (read once per job)."""
+        return weights_digest(get_preset(self.preset), self.weights, self.checkpoint)
 
     def settings_key(self) -> str:
         """12 hex digits of the settings (sorted JSON): the ledger's `settings` column."""

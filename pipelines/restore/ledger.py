@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -27,9 +27,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEVICE, DONE, END, ERROR, FAILED, FINISHED_AT, FINGERPRINT,
-                                    FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT,
-                                    SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS, WINDOWS_REUSED)
+from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEVICE, DONE, END, ERROR, FAILED,
+                                    FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED,
+                                    RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS,
+                                    WINDOWS_REUSED)
 from pipelines.storage import LEDGER_FOLDER, SourceFile
 
 VIDEOS = f"{LEDGER_FOLDER}/videos"
@@ -41,6 +42,8 @@ VIDEO_SCHEMA = pa.schema([
     (SOURCE, pa.string()),  # URL of the source video
     (REL, pa.string()),  # its path below the input root
     (FINGERPRINT, pa.string()),  # size:etag-or-mtime when it was restored
+    (CHECKSUM, pa.string()),  # the store's checksum of the source then ("crc32c:...", "md5:..."), or null
+    (CONTENT, pa.string()),  # "sha256:..." of the source's bytes, or null (never read)
     (SETTINGS, pa.string()),  # hash of the settings the output depends on (preset, scale, ...)
     (OUTPUT, pa.string()),  # URL of the restored video; null when failed
     (STATUS, pa.string()),  # "done" | "failed"
@@ -77,7 +80,7 @@ def now() -> datetime:
 
 
 def write_video(output_root: str, video_id: str, row: dict[str, Any]) -> None:
-    _write(storage.join(output_root, VIDEOS, f"{row[RUN_ID]}-{video_id}.parquet"), [row], VIDEO_SCHEMA)
+    write_videos(output_root, f"{row[RUN_ID]}-{video_id}", [row])
 
 
 def write_windows(output_root: str, video_id: str, run_id: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -106,27 +109,77 @@ class Selection:
     todo: list[SourceFile]
     done: list[SourceFile]  # restored before with these settings, output still there
     bad: list[tuple[SourceFile, str]]  # unchanged sources that failed for good before, with the reason
+    copied: Sequence[tuple[SourceFile, dict[str, Any]]] = ()  # done or bad, known by content under a new fingerprint
+
+
+Digests = Callable[[Sequence[SourceFile]], dict[str, str]]
+"""{rel: "sha256:..."} of the given sources' content (read on the driver)."""
 
 
 def select(sources: Sequence[SourceFile], latest: dict[str, dict[str, Any]], settings: str,
-           outputs: Sequence[SourceFile], retry_failed: bool = False) -> Selection:
-    """Which sources this run restores: those never done for their current fingerprint and these
-    settings. Resume and nightly incremental runs are the same rule. A done video whose output was
-    deleted since is restored again; a source that failed for good (`permanent`: not a video,
-    truncated, ...) is retried only when it changes, or with `retry_failed`; other failures (out
-    of memory, storage errors) are always retried. `outputs` lists the output folder."""
+           outputs: Sequence[SourceFile], retry_failed: bool = False, digests: Digests | None = None) -> Selection:
+    """Which sources this run restores: those never done for their content and these settings.
+    Resume and nightly incremental runs are the same rule. A done video whose output was deleted
+    since is restored again; a source that failed for good (`permanent`: not a video, truncated, ...)
+    is retried only when it changes, or with `retry_failed`; other failures (out of memory, storage
+    errors) are always retried. `outputs` lists the output folder.
+
+    A source is known by its fingerprint (size and etag or mtime: free to list); when that changed
+    but the size did not, by its content: the store's checksum if both sides have one of a kind,
+    else its SHA-256 (`digests`, read only for these). So a copied archive (`cp -r`, another bucket
+    or part size) is recognised instead of restored again; the caller records the new fingerprint
+    (`copied`) so the next run knows it for free.
+    """
     present = {posixpath.splitext(o.rel)[0] for o in outputs}  # "a/b" for a/b.mp4 or a/b.mkv
-    todo, done, bad = [], [], []
+    rows = {s.rel: latest[s.rel] for s in sources if s.rel in latest and latest[s.rel][SETTINGS] == settings}
+    moved = [s for s in sources if s.rel in rows and rows[s.rel][FINGERPRINT] != s.fingerprint]
+    copies = _copies(moved, rows, digests)
+    todo, done, bad, copied = [], [], [], []
     for source in sources:
-        row = latest.get(source.rel)
-        same = row is not None and row[FINGERPRINT] == source.fingerprint and row[SETTINGS] == settings
-        if same and row[STATUS] == DONE and posixpath.splitext(source.rel)[0] in present:
+        row = rows.get(source.rel)
+        if row is not None and row[FINGERPRINT] != source.fingerprint and source.rel not in copies:
+            row = None  # changed since
+        if row is not None and row[STATUS] == DONE and posixpath.splitext(source.rel)[0] in present:
             done.append(source)
-        elif same and row[STATUS] == FAILED and row[PERMANENT] and not retry_failed:
+        elif row is not None and row[STATUS] == FAILED and row[PERMANENT] and not retry_failed:
             bad.append((source, row[ERROR]))
         else:
             todo.append(source)
-    return Selection(todo, done, bad)
+            continue
+        if source.rel in copies:
+            copied.append((source, row))
+    return Selection(todo, done, bad, copied)
+
+
+def _copies(moved: Sequence[SourceFile], rows: dict[str, dict[str, Any]], digests: Digests | None) -> set[str]:
+    """The rels of `moved` sources (new fingerprint) whose content is still the recorded one."""
+    same, unsure = set(), []
+    for source in moved:
+        row = rows[source.rel]
+        if row[FINGERPRINT].split(":", 1)[0] != str(source.size):
+            continue  # another size: changed
+        kind = source.checksum.split(":", 1)[0]
+        if source.checksum and (row[CHECKSUM] or "").startswith(f"{kind}:"):
+            if row[CHECKSUM] == source.checksum:
+                same.add(source.rel)
+        elif row[CONTENT] and digests is not None:
+            unsure.append(source)
+    if unsure:
+        contents = digests(unsure)
+        same.update(s.rel for s in unsure if contents[s.rel] == rows[s.rel][CONTENT])
+    return same
+
+
+def recognised_rows(copied: Sequence[tuple[SourceFile, dict[str, Any]]], run_id: str) -> list[dict[str, Any]]:
+    """The ledger rows that record copies under their new fingerprints (same outcome, this run)."""
+    return [{**row, SOURCE: source.url, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum or row.get(CHECKSUM),
+             RUN_ID: run_id, FINISHED_AT: now()} for source, row in copied]
+
+
+def write_videos(output_root: str, name: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Several video rows in one file (`name`.parquet under videos/)."""
+    if rows:
+        _write(storage.join(output_root, VIDEOS, f"{name}.parquet"), rows, VIDEO_SCHEMA)
 
 
 def write_summary(output_root: str, summary: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import signal
 import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -29,9 +30,9 @@ from pipelines.restore.job import TINY_WARNING, ArchiveJob, validate
 from pipelines.restore.lease import Leases, describe_holders
 from pipelines.restore.plan_stage import failed_row, plan_video
 from pipelines.restore.restore_stage import RestoreWindows
-from pipelines.restore.rows import (FINGERPRINT, FRAMES, OUTPUT_STEM, REL, RESTORE_SECONDS, SETTINGS, SOURCE, STAGING,
-                                    STATUS, VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, output_stem, staging_folder,
-                                    staging_root, video_id)
+from pipelines.restore.rows import (CHECKSUM, FINGERPRINT, FRAMES, OUTPUT_STEM, REL, RESTORE_SECONDS, SETTINGS, SOURCE,
+                                    STAGING, STATUS, VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, output_stem,
+                                    staging_folder, staging_root, video_id)
 from pipelines.restore.summary import RunStats, format_summary
 from pipelines.storage import SourceFile
 from star_model.presets import get_preset
@@ -40,6 +41,7 @@ from star_model.restore import RestoreConfig
 log = logging.getLogger(__name__)
 
 GPU_ACTOR_CPUS = 2  # decode of the window and FFV1 encode of the segment run beside the model
+_DIGEST_THREADS = 8  # reads overlap well on buckets; on a local disk they share its bandwidth
 
 
 def run(job: ArchiveJob) -> dict[str, Any]:
@@ -59,12 +61,16 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     #    fingerprint and settings (resume and nightly runs are the same rule).
     sources = storage.list_videos(input_root)
     selection = _select(job, sources, output_root)
+    # Copies of sources known by content (`cp -r`, another bucket): recorded under their new
+    # fingerprints, so the next run knows them without reading them.
+    ledger.write_videos(output_root, f"{run_id}-copies", ledger.recognised_rows(selection.copied, run_id))
     # Claim the rest: a video another live run is restoring (an overlapping nightly run, a manual
     # run) is left to it. The claims last until this run ends, or its heartbeat expires if it dies.
     with Leases(output_root, run_id, timedelta(minutes=job.lease_minutes)) as leases:
         selection, held = _claim(leases, job, selection, output_root)
         header = dict(run_id=run_id, input=input_root, output=output_root, settings=job.settings(),
                       settings_key=job.settings_key(), listed=len(sources), skipped_done=len(selection.done),
+                      recognised_copies=len(selection.copied),
                       skipped_failed=len(selection.bad), skipped_leased=len(held),
                       leased_by=sorted({holder for _, holder in held}), restored=len(selection.todo),
                       ledger=storage.join(output_root, ledger.VIDEOS), warning=TINY_WARNING if random_weights else None,
@@ -100,10 +106,11 @@ def _claim(leases: Leases, job: ArchiveJob, selection: ledger.Selection, output_
     """The selection less what other live runs hold, and those (source, holder run) pairs."""
     claims = leases.claim(selection.todo)
     if not claims.taken_over:
-        return ledger.Selection(claims.mine, selection.done, selection.bad), claims.held
+        return ledger.Selection(claims.mine, selection.done, selection.bad, selection.copied), claims.held
     # A run that ended since our ledger read may have finished some of them: read it again.
     again = _select(job, claims.mine, output_root)
-    return ledger.Selection(again.todo, selection.done + again.done, selection.bad + again.bad), claims.held
+    return ledger.Selection(again.todo, selection.done + again.done, selection.bad + again.bad,
+                            [*selection.copied, *again.copied]), claims.held
 
 
 def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFile], sources: Sequence[SourceFile],
@@ -112,7 +119,8 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFi
     settings = job.settings_key()
     todo, refused = _split_clashes(todo, sources, output_root)
     for source, reason, permanent in refused:  # decided on the driver: no Ray needed
-        row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, VIDEO_ID: video_id(source.url)}
+        row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum,
+               VIDEO_ID: video_id(source.url)}
         log.info(stats.add(_failed_video(row, reason, output_root, run_id, settings, permanent=permanent)))
     if not todo:
         return
@@ -134,7 +142,22 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFi
 
 def _select(job: ArchiveJob, sources: Sequence[SourceFile], output_root: str) -> ledger.Selection:
     latest = ledger.latest_by_rel(ledger.read_videos(output_root))
-    return ledger.select(sources, latest, job.settings_key(), storage.list_videos(output_root), job.retry_failed)
+    return ledger.select(sources, latest, job.settings_key(), storage.list_videos(output_root), job.retry_failed,
+                         digests=_digests)
+
+
+def _digests(sources: Sequence[SourceFile]) -> dict[str, str]:
+    """SHA-256 of sources whose fingerprint changed at the same size (a copy, most likely), read in
+    parallel on the driver: once, as the ledger then records their new fingerprints."""
+    log.info("reading %d sources whose size is unchanged but whose etag or mtime changed (copies?) to compare "
+             "their content with the ledger's", len(sources))
+
+    def digest(source: SourceFile) -> tuple[str, str]:
+        with storage.open_input(source.url) as f:
+            return source.rel, storage.content_digest(f)
+
+    with ThreadPoolExecutor(max_workers=_DIGEST_THREADS) as pool:
+        return dict(pool.map(digest, sources))
 
 
 def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[SourceFile], output_root: str,
@@ -146,9 +169,9 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
     actor_faults = bound_retries()
 
     # 1. Sources: one row per video, each its own block so that the scenes tasks run in parallel.
-    #    out: source, rel, fingerprint, video_id, output_stem, staging
-    rows = {video_id(s.url): {SOURCE: s.url, REL: s.rel, FINGERPRINT: s.fingerprint, VIDEO_ID: video_id(s.url),
-                              OUTPUT_STEM: output_stem(output_root, s.rel),
+    #    out: source, rel, fingerprint, checksum, video_id, output_stem, staging
+    rows = {video_id(s.url): {SOURCE: s.url, REL: s.rel, FINGERPRINT: s.fingerprint, CHECKSUM: s.checksum,
+                              VIDEO_ID: video_id(s.url), OUTPUT_STEM: output_stem(output_root, s.rel),
                               STAGING: staging_folder(output_root, s.url, s.fingerprint, settings)} for s in sources}
     ds = ray.data.from_items(list(rows.values()), override_num_blocks=len(rows))
 
@@ -243,7 +266,7 @@ def _failed_video(row: dict[str, Any], reason: str, output_root: str, run_id: st
     """Record a video that failed before or after the workers (a source row or a window row of it):
     retried by the next run unless `permanent`. A ledger write that fails (the store is down) is logged; the run's
     summary still counts the video."""
-    row = {key: row[key] for key in (SOURCE, REL, FINGERPRINT, VIDEO_ID)} | {
+    row = {key: row[key] for key in (SOURCE, REL, FINGERPRINT, CHECKSUM, VIDEO_ID)} | {
         OUTPUT_STEM: output_stem(output_root, row[REL]), STAGING: ""}
     failed = failed_row(row, reason, permanent=permanent)
     try:

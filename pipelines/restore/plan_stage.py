@@ -11,8 +11,9 @@ from pipelines.media.mux import choose_container
 from pipelines.media.probe import BadVideo, probe_timestamps
 from pipelines.media.scenes import detect_scenes
 from pipelines.restore import metrics
-from pipelines.restore.rows import (DEVICE, ERROR, FAILED, FPS, FRAMES, OUTPUT, OUTPUT_STEM, PENDING, PERMANENT,
-                                    REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS, window_columns)
+from pipelines.restore.rows import (CONTENT, DEVICE, ERROR, FAILED, FPS, FRAMES, OUTPUT, OUTPUT_STEM, PENDING,
+                                    PERMANENT, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS,
+                                    window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str)
     """
     try:
         with storage.open_input(row[SOURCE]) as f:
+            row = {**row, CONTENT: storage.content_digest(f)}  # the identity a copy of the file keeps
             info, timestamps = probe_timestamps(f)
             container = choose_container(info)  # a source no container can carry fails here, before any GPU
             scenes = detect_scenes(f, detector, timestamps=timestamps)
@@ -50,7 +52,7 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str)
 def failed_row(row: dict[str, Any], reason: str, *, permanent: bool) -> dict[str, Any]:
     """The one row a video that never reaches the restore actors leaves (window -1, `windows` 1)."""
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
-    video.update({OUTPUT: "", FRAMES: 0, WINDOWS: 1, FPS: "0"})
+    video.update({OUTPUT: "", FRAMES: 0, WINDOWS: 1, FPS: "0", CONTENT: row.get(CONTENT, "")})
     nowhere = SceneWindow(index=-1, scene=-1, start=-1, end=-1, keep_start=-1, keep_end=-1, fade_in=0, fade_out=0)
     return {**video, **window_columns(nowhere), START_PTS: -1, **_outcome(FAILED, reason, permanent)}
 

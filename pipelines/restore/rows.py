@@ -18,12 +18,14 @@ from pipelines.restore.scene_windows import SceneWindow
 # -- a source video (driver -> scenes stage) ---------------------------------------------------------
 SOURCE = "source"  # URL of the source video, as storage.list_videos gives it
 REL = "rel"  # its path below the input root; the output keeps this layout
-FINGERPRINT = "fingerprint"  # size + etag/mtime: changes when the content does
+FINGERPRINT = "fingerprint"  # size + etag/mtime: changes when the content does (and when it is copied)
+CHECKSUM = "checksum"  # the store's own checksum of the content ("crc32c:...", "md5:..."), "" when none
 VIDEO_ID = "video_id"  # uuid5 of the source URL
 OUTPUT_STEM = "output_stem"  # <output>/<rel without extension>; the scenes stage adds ".mp4"/".mkv"
 STAGING = "staging"  # this video's staging folder for this fingerprint and these settings
 
 # -- a window of a video (scenes stage -> restore stage -> driver) -----------------------------------
+CONTENT = "content"  # "sha256:..." of the source's bytes (scenes stage): a copy is recognised by it
 OUTPUT = "output"  # URL of the restored video
 FRAMES = "frames"  # frames in the video
 WINDOWS = "windows"  # windows the video was split into: the driver knows when it has them all
