@@ -21,8 +21,13 @@ from pipelines.media.frames import read_frames, write_segment
 from pipelines.media.mux import choose_container
 from pipelines.media.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
 from pipelines.media.scenes import detect_scenes
-from pipelines.restore.assemble_stage import assemble, preview_still
+from pipelines.restore.assemble_stage import DamagedSegment, assemble, finish_video, preview_still
+from pipelines.restore.lease import Leases
+from pipelines.restore.rows import (DEVICE, DONE, ERROR, FAILED, FINGERPRINT, FPS, FRAMES, OUTPUT, PERMANENT, REL,
+                                    REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START_PTS, STATUS, VIDEO_ID, WINDOWS,
+                                    window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
+from pipelines.storage import SourceFile
 
 
 def stream_packets(path: Path | str, kind: str) -> list[tuple[bytes, Fraction, Fraction]]:
@@ -225,7 +230,7 @@ def test_failed_assembly_leaves_no_file(tmp_path):
     data = (tmp_path / "s2.mkv").read_bytes()
     (tmp_path / "s2.mkv").write_bytes(data[: len(data) // 3])  # a staging segment cut short
     before = sorted(os.listdir(tmp_path))
-    with pytest.raises(BadVideo):
+    with pytest.raises(DamagedSegment, match="s2.mkv is damaged"):  # ours, not the source's: not a BadVideo
         assemble(src, segments, tmp_path / "out.mp4")
     assert sorted(os.listdir(tmp_path)) == before  # no out.mp4, no hidden .part file
 
@@ -253,3 +258,28 @@ def test_preview_still(tmp_path):
     assert still.shape == (36, 128, 3)
     assert still[:, :20].max() == 0 and still[:, 44:64].min() == 255  # the plain resize, left
     assert (still[:, 64:] == 77).all()  # the restored frame, right
+
+
+def test_a_damaged_staging_segment_fails_the_video_for_a_retry_not_for_good(tmp_path):
+    (tmp_path / "in").mkdir()
+    src = make_clip(tmp_path / "in" / "clip.mp4", noisy_frames(14, size=(32, 24)))
+    output, run = str(tmp_path / "out"), "run-1"
+    info, timestamps = probe_timestamps(src)
+    source = SourceFile(url=str(src), rel="clip.mp4", size=src.stat().st_size, version="1")
+    rows = []
+    for w in plan_scene_windows([(0, 14)], 8, 2):
+        segment = tmp_path / "out" / "_staging" / "v" / f"window_{w.index:05d}.mkv"
+        write_segment(upscale2x(read_frames(src, w.start, w.end), w), segment, info.fps)
+        rows.append({SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, VIDEO_ID: "v",
+                     STAGING: str(segment.parent), OUTPUT: f"{output}/clip.mp4", FRAMES: 14, WINDOWS: 2,
+                     FPS: str(info.fps), **window_columns(w), START_PTS: int(timestamps[w.start]), STATUS: DONE,
+                     ERROR: "", PERMANENT: False, SEGMENT: str(segment), SECONDS: 1.0, REUSED: False, DEVICE: "cpu"})
+    torn = Path(rows[1][SEGMENT])
+    torn.write_bytes(torn.read_bytes()[:300])  # a torn upload of the second window
+    with Leases(output, run) as leases:
+        leases.claim([source])
+        video = finish_video(rows, output_root=output, run_id=run, settings="s")
+    assert (video[STATUS], video[PERMANENT]) == (FAILED, False)  # retried by the next run
+    assert "window_00001.mkv is damaged" in video[ERROR]
+    assert not torn.exists() and Path(rows[0][SEGMENT]).exists()  # only that window is restored again
+    assert not (tmp_path / "out" / "clip.mp4").exists()

@@ -21,14 +21,16 @@ from pipelines.media.probe import BadVideo, VideoInfo, probe_timestamps
 from pipelines.restore import ledger, metrics
 from pipelines.restore.lease import LeaseLost, check_held
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEVICE, DONE, END, ERROR, FAILED,
-                                    FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED,
-                                    RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW, WINDOWS,
-                                    WINDOWS_REUSED, video_staging, window_of)
+                                    FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, PREVIOUS_ERROR, REL, REPEATS,
+                                    RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
+                                    VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, video_staging, window_of)
 from pipelines.restore.scene_windows import SceneWindow
 from pipelines.storage import Source, atomic_output
 from star_model.windows import blend_ramp
 
 log = logging.getLogger(__name__)
+
+GIVE_UP_AFTER = 3  # runs in a row that fail an unchanged source the same way before it counts as a bad input
 
 # Columns a window row carries into the ledger's window rows.
 _WINDOW_LEDGER = (SOURCE, FINGERPRINT, WINDOW, START, END, SEGMENT, STATUS, ERROR, SECONDS, REUSED, DEVICE)
@@ -56,6 +58,10 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
                 _assemble(first, rows, ledger.preview_url(output_root, first[REL]), fence)
             except LeaseLost:
                 raise
+            except DamagedSegment as e:  # our own file, not the source: redo that window next run
+                log.warning("%s", e)
+                storage.remove(e.url)
+                status, error = FAILED, f"assembly: {e}"
             except BadVideo as e:
                 status, error, permanent = FAILED, f"assembly: {e.reason}", True
             except Exception as e:  # noqa: BLE001 - recorded in the ledger, the run goes on
@@ -63,6 +69,8 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
                 status, error = FAILED, f"assembly: {type(e).__name__}: {e}"
             if status == FAILED:
                 metrics.failure("assemble", permanent)
+        if status == FAILED and not permanent:
+            error, permanent = _give_up_on_repeats(error, first)
         fence()  # again: assembly takes minutes, and a failed video published nothing to fence
     except LeaseLost as e:
         return _video_row(first, rows, settings, run_id, FAILED, str(e), False, started)
@@ -78,6 +86,16 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
         # which makes its staging folder a new one anyway.
         storage.remove(video_staging(output_root, first[VIDEO_ID]), recursive=True)
     return video
+
+
+def _give_up_on_repeats(error: str, video: dict[str, Any]) -> tuple[str, bool]:
+    """(reason, permanent) of a failure that was not known to be permanent: one that repeats what the
+    last runs said of the unchanged source, `GIVE_UP_AFTER` runs in a row, is deterministic (a bug
+    or an input the model cannot take), so it stops being retried every night, and its staging goes."""
+    if error != video.get(PREVIOUS_ERROR) or int(video.get(REPEATS) or 0) + 1 < GIVE_UP_AFTER:
+        return error, False
+    return (f"{error} (the same failure {GIVE_UP_AFTER} runs in a row on the unchanged source: no longer retried; "
+            f"--retry-failed tries it again)"), True
 
 
 def _video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], settings: str, run_id: str, status: str,
@@ -144,7 +162,7 @@ def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int
         fade_in_weights = blend_ramp(window.fade_in).tolist()  # of this window, over the previous one's
         next_carry: list[np.ndarray] = []
         count = 0
-        for j, rgb in enumerate(iter_segment(url)):
+        for j, rgb in enumerate(_segment_frames(url)):
             count += 1
             index = window.start + j
             if not window.keep_start <= index < window.keep_end:
@@ -159,11 +177,27 @@ def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int
             else:
                 yield rgb
         if count != window.frames:
-            raise BadVideo(f"segment {url} holds {count} frames, window {window.index} needs {window.frames}")
+            raise DamagedSegment(url, f"it holds {count} frames, window {window.index} needs {window.frames}")
         emitted = fade_out_from
         carry = next_carry
     if emitted != frame_count or carry:
         raise ValueError(f"windows cover frames up to {emitted + len(carry)}, the source has {frame_count}")
+
+
+class DamagedSegment(Exception):
+    """A staging segment that cannot be read back whole: the restore stage's output, not the source,
+    is damaged (a torn upload, a full disk), so the video is retried, that window restored again."""
+
+    def __init__(self, url: str, reason: str):
+        self.url = url
+        super().__init__(f"staging segment {url} is damaged ({reason}); it is restored again on the next run")
+
+
+def _segment_frames(url: str) -> Iterator[np.ndarray]:
+    try:
+        yield from iter_segment(url)
+    except BadVideo as e:
+        raise DamagedSegment(url, e.reason) from e
 
 
 def _restored_frame(segments: Sequence[tuple[SceneWindow, str]], index: int) -> np.ndarray:

@@ -6,6 +6,7 @@ run and never rewritten. It is the resume point, the nightly diff and the audit 
     _ledger/_previews/<rel>.png                before/after still per restored video (hidden too)
     _ledger/summary.json                       the latest run's counts
     _ledger/_runs/, _ledger/_leases/           run heartbeats and per-video leases (lease.py)
+    _ledger/_corrupt/                          ledger files that could not be read, set aside
 
 `pyarrow.dataset.dataset("<output>/_ledger/videos")` reads the video rows. Reading the whole `_ledger`
 folder gives the same rows (pyarrow's discovery skips names starting with "_" or ".": window rows and
@@ -16,9 +17,10 @@ whole (atomically) when its video finishes, so a killed run loses no finished vi
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,15 +30,18 @@ import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEVICE, DONE, END, ERROR, FAILED,
-                                    FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED,
-                                    RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS,
+                                    FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL, REPEATS, RESTORE_SECONDS,
+                                    REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS,
                                     WINDOWS_REUSED)
 from pipelines.storage import LEDGER_FOLDER, SourceFile
+
+log = logging.getLogger(__name__)
 
 VIDEOS = f"{LEDGER_FOLDER}/videos"
 WINDOW_ROWS = f"{LEDGER_FOLDER}/_windows"
 PREVIEWS = f"{LEDGER_FOLDER}/_previews"
 SUMMARY = f"{LEDGER_FOLDER}/summary.json"
+CORRUPT = f"{LEDGER_FOLDER}/_corrupt"  # ledger files that could not be read, set aside
 
 VIDEO_SCHEMA = pa.schema([
     (SOURCE, pa.string()),  # URL of the source video
@@ -89,19 +94,49 @@ def write_windows(output_root: str, video_id: str, run_id: str, rows: Sequence[d
 
 
 def read_videos(output_root: str) -> list[dict[str, Any]]:
-    """Every video row ever written under `output_root`, oldest first."""
+    """Every video row ever written under `output_root`, oldest first. A file that cannot be read
+    (truncated by a full disk, damaged, not Parquet) is set aside under `_ledger/_corrupt/` with a
+    warning: its videos are restored again, and the run starts."""
     fs, path = storage.filesystem(storage.join(output_root, VIDEOS))
     if not fs.exists(path):
         return []
-    table = pads.dataset(path, filesystem=fs, format="parquet", schema=VIDEO_SCHEMA).to_table()
+    try:
+        table = pads.dataset(path, filesystem=fs, format="parquet", schema=VIDEO_SCHEMA).to_table()
+    except (pa.ArrowException, OSError):
+        table = _read_readable(output_root, fs, path)
     return sorted(table.to_pylist(), key=lambda r: (r[FINISHED_AT], r[RUN_ID]))
+
+
+def _read_readable(output_root: str, fs: Any, path: str) -> pa.Table:
+    """The video rows of every file that reads; the others moved to `_ledger/_corrupt/`."""
+    tables = []
+    for name in sorted(fs.find(path)):
+        if posixpath.basename(name).startswith((".", "_")):
+            continue  # what discovery skips: temporaries
+        try:
+            tables.append(pq.read_table(name, filesystem=fs, schema=VIDEO_SCHEMA))
+        except (pa.ArrowException, OSError) as e:
+            aside = storage.join(output_root, CORRUPT, posixpath.basename(name))
+            log.warning("ledger file %s cannot be read (%s): moved to %s; its videos will be restored again",
+                        name, e, aside)
+            target = storage.split_url(aside)[1]
+            fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            fs.mv(name, target)
+    return pa.concat_tables(tables) if tables else VIDEO_SCHEMA.empty_table()
 
 
 def latest_by_rel(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The newest row of each source, by its path below the input root (rows oldest first, as
     `read_videos` returns them). Keyed by `rel`, not URL, so the ledger stays valid when the
-    archive or the output is moved or copied (another mount, another bucket)."""
-    return {row[REL]: row for row in rows}
+    archive or the output is moved or copied (another mount, another bucket). Each carries
+    `repeats`: how many runs in a row ended it the same way (failed, same source, settings, reason)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        before = latest.get(row[REL])
+        again = before is not None and row[STATUS] == FAILED and all(
+            before[key] == row[key] for key in (STATUS, FINGERPRINT, SETTINGS, ERROR))
+        latest[row[REL]] = {**row, REPEATS: before[REPEATS] + 1 if again else 1}
+    return latest
 
 
 @dataclass(frozen=True)
@@ -110,6 +145,8 @@ class Selection:
     done: list[SourceFile]  # restored before with these settings, output still there
     bad: list[tuple[SourceFile, str]]  # unchanged sources that failed for good before, with the reason
     copied: Sequence[tuple[SourceFile, dict[str, Any]]] = ()  # done or bad, known by content under a new fingerprint
+    # {rel: (reason, runs in a row)} of `todo` sources the last run failed, unchanged since
+    failed_before: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 Digests = Callable[[Sequence[SourceFile]], dict[str, str]]
@@ -134,7 +171,7 @@ def select(sources: Sequence[SourceFile], latest: dict[str, dict[str, Any]], set
     rows = {s.rel: latest[s.rel] for s in sources if s.rel in latest and latest[s.rel][SETTINGS] == settings}
     moved = [s for s in sources if s.rel in rows and rows[s.rel][FINGERPRINT] != s.fingerprint]
     copies = _copies(moved, rows, digests)
-    todo, done, bad, copied = [], [], [], []
+    todo, done, bad, copied, failed_before = [], [], [], [], {}
     for source in sources:
         row = rows.get(source.rel)
         if row is not None and row[FINGERPRINT] != source.fingerprint and source.rel not in copies:
@@ -145,10 +182,12 @@ def select(sources: Sequence[SourceFile], latest: dict[str, dict[str, Any]], set
             bad.append((source, row[ERROR]))
         else:
             todo.append(source)
+            if row is not None and row[STATUS] == FAILED:
+                failed_before[source.rel] = (row[ERROR], row[REPEATS])
             continue
         if source.rel in copies:
             copied.append((source, row))
-    return Selection(todo, done, bad, copied)
+    return Selection(todo, done, bad, copied, failed_before)
 
 
 def _copies(moved: Sequence[SourceFile], rows: dict[str, dict[str, Any]], digests: Digests | None) -> set[str]:

@@ -30,9 +30,9 @@ from pipelines.restore.job import TINY_WARNING, ArchiveJob, validate
 from pipelines.restore.lease import Leases, describe_holders
 from pipelines.restore.plan_stage import failed_row, plan_video
 from pipelines.restore.restore_stage import RestoreWindows
-from pipelines.restore.rows import (CHECKSUM, FINGERPRINT, FRAMES, OUTPUT_STEM, REL, RESTORE_SECONDS, SETTINGS, SOURCE,
-                                    STAGING, STATUS, VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, output_stem,
-                                    staging_folder, staging_root, video_id)
+from pipelines.restore.rows import (CHECKSUM, FINGERPRINT, FRAMES, OUTPUT_STEM, PREVIOUS_ERROR, REL, REPEATS,
+                                    RESTORE_SECONDS, SETTINGS, SOURCE, STAGING, STATUS, VIDEO_ID, WINDOW, WINDOWS,
+                                    WINDOWS_REUSED, output_stem, staging_folder, staging_root, video_id)
 from pipelines.restore.summary import RunStats, format_summary
 from pipelines.storage import SourceFile
 from star_model.presets import get_preset
@@ -85,7 +85,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
         try:
             with stop_on_signals():
                 if selection.todo:
-                    _restore_all(job, config, selection.todo, sources, output_root, run_id, stats)
+                    _restore_all(job, config, selection, sources, output_root, run_id, stats)
                 else:
                     log.info("nothing to restore: every video under %s is done, an unchanged bad input, or "
                              "being restored by another run", input_root)
@@ -106,18 +106,19 @@ def _claim(leases: Leases, job: ArchiveJob, selection: ledger.Selection, output_
     """The selection less what other live runs hold, and those (source, holder run) pairs."""
     claims = leases.claim(selection.todo)
     if not claims.taken_over:
-        return ledger.Selection(claims.mine, selection.done, selection.bad, selection.copied), claims.held
+        return ledger.Selection(claims.mine, selection.done, selection.bad, selection.copied,
+                                selection.failed_before), claims.held
     # A run that ended since our ledger read may have finished some of them: read it again.
     again = _select(job, claims.mine, output_root)
     return ledger.Selection(again.todo, selection.done + again.done, selection.bad + again.bad,
-                            [*selection.copied, *again.copied]), claims.held
+                            [*selection.copied, *again.copied], again.failed_before), claims.held
 
 
-def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFile], sources: Sequence[SourceFile],
+def _restore_all(job: ArchiveJob, config: RestoreConfig, selection: ledger.Selection, sources: Sequence[SourceFile],
                  output_root: str, run_id: str, stats: RunStats) -> None:
-    """Restore the claimed videos, counting each finished one in `stats` (and the metrics)."""
+    """Restore the claimed videos (`selection.todo`), counting each finished one in `stats` (and the metrics)."""
     settings = job.settings_key()
-    todo, refused = _split_clashes(todo, sources, output_root)
+    todo, refused = _split_clashes(selection.todo, sources, output_root)
     for source, reason, permanent in refused:  # decided on the driver: no Ray needed
         row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum,
                VIDEO_ID: video_id(source.url)}
@@ -130,7 +131,7 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFi
     try:
         with stop_on_signals():  # again: ray.init() sets a SIGTERM handler of its own (a bare exit)
             metrics.videos_queued(len(todo))
-            for video in _restore_videos(job, config, todo, output_root, run_id):
+            for video in _restore_videos(job, config, todo, selection.failed_before, output_root, run_id):
                 log.info(stats.add(video))
                 metrics.video_finished(video[STATUS])
                 metrics.videos_queued(stats.to_restore - stats.done - stats.failed)
@@ -160,8 +161,9 @@ def _digests(sources: Sequence[SourceFile]) -> dict[str, str]:
         return dict(pool.map(digest, sources))
 
 
-def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[SourceFile], output_root: str,
-                    run_id: str) -> Iterator[dict[str, Any]]:
+def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[SourceFile],
+                    failed_before: dict[str, tuple[str, int]], output_root: str, run_id: str
+                    ) -> Iterator[dict[str, Any]]:
     """The restore pipeline, top to bottom; yields each video's ledger row as it finishes, every
     video of `sources` exactly once (lost work included: see faults.py)."""
     settings = job.settings_key()
@@ -169,10 +171,12 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
     actor_faults = bound_retries()
 
     # 1. Sources: one row per video, each its own block so that the scenes tasks run in parallel.
-    #    out: source, rel, fingerprint, checksum, video_id, output_stem, staging
+    #    out: source, rel, fingerprint, checksum, video_id, output_stem, staging, previous_error, repeats
     rows = {video_id(s.url): {SOURCE: s.url, REL: s.rel, FINGERPRINT: s.fingerprint, CHECKSUM: s.checksum,
                               VIDEO_ID: video_id(s.url), OUTPUT_STEM: output_stem(output_root, s.rel),
-                              STAGING: staging_folder(output_root, s.url, s.fingerprint, settings)} for s in sources}
+                              STAGING: staging_folder(output_root, s.url, s.fingerprint, settings),
+                              PREVIOUS_ERROR: failed_before.get(s.rel, ("", 0))[0],
+                              REPEATS: failed_before.get(s.rel, ("", 0))[1]} for s in sources}
     ds = ray.data.from_items(list(rows.values()), override_num_blocks=len(rows))
 
     # 2. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
@@ -266,7 +270,7 @@ def _failed_video(row: dict[str, Any], reason: str, output_root: str, run_id: st
     """Record a video that failed before or after the workers (a source row or a window row of it):
     retried by the next run unless `permanent`. A ledger write that fails (the store is down) is logged; the run's
     summary still counts the video."""
-    row = {key: row[key] for key in (SOURCE, REL, FINGERPRINT, CHECKSUM, VIDEO_ID)} | {
+    row = {key: row.get(key) for key in (SOURCE, REL, FINGERPRINT, CHECKSUM, VIDEO_ID, PREVIOUS_ERROR, REPEATS)} | {
         OUTPUT_STEM: output_stem(output_root, row[REL]), STAGING: ""}
     failed = failed_row(row, reason, permanent=permanent)
     try:

@@ -23,6 +23,8 @@ CHECKSUM = "checksum"  # the store's own checksum of the content ("crc32c:...", 
 VIDEO_ID = "video_id"  # uuid5 of the source URL
 OUTPUT_STEM = "output_stem"  # <output>/<rel without extension>; the scenes stage adds ".mp4"/".mkv"
 STAGING = "staging"  # this video's staging folder for this fingerprint and these settings
+PREVIOUS_ERROR = "previous_error"  # the reason the last run failed it with (same source and settings), or ""
+REPEATS = "repeats"  # runs in a row that failed it with that reason (0 when it did not fail last time)
 
 # -- a window of a video (scenes stage -> restore stage -> driver) -----------------------------------
 CONTENT = "content"  # "sha256:..." of the source's bytes (scenes stage): a copy is recognised by it

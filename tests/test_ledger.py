@@ -1,6 +1,7 @@
-"""A source is known by its content: a copied archive (`cp -r`: new modification times) is recognised as
-done, not restored again; a source changed at the same size is redone; the store's own checksum spares
-the read where both sides have one."""
+"""The ledger's decisions: a source is known by its content (a copied archive, `cp -r`: new modification
+times, is recognised as done, not restored again; a source changed at the same size is redone; the
+store's own checksum spares the read where both sides have one); a corrupt ledger file is set aside; the
+same failure three runs in a row stops being retried."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 
 from helpers import read_summary, run_job, small_archive
 from pipelines.restore import ledger
-from pipelines.restore.rows import (CHECKSUM, CONTENT, ERROR, FINGERPRINT, PERMANENT, REL, SETTINGS, SOURCE,
-                                    STATUS)
+from pipelines.restore.assemble_stage import finish_video
+from pipelines.restore.lease import Leases
+from pipelines.restore.plan_stage import failed_row
+from pipelines.restore.rows import (CHECKSUM, CONTENT, ERROR, FINGERPRINT, PERMANENT, PREVIOUS_ERROR, REL, REPEATS,
+                                    SETTINGS, SOURCE, STATUS, VIDEO_ID)
 from pipelines.storage import SourceFile
 
 pytestmark = pytest.mark.timeout(300)
@@ -88,3 +92,44 @@ def test_content_is_read_only_for_same_size_sources_with_a_new_fingerprint():
     assert sorted(s.rel for s in selection.done) == ["same.mp4", "untouched.mp4"]
     assert sorted(s.rel for s in selection.todo) == ["edited.mp4", "longer.mp4"]
     assert [s.rel for s, _ in selection.copied] == ["same.mp4"]
+
+
+def test_a_corrupt_ledger_file_is_set_aside_and_the_run_starts(tmp_path, caplog):
+    output = str(tmp_path / "out")
+    good = row("a.mp4", "10:1", content="sha256:a") | {"run_id": "r1", "finished_at": ledger.now(), "output": "/o/a.mp4"}
+    ledger.write_video(output, "va", good)
+    videos = tmp_path / "out" / "_ledger" / "videos"
+    (videos / "r1-vb.parquet").write_bytes(b"PAR1 cut short by a full disk")
+    with caplog.at_level("WARNING"):
+        rows = ledger.read_videos(output)
+    assert [r[REL] for r in rows] == ["a.mp4"]
+    assert "r1-vb.parquet cannot be read" in caplog.text
+    assert (tmp_path / "out" / "_ledger" / "_corrupt" / "r1-vb.parquet").exists()
+    assert [p.name for p in videos.iterdir()] == ["r1-va.parquet"]
+    assert [r[REL] for r in ledger.read_videos(output)] == ["a.mp4"]  # and the next read is the fast one
+
+
+def test_the_same_failure_three_runs_in_a_row_stops_being_retried(tmp_path):
+    output = str(tmp_path / "out")
+    source = SourceFile(url="/in/a.mp4", rel="a.mp4", size=10, version="1")
+    history = [row("a.mp4", "10:1") | {STATUS: "failed", ERROR: reason, "run_id": f"r{i}", "finished_at": ledger.now()}
+               for i, reason in enumerate(["out of memory", "ValueError: bad shape", "ValueError: bad shape"])]
+    latest = ledger.latest_by_rel(history)
+    assert latest["a.mp4"][REPEATS] == 2
+    selection = ledger.select([source], latest, "s", [])
+    assert selection.todo == [source] and selection.failed_before == {"a.mp4": ("ValueError: bad shape", 2)}
+
+    staging = tmp_path / "out" / "_staging" / "va" / "x"
+    staging.mkdir(parents=True)
+    (staging / "window_00000.mkv").write_bytes(b"segment")
+    window = failed_row({SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, VIDEO_ID: "va",
+                         "output_stem": f"{output}/a", "staging": str(staging), PREVIOUS_ERROR: "ValueError: bad shape",
+                         REPEATS: 2}, "ValueError: bad shape", permanent=False)
+    with Leases(output, "r3") as leases:
+        leases.claim([source])
+        video = finish_video([window], output_root=output, run_id="r3", settings="s")
+    assert video[PERMANENT] and "the same failure 3 runs in a row" in video[ERROR]
+    assert not staging.exists()  # its segments go with it
+    latest = ledger.latest_by_rel(ledger.read_videos(output))
+    assert ledger.select([source], latest, "s", []).bad == [(source, video[ERROR])]  # skipped from now on
+    assert ledger.select([source], latest, "s", [], retry_failed=True).todo == [source]
