@@ -1,6 +1,6 @@
 """Lost work in the restore job: restore actors killed once (the run finishes and restores everything)
-or every time (the run ends on its own, every video failed with a reason, the summary written), and
-SIGTERM (leases freed, summary written, non-zero exit)."""
+or every time (the run ends on its own, every video failed with a reason, the summary written), SIGTERM
+(leases freed, summary written, non-zero exit), and stages past their time limits."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import psutil
 import pytest
 
 from helpers import JOB, REPO, TINY, job_env, latest_rows, read_summary, real_clips
+from pipelines.restore import plan_stage
+from pipelines.restore.faults import TimeLimit, run_with_limit, time_limit
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -124,3 +126,41 @@ def test_sigterm_frees_the_leases_writes_the_summary_and_exits_non_zero(archive,
                            cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=280)
     assert again.returncode == 0, again.stdout + again.stderr
     assert {row["status"] for row in latest_rows(tmp_path).values()} == {"done"}
+
+
+def test_a_stage_past_its_time_limit_is_a_failed_row(monkeypatch, tmp_path):
+    with pytest.raises(TimeLimit, match="spinning took longer than 0.2 s"), time_limit(0.2, "spinning"):
+        while True:
+            pass
+    with time_limit(5, "quick"):  # a stage within its limit: no alarm left behind
+        pass
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    # a restore actor's calls run off the main thread: the limit holds there too
+    outcome = []
+
+    def actor_call():
+        try:
+            run_with_limit(0.2, "decoding window 3", time.sleep, 30)
+        except TimeLimit as e:
+            outcome.append(str(e))
+
+    caller = threading.Thread(target=actor_call)
+    caller.start()
+    caller.join(timeout=5)
+    assert outcome and outcome[0].startswith("decoding window 3 took longer than 0.2 s")
+    assert run_with_limit(5, "quick", sum, [1, 2]) == 3
+
+    real_clips(tmp_path)
+    clip = tmp_path / "faces" / "eyes.mp4"
+    def hanging_detector(*args, **kwargs):  # a decode that never ends, as on a damaged file
+        while True:
+            time.sleep(0.01)
+
+    monkeypatch.setattr(plan_stage, "read_limit", lambda size: 0.5)
+    monkeypatch.setattr(plan_stage, "SCENES_SECONDS_PER_FRAME", 0.01)
+    monkeypatch.setattr(plan_stage, "detect_scenes", hanging_detector)
+    row = {"source": str(clip), "rel": "faces/eyes.mp4", "fingerprint": "1:1", "video_id": "v",
+           "output_stem": str(tmp_path / "out" / "eyes"), "staging": ""}
+    rows = plan_stage.plan_video(row, window=8, overlap=2, detector="content")
+    assert [(r["status"], r["permanent"]) for r in rows] == [("failed", False)]
+    assert rows[0]["error"].startswith("TimeLimit: scene detection took longer than")

@@ -9,15 +9,18 @@ ledger row with a reason, so the rest of the archive goes on and the run ends wi
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
+
+T = TypeVar("T")
 
 # A restore actor that dies is restarted at most this many times (each restart reloads the model).
 ACTOR_RESTARTS = 2
@@ -34,6 +37,14 @@ ACTOR_START_DEATHS = 3
 # and a part per frame generous for a 4K x264 encode on one CPU.
 ASSEMBLY_BASE_SECONDS = 600.0
 ASSEMBLY_SECONDS_PER_FRAME = 2.0
+
+# The stages that read a source get time limits from what they read (a header read or a decode that
+# hangs on a damaged file or a stalled store must not hold a worker for ever): a fixed part, and a
+# part per frame (or per MB) far above the worst normal rate (4K, a slow bucket).
+READ_BASE_SECONDS = 120.0
+READ_SECONDS_PER_MB = 0.5  # content digest and probe: 2 MB/s at the least
+SCENES_SECONDS_PER_FRAME = 0.25  # PySceneDetect's decode and analysis
+DECODE_SECONDS_PER_FRAME = 1.0  # a window's frames, in the restore actor
 
 ACTOR_DIED = (f"its restore actor died {1 + WINDOW_RETRIES} times (out of host memory, a crash in a decoder, a "
               f"lost node: see the Ray logs)")
@@ -98,6 +109,51 @@ class Assemblies:
                 ray.cancel(ref, force=True)
                 del self.running[ref]
                 yield video, f"assembly: still running after {limit:.0f} s (cancelled; the limit grows with the frames)"
+
+
+class TimeLimit(Exception):
+    """A stage ran past its time limit (`time_limit`)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Raise TimeLimit in this thread once `seconds` have passed (SIGALRM), interrupting the Python
+    loops of probing, scene detection and decoding between packets or frames. Ray runs tasks and the
+    calls of a plain actor on the worker's main thread; elsewhere (a test's thread) no limit is set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TimeLimit(f"{what} took longer than {seconds:.3g} s (a damaged file or a stalled store?)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))  # 0 would mean no timer
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_with_limit(seconds: float, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` under `time_limit` on the main thread (Ray tasks). Elsewhere (the calls of
+    a Ray Data actor run on another thread, where no signal can reach) in a helper thread that is
+    abandoned if it runs past the limit: the caller goes on to its next window, and TimeLimit says why."""
+    if threading.current_thread() is threading.main_thread():
+        with time_limit(seconds, what):
+            return fn(*args, **kwargs)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="time-limited")
+    try:
+        return pool.submit(fn, *args, **kwargs).result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        raise TimeLimit(f"{what} took longer than {seconds:.3g} s (a damaged file or a stalled store?)") from None
+    finally:
+        pool.shutdown(wait=False)
+
+
+def read_limit(size_bytes: int) -> float:
+    return READ_BASE_SECONDS + READ_SECONDS_PER_MB * size_bytes / 2**20
 
 
 class Stopped(BaseException):

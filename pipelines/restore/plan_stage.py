@@ -4,6 +4,7 @@ into one row per restore window. A video that cannot be restored becomes one fai
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from pipelines import storage
@@ -11,6 +12,7 @@ from pipelines.media.mux import choose_container
 from pipelines.media.probe import BadVideo, probe_timestamps
 from pipelines.media.scenes import detect_scenes
 from pipelines.restore import metrics
+from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, read_limit, time_limit
 from pipelines.restore.rows import (CONTENT, DEVICE, ERROR, FAILED, FPS, FRAMES, OUTPUT, OUTPUT_STEM, PENDING,
                                     PERMANENT, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS,
                                     window_columns)
@@ -28,10 +30,14 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str)
     """
     try:
         with storage.open_input(row[SOURCE]) as f:
-            row = {**row, CONTENT: storage.content_digest(f)}  # the identity a copy of the file keeps
-            info, timestamps = probe_timestamps(f)
+            read_seconds = read_limit(f.seek(0, os.SEEK_END))
+            f.seek(0)
+            with time_limit(read_seconds, "reading and probing the source"):
+                row = {**row, CONTENT: storage.content_digest(f)}  # the identity a copy of the file keeps
+                info, timestamps = probe_timestamps(f)
             container = choose_container(info)  # a source no container can carry fails here, before any GPU
-            scenes = detect_scenes(f, detector, timestamps=timestamps)
+            with time_limit(read_seconds + SCENES_SECONDS_PER_FRAME * len(timestamps), "scene detection"):
+                scenes = detect_scenes(f, detector, timestamps=timestamps)
     except BadVideo as e:
         metrics.failure("scenes", permanent=True)
         return [failed_row(row, e.reason, permanent=True)]

@@ -9,6 +9,7 @@ import time
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -16,6 +17,7 @@ from pipelines import storage
 from pipelines.media.frames import read_frames, write_segment
 from pipelines.media.probe import BadVideo
 from pipelines.restore import metrics
+from pipelines.restore.faults import DECODE_SECONDS_PER_FRAME, READ_BASE_SECONDS, run_with_limit
 from pipelines.restore.rows import (DEVICE, DONE, END, ERROR, FAILED, FPS, PENDING, PERMANENT, REL, REUSED, SECONDS,
                                     SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS, WINDOW, segment_url,
                                     window_seed)
@@ -59,8 +61,8 @@ class RestoreWindows:
             return {**row, STATUS: DONE, REUSED: True}
         started = time.perf_counter()
         try:
-            with storage.open_input(row[SOURCE]) as f:
-                frames_fhwc_u8 = read_frames(f, int(row[START]), int(row[END]), start_pts=int(row[START_PTS]))
+            limit = READ_BASE_SECONDS + DECODE_SECONDS_PER_FRAME * (int(row[END]) - int(row[START]))
+            frames_fhwc_u8 = run_with_limit(limit, f"decoding window {row[WINDOW]}", _read_window, row)
             seed = window_seed(row[REL], int(row[START]), int(row[END]), self.base_seed)
             restored_fhwc_u8 = self.restorer(frames_fhwc_u8, self.prompt, seed=seed)
             del frames_fhwc_u8
@@ -81,3 +83,8 @@ class RestoreWindows:
             metrics.failure("restore", outcome.get(PERMANENT, False))
         metrics.window_finished(outcome[STATUS])
         return {**row, **outcome, SECONDS: seconds}
+
+
+def _read_window(row: dict[str, Any]) -> np.ndarray:
+    with storage.open_input(row[SOURCE]) as f:
+        return read_frames(f, int(row[START]), int(row[END]), start_pts=int(row[START_PTS]))
