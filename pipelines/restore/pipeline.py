@@ -9,9 +9,10 @@ The pipeline (`_restore_videos`) reads top to bottom: sources -> scenes -> resto
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
-import signal
 import posixpath
+import signal
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -106,8 +107,7 @@ def _claim(leases: Leases, job: ArchiveJob, selection: ledger.Selection, output_
     """The selection less what other live runs hold, and those (source, holder run) pairs."""
     claims = leases.claim(selection.todo)
     if not claims.taken_over:
-        return ledger.Selection(claims.mine, selection.done, selection.bad, selection.copied,
-                                selection.failed_before), claims.held
+        return dataclasses.replace(selection, todo=claims.mine), claims.held
     # A run that ended since our ledger read may have finished some of them: read it again.
     again = _select(job, claims.mine, output_root)
     return ledger.Selection(again.todo, selection.done + again.done, selection.bad + again.bad,
