@@ -1,10 +1,12 @@
-"""Write a video with a source's timing: encode frames at the source's own timestamps, copy its audio and
-subtitles unchanged into the container that can carry them, and publish the file atomically."""
+"""Write a video with a source's timing: encode frames at the source's own timestamps, keep its audio,
+subtitles, chapters and attachments in a container that can carry them (audio it cannot carry becomes
+FLAC), and publish the file atomically."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 from collections.abc import Iterator
 from fractions import Fraction
@@ -16,6 +18,8 @@ import numpy as np
 from pipelines.media.probe import BadVideo, VideoInfo, open_container
 from pipelines.storage import Source, atomic_output, open_input
 
+log = logging.getLogger(__name__)
+
 # Codecs each output container carries, by FFmpeg's canonical codec name. Deliberately conservative:
 # MP4 plays everywhere, but only with these; Matroska takes nearly anything else an archive holds.
 MP4_AUDIO = frozenset({"aac", "mp3", "mp2", "ac3", "eac3", "alac", "opus", "flac"})
@@ -24,27 +28,37 @@ MKV_AUDIO = MP4_AUDIO | frozenset({"vorbis", "dts", "truehd", "wavpack", "tta", 
                                    "pcm_s32le", "pcm_f32le", "pcm_u8", "pcm_s16be", "pcm_alaw", "pcm_mulaw"})
 MKV_SUBTITLES = frozenset({"subrip", "ass", "webvtt", "text", "dvd_subtitle", "hdmv_pgs_subtitle",
                            "dvb_subtitle"})
+LOSSLESS_AUDIO = "flac"  # what an audio track the output container cannot carry becomes
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mp4", ".mkv": "matroska"}
 # PyAV's reformatter knows these colour matrices; SMPTE 170M is BT.601 under another name.
 _MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+# Stream tags the muxer writes itself (Matroska's statistics): copying them would state old values.
+_DERIVED_TAGS = ("DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STATISTICS_", "ENCODER", "HANDLER_NAME",
+                 "VENDOR_ID")
 
 
 def choose_container(info: VideoInfo) -> Literal["mp4", "mkv"]:
-    """"mp4" when every audio and subtitle stream of the source fits in MP4, else "mkv".
+    """"mp4" when every audio and subtitle stream of the source fits in MP4 unchanged and there are no
+    attachments, else "mkv". Never fails: audio that the chosen container cannot carry is transcoded
+    losslessly to FLAC (`transcoded_audio`); only MOV text subtitles need MP4 (Matroska has no
+    mov_text), so they keep the output in MP4, with FLAC for the audio MP4 cannot carry.
 
-    Raises `BadVideo` when neither does (MOV text subtitles next to, say, PCM audio: Matroska has
-    no mov_text and MP4 no PCM here); converting a stream would break "copied unchanged".
+    Where we differ from `ffmpeg -c copy`: that fails on such a source; an archive must not lose
+    its picture (or its sound) over a container's codec list.
     """
     audio = {s.codec for s in info.audio}
     subtitles = {s.codec for s in info.subtitles}
-    if audio <= MP4_AUDIO and subtitles <= MP4_SUBTITLES:
+    if subtitles <= MP4_SUBTITLES and (audio <= MP4_AUDIO and not info.attachments or not subtitles <= MKV_SUBTITLES):
         return "mp4"
-    if audio <= MKV_AUDIO and subtitles <= MKV_SUBTITLES:
-        return "mkv"
-    not_mp4 = sorted((audio - MP4_AUDIO) | (subtitles - MP4_SUBTITLES))
-    not_mkv = sorted((audio - MKV_AUDIO) | (subtitles - MKV_SUBTITLES))
-    raise BadVideo(f"no output container carries all source streams unchanged: MP4 cannot carry "
-                   f"{not_mp4}, Matroska cannot carry {not_mkv}")
+    return "mkv"
+
+
+def transcoded_audio(info: VideoInfo, container: Literal["mp4", "mkv"]) -> frozenset[int]:
+    """Source indices of the audio streams that go into `container` as FLAC (every other stream is
+    copied unchanged). FLAC keeps every sample the decoder produces, at 24 bits where the source has
+    more than 16, so the one decode of a lossy source (WMA, Nellymoser, ADPCM) is the only change."""
+    carried = MP4_AUDIO if container == "mp4" else MKV_AUDIO
+    return frozenset(s.index for s in info.audio if s.codec not in carried)
 
 
 def write_video(
@@ -58,20 +72,24 @@ def write_video(
     preset: str = "medium",
 ) -> None:
     """Write `frames` ((H, W, 3) uint8, one per source frame) to `output_url` (".mp4" or ".mkv": see
-    `choose_container`) with the audio and subtitle streams of `source`.
+    `choose_container`) with every audio and subtitle stream of `source`, its chapters and (in
+    Matroska) its attachments.
 
     Frame i is shown at the source's pts of frame i (`timestamps`) in the source's time_base, so
     variable frame rates and the duration carry over (Matroska rounds them to its millisecond clock).
     The video is H.264 yuv420p; an odd size is padded by one row or column repeating the edge (no
-    pixel is dropped). Frames are upright, so no rotation is written. Nothing appears at
-    `output_url` unless the whole file was written.
+    pixel is dropped). Frames are upright, so no rotation is written. Audio and subtitles are copied
+    packet for packet with their languages, titles and dispositions; audio the container cannot carry
+    is transcoded to FLAC (`transcoded_audio`). Nothing appears at `output_url` unless the whole file
+    was written.
     """
     fmt = _FORMATS.get(os.path.splitext(os.fspath(output_url))[1].lower())
     if fmt is None:
         raise ValueError(f"output {output_url!r} must end in one of {sorted(_FORMATS)}")
     if fmt == "mp4" and choose_container(info) == "mkv":
-        raise ValueError(f"the source's streams ({[s.codec for s in info.audio + info.subtitles]}) do not fit "
-                         f"in MP4; name the output by choose_container(info), here '.mkv'")
+        raise ValueError(f"the source's streams ({[s.codec for s in info.audio + info.subtitles + info.attachments]}) "
+                         f"do not fit in MP4; name the output by choose_container(info), here '.mkv'")
+    flac = transcoded_audio(info, "mp4" if fmt == "mp4" else "mkv")
     # MP4 rounds its edit list to the movie clock (1 ms by default): use the video's own clock.
     options = {}
     if fmt == "mp4" and info.time_base.numerator == 1:
@@ -84,14 +102,45 @@ def write_video(
                 first = next(frames)
                 height, width = first.shape[0] + first.shape[0] % 2, first.shape[1] + first.shape[1] % 2
                 video = _add_video_stream(out, info, width, height, crf, preset)
-                copied = {s.index: out.add_stream_from_template(src.streams[s.index])
-                          for s in info.audio + info.subtitles}
+                _keep_tags(src.streams[info.video_index], video)
+                kept = {s.index: _add_kept_stream(out, src.streams[s.index], s.index in flac)
+                        for s in info.audio + info.subtitles}
+                if fmt == "matroska":
+                    for a in info.attachments:
+                        attachment = src.streams[a.index]
+                        out.add_attachment(attachment.name, attachment.mimetype, bytes(attachment.data))
+                out.set_chapters(src.chapters())
                 encoded = _encode(video, itertools.chain([first], frames), timestamps, info, fmt)
                 # Interleave by time, so the muxer never has to buffer a whole audio track.
-                for packet in heapq.merge(encoded, _copied_packets(src, copied), key=_seconds):
+                for packet in heapq.merge(encoded, _kept_packets(src, kept, flac), key=_seconds):
                     out.mux(packet)
         finally:
             src.close()
+
+
+def _add_kept_stream(out: av.container.OutputContainer, template: av.stream.Stream, to_flac: bool
+                     ) -> av.stream.Stream:
+    """The output stream for a source audio or subtitle stream: a copy of its codec parameters, or
+    a FLAC encoder at its sample rate and channel layout; tags and disposition kept either way."""
+    if to_flac:
+        source = template.codec_context
+        stream = out.add_stream(LOSSLESS_AUDIO, rate=source.sample_rate)
+        stream.layout = source.layout
+        # FLAC holds 16 or 24 bits; anything wider than 16 (24-bit PCM, the float output of WMA or
+        # Nellymoser decoders) goes at 24, which keeps every bit a 16-bit lossy source had.
+        stream.format = "s16" if source.format.bytes <= 2 and not source.format.name.startswith("flt") else "s32"
+    else:
+        stream = out.add_stream_from_template(template)
+    _keep_tags(template, stream)
+    return stream
+
+
+def _keep_tags(template: av.stream.Stream, stream: av.stream.Stream) -> None:
+    """Language, title and the like, and the disposition (default, commentary, forced, ...)."""
+    for key, value in template.metadata.items():
+        if not key.upper().startswith(_DERIVED_TAGS):
+            stream.metadata[key] = value
+    stream.disposition = template.disposition
 
 
 def _encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], timestamps: np.ndarray,
@@ -162,16 +211,40 @@ def _pad_even(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(rgb, pad, mode="edge")
 
 
-def _copied_packets(src: av.container.InputContainer,
-                    copied: dict[int, av.stream.Stream]) -> Iterator[av.Packet]:
-    """The source's audio and subtitle packets, re-addressed to their output streams, unchanged."""
-    if not copied:
+def _kept_packets(src: av.container.InputContainer, kept: dict[int, av.stream.Stream],
+                  flac: frozenset[int]) -> Iterator[av.Packet]:
+    """The source's audio and subtitle packets, re-addressed to their output streams unchanged, or
+    (streams in `flac`) decoded and encoded again as FLAC."""
+    if not kept:
         return
-    for packet in src.demux(*[src.streams[i] for i in copied]):
-        if packet.dts is None and packet.pts is None:
-            continue  # the empty flush packet PyAV yields per stream at end of file
-        packet.stream = copied[packet.stream_index]  # keeps its time_base; mux rescales
-        yield packet
+    for packet in src.demux(*[src.streams[i] for i in kept]):
+        index = packet.stream.index  # the flush packet at the end has no stream_index of its own
+        stream = kept[index]
+        if index in flac:
+            yield from _flac_packets(packet, stream)
+        elif packet.dts is not None or packet.pts is not None:  # not the empty flush packet at the end
+            packet.stream = stream  # keeps its time_base; mux rescales
+            yield packet
+
+
+def _flac_packets(packet: av.Packet, stream: av.audio.stream.AudioStream) -> Iterator[av.Packet]:
+    """Decode one source packet (the empty one at the end flushes) and encode its samples as FLAC.
+
+    PyAV's encoder re-chunks the samples to FLAC's frame size and converts the sample format; the
+    frames keep their pts, so the track starts where the source's did. A packet the decoder rejects
+    is skipped with a warning (a gap of one packet): damaged sound never fails the picture.
+    """
+    flush = packet.dts is None and packet.pts is None
+    try:
+        frames = packet.decode()
+    except av.error.FFmpegError as e:
+        log.warning("audio packet at pts %s of stream %d does not decode, skipped: %s", packet.pts,
+                    packet.stream_index, e)
+        frames = []
+    for frame in frames:
+        yield from stream.encode(frame)
+    if flush:
+        yield from stream.encode(None)
 
 
 def _seconds(packet: av.Packet) -> Fraction:

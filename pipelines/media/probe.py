@@ -28,12 +28,15 @@ class BadVideo(ValueError):
 
 @dataclass(frozen=True)
 class StreamInfo:
-    """An audio or subtitle stream that the assembler copies into the output unchanged."""
+    """An audio, subtitle or attachment stream that the assembler keeps in the output (copied
+    unchanged, or audio transcoded losslessly to FLAC where the output container cannot carry it)."""
 
     index: int  # stream index in the source container
-    kind: str  # "audio" | "subtitle"
-    codec: str  # FFmpeg codec name, e.g. "aac", "subrip", "mov_text"
+    kind: str  # "audio" | "subtitle" | "attachment"
+    codec: str  # FFmpeg codec name, e.g. "aac", "subrip", "mov_text"; an attachment's MIME type
     language: str | None
+    title: str | None = None
+    disposition: int = 0  # FFmpeg's AV_DISPOSITION_* flags (default, comment, forced, ...)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class VideoInfo:
     video_index: int  # stream index of the video stream in the source container
     audio: tuple[StreamInfo, ...]
     subtitles: tuple[StreamInfo, ...]
+    attachments: tuple[StreamInfo, ...] = ()  # fonts of styled subtitles, cover images (Matroska)
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -179,6 +183,7 @@ def _scan(container: av.container.InputContainer) -> tuple[VideoInfo, np.ndarray
         video_index=stream.index,
         audio=tuple(_stream_info(s, "audio") for s in container.streams.audio),
         subtitles=tuple(_stream_info(s, "subtitle") for s in container.streams.subtitles),
+        attachments=tuple(_stream_info(s, "attachment") for s in container.streams.attachments),
     )
     if info.width <= 0 or info.height <= 0:
         raise BadVideo(f"video stream has no picture size ({info.width}x{info.height})")
@@ -224,7 +229,9 @@ def display_rotation(stream: av.video.stream.VideoStream, frame: av.VideoFrame) 
 
 
 def _stream_info(stream: av.stream.Stream, kind: str) -> StreamInfo:
-    return StreamInfo(index=stream.index, kind=kind, codec=_codec_name(stream), language=stream.language)
+    codec = stream.mimetype or "" if kind == "attachment" else _codec_name(stream)
+    return StreamInfo(index=stream.index, kind=kind, codec=codec, language=stream.language,
+                      title=stream.metadata.get("title"), disposition=int(stream.disposition))
 
 
 def _codec_name(stream: av.stream.Stream) -> str:

@@ -28,7 +28,7 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str)
     try:
         with storage.open_input(row[SOURCE]) as f:
             info, timestamps = probe_timestamps(f)
-            container = choose_container(info)  # a source no container can carry fails here, before any GPU
+            container = choose_container(info)  # never fails: audio it cannot carry becomes FLAC
             scenes = detect_scenes(f, detector, timestamps=timestamps)
     except BadVideo as e:
         metrics.failure("scenes", permanent=True)

@@ -1,0 +1,99 @@
+"""The formats real archives hold (issue 12), each as a small synthesized sample: every stream kept
+(audio the output container cannot carry becomes FLAC), interlaced sources deinterlaced without
+combing, hostile and awkward files failed with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from formats import moving_bar, woven, write
+from helpers import assert_same_timing
+from pipelines.media.mux import choose_container, transcoded_audio
+from pipelines.media.probe import probe_timestamps
+from test_assembly import restore_video, stream_packets
+
+
+def bars(count: int = 10, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    return np.stack([moving_bar(i, size) for i in range(count)])
+
+
+def decoded_audio(path: Path | str, index: int = 0) -> np.ndarray:
+    """Every sample of audio track `index`, as float64 in [-1, 1], `(channels, samples)`."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[index]
+        chunks = []
+        for frame in container.decode(stream):
+            samples = frame.to_ndarray().astype(np.float64)
+            if frame.format.name.startswith("s16"):
+                samples /= 2**15
+            elif frame.format.name.startswith("s32"):
+                samples /= 2**31
+            chunks.append(samples.reshape(len(frame.layout.channels), -1) if frame.format.is_planar
+                          else samples.reshape(-1, len(frame.layout.channels)).T)
+    return np.concatenate(chunks, axis=1)
+
+
+# -- every stream kept -----------------------------------------------------------------------------
+
+OLD_AUDIO = {  # name -> (video codec, container, pix_fmt, audio codec, sample rate)
+    "wmv_wma.wmv": ("wmv2", "asf", "yuv420p", "wmav2", 22050),
+    "flv_nellymoser.flv": ("flv", "flv", "yuv420p", "nellymoser", 22050),
+    "avi_adpcm.avi": ("mpeg4", "avi", "yuv420p", "adpcm_ima_wav", 22050),
+    "prores_pcm24.mov": ("prores_ks", "mov", "yuv422p10le", "pcm_s24be", 48000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLD_AUDIO))
+def test_audio_no_output_container_carries_becomes_flac(tmp_path, name):
+    """Neither MP4 nor Matroska carries WMA, Nellymoser, IMA ADPCM or big-endian 24-bit PCM: the
+    picture restores, and the sound comes out as FLAC holding the samples the source decodes to."""
+    video_codec, fmt, pix_fmt, audio_codec, rate = OLD_AUDIO[name]
+    src = write(tmp_path / name, bars(), codec=video_codec, fmt=fmt, pix_fmt=pix_fmt,
+                audio=((audio_codec, rate, "eng", {}),))
+    info, timestamps = probe_timestamps(src)
+    assert [s.codec for s in info.audio] == [audio_codec]
+    assert choose_container(info) == "mkv" and transcoded_audio(info, "mkv") == {info.audio[0].index}
+
+    out = tmp_path / "out.mkv"
+    restore_video(src, out, tmp_path / "stage", window=4, overlap=1)
+    assert_same_timing(out, info, timestamps)
+    with av.open(str(out)) as container:
+        (audio,) = container.streams.audio
+        assert (audio.codec_context.name, audio.codec_context.sample_rate) == ("flac", rate)
+    before, after = decoded_audio(src), decoded_audio(out)
+    assert before.shape == after.shape and before.shape[1] >= rate // 3
+    # Lossless: FLAC at 24 bits keeps the decoded samples to within 24-bit quantisation.
+    assert np.abs(before - after).max() < 2**-22
+
+
+def test_matroska_with_two_audio_tracks_subtitles_chapters_and_a_font(tmp_path):
+    src = write(tmp_path / "film.mkv", bars(12), codec="libx264",
+                audio=(("pcm_s16le", 48000, "eng", {}), ("mp2", 44100, "fra", {"title": "commentary"})),
+                subtitles=((0, 200, b"Hallo", "deu"), (240, 160, b"Tschuess", "deu")), chapters=2,
+                attachment=b"\x00\x01font bytes")
+    info, timestamps = probe_timestamps(src)
+    assert choose_container(info) == "mkv" and not transcoded_audio(info, "mkv")
+    out = tmp_path / "out.mkv"
+    restore_video(src, out, tmp_path / "stage", window=4, overlap=1)
+    assert_same_timing(out, info, timestamps)
+
+    def streams(path: Path) -> list[tuple]:
+        with av.open(str(path)) as container:
+            return [(s.type, s.language, s.metadata.get("title"), int(s.disposition),
+                     s.codec_context.name if s.codec_context else s.name) for s in container.streams
+                    if s.type != "video"]
+
+    assert streams(out) == streams(src)
+    assert [x[4] for x in streams(out)] == ["pcm_s16le", "mp2", "srt", "font.ttf"]  # decoder names
+    assert streams(out)[1][2:4] == ("commentary", int(av.stream.Disposition.comment))
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        assert b.chapters() == a.chapters() and len(a.chapters()) == 2
+        assert bytes(b.streams.attachments[0].data) == b"\x00\x01font bytes"
+        for i in range(2):  # copied packet for packet
+            assert ([bytes(p) for p in b.demux(b.streams.audio[i]) if p.size]
+                    == [bytes(p) for p in a.demux(a.streams.audio[i]) if p.size])
+    assert stream_packets(out, "subtitles") == stream_packets(src, "subtitles")
