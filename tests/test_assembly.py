@@ -18,7 +18,7 @@ from PIL import Image
 
 from helpers import assert_same_timing, decode_all, grey_frames, make_clip, media, noisy_frames
 from pipelines.media.frames import read_frames, write_segment
-from pipelines.media.mux import choose_container
+from pipelines.media.mux import choose_container, transcoded_audio
 from pipelines.media.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
 from pipelines.media.scenes import detect_scenes
 from pipelines.restore.assemble_stage import assemble, preview_still
