@@ -14,14 +14,15 @@ import numpy as np
 from PIL import Image
 
 from pipelines import storage
-from pipelines.media.frames import iter_segment, read_frames
+from pipelines.media.frames import iter_segment
+from pipelines.media.interlace import decode_start_pts, describe, picture_timeline, read_pictures
 from pipelines.media.mux import write_video
 from pipelines.media.probe import BadVideo, VideoInfo, probe_timestamps
 from pipelines.restore import ledger, metrics
-from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEVICE, DONE, END, ERROR, FAILED, FINGERPRINT, FINISHED_AT,
-                                    FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT,
-                                    SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED,
-                                    video_staging, window_of)
+from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END, ERROR, FAILED,
+                                    FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL,
+                                    RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
+                                    VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, video_staging, window_of)
 from pipelines.restore.scene_windows import SceneWindow
 from pipelines.storage import Source, atomic_output
 from star_model.windows import blend_ramp
@@ -58,6 +59,7 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
         OUTPUT: first[OUTPUT] if status == DONE else None,
         STATUS: status, ERROR: error, PERMANENT: permanent,
         FRAMES: int(first[FRAMES]), WINDOWS: len(restored),
+        DEINTERLACED: describe(first[DEINTERLACE], first[FIELD_ORDER]) if first[DEINTERLACE] else "",
         WINDOWS_REUSED: sum(bool(r[REUSED]) for r in restored),
         RESTORE_SECONDS: float(sum(r[SECONDS] for r in restored if not r[REUSED])),
         ASSEMBLE_SECONDS: time.perf_counter() - started,
@@ -91,15 +93,20 @@ def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output
 
 
 def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: str) -> None:
+    mode = video[DEINTERLACE] or None
     with storage.open_input(video[SOURCE]) as f:
-        info, timestamps = probe_timestamps(f)
+        source_info, source_timestamps = probe_timestamps(f)
+        # The restored frames are bwdif's pictures for an interlaced source: their timeline.
+        info, timestamps = picture_timeline(source_info, source_timestamps, mode)
         segments = [(window_of(r), r[SEGMENT]) for r in rows]
         assemble(f, segments, video[OUTPUT], info=info, timestamps=timestamps)
         # Before/after still of the middle frame: the source frame beside its restored version.
         # Only a convenience: a still that cannot be made does not fail a restored video.
         try:
             middle = len(timestamps) // 2
-            lq_frame = read_frames(f, middle, middle + 1, start_pts=int(timestamps[middle]))[0]
+            lq_frame = read_pictures(f, middle, middle + 1, mode=mode, field_order=video[FIELD_ORDER],
+                                     start_pts=decode_start_pts(middle, middle + 1, source_timestamps, mode),
+                                     pictures=len(timestamps))[0]
             preview_still(lq_frame, _restored_frame(segments, middle), preview)
         except Exception:  # noqa: BLE001
             log.warning("no preview still for %s", video[SOURCE], exc_info=True)

@@ -13,12 +13,13 @@ import pandas as pd
 import torch
 
 from pipelines import storage
-from pipelines.media.frames import read_frames, write_segment
+from pipelines.media.frames import write_segment
+from pipelines.media.interlace import read_pictures
 from pipelines.media.probe import BadVideo
 from pipelines.restore import metrics
-from pipelines.restore.rows import (DEVICE, DONE, END, ERROR, FAILED, FPS, PENDING, PERMANENT, REL, REUSED, SECONDS,
-                                    SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS, WINDOW, segment_url,
-                                    window_seed)
+from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, END, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, PENDING,
+                                    PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS,
+                                    WINDOW, segment_url, window_seed)
 from pipelines.weights import local_copy
 from star_model.presets import load_restorer
 from star_model.restore import RestoreConfig
@@ -60,7 +61,9 @@ class RestoreWindows:
         started = time.perf_counter()
         try:
             with storage.open_input(row[SOURCE]) as f:
-                frames_fhwc_u8 = read_frames(f, int(row[START]), int(row[END]), start_pts=int(row[START_PTS]))
+                frames_fhwc_u8 = read_pictures(f, int(row[START]), int(row[END]), start_pts=int(row[START_PTS]),
+                                               mode=row[DEINTERLACE] or None, field_order=row[FIELD_ORDER],
+                                               pictures=int(row[FRAMES]))
             seed = window_seed(row[REL], int(row[START]), int(row[END]), self.base_seed)
             restored_fhwc_u8 = self.restorer(frames_fhwc_u8, self.prompt, seed=seed)
             del frames_fhwc_u8
