@@ -12,10 +12,16 @@ import numpy as np
 import pytest
 
 from formats import moving_bar, woven, write
-from helpers import assert_same_timing
+from helpers import assert_same_timing, decode_all
 from pipelines.media.interlace import decode_start_pts, deinterlace, picture_timeline, read_pictures
 from pipelines.media.mux import choose_container, transcoded_audio
 from pipelines.media.probe import probe_timestamps
+from pipelines.restore.assemble_stage import finish_video
+from pipelines.restore.plan_stage import plan_video
+from pipelines.restore.restore_stage import RestoreWindows
+from pipelines.restore.rows import (DEINTERLACE, DEINTERLACED, FINGERPRINT, FRAMES, OUTPUT, OUTPUT_STEM, REL, SOURCE,
+                                    STAGING, STATUS, VIDEO_ID, output_stem, staging_folder, video_id)
+from star_model.presets import restore_settings
 from test_assembly import restore_video, stream_packets
 
 
@@ -156,3 +162,33 @@ def test_picture_timeline_keeps_duration_and_windows_join(tmp_path):
         part = read_pictures(src, start, end, start_pts=decode_start_pts(start, end, timestamps, "field"),
                              mode="field", field_order="tff", pictures=18)
         assert np.array_equal(part, whole[start:end])
+
+
+def test_interlaced_tape_restores_progressive_at_field_rate_without_combing(tmp_path):
+    """The restore job's stages on one interlaced MPEG-2 capture, with the shipped nano model: 6
+    frames of 25i come out as 12 pictures of 50p, the audio kept, and the output has no combing left
+    (measured at the source's geometry); the ledger row says what was done."""
+    (tmp_path / "in").mkdir()
+    src = write(tmp_path / "in" / "tape.mpg", woven(6), codec="mpeg2video", fmt="mpeg",
+                options={"flags": "+ildct+ilme"}, field_order="tff", audio=(("mp2", 48000, "eng", {}),))
+    info, timestamps = probe_timestamps(src)
+    out_root = str(tmp_path / "out")
+    row = {SOURCE: str(src), REL: "tape.mpg", FINGERPRINT: "f", VIDEO_ID: video_id(str(src)),
+           OUTPUT_STEM: output_stem(out_root, "tape"), STAGING: staging_folder(out_root, str(src), "f", "s")}
+    windows = plan_video(row, window=8, overlap=2, detector="content")
+    assert {w[DEINTERLACE] for w in windows} == {"field"} and windows[0][FRAMES] == 12 and len(windows) == 2
+    actor = RestoreWindows("nano", None, restore_settings("nano", 2), "light_deg", "")
+    video = finish_video([actor.restore(w) for w in windows], output_root=out_root, run_id="r", settings="s")
+    assert (video[STATUS], video[DEINTERLACED], video[FRAMES]) == ("done", "bwdif, field rate, tff", 12)
+
+    out = Path(video[OUTPUT])
+    out_info, out_timestamps = probe_timestamps(out)
+    assert (out_info.frame_count, out_info.fps, out_info.field_order) == (12, 50, "progressive")
+    assert abs(out_info.duration - info.duration) <= Fraction(1, 1000)
+    restored = np.stack(decode_all(out))  # (12, 96, 128, 3)
+    at_source_size = restored.reshape(12, 48, 2, 64, 2, 3).mean(axis=(2, 4))
+    source = np.stack(decode_all(src))
+    assert combing(source) > 8.0
+    assert combing(at_source_size) < 0.25 * combing(source)
+    # MPEG audio copied packet for packet (MP4 tags layer II as MPEG-1 audio; it decodes the same)
+    assert np.abs(decoded_audio(out) - decoded_audio(src)).max() < 1e-3

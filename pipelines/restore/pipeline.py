@@ -137,7 +137,8 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
 
     # 2. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
     #    into its windows, or into one failed row. in: a source row; out: window rows (plan_stage).
-    ds = ds.flat_map(plan_video, fn_kwargs=dict(window=job.window, overlap=job.overlap, detector=job.detector),
+    ds = ds.flat_map(plan_video, fn_kwargs=dict(window=job.window, overlap=job.overlap, detector=job.detector,
+                                                deinterlace=job.deinterlace, max_pixels=job.max_frame_pixels),
                      num_cpus=1)
     # One window per block: a video's windows spread over the actor pool instead of one actor
     # taking the whole block.
