@@ -43,11 +43,12 @@ def write(path: Path, frames_fhwc_u8: np.ndarray, *, codec: str, fmt: str | None
           audio: tuple[tuple[str, int, str, dict[str, str]], ...] = (), size: tuple[int, int] | None = None,
           subtitles: tuple[tuple[int, int, bytes, str], ...] = (), chapters: int = 0,
           attachment: bytes | None = None, alpha: np.ndarray | None = None,
-          colour: tuple[int, int, int] | None = None) -> Path:
+          colour: tuple[int, int, int] | None = None, first: int = 0) -> Path:
     """Encode `frames_fhwc_u8` with `codec` at `rate` fps; `audio`: (codec, sample rate, language,
     extra tags) per track (a second of a tone); `subtitles`: (start ms, duration ms, text, language);
     `field_order` "tff"/"bff" flags the frames interlaced (through FFmpeg's setfield filter);
-    `alpha` `(F, H, W)` uint8 goes into the alpha plane; `colour` (primaries, transfer, matrix)."""
+    `alpha` `(F, H, W)` uint8 goes into the alpha plane; `colour` (primaries, transfer, matrix);
+    `first`: the first frame's pts (frames count from it), so byte-joined parts follow each other."""
     _, height, width, _ = frames_fhwc_u8.shape
     width, height = size or (width, height)
     with av.open(str(path), "w", format=fmt) as out:
@@ -84,7 +85,7 @@ def write(path: Path, frames_fhwc_u8: np.ndarray, *, codec: str, fmt: str | None
                 frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=pix_fmt)
             else:
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(width, height, pix_fmt)
-            frame.pts, frame.time_base = i, Fraction(1, rate)
+            frame.pts, frame.time_base = first + i, Fraction(1, rate)
             if graph is not None:
                 graph.push(frame)
                 frame = graph.pull()

@@ -15,7 +15,7 @@ from formats import moving_bar, woven, write
 from helpers import assert_same_timing, decode_all
 from pipelines.media.interlace import decode_start_pts, deinterlace, picture_timeline, read_pictures
 from pipelines.media.mux import choose_container, transcoded_audio
-from pipelines.media.probe import probe_timestamps
+from pipelines.media.probe import BadVideo, check_restorable, probe_timestamps
 from pipelines.restore.assemble_stage import finish_video
 from pipelines.restore.plan_stage import plan_video
 from pipelines.restore.restore_stage import RestoreWindows
@@ -192,3 +192,66 @@ def test_interlaced_tape_restores_progressive_at_field_rate_without_combing(tmp_
     assert combing(at_source_size) < 0.25 * combing(source)
     # MPEG audio copied packet for packet (MP4 tags layer II as MPEG-1 audio; it decodes the same)
     assert np.abs(decoded_audio(out) - decoded_audio(src)).max() < 1e-3
+
+
+# -- hostile and awkward files ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("playlist", ["ffconcat version 1.0\nfile neighbour.mp4\n",
+                                      "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nneighbour.mp4\n#EXT-X-ENDLIST\n"])
+def test_a_playlist_named_mp4_is_refused_and_reads_nothing(tmp_path, playlist):
+    write(tmp_path / "neighbour.mp4", bars(4), codec="libx264")
+    (tmp_path / "clip.mp4").write_text(playlist)
+    with pytest.raises(BadVideo, match="refused: the file is an FFmpeg concat playlist|not a recognised video"):
+        probe_timestamps(tmp_path / "clip.mp4")
+
+
+@pytest.mark.parametrize("name, codec, fmt", [("dv.avi", "mpeg4", "avi"), ("tape.mpg", "mpeg2video", "mpeg"),
+                                              ("film.mkv", "libx264", "matroska"), ("old.wmv", "wmv2", "asf")])
+def test_header_stubs_are_bad_inputs(tmp_path, name, codec, fmt):
+    """The first 64 bytes of a file (an upload cut off at once): a BadVideo with a reason (permanent
+    in the ledger), never another exception that the nightly run would retry for ever."""
+    whole = write(tmp_path / name, bars(6), codec=codec, fmt=fmt).read_bytes()
+    (tmp_path / f"stub_{name}").write_bytes(whole[:64])
+    with pytest.raises(BadVideo):
+        probe_timestamps(tmp_path / f"stub_{name}")
+
+
+def test_truncated_avi_says_so(tmp_path):
+    whole = write(tmp_path / "a.avi", bars(6), codec="mpeg4", fmt="avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(BadVideo, match=r"truncated AVI file: the RIFF chunk is \d+ bytes short"):
+        probe_timestamps(tmp_path / "cut.avi")
+
+
+def test_frames_above_the_pixel_limit_fail_before_decoding(tmp_path):
+    src = write(tmp_path / "big.mp4", bars(2, (128, 96)), codec="libx264")
+    assert probe_timestamps(src, max_pixels=128 * 96)[0].width == 128
+    with pytest.raises(BadVideo, match=r"frames of 128x96 \(12,288 pixels\) are above the limit of 12,287 pixels"):
+        probe_timestamps(src, max_pixels=128 * 96 - 1)
+
+
+def test_resolution_change_mid_stream_fails_with_a_reason(tmp_path):
+    """Two broadcast recordings joined byte for byte (a 64x48 part, then a 48x32 one): each window
+    across or after the change says so, whichever window meets it first."""
+    first = write(tmp_path / "a.ts", bars(8, (64, 48)), codec="libx264", fmt="mpegts").read_bytes()
+    second = write(tmp_path / "b.ts", bars(8, (48, 32)), codec="libx264", fmt="mpegts", first=10).read_bytes()
+    (tmp_path / "joined.ts").write_bytes(first + second)
+    for window, overlap in ((16, 4), (4, 1)):
+        with pytest.raises(BadVideo, match=r"resolution changes mid-stream \(.*48x32.*\): not restored"):
+            restore_video(tmp_path / "joined.ts", tmp_path / "out.mp4", tmp_path / "stage", window=window,
+                          overlap=overlap)
+    assert not (tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.parametrize("pix_fmt, codec, options, colour, reason", [
+    ("yuva444p10le", "prores_ks", {"profile": "4"}, None, r"alpha channel \(yuva444p"),
+    ("yuv420p10le", "libx265", {"x265-params": "log-level=error"}, (9, 16, 9), r"HDR video \(PQ"),
+    ("yuv420p10le", "libx265", {"x265-params": "log-level=error"}, (9, 18, 9), r"HDR video \(HLG"),
+])
+def test_alpha_and_hdr_fail_with_a_reason(tmp_path, pix_fmt, codec, options, colour, reason):
+    alpha = np.full((4, 48, 64), 128, np.uint8) if "yuva" in pix_fmt else None
+    src = write(tmp_path / "master.mov", bars(4), codec=codec, fmt="mov", pix_fmt=pix_fmt, options=options,
+                alpha=alpha, colour=colour)
+    with pytest.raises(BadVideo, match=reason):
+        check_restorable(probe_timestamps(src)[0])

@@ -170,7 +170,11 @@ def _fill_window(window: _Window, start: int, end: int, on_corrupt: OnCorrupt,
             following = out[i]
     shapes = {rgb.shape for rgb in out}  # type: ignore[union-attr]
     if len(shapes) != 1:
-        raise BadVideo(f"picture size changes inside window [{start}, {end}): {sorted(shapes)}")
+        # Where we differ from FFmpeg, which scales such frames to the first size: a change of size
+        # is usually a change of aspect (4:3 to 16:9 broadcast); scaled, it would be distorted.
+        sizes = " and ".join(sorted(f"{w}x{h}" for h, w, _ in shapes))
+        raise BadVideo(f"resolution changes mid-stream ({sizes} inside window [{start}, {end})): not restored; "
+                       f"split the file where the size changes")
     return np.stack(out)  # type: ignore[arg-type]
 
 

@@ -206,8 +206,9 @@ def _pad_even(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     if rgb.shape[:2] == (height, width):
         return rgb
     pad = ((0, height - rgb.shape[0]), (0, width - rgb.shape[1]), (0, 0))
-    if min(pad[0][1], pad[1][1]) < 0:
-        raise ValueError(f"restored frames change size mid-video: {rgb.shape[:2]} after {(height, width)}")
+    if min(pad[0][1], pad[1][1]) < 0 or max(pad[0][1], pad[1][1]) > 1:
+        raise BadVideo(f"resolution changes mid-stream (restored frames of {rgb.shape[1]}x{rgb.shape[0]} after "
+                       f"{width}x{height}): not restored; split the file where the size changes")
     return np.pad(rgb, pad, mode="edge")
 
 
