@@ -53,14 +53,15 @@ def run(job: ArchiveJob) -> dict[str, Any]:
 
     # 1. Sources (driver): list the archive; drop what the ledger records as done for the same
     #    fingerprint and settings (resume and nightly runs are the same rule).
-    sources = storage.list_videos(input_root)
+    sources, skipped = storage.list_sources(input_root)
     selection = _select(job, sources, output_root)
     # Claim the rest: a video another live run is restoring (an overlapping nightly run, a manual
     # run) is left to it. The claims last until this run ends, or its heartbeat expires if it dies.
     with Leases(output_root, run_id, timedelta(minutes=job.lease_minutes)) as leases:
         selection, held = _claim(leases, job, selection, output_root)
         header = dict(run_id=run_id, input=input_root, output=output_root, settings=job.settings(),
-                      settings_key=job.settings_key(), listed=len(sources), skipped_done=len(selection.done),
+                      settings_key=job.settings_key(), listed=len(sources), skipped_hidden=skipped["hidden"],
+                      skipped_not_video=skipped["not_video"], skipped_done=len(selection.done),
                       skipped_failed=len(selection.bad), skipped_leased=len(held),
                       leased_by=sorted({holder for _, holder in held}), restored=len(selection.todo),
                       ledger=storage.join(output_root, ledger.VIDEOS), warning=TINY_WARNING if random_weights else None,
