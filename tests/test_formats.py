@@ -13,6 +13,7 @@ import pytest
 
 from formats import moving_bar, woven, write
 from helpers import assert_same_timing, decode_all
+from pipelines.media.frames import read_frames
 from pipelines.media.interlace import decode_start_pts, deinterlace, picture_timeline, read_pictures
 from pipelines.media.mux import choose_container, transcoded_audio
 from pipelines.media.probe import BadVideo, check_restorable, probe_timestamps
@@ -255,3 +256,42 @@ def test_alpha_and_hdr_fail_with_a_reason(tmp_path, pix_fmt, codec, options, col
                 alpha=alpha, colour=colour)
     with pytest.raises(BadVideo, match=reason):
         check_restorable(probe_timestamps(src)[0])
+
+
+# -- bit depth and colour ---------------------------------------------------------------------------
+
+
+def test_ten_bit_source_is_restored_and_written_ten_bit_with_its_colour_tags(tmp_path):
+    """A 10-bit HEVC master tagged BT.2020 (SDR): a gentle ramp of 64 8-bit levels holds 256 10-bit
+    ones. Through 8 bits the output would keep about 64; it keeps about 256, is written 10-bit, and is
+    tagged like the source."""
+    ramp = np.linspace(100 * 257, 164 * 257, 256)  # (W,) on the 16-bit scale
+    rgb48 = np.broadcast_to(ramp[None, :, None], (32, 256, 3)).astype(np.uint16)
+    src = tmp_path / "master.mkv"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx265", rate=25)
+        video.width, video.height, video.pix_fmt = 256, 32, "yuv420p10le"
+        video.options = {"x265-params": "log-level=error:lossless=1"}
+        cc = video.codec_context
+        cc.color_primaries, cc.color_trc, cc.colorspace, cc.color_range = 9, 14, 9, 1
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(rgb48, format="rgb48le").reformat(
+                format="yuv420p10le", dst_colorspace=9, dst_color_range=1)
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    info, _ = probe_timestamps(src)
+    assert info.pix_fmt == "yuv420p10le"
+    frames = read_frames(src, 0, 4)
+    assert frames.dtype == np.uint16
+
+    out = tmp_path / "out.mp4"
+    restore_video(src, out, tmp_path / "stage", window=4, overlap=1, crf=0)
+    out_info, _ = probe_timestamps(out)
+    assert out_info.pix_fmt == "yuv420p10le"
+    assert (out_info.color_primaries, out_info.color_trc, out_info.colorspace) == (9, 14, 9)
+    restored = read_frames(out, 0, 4)
+    assert restored.dtype == np.uint16 and restored.shape == (4, 64, 512, 3)
+    levels = len(np.unique(restored[0, 32, :, 1] >> 6))  # distinct 10-bit levels along a row
+    assert levels > 200, levels
+    assert np.abs(restored[0, 32, ::2, 1].astype(int) - frames[0, 16, :, 1]).mean() < 0.01 * 65535

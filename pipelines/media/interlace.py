@@ -100,7 +100,7 @@ def read_pictures(src: Source, start: int, end: int, *, start_pts: int, mode: De
 
 
 def deinterlace(frames_fhwc_u8: np.ndarray, field_order: str, mode: Deinterlace) -> np.ndarray:
-    """FFmpeg's bwdif over consecutive frames, `(F, H, W, 3)` uint8 -> `(F or 2F, H, W, 3)`.
+    """FFmpeg's bwdif over consecutive frames, `(F, H, W, 3)` uint8 or uint16 -> `(F or 2F, H, W, 3)`.
 
     Where we differ from `ffmpeg -vf bwdif`: it runs on the decoded YUV frames, we on the RGB frames
     `read_frames` makes (as planar GBR, which bwdif takes; the conversion to it is exact), so a
@@ -110,8 +110,10 @@ def deinterlace(frames_fhwc_u8: np.ndarray, field_order: str, mode: Deinterlace)
     have been rotated (the plan stage fails interlaced sources with rotation metadata).
     """
     _, height, width, _ = frames_fhwc_u8.shape
+    deep = frames_fhwc_u8.dtype == np.uint16  # a 10- or 12-bit source, as 16-bit RGB
+    rgb, planar = ("rgb48le", "gbrp16le") if deep else ("rgb24", "gbrp")
     graph = av.filter.Graph()
-    source = graph.add_buffer(width=width, height=height, format="gbrp", time_base=Fraction(1, 1))
+    source = graph.add_buffer(width=width, height=height, format=planar, time_base=Fraction(1, 1))
     bwdif = graph.add("bwdif", f"mode={'send_field' if mode == 'field' else 'send_frame'}:parity={field_order}:deint=all")
     graph.link_nodes(source, bwdif, graph.add("buffersink")).configure()
     out: list[np.ndarray] = []
@@ -119,12 +121,12 @@ def deinterlace(frames_fhwc_u8: np.ndarray, field_order: str, mode: Deinterlace)
     def drain() -> None:
         while True:
             try:
-                out.append(graph.pull().to_ndarray(format="rgb24"))
+                out.append(graph.pull().to_ndarray(format=rgb))
             except (av.error.BlockingIOError, av.error.EOFError):
                 return
 
-    for i, rgb in enumerate(frames_fhwc_u8):
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="gbrp")
+    for i, picture in enumerate(frames_fhwc_u8):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format=rgb).reformat(format=planar)
         frame.pts = i
         graph.push(frame)
         drain()

@@ -71,13 +71,14 @@ def write_video(
     crf: int = 16,
     preset: str = "medium",
 ) -> None:
-    """Write `frames` ((H, W, 3) uint8, one per source frame) to `output_url` (".mp4" or ".mkv": see
+    """Write `frames` ((H, W, 3) uint8, or uint16 from a deep-colour source, one per source frame) to `output_url` (".mp4" or ".mkv": see
     `choose_container`) with every audio and subtitle stream of `source`, its chapters and (in
     Matroska) its attachments.
 
     Frame i is shown at the source's pts of frame i (`timestamps`) in the source's time_base, so
     variable frame rates and the duration carry over (Matroska rounds them to its millisecond clock).
-    The video is H.264 yuv420p; an odd size is padded by one row or column repeating the edge (no
+    The video is H.264 yuv420p (yuv420p10le for uint16 frames), tagged with the source's colour
+    primaries, transfer and matrix; an odd size is padded by one row or column repeating the edge (no
     pixel is dropped). Frames are upright, so no rotation is written. Audio and subtitles are copied
     packet for packet with their languages, titles and dispositions; audio the container cannot carry
     is transcoded to FLAC (`transcoded_audio`). Nothing appears at `output_url` unless the whole file
@@ -101,7 +102,7 @@ def write_video(
             with av.open(tmp, "w", format=fmt, options=options) as out:
                 first = next(frames)
                 height, width = first.shape[0] + first.shape[0] % 2, first.shape[1] + first.shape[1] % 2
-                video = _add_video_stream(out, info, width, height, crf, preset)
+                video = _add_video_stream(out, info, width, height, crf, preset, deep=first.dtype == np.uint16)
                 _keep_tags(src.streams[info.video_index], video)
                 kept = {s.index: _add_kept_stream(out, src.streams[s.index], s.index in flac)
                         for s in info.audio + info.subtitles}
@@ -153,7 +154,7 @@ def _encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], ti
     def packets() -> Iterator[av.Packet]:
         count = 0
         for pts, rgb in zip(timestamps.tolist(), frames):
-            frame = _yuv_frame(_pad_even(rgb, video.height, video.width), info)
+            frame = _yuv_frame(_pad_even(rgb, video.height, video.width), info, video.pix_fmt)
             frame.pts, frame.time_base, frame.duration = pts, time_base, durations[pts]
             count += 1
             yield from video.encode(frame)
@@ -178,10 +179,11 @@ def _encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], ti
 
 
 def _add_video_stream(out: av.container.OutputContainer, info: VideoInfo, width: int, height: int,
-                      crf: int, preset: str) -> av.video.stream.VideoStream:
+                      crf: int, preset: str, deep: bool) -> av.video.stream.VideoStream:
     video = out.add_stream("libx264", rate=info.fps)  # rate only guides x264's rate control
     video.width, video.height = width, height
-    video.pix_fmt = "yuv420p"
+    # A source of more than 8 bits is written 10-bit (x264's High 10 profile), 4:2:0 like the rest.
+    video.pix_fmt = "yuv420p10le" if deep else "yuv420p"
     # The encoder must count in the source's time_base too: by default PyAV gives it 1/rate,
     # which rounds variable-rate pts onto a constant grid (and collides them).
     video.codec_context.time_base = info.time_base
@@ -195,10 +197,11 @@ def _add_video_stream(out: av.container.OutputContainer, info: VideoInfo, width:
     return video
 
 
-def _yuv_frame(rgb: np.ndarray, info: VideoInfo) -> av.VideoFrame:
-    """RGB -> yuv420p with the source's matrix and range: decoding used them to make the RGB."""
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-    return frame.reformat(format="yuv420p", dst_colorspace=_MATRICES.get(info.colorspace),
+def _yuv_frame(rgb: np.ndarray, info: VideoInfo, pix_fmt: str) -> av.VideoFrame:
+    """RGB (uint8, or uint16 for deep colour) -> `pix_fmt` with the source's matrix and range:
+    decoding used them to make the RGB."""
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
+    return frame.reformat(format=pix_fmt, dst_colorspace=_MATRICES.get(info.colorspace),
                           dst_color_range=info.color_range or None)
 
 

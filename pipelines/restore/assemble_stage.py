@@ -113,7 +113,7 @@ def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: st
 
 
 def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int) -> Iterator[np.ndarray]:
-    """Output frames 0..frame_count-1 in order, `(H, W, 3)` uint8.
+    """Output frames 0..frame_count-1 in order, `(H, W, 3)` uint8 (uint16 for a deep-colour source).
 
     Streams window by window: only the previous window's `fade_out` frames are held, never a
     whole video (a 4x window of 1080p frames alone is gigabytes).
@@ -138,7 +138,7 @@ def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int
             if k < window.fade_in:
                 a = fade_in_weights[k]
                 mixed = carry[k].astype(np.float32) * (1.0 - a) + rgb.astype(np.float32) * a
-                yield np.rint(mixed).astype(np.uint8)
+                yield np.rint(mixed).astype(rgb.dtype)  # uint8, or uint16 for a deep-colour source
             elif index >= fade_out_from:
                 next_carry.append(rgb)
             else:
@@ -172,6 +172,9 @@ def preview_still(lq_frame: np.ndarray, restored_frame: np.ndarray, path: str | 
                   resample: Literal["bilinear", "nearest"] = "bilinear") -> None:
     """A PNG of the input frame resized plainly to the restored size (left) beside the restored
     frame (right): what the model added over a plain resize, at a glance."""
+    # A preview is 8-bit: the top byte of a deep-colour frame's 16 bits
+    lq_frame, restored_frame = ((x >> 8).astype(np.uint8) if x.dtype == np.uint16 else x
+                                for x in (lq_frame, restored_frame))
     height, width = restored_frame.shape[:2]
     method = Image.Resampling.BILINEAR if resample == "bilinear" else Image.Resampling.NEAREST
     plain = np.asarray(Image.fromarray(lq_frame).resize((width, height), method))
