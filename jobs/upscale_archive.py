@@ -7,7 +7,8 @@
 <input>/<rel>/<name>.<ext> becomes <output>/<rel>/<name>.mp4 (.mkv where MP4 cannot carry the
 source's streams); <output>/_ledger/ holds the Parquet ledger (videos/), previews and summary.json.
 A rerun restores only what is new, changed, unfinished or failed. Exit code 0 when the run reached
-its end (failed videos are listed), 2 when it could not start. Every flag is a field of ArchiveJob,
+its end (failed videos are listed), 2 when it could not start, 128 + the signal when SIGTERM or
+Ctrl-C stopped it (its summary says what finished). Every flag is a field of ArchiveJob,
 with its default and help there.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout or a Ray working_dir, uninstalled
 
 from jobs.flags import add_options, values  # noqa: E402
+from pipelines.restore.faults import Stopped  # noqa: E402
 from pipelines.restore.job import ArchiveJob, ConfigError  # noqa: E402
 from pipelines.restore.pipeline import run  # noqa: E402
 
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # bad arguments, weights or storage: reported before Ray starts
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:  # SIGTERM or Ctrl-C: leases freed, summary written with what finished
+        print(f"error: {e}; run it again to go on", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

@@ -11,7 +11,7 @@ import posixpath
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -106,11 +106,49 @@ def _find(root: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], int]:
         if info.get("type") != "file" or not name.startswith(prefix):
             continue
         rel = name[len(prefix):]
-        if any(part.startswith(".") for part in rel.split("/")):
+        # "." and ".." segments (possible in bucket keys) are not hidden names: the caller must see
+        # them, and refuse them (`unsafe_key`), not lose the object silently.
+        if any(part.startswith(".") and part not in (".", "..") for part in rel.split("/")):
             hidden += 1
         else:
             out[rel] = info
     return out, hidden
+
+
+def unsafe_key(rel: str) -> str | None:
+    """Why `rel` (a path below the input root, as listed) cannot name an output, or None if it can.
+
+    Object stores allow keys a filesystem cannot hold: "a/../b" (on a local disk or through a FUSE
+    mount it names a file outside its folder), "a//b" and "/a" (empty segments, which URL joins and
+    mounts collapse, so two keys land on one output), "a/./b". Sources with such keys are refused,
+    never written under another name.
+    """
+    parts = rel.split("/")
+    if rel.startswith("/"):
+        return "the key has a leading '/' (an empty first segment)"
+    if "" in parts:
+        return "the key has an empty segment ('//')"
+    if ".." in parts or "." in parts:
+        return "the key has a '..' or '.' segment (it would name a place outside its folder)"
+    if any(ord(c) < 32 for c in rel):
+        return "the key has control characters"
+    return None
+
+
+def case_insensitive(root: str | os.PathLike) -> bool:
+    """Whether names under `root` that differ only in case are one file (macOS and Windows disks,
+    some mounts). Buckets never fold case; a local folder is asked with a hidden probe file."""
+    fs, path = filesystem(root)
+    if not isinstance(fs, LocalFileSystem):
+        return False
+    os.makedirs(path, exist_ok=True)
+    name = f".star-case-probe-{uuid.uuid4().hex[:12]}"
+    with open(os.path.join(path, name), "wb"):
+        pass
+    try:
+        return os.path.exists(os.path.join(path, name.upper()))
+    finally:
+        os.remove(os.path.join(path, name))
 
 
 def list_videos(root: str | os.PathLike) -> list[SourceFile]:
@@ -138,17 +176,21 @@ def list_sources(root: str | os.PathLike) -> tuple[list[SourceFile], dict[str, i
         if posixpath.splitext(rel)[1].lower() not in VIDEO_EXTENSIONS:
             not_video += 1
             continue
-        out.append(SourceFile(url=join(base, rel), rel=rel, size=int(info["size"]),
+        # The key exactly as stored: `join` would collapse "//" and name another object.
+        url = f"{base.rstrip('/')}/{rel}" if unsafe_key(rel) else join(base, rel)
+        out.append(SourceFile(url=url, rel=rel, size=int(info["size"]),
                               version=_version(fs, info["name"], info)))
     return sorted(out, key=lambda s: s.rel), {"hidden": hidden, "not_video": not_video}
 
 
 @contextlib.contextmanager
-def atomic_output(url: str | os.PathLike) -> Iterator[str]:
+def atomic_output(url: str | os.PathLike, fence: Callable[[], None] | None = None) -> Iterator[str]:
     """Yield a local path to write; on success it appears at `url` whole, on error nothing does.
+    `fence`, if given, is called once the file is complete and just before it is published: an
+    exception from it (a lease lost meanwhile) publishes nothing.
 
-    Local disk: a hidden temporary file in the destination folder, then `os.replace` (atomic on one
-    filesystem). Buckets have no rename (a "move" is copy + delete), but an object becomes visible
+    Local disk: a hidden temporary file in the destination folder, flushed to the disk (fsync), then
+    `os.replace` (atomic on one filesystem), then the folder flushed so the new name is durable too. Buckets have no rename (a "move" is copy + delete), but an object becomes visible
     only when its upload completes, so the finished local file is uploaded in one put.
     The temporary name ends in `.part`, so a listing of the output folder never takes it for a video.
     """
@@ -160,7 +202,11 @@ def atomic_output(url: str | os.PathLike) -> Iterator[str]:
         tmp = _temporary(path)
         try:
             yield tmp
+            _sync(tmp)  # the data reaches the disk before the name does: a crash never leaves a torn file
+            if fence:
+                fence()
             os.replace(tmp, path)
+            _sync(folder)  # and the rename itself survives a power cut
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -168,6 +214,8 @@ def atomic_output(url: str | os.PathLike) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="star-out-") as folder:
             tmp = os.path.join(folder, name)
             yield tmp
+            if fence:
+                fence()
             fs.put_file(tmp, path)
 
 
@@ -215,8 +263,10 @@ def create_exclusive(url: str | os.PathLike, data: bytes) -> bool:
     tmp = _temporary(path)
     with open(tmp, "wb") as f:
         f.write(data)
+    _sync(tmp)
     try:
         os.link(tmp, path)
+        _sync(folder)
     except FileExistsError:
         return False
     except OSError:  # no hard links here (some FUSE mounts): exclusive create, then write
@@ -233,6 +283,18 @@ def create_exclusive(url: str | os.PathLike, data: bytes) -> bool:
 def exists(url: str | os.PathLike) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)
+
+
+def remove_empty_folders(url: str | os.PathLike) -> None:
+    """Remove the empty folders under a local `url` (itself included), deepest first. A folder that
+    another process fills meanwhile is left (`rmdir` refuses a non-empty one), so this never deletes
+    anyone's files. Buckets have no folders to remove."""
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem) or not os.path.isdir(path):
+        return
+    for folder, _, _ in sorted(os.walk(path), key=lambda entry: -entry[0].count(os.sep)):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def remove(url: str | os.PathLike, recursive: bool = False) -> None:
@@ -294,6 +356,15 @@ def _version(fs: fsspec.AbstractFileSystem, name: str, info: dict[str, Any]) -> 
         if info.get(key) is not None:
             return str(info[key])
     return ""
+
+
+def _sync(path: str) -> None:
+    """fsync a local file or folder (a folder's entry list is what a rename changes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _temporary(path: str) -> str:

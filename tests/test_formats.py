@@ -18,10 +18,12 @@ from pipelines.media.interlace import decode_start_pts, deinterlace, picture_tim
 from pipelines.media.mux import choose_container, transcoded_audio
 from pipelines.media.probe import BadVideo, check_restorable, probe_timestamps
 from pipelines.restore.assemble_stage import finish_video
+from pipelines.restore.lease import Leases
 from pipelines.restore.plan_stage import plan_video
 from pipelines.restore.restore_stage import RestoreWindows
 from pipelines.restore.rows import (DEINTERLACE, DEINTERLACED, FINGERPRINT, FRAMES, OUTPUT, OUTPUT_STEM, REL, SOURCE,
                                     STAGING, STATUS, VIDEO_ID, output_stem, staging_folder, video_id)
+from pipelines.storage import SourceFile
 from star_model.presets import restore_settings
 from test_assembly import restore_video, stream_packets
 
@@ -179,7 +181,9 @@ def test_interlaced_tape_restores_progressive_at_field_rate_without_combing(tmp_
     windows = plan_video(row, window=8, overlap=2, detector="content")
     assert {w[DEINTERLACE] for w in windows} == {"field"} and windows[0][FRAMES] == 12 and len(windows) == 2
     actor = RestoreWindows("nano", None, restore_settings("nano", 2), "light_deg", "")
-    video = finish_video([actor.restore(w) for w in windows], output_root=out_root, run_id="r", settings="s")
+    with Leases(out_root, "r") as leases:  # finish_video publishes only for the run holding the video
+        assert leases.claim([SourceFile(str(src), "tape.mpg", 1, "f")]).mine
+        video = finish_video([actor.restore(w) for w in windows], output_root=out_root, run_id="r", settings="s")
     assert (video[STATUS], video[DEINTERLACED], video[FRAMES]) == ("done", "bwdif, field rate, tff", 12)
 
     out = Path(video[OUTPUT])

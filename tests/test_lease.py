@@ -10,12 +10,15 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
 from pipelines import storage
-from pipelines.restore.lease import LEASES, Leases, lease_key, run_url
-from pipelines.storage import SourceFile, create_exclusive, join
+from pipelines.restore.assemble_stage import finish_video
+from pipelines.restore.lease import LEASES, LeaseLost, Leases, check_held, lease_key, run_url
+from pipelines.restore.plan_stage import failed_row
+from pipelines.storage import SourceFile, atomic_output, create_exclusive, join, remove_empty_folders
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
 TTL = timedelta(minutes=10)
@@ -205,3 +208,50 @@ def test_an_exception_still_finishes_the_run(tmp_path):
 def test_a_zero_lease_time_is_refused(tmp_path):
     with pytest.raises(ValueError, match="must be positive"):
         Leases(str(tmp_path), "run-a", timedelta(0))
+
+
+# -- the fence ---------------------------------------------------------------------------------------
+
+
+def failed_window(root: str, source: SourceFile, permanent: bool = False) -> dict:
+    row = {"source": source.url, "rel": source.rel, "fingerprint": source.fingerprint, "video_id": "v" + source.rel[-5],
+           "output_stem": join(root, source.rel[:-4]), "staging": ""}
+    return failed_row(row, "not a video" if permanent else "out of memory", permanent=permanent)
+
+
+def test_a_stalled_run_that_lost_its_lease_publishes_and_records_nothing(tmp_path):
+    root, clock = str(tmp_path / "out"), Clock()
+    stalled = started(root, "run-a", clock)
+    assert stalled.claim(SOURCES[:1]).mine == SOURCES[:1]
+    (tmp_path / "out" / "_staging" / "va").mkdir(parents=True)
+    (tmp_path / "out" / "_staging" / "va" / "window_00000.mkv").write_bytes(b"segment of run b")
+    clock.now += TTL * 2  # run a stalls past its lease time; run b takes the video over
+    assert started(root, "run-b", clock).claim(SOURCES[:1]).mine == SOURCES[:1]
+
+    # a permanent failure would clear the video's staging: not from the run that lost the lease
+    row = finish_video([failed_window(root, SOURCES[0], permanent=True)], output_root=root, run_id="run-a",
+                       settings="s")
+    assert row["status"] == "failed" and "lost the lease" in row["error"] and "run-b" in row["error"]
+    assert not (tmp_path / "out" / "_ledger" / "videos").exists()  # no ledger row from run a
+    assert (tmp_path / "out" / "_staging" / "va" / "window_00000.mkv").exists()
+    with pytest.raises(LeaseLost):
+        check_held(root, "run-a", SOURCES[0].rel)
+    with pytest.raises(LeaseLost), atomic_output(str(tmp_path / "out" / "a.mp4"),
+                                                 lambda: check_held(root, "run-a", SOURCES[0].rel)) as tmp:
+        Path(tmp).write_bytes(b"restored by the stalled run")
+    assert not (tmp_path / "out" / "a.mp4").exists()  # the publish is fenced too
+
+    # the run that holds the lease records it; staging is only ever cleared by the holder
+    row = finish_video([failed_window(root, SOURCES[0])], output_root=root, run_id="run-b", settings="s")
+    assert "lost the lease" not in row["error"]
+    assert len(list((tmp_path / "out" / "_ledger" / "videos").glob("*.parquet"))) == 1
+
+
+def test_removing_empty_staging_folders_keeps_a_live_runs_segments(tmp_path):
+    staging = tmp_path / "_staging"
+    (staging / "v1" / "old").mkdir(parents=True)
+    (staging / "v2" / "new").mkdir(parents=True)
+    (staging / "v2" / "new" / "window_00000.mkv").write_bytes(b"another run's segment")
+    remove_empty_folders(str(staging))
+    assert not (staging / "v1").exists()
+    assert (staging / "v2" / "new" / "window_00000.mkv").read_bytes() == b"another run's segment"

@@ -13,8 +13,9 @@ import pytest
 from helpers import media
 from pipelines.media.probe import probe
 from pipelines.reachable import check_reachable
-from pipelines.storage import (VIDEO_EXTENSIONS, SourceFile, atomic_output, exists, filesystem, join, list_sources,
-                               list_videos, open_input, read_bytes, relative, remove, write_bytes_atomic)
+from pipelines.storage import (VIDEO_EXTENSIONS, SourceFile, atomic_output, create_exclusive, exists, filesystem, join,
+                               list_sources, list_videos, open_input, read_bytes, relative, remove,
+                               write_bytes_atomic)
 
 STORES = ["local", "s3", "gs"]
 
@@ -307,3 +308,25 @@ def test_atomic_output_of_a_name_as_long_as_the_filesystem_allows(tmp_path):
         Path(tmp).write_bytes(b"x")
         assert len(os.path.basename(tmp).encode()) <= 255
     assert os.listdir(tmp_path) == [name]
+
+
+def test_local_writes_reach_the_disk_before_their_name_does(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_bytes_atomic(str(tmp_path / "summary.json"), b"{}")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].endswith(".part") and events[2][1] == str(tmp_path)  # the data, then the folder
+    events.clear()
+    assert create_exclusive(str(tmp_path / "lease.json"), b"{}")
+    assert [kind for kind, _ in events] == ["fsync", "fsync"] and events[1][1] == str(tmp_path)

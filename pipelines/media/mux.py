@@ -8,7 +8,7 @@ import heapq
 import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import Literal
 
@@ -70,6 +70,7 @@ def write_video(
     *,
     crf: int = 16,
     preset: str = "medium",
+    fence: Callable[[], None] | None = None,
 ) -> None:
     """Write `frames` ((H, W, 3) uint8, or uint16 from a deep-colour source, one per source frame) to `output_url` (".mp4" or ".mkv": see
     `choose_container`) with every audio and subtitle stream of `source`, its chapters and (in
@@ -82,7 +83,7 @@ def write_video(
     pixel is dropped). Frames are upright, so no rotation is written. Audio and subtitles are copied
     packet for packet with their languages, titles and dispositions; audio the container cannot carry
     is transcoded to FLAC (`transcoded_audio`). Nothing appears at `output_url` unless the whole file
-    was written.
+    was written (and `fence`, called just before, raised nothing: see `storage.atomic_output`).
     """
     fmt = _FORMATS.get(os.path.splitext(os.fspath(output_url))[1].lower())
     if fmt is None:
@@ -96,7 +97,7 @@ def write_video(
     if fmt == "mp4" and info.time_base.numerator == 1:
         options["movie_timescale"] = str(info.time_base.denominator)
 
-    with atomic_output(output_url) as tmp, open_input(source) as f:
+    with atomic_output(output_url, fence) as tmp, open_input(source) as f:
         src = open_container(f)
         try:
             with av.open(tmp, "w", format=fmt, options=options) as out:

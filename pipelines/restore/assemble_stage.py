@@ -4,10 +4,11 @@ write the video's ledger rows and clear its staging folder. A failed window fail
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +20,7 @@ from pipelines.media.interlace import decode_start_pts, describe, picture_timeli
 from pipelines.media.mux import write_video
 from pipelines.media.probe import BadVideo, VideoInfo, probe_timestamps
 from pipelines.restore import ledger, metrics
+from pipelines.restore.lease import LeaseLost, check_held
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END, ERROR, FAILED,
                                     FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL,
                                     RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
@@ -35,37 +37,38 @@ _WINDOW_LEDGER = (SOURCE, FINGERPRINT, WINDOW, START, END, SEGMENT, STATUS, ERRO
 
 def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: str, settings: str) -> dict[str, Any]:
     """All window rows of one video -> its ledger row (also written to the ledger here, so a killed
-    driver loses no finished video). Done: the output is in place, whole; failed: nothing new is."""
+    driver loses no finished video). Done: the output is in place, whole; failed: nothing new is.
+
+    Fenced: a run that lost the video's lease (it stalled, another run took the video over) publishes
+    nothing, writes no ledger row and clears no staging; its row says so, for the summary only.
+    """
     rows = sorted(rows, key=lambda r: r[WINDOW])
     first = rows[0]
     started = time.perf_counter()
-    status, error, permanent = DONE, None, False
-    failed = [r for r in rows if r[STATUS] != DONE]
-    if failed:
-        status, error, permanent = FAILED, _reason(failed), all(r[PERMANENT] for r in failed)
-    else:
-        try:
-            _assemble(first, rows, ledger.preview_url(output_root, first[REL]))
-        except BadVideo as e:
-            status, error, permanent = FAILED, f"assembly: {e.reason}", True
-        except Exception as e:  # noqa: BLE001 - recorded in the ledger, the run goes on
-            log.warning("assembling %s failed", first[SOURCE], exc_info=True)
-            status, error = FAILED, f"assembly: {type(e).__name__}: {e}"
-    if not failed and status == FAILED:
-        metrics.failure("assemble", permanent)
+    fence = functools.partial(check_held, output_root, run_id, first[REL])
+    try:
+        fence()
+        status, error, permanent = DONE, None, False
+        failed = [r for r in rows if r[STATUS] != DONE]
+        if failed:
+            status, error, permanent = FAILED, _reason(failed), all(r[PERMANENT] for r in failed)
+        else:
+            try:
+                _assemble(first, rows, ledger.preview_url(output_root, first[REL]), fence)
+            except LeaseLost:
+                raise
+            except BadVideo as e:
+                status, error, permanent = FAILED, f"assembly: {e.reason}", True
+            except Exception as e:  # noqa: BLE001 - recorded in the ledger, the run goes on
+                log.warning("assembling %s failed", first[SOURCE], exc_info=True)
+                status, error = FAILED, f"assembly: {type(e).__name__}: {e}"
+            if status == FAILED:
+                metrics.failure("assemble", permanent)
+        fence()  # again: assembly takes minutes, and a failed video published nothing to fence
+    except LeaseLost as e:
+        return _video_row(first, rows, settings, run_id, FAILED, str(e), False, started)
+    video = _video_row(first, rows, settings, run_id, status, error, permanent, started)
     restored = [r for r in rows if r[WINDOW] >= 0]
-    video = {
-        SOURCE: first[SOURCE], REL: first[REL], FINGERPRINT: first[FINGERPRINT], SETTINGS: settings,
-        OUTPUT: first[OUTPUT] if status == DONE else None,
-        STATUS: status, ERROR: error, PERMANENT: permanent,
-        FRAMES: int(first[FRAMES]), WINDOWS: len(restored),
-        DEINTERLACED: describe(first[DEINTERLACE], first[FIELD_ORDER]) if first[DEINTERLACE] else "",
-        WINDOWS_REUSED: sum(bool(r[REUSED]) for r in restored),
-        RESTORE_SECONDS: float(sum(r[SECONDS] for r in restored if not r[REUSED])),
-        ASSEMBLE_SECONDS: time.perf_counter() - started,
-        DEVICE: next((r[DEVICE] for r in restored if r[DEVICE]), ""),
-        RUN_ID: run_id, FINISHED_AT: ledger.now(),
-    }
     ledger.write_windows(output_root, first[VIDEO_ID], run_id, [
         {**{column: r[column] for column in _WINDOW_LEDGER}, RUN_ID: run_id,
          SEGMENT: r[SEGMENT] or None, ERROR: r[ERROR] or None} for r in restored])
@@ -78,8 +81,26 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
     return video
 
 
+def _video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], settings: str, run_id: str, status: str,
+               error: str | None, permanent: bool, started: float) -> dict[str, Any]:
+    restored = [r for r in rows if r[WINDOW] >= 0]
+    return {
+        SOURCE: first[SOURCE], REL: first[REL], FINGERPRINT: first[FINGERPRINT], SETTINGS: settings,
+        OUTPUT: first[OUTPUT] if status == DONE else None,
+        STATUS: status, ERROR: error, PERMANENT: permanent,
+        FRAMES: int(first[FRAMES]), WINDOWS: len(restored),
+        DEINTERLACED: describe(first[DEINTERLACE], first[FIELD_ORDER]) if first[DEINTERLACE] else "",
+        WINDOWS_REUSED: sum(bool(r[REUSED]) for r in restored),
+        RESTORE_SECONDS: float(sum(r[SECONDS] for r in restored if not r[REUSED])),
+        ASSEMBLE_SECONDS: time.perf_counter() - started,
+        DEVICE: next((r[DEVICE] for r in restored if r[DEVICE]), ""),
+        RUN_ID: run_id, FINISHED_AT: ledger.now(),
+    }
+
+
 def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output_url: str | os.PathLike, *,
-             info: VideoInfo | None = None, timestamps: np.ndarray | None = None, **encode: Any) -> None:
+             info: VideoInfo | None = None, timestamps: np.ndarray | None = None,
+             fence: Callable[[], None] | None = None, **encode: Any) -> None:
     """Join the restored segments of a video into `output_url` (see `media.mux.write_video`; `encode`:
     its crf and preset), cross-fading the frames consecutive windows share.
 
@@ -89,17 +110,17 @@ def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output
     if info is None or timestamps is None:
         info, timestamps = probe_timestamps(source)
     windows = sorted(segments, key=lambda pair: pair[0].index)
-    write_video(source, _blended_frames(windows, len(timestamps)), output_url, info, timestamps, **encode)
+    write_video(source, _blended_frames(windows, len(timestamps)), output_url, info, timestamps, fence=fence, **encode)
 
 
-def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: str) -> None:
+def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: str, fence: Callable[[], None]) -> None:
     mode = video[DEINTERLACE] or None
     with storage.open_input(video[SOURCE]) as f:
         source_info, source_timestamps = probe_timestamps(f)
         # The restored frames are bwdif's pictures for an interlaced source: their timeline.
         info, timestamps = picture_timeline(source_info, source_timestamps, mode)
         segments = [(window_of(r), r[SEGMENT]) for r in rows]
-        assemble(f, segments, video[OUTPUT], info=info, timestamps=timestamps)
+        assemble(f, segments, video[OUTPUT], info=info, timestamps=timestamps, fence=fence)
         # Before/after still of the middle frame: the source frame beside its restored version.
         # Only a convenience: a still that cannot be made does not fail a restored video.
         try:

@@ -17,8 +17,10 @@ video, exactly one creates it. Generations only grow (older ones are deleted, th
 a freed lease can never be claimed twice by starting again from 0.
 
 Clocks: expiry is the holder's clock compared with the reader's; keep clocks in sync (NTP) to well
-within `ttl`. A run that stalls for longer than `ttl` loses its leases; the worst that follows is
-the same window restored twice into the same (atomic, identical) staging segment, never a torn file.
+within `ttl`. A run that stalls for longer than `ttl` loses its leases, and learns it at the fence
+(`check_held`) before publishing an output, writing a ledger row or clearing staging: it does none
+of these for a video another run has taken over. The worst that follows is the same window restored
+twice into the same (atomic, identical) staging segment, never a torn file.
 To free the leases of a run you know is dead before they expire, delete its `_runs/<run id>.json`.
 """
 
@@ -151,6 +153,22 @@ class Leases:
                 return None, taken_over
             # Another run created that generation first: look again, it is probably alive.
         return "another run (the lease kept changing while claiming it)", False
+
+
+class LeaseLost(Exception):
+    """This run no longer holds a video's lease: it stalled past the lease time and another run took
+    the video over. It must not publish the output nor write a ledger row for it."""
+
+
+def check_held(output_root: str, run_id: str, rel: str) -> None:
+    """Raise LeaseLost unless run `run_id` holds the lease of `rel` (wrote its newest generation).
+    The fence a run passes before each write that makes a video's outcome visible."""
+    folder = storage.join(output_root, LEASES, lease_key(rel))
+    generations = _generations(folder)
+    holder = _read_json(_generation_url(folder, generations[-1])).get("run") if generations else None
+    if holder != run_id:
+        raise LeaseLost(f"run {run_id} lost the lease of {rel} to {holder or 'nobody'} (it stalled past the lease "
+                        f"time); that run restores it")
 
 
 def run_url(output_root: str, run_id: str) -> str:

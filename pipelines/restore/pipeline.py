@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import signal
 import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
@@ -22,12 +23,15 @@ from pipelines import storage
 from pipelines.actors import actor_pool
 from pipelines.restore import ledger, metrics
 from pipelines.restore.assemble_stage import finish_video
+from pipelines.restore.faults import (TASK_RETRIES, Assemblies, Stopped, bound_retries, describe, lost_windows,
+                                     stop_on_signals)
 from pipelines.restore.job import TINY_WARNING, ArchiveJob, validate
 from pipelines.restore.lease import Leases, describe_holders
 from pipelines.restore.plan_stage import failed_row, plan_video
 from pipelines.restore.restore_stage import RestoreWindows
-from pipelines.restore.rows import (FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGING, STATUS, VIDEO_ID, WINDOWS,
-                                    output_stem, staging_folder, staging_root, video_id)
+from pipelines.restore.rows import (FINGERPRINT, FRAMES, OUTPUT_STEM, REL, RESTORE_SECONDS, SETTINGS, SOURCE, STAGING,
+                                    STATUS, VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, output_stem, staging_folder,
+                                    staging_root, video_id)
 from pipelines.restore.summary import RunStats, format_summary
 from pipelines.storage import SourceFile
 from star_model.presets import get_preset
@@ -72,14 +76,23 @@ def run(job: ArchiveJob) -> dict[str, Any]:
         if held:
             log.info("left to the runs that hold them: %s", describe_holders(held))
         stats = RunStats(len(selection.todo))
-        if selection.todo:
-            _restore_all(job, config, selection.todo, sources, output_root, run_id, stats)
-        else:
-            log.info("nothing to restore: every video under %s is done, an unchanged bad input, or being "
-                     "restored by another run", input_root)
-        summary = stats.summary(**header, finished_at=ledger.now())
+        stopped = None
+        try:
+            with stop_on_signals():
+                if selection.todo:
+                    _restore_all(job, config, selection.todo, sources, output_root, run_id, stats)
+                else:
+                    log.info("nothing to restore: every video under %s is done, an unchanged bad input, or "
+                             "being restored by another run", input_root)
+        except Stopped as e:  # the leases are freed on the way out; what finished is in the summary
+            log.warning("run %s %s: %d of %d videos finished", run_id, e, stats.done + stats.failed,
+                        stats.to_restore)
+            stopped = signal.Signals(e.signum).name
+        summary = stats.summary(**header, stopped=stopped, finished_at=ledger.now())
         ledger.write_summary(output_root, summary)
     log.info("%s", format_summary(summary))
+    if stopped:
+        raise Stopped(getattr(signal, stopped))
     return summary
 
 
@@ -98,24 +111,26 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, todo: Sequence[SourceFi
                  output_root: str, run_id: str, stats: RunStats) -> None:
     """Restore the claimed videos, counting each finished one in `stats` (and the metrics)."""
     settings = job.settings_key()
-    todo, clashing = _split_clashes(todo, sources)
-    for source, reason in clashing:  # decided on the driver: no Ray needed
-        log.info(stats.add(_failed_video(source, reason, output_root, run_id, settings)))
+    todo, refused = _split_clashes(todo, sources, output_root)
+    for source, reason, permanent in refused:  # decided on the driver: no Ray needed
+        row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, VIDEO_ID: video_id(source.url)}
+        log.info(stats.add(_failed_video(row, reason, output_root, run_id, settings, permanent=permanent)))
     if not todo:
         return
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
     try:
-        metrics.videos_queued(len(todo))
-        for video in _restore_videos(job, config, todo, output_root, run_id):
-            log.info(stats.add(video))
-            metrics.video_finished(video[STATUS])
-            metrics.videos_queued(stats.to_restore - stats.done - stats.failed)
+        with stop_on_signals():  # again: ray.init() sets a SIGTERM handler of its own (a bare exit)
+            metrics.videos_queued(len(todo))
+            for video in _restore_videos(job, config, todo, output_root, run_id):
+                log.info(stats.add(video))
+                metrics.video_finished(video[STATUS])
+                metrics.videos_queued(stats.to_restore - stats.done - stats.failed)
     finally:
         if started_ray:
             ray.shutdown()
-    _remove_if_empty(staging_root(output_root))
+    storage.remove_empty_folders(staging_root(output_root))  # never a folder another live run is filling
 
 
 def _select(job: ArchiveJob, sources: Sequence[SourceFile], output_root: str) -> ledger.Selection:
@@ -125,24 +140,26 @@ def _select(job: ArchiveJob, sources: Sequence[SourceFile], output_root: str) ->
 
 def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[SourceFile], output_root: str,
                     run_id: str) -> Iterator[dict[str, Any]]:
-    """The restore pipeline, top to bottom; yields each video's ledger row as it finishes."""
+    """The restore pipeline, top to bottom; yields each video's ledger row as it finishes, every
+    video of `sources` exactly once (lost work included: see faults.py)."""
     settings = job.settings_key()
     use_gpu, actors = actor_pool(job.device, job.actors, job.accelerator_type)
+    actor_faults = bound_retries()
 
     # 1. Sources: one row per video, each its own block so that the scenes tasks run in parallel.
     #    out: source, rel, fingerprint, video_id, output_stem, staging
-    rows = [{SOURCE: s.url, REL: s.rel, FINGERPRINT: s.fingerprint, VIDEO_ID: video_id(s.url),
-             OUTPUT_STEM: output_stem(output_root, s.rel),
-             STAGING: staging_folder(output_root, s.url, s.fingerprint, settings)} for s in sources]
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    rows = {video_id(s.url): {SOURCE: s.url, REL: s.rel, FINGERPRINT: s.fingerprint, VIDEO_ID: video_id(s.url),
+                              OUTPUT_STEM: output_stem(output_root, s.rel),
+                              STAGING: staging_folder(output_root, s.url, s.fingerprint, settings)} for s in sources}
+    ds = ray.data.from_items(list(rows.values()), override_num_blocks=len(rows))
 
     # 2. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
     #    into its windows, or into one failed row. in: a source row; out: window rows (plan_stage).
     ds = ds.flat_map(plan_video, fn_kwargs=dict(window=job.window, overlap=job.overlap, detector=job.detector,
                                                 deinterlace=job.deinterlace, max_pixels=job.max_frame_pixels),
-                     num_cpus=1)
+                     num_cpus=1, max_retries=TASK_RETRIES)
     # One window per block: a video's windows spread over the actor pool instead of one actor
-    # taking the whole block.
+    # taking the whole block (and a block lost with its actor is one window).
     ds = ds.repartition(target_num_rows_per_block=1)
 
     # 3. Restore (actor pool, one GPU per actor; model loaded once per actor): decode the window,
@@ -160,55 +177,79 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
         # Only nodes with that GPU (the cluster configs declare `accelerator_type:<name>` resources,
         # so the autoscaler can start such a node before any exists).
         **({"accelerator_type": job.accelerator_type} if job.accelerator_type else {}),
+        **actor_faults,
     )
 
     # 4. Assemble (CPU task per video, 1 CPU: x264 encode), started as soon as a video's last
     #    window comes out of the stream, so finished videos appear while others are restoring.
     #    in: all window rows of a video; out: its ledger row (written by the task itself).
-    finish = ray.remote(num_cpus=1)(finish_video)
+    finish = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(finish_video)
+    assemblies = Assemblies()
     waiting: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    running: list[ray.ObjectRef] = []
-    for row in ds.iter_rows():
-        windows = waiting[row[VIDEO_ID]]
-        windows.append(dict(row))
-        if len(windows) == row[WINDOWS]:
-            running.append(finish.remote(waiting.pop(row[VIDEO_ID]), output_root=output_root, run_id=run_id,
-                                         settings=settings))
-        ready, running = ray.wait(running, num_returns=len(running), timeout=0) if running else ([], [])
-        yield from ray.get(ready)
-    assert not waiting, f"videos with missing windows: {sorted(waiting)}"
-    while running:
-        ready, running = ray.wait(running, num_returns=1)
-        yield from ray.get(ready)
+    stream_error = None
+    try:
+        for row in ds.iter_rows():
+            windows = waiting[row[VIDEO_ID]]
+            windows.append(dict(row))
+            if len(windows) == row[WINDOWS]:
+                windows = waiting.pop(row[VIDEO_ID])
+                rows.pop(row[VIDEO_ID])
+                ref = finish.remote(windows, output_root=output_root, run_id=run_id, settings=settings)
+                assemblies.add(ref, windows[0], int(row[FRAMES]))
+            yield from _ledger_rows(assemblies.finished(wait=0), output_root, run_id, settings)
+    except Exception as e:  # noqa: BLE001 - the stream itself failed (no restore actor could start)
+        log.error("the restore stage stopped: %s", describe(e), exc_info=True)
+        stream_error = f"the restore stage stopped: {describe(e)}"
+    # What never came back (after the bounded retries) fails here, with what is known of why.
+    for vid, source_row in rows.items():
+        arrived = waiting.get(vid, [])
+        reason = stream_error or lost_windows(arrived[0][WINDOWS] if arrived else None, [r[WINDOW] for r in arrived])
+        yield _failed_video(source_row, reason, output_root, run_id, settings)
+    while assemblies.running:
+        yield from _ledger_rows(assemblies.finished(wait=None), output_root, run_id, settings)
 
 
-def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile]
-                   ) -> tuple[list[SourceFile], list[tuple[SourceFile, str]]]:
-    """Sources whose outputs would collide ("a.mov" and "a.mp4" both restore to "a.mp4") fail;
-    retried on every run, so renaming one of them fixes it."""
+def _ledger_rows(finished: Iterator[tuple[dict[str, Any], dict[str, Any] | str]], output_root: str, run_id: str,
+                 settings: str) -> Iterator[dict[str, Any]]:
+    """Ledger rows of finished assemblies; a failed or cancelled one is recorded from the driver."""
+    for video, outcome in finished:
+        yield outcome if isinstance(outcome, dict) else _failed_video(video, outcome, output_root, run_id, settings)
+
+
+def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile], output_root: str
+                   ) -> tuple[list[SourceFile], list[tuple[SourceFile, str, bool]]]:
+    """(sources to restore, [(source, reason, permanent)] for those refused on the driver): keys that
+    could write outside the output (`storage.unsafe_key`: refused for good while unchanged), and
+    sources whose outputs would collide ("a.mov" and "a.mp4" both restore to "a.mp4"; "A.mp4" and
+    "a.mp4" on an output that folds case), retried on every run, so renaming one of them fixes it."""
+    fold = str.casefold if storage.case_insensitive(output_root) else str
     by_stem = collections.defaultdict(list)
     for s in sources:
-        by_stem[posixpath.splitext(s.rel)[0]].append(s.rel)
-    keep, clashing = [], []
+        by_stem[fold(posixpath.splitext(s.rel)[0])].append(s.rel)
+    keep, refused = [], []
     for s in todo:
-        others = [rel for rel in by_stem[posixpath.splitext(s.rel)[0]] if rel != s.rel]
-        if others:
-            clashing.append((s, f"output name clashes with {', '.join(others)} (same name, other extension); "
-                                f"rename one of them"))
+        unsafe = storage.unsafe_key(s.rel)
+        others = [rel for rel in by_stem[fold(posixpath.splitext(s.rel)[0])] if rel != s.rel]
+        if unsafe:
+            refused.append((s, f"unsafe object key {s.rel!r}: {unsafe}; rename the object", True))
+        elif others:
+            refused.append((s, f"output name clashes with {', '.join(others)} (same name, other extension or "
+                               f"case); rename one of them", False))
         else:
             keep.append(s)
-    return keep, clashing
+    return keep, refused
 
 
-def _failed_video(source: SourceFile, reason: str, output_root: str, run_id: str, settings: str) -> dict[str, Any]:
-    row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, VIDEO_ID: video_id(source.url),
-           OUTPUT_STEM: output_stem(output_root, source.rel), STAGING: ""}
-    return finish_video([failed_row(row, reason, permanent=False)], output_root=output_root, run_id=run_id,
-                        settings=settings)
-
-
-def _remove_if_empty(folder: str) -> None:
-    """Drop the staging folder once no video has segments left in it (local disk keeps empty folders)."""
-    fs, path = storage.filesystem(folder)
-    if fs.exists(path) and not fs.find(path):
-        storage.remove(folder, recursive=True)
+def _failed_video(row: dict[str, Any], reason: str, output_root: str, run_id: str, settings: str, *,
+                  permanent: bool = False) -> dict[str, Any]:
+    """Record a video that failed before or after the workers (a source row or a window row of it):
+    retried by the next run unless `permanent`. A ledger write that fails (the store is down) is logged; the run's
+    summary still counts the video."""
+    row = {key: row[key] for key in (SOURCE, REL, FINGERPRINT, VIDEO_ID)} | {
+        OUTPUT_STEM: output_stem(output_root, row[REL]), STAGING: ""}
+    failed = failed_row(row, reason, permanent=permanent)
+    try:
+        return finish_video([failed], output_root=output_root, run_id=run_id, settings=settings)
+    except Exception:  # noqa: BLE001
+        log.error("could not record the failure of %s in the ledger (%s)", row[SOURCE], reason, exc_info=True)
+        return {**failed, SETTINGS: settings, WINDOWS_REUSED: 0, RESTORE_SECONDS: 0.0, WINDOWS: 0}

@@ -1,0 +1,137 @@
+"""What the restore job does when work is lost rather than failed: a worker killed (out of host memory,
+a segfault in a decoder, a preempted node), a task that never returns, a signal to stop.
+
+Ray's defaults suit none of these: Ray Data restarts a dead actor and retries its task without bound
+and fails the whole dataset on the first actor that dies while starting; a stuck assembly task waits
+for ever. Here every retry is bounded, and work that is still lost after its retries becomes a failed
+ledger row with a reason, so the rest of the archive goes on and the run ends with its summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+# A restore actor that dies is restarted at most this many times (each restart reloads the model).
+ACTOR_RESTARTS = 2
+# A window whose actor died is tried again at most this many times, then recorded as failed.
+WINDOW_RETRIES = 2
+# A scenes or assembly task whose worker died is run again at most this many times.
+TASK_RETRIES = 2
+# Restore actors that die while loading the model, in a row, before the restore stage gives up (a
+# broken model or node fails its videos instead of being retried for ever).
+ACTOR_START_DEATHS = 3
+
+# An assembly task (decode the segments, encode the output, mux the source's streams) gets this long
+# before it is cancelled and its video recorded as failed: a fixed part for the probe and the writes,
+# and a part per frame generous for a 4K x264 encode on one CPU.
+ASSEMBLY_BASE_SECONDS = 600.0
+ASSEMBLY_SECONDS_PER_FRAME = 2.0
+
+ACTOR_DIED = (f"its restore actor died {1 + WINDOW_RETRIES} times (out of host memory, a crash in a decoder, a "
+              f"lost node: see the Ray logs)")
+
+
+def bound_retries() -> dict[str, Any]:
+    """Set Ray Data's fault options for this driver; returns the actor options for `map_batches`.
+
+    A window block that still fails after its retries is dropped from the stream
+    (`max_errored_blocks`), and the driver records the video as failed (`lost_windows`).
+    """
+    context = ray.data.DataContext.get_current()
+    context.max_errored_blocks = -1  # each block is one window or one video: none may stop the archive
+    context.max_consecutive_actor_init_deaths = ACTOR_START_DEATHS
+    return {"max_restarts": ACTOR_RESTARTS, "max_task_retries": WINDOW_RETRIES}
+
+
+def lost_windows(expected: int | None, arrived: list[int]) -> str:
+    """The ledger reason for a video whose windows did not all come back from the restore stage."""
+    if expected is None:
+        return (f"no window came back: its scenes task died {1 + TASK_RETRIES} times, or every window's "
+                f"restore actor did ({ACTOR_DIED.removeprefix('its restore actor died ')})")
+    missing = sorted(set(range(expected)) - set(arrived))
+    shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+    return f"window{'s' if len(missing) > 1 else ''} {shown} of {expected} never came back: {ACTOR_DIED}"
+
+
+def assembly_deadline(frames: int) -> float:
+    return ASSEMBLY_BASE_SECONDS + ASSEMBLY_SECONDS_PER_FRAME * max(frames, 0)
+
+
+@dataclass
+class Assemblies:
+    """The assembly tasks in flight, with their deadlines (driver side)."""
+
+    running: dict[ray.ObjectRef, tuple[dict[str, Any], float, float]] = field(default_factory=dict)
+
+    def add(self, ref: ray.ObjectRef, video: dict[str, Any], frames: int) -> None:
+        limit = assembly_deadline(frames)
+        self.running[ref] = (video, time.monotonic() + limit, limit)
+
+    def finished(self, wait: float | None) -> Iterator[tuple[dict[str, Any], dict[str, Any] | str]]:
+        """(video row, its ledger row) for each task that returned, or (video row, reason) for each
+        that failed or ran past its deadline (cancelled). `wait`: seconds to wait for the first one
+        (None: until one finishes or a deadline passes)."""
+        if not self.running:
+            return
+        if wait is None:
+            wait = max(0.0, min(deadline for _, deadline, _ in self.running.values()) - time.monotonic())
+        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=wait)
+        if ready:
+            ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+        for ref in ready:
+            video, _, _ = self.running.pop(ref)
+            try:
+                yield video, ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - a crashed task or a storage error: recorded, the run goes on
+                yield video, f"assembly: {describe(e)}"
+        now = time.monotonic()
+        for ref, (video, deadline, limit) in list(self.running.items()):
+            if deadline <= now:
+                ray.cancel(ref, force=True)
+                del self.running[ref]
+                yield video, f"assembly: still running after {limit:.0f} s (cancelled; the limit grows with the frames)"
+
+
+class Stopped(BaseException):
+    """A signal asked the run to stop (SIGTERM: a pod evicted, a spot node reclaimed; SIGINT: Ctrl-C).
+    A BaseException, like KeyboardInterrupt: the handlers that record failures let it through, so the
+    videos it interrupts stay unfinished (the next run takes them up), not failed."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into `Stopped` in the main thread, so that the run unwinds: its leases
+    are released and its summary written with what finished. Outside the main thread (a test calling
+    the job from a worker thread) signals are left as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def describe(error: BaseException) -> str:
+    """"Type: message" in one line, of the original error where Ray wrapped it."""
+    cause = getattr(error, "cause", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
