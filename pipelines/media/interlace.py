@@ -53,7 +53,7 @@ def picture_timeline(info: VideoInfo, timestamps: np.ndarray, mode: Deinterlace 
     per_frame = _PICTURES_PER_FRAME[mode]
     return dataclasses.replace(
         info, time_base=info.time_base / 2, fps=info.fps * per_frame, frame_count=len(doubled),
-        start_pts=2 * info.start_pts, end_pts=2 * info.end_pts, deinterlaced=describe(mode, info.field_order),
+        start_pts=2 * info.start_pts, end_pts=2 * info.end_pts,
     ), doubled
 
 

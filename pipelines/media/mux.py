@@ -128,8 +128,9 @@ def _add_kept_stream(out: av.container.OutputContainer, template: av.stream.Stre
         source = template.codec_context
         stream = out.add_stream(LOSSLESS_AUDIO, rate=source.sample_rate)
         stream.layout = source.layout
-        # FLAC holds 16 or 24 bits; anything wider than 16 (24-bit PCM, the float output of WMA or
-        # Nellymoser decoders) goes at 24, which keeps every bit a 16-bit lossy source had.
+        # FLAC holds 16 or 24 bits here; anything wider than 16 goes at 24: exact for 24-bit PCM,
+        # and far finer than what the float output of a WMA, Nellymoser or ADPCM decoder carries.
+        # 32-bit integer or float PCM (rare in archives) is rounded to 24 bits.
         stream.format = "s16" if source.format.bytes <= 2 and not source.format.name.startswith("flt") else "s32"
     else:
         stream = out.add_stream_from_template(template)

@@ -85,8 +85,6 @@ class VideoInfo:
     attachments: tuple[StreamInfo, ...] = ()  # fonts of styled subtitles, cover images (Matroska)
     # "progressive", or the field shown first of an interlaced source: "tff" | "bff" (see _field_order)
     field_order: str = "progressive"
-    # "" as probed; what interlace.picture_timeline did to make this timeline, e.g. "bwdif, field rate, tff"
-    deinterlaced: str = ""
 
     @property
     def display_size(self) -> tuple[int, int]:
