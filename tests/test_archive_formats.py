@@ -37,7 +37,8 @@ def build(root: Path) -> Path:
     for folder in ("_staging", "_ledger", "long", "bad"):
         (root / folder).mkdir(parents=True)
     bars = np.stack([moving_bar(i) for i in range(8)])
-    write(root / "Ünïcødé film [1987] (VHS).wmv", bars, codec="wmv2", fmt="asf", audio=(("wmav2", 22050, "eng", {}),))
+    write(root / "Ünïcødé film [1987] (VHS).wmv", bars, codec="wmv2", fmt="asf",
+          audio=(("wmav2", 22050, "eng", {}),))
     write(root / "_staging/tape.mpg", woven(5), codec="mpeg2video", fmt="mpeg", options={"flags": "+ildct+ilme"},
           field_order="tff", audio=(("mp2", 48000, "eng", {}),))
     write(root / "_ledger/film.mkv", bars, codec="libx264",

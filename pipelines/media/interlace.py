@@ -114,7 +114,8 @@ def deinterlace(frames_fhwc_u8: np.ndarray, field_order: str, mode: Deinterlace)
     rgb, planar = ("rgb48le", "gbrp16le") if deep else ("rgb24", "gbrp")
     graph = av.filter.Graph()
     source = graph.add_buffer(width=width, height=height, format=planar, time_base=Fraction(1, 1))
-    bwdif = graph.add("bwdif", f"mode={'send_field' if mode == 'field' else 'send_frame'}:parity={field_order}:deint=all")
+    send = "send_field" if mode == "field" else "send_frame"
+    bwdif = graph.add("bwdif", f"mode={send}:parity={field_order}:deint=all")
     graph.link_nodes(source, bwdif, graph.add("buffersink")).configure()
     out: list[np.ndarray] = []
 

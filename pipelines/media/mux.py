@@ -72,9 +72,9 @@ def write_video(
     preset: str = "medium",
     fence: Callable[[], None] | None = None,
 ) -> None:
-    """Write `frames` ((H, W, 3) uint8, or uint16 from a deep-colour source, one per source frame) to `output_url` (".mp4" or ".mkv": see
-    `choose_container`) with every audio and subtitle stream of `source`, its chapters and (in
-    Matroska) its attachments.
+    """Write `frames` ((H, W, 3) uint8, or uint16 from a deep-colour source, one per source frame) to
+    `output_url` (".mp4" or ".mkv": see `choose_container`) with every audio and subtitle stream of
+    `source`, its chapters and (in Matroska) its attachments.
 
     Frame i is shown at the source's pts of frame i (`timestamps`) in the source's time_base, so
     variable frame rates and the duration carry over (Matroska rounds them to its millisecond clock).

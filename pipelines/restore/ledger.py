@@ -27,9 +27,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEINTERLACED, DEVICE, DONE, END, ERROR, FAILED, FINISHED_AT, FINGERPRINT,
-                                    FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT,
-                                    SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS, WINDOWS_REUSED)
+from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEINTERLACED, DEVICE, DONE, END, ERROR, FAILED, FINGERPRINT,
+                                    FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL, RESTORE_SECONDS, REUSED, RUN_ID,
+                                    SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS, WINDOWS_REUSED)
 from pipelines.storage import LEDGER_FOLDER, SourceFile
 
 VIDEOS = f"{LEDGER_FOLDER}/videos"
