@@ -25,9 +25,10 @@ GOOD = {  # rel -> (output rel, audio codecs in the output, deinterlaced)
     "_staging/tape.mpg": ("_staging/tape.mp4", ["mp3"], "bwdif, field rate, tff"),  # MP4 calls mp2 mp3
     "_ledger/film.mkv": ("_ledger/film.mkv", ["pcm_s16le", "mp2"], ""),
     f"long/{LONG}.avi": (f"long/{LONG}.mkv", ["flac"], ""),
+    "masters/logo alpha.mov": ("masters/logo alpha.mkv", [], ""),  # FFV1 with the alpha plane
 }
 BAD = {  # rel -> reason in the ledger
-    "bad/alpha.mov": r"alpha channel \(yuva444p",
+    "bad/hdr.mov": r"HDR video \(PQ",
     "bad/playlist.mp4": "refused: the file is an FFmpeg concat playlist",
     "bad/stub.avi": "truncated AVI file",
 }
@@ -45,8 +46,11 @@ def build(root: Path) -> Path:
           audio=(("pcm_s16le", 48000, "eng", {}), ("mp2", 44100, "fra", {"title": "commentary"})),
           subtitles=((0, 200, b"Hallo", "deu"),), chapters=2, attachment=b"font")
     write(root / f"long/{LONG}.avi", bars[:6], codec="mpeg4", fmt="avi", audio=(("adpcm_ima_wav", 22050, "eng", {}),))
-    write(root / "bad/alpha.mov", bars[:3], codec="prores_ks", fmt="mov", pix_fmt="yuva444p10le",
+    (root / "masters").mkdir()
+    write(root / "masters/logo alpha.mov", bars[:3], codec="prores_ks", fmt="mov", pix_fmt="yuva444p10le",
           options={"profile": "4"}, alpha=np.full((3, 48, 64), 200, np.uint8))
+    write(root / "bad/hdr.mov", bars[:3], codec="libx265", fmt="mov", pix_fmt="yuv420p10le",
+          options={"x265-params": "log-level=error"}, colour=(9, 16, 9))
     write(root / "bad/neighbour.mkv", bars[:3], codec="libx264")  # what the playlist would read
     (root / "bad/playlist.mp4").write_text("ffconcat version 1.0\nfile neighbour.mkv\n")
     whole = write(root / "bad/whole.avi", bars[:4], codec="mpeg4", fmt="avi").read_bytes()

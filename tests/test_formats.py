@@ -249,17 +249,35 @@ def test_resolution_change_mid_stream_fails_with_a_reason(tmp_path):
     assert not (tmp_path / "out.mp4").exists()
 
 
-@pytest.mark.parametrize("pix_fmt, codec, options, colour, reason", [
-    ("yuva444p10le", "prores_ks", {"profile": "4"}, None, r"alpha channel \(yuva444p"),
-    ("yuv420p10le", "libx265", {"x265-params": "log-level=error"}, (9, 16, 9), r"HDR video \(PQ"),
-    ("yuv420p10le", "libx265", {"x265-params": "log-level=error"}, (9, 18, 9), r"HDR video \(HLG"),
-])
-def test_alpha_and_hdr_fail_with_a_reason(tmp_path, pix_fmt, codec, options, colour, reason):
-    alpha = np.full((4, 48, 64), 128, np.uint8) if "yuva" in pix_fmt else None
-    src = write(tmp_path / "master.mov", bars(4), codec=codec, fmt="mov", pix_fmt=pix_fmt, options=options,
-                alpha=alpha, colour=colour)
+@pytest.mark.parametrize("transfer, reason", [(16, r"HDR video \(PQ"), (18, r"HDR video \(HLG")])
+def test_hdr_fails_with_a_reason(tmp_path, transfer, reason):
+    src = write(tmp_path / "master.mov", bars(4), codec="libx265", fmt="mov", pix_fmt="yuv420p10le",
+                options={"x265-params": "log-level=error"}, colour=(9, transfer, 9))
     with pytest.raises(BadVideo, match=reason):
         check_restorable(probe_timestamps(src)[0])
+
+
+def test_alpha_is_carried_through_upscaled_plainly(tmp_path):
+    """A ProRes 4444 master with a transparent left half and a soft edge: the restored picture comes
+    out in FFV1 with an alpha plane, the source's alpha upscaled 2x (never dropped)."""
+    alpha = np.zeros((4, 48, 64), np.uint8)
+    alpha[:, :, 32:] = 255
+    alpha[:, :, 28:32] = np.linspace(0, 255, 6)[1:5].astype(np.uint8)
+    src = write(tmp_path / "logo.mov", bars(4), codec="prores_ks", fmt="mov", pix_fmt="yuva444p10le",
+                options={"profile": "4"}, alpha=alpha)
+    info, timestamps = probe_timestamps(src)
+    check_restorable(info)
+    assert choose_container(info) == "mkv"
+    out = tmp_path / "out.mkv"
+    restore_video(src, out, tmp_path / "stage", window=4, overlap=1)
+    assert_same_timing(out, info, timestamps)
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt.startswith("yuva444p")
+        planes = [f.to_ndarray(format="rgba64le")[..., 3] for f in container.decode(video=0)]
+    assert len(planes) == 4 and planes[0].shape == (96, 128)
+    upscaled = planes[0].astype(float) / 65535 * 255
+    assert upscaled[:, :50].max() < 3 and upscaled[:, 70:].min() > 252  # transparent, then opaque
+    assert 20 < upscaled[:, 58].mean() < 235  # the soft edge stays soft
 
 
 # -- bit depth and colour ---------------------------------------------------------------------------

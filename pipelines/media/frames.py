@@ -192,6 +192,32 @@ def _upright(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     return rgb
 
 
+def iter_alpha(src: str | os.PathLike) -> Iterator[np.ndarray]:
+    """The alpha plane of every frame of the video at `src` (its own file handle: the assembler reads
+    the source beside it) in presentation order, upright, `(H, W)` uint8 (uint16 for deep colour)."""
+    with open_input(src) as f:
+        container = open_container(f)
+        try:
+            stream = video_stream(container)
+            for frame in container.decode(stream):
+                deep = rgb_format(frame.format) == "rgb48le"
+                alpha = frame.to_ndarray(format="rgba64le" if deep else "rgba")[..., 3]
+                rotation = display_rotation(stream, frame)
+                yield np.ascontiguousarray(np.rot90(alpha, k=rotation // 90)) if rotation else alpha
+        except av.error.FFmpegError as e:
+            raise BadVideo(f"the alpha plane cannot be decoded ({e})") from e
+        finally:
+            container.close()
+
+
+def upscale_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A single plane (alpha) resized to `width` x `height` with swscale's bicubic filter: the plain
+    upscale the model's RGB gets beside it (the model does not see transparency)."""
+    gray = "gray16le" if plane.dtype == np.uint16 else "gray"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(plane), format=gray)
+    return frame.reformat(width=width, height=height, interpolation="BICUBIC").to_ndarray()
+
+
 def rgb_format(source: av.VideoFormat) -> str:
     """The RGB layout a decoded format becomes: "rgb24", or "rgb48le" (uint16, full 16-bit scale) for
     10- and 12-bit sources, which are never taken through 8 bits (swscale converts them directly)."""

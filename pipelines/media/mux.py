@@ -15,7 +15,7 @@ from typing import Literal
 import av
 import numpy as np
 
-from pipelines.media.probe import BadVideo, VideoInfo, open_container
+from pipelines.media.probe import BadVideo, VideoInfo, has_alpha, open_container
 from pipelines.storage import Source, atomic_output, open_input
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ def choose_container(info: VideoInfo) -> Literal["mp4", "mkv"]:
     Where we differ from `ffmpeg -c copy`: that fails on such a source; an archive must not lose
     its picture (or its sound) over a container's codec list.
     """
+    if has_alpha(info):
+        return "mkv"  # FFV1 with its alpha plane (see write_video)
     audio = {s.codec for s in info.audio}
     subtitles = {s.codec for s in info.subtitles}
     if subtitles <= MP4_SUBTITLES and (audio <= MP4_AUDIO and not info.attachments or not subtitles <= MKV_SUBTITLES):
@@ -78,8 +80,9 @@ def write_video(
 
     Frame i is shown at the source's pts of frame i (`timestamps`) in the source's time_base, so
     variable frame rates and the duration carry over (Matroska rounds them to its millisecond clock).
-    The video is H.264 yuv420p (yuv420p10le for uint16 frames), tagged with the source's colour
-    primaries, transfer and matrix; an odd size is padded by one row or column repeating the edge (no
+    The video is H.264 yuv420p (yuv420p10le for uint16 frames), or FFV1 yuva444p in Matroska for
+    (H, W, 4) RGBA frames (a source with alpha), tagged with the source's colour primaries, transfer
+    and matrix; an odd size is padded by one row or column repeating the edge (no
     pixel is dropped). Frames are upright, so no rotation is written. Audio and subtitles are copied
     packet for packet with their languages, titles and dispositions; audio the container cannot carry
     is transcoded to FLAC (`transcoded_audio`). Nothing appears at `output_url` unless the whole file
@@ -103,7 +106,8 @@ def write_video(
             with av.open(tmp, "w", format=fmt, options=options) as out:
                 first = next(frames)
                 height, width = first.shape[0] + first.shape[0] % 2, first.shape[1] + first.shape[1] % 2
-                video = _add_video_stream(out, info, width, height, crf, preset, deep=first.dtype == np.uint16)
+                video = _add_video_stream(out, info, width, height, crf, preset, deep=first.dtype == np.uint16,
+                                          alpha=first.shape[-1] == 4)
                 _keep_tags(src.streams[info.video_index], video)
                 kept = {s.index: _add_kept_stream(out, src.streams[s.index], s.index in flac)
                         for s in info.audio + info.subtitles}
@@ -181,16 +185,22 @@ def _encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], ti
 
 
 def _add_video_stream(out: av.container.OutputContainer, info: VideoInfo, width: int, height: int,
-                      crf: int, preset: str, deep: bool) -> av.video.stream.VideoStream:
-    video = out.add_stream("libx264", rate=info.fps)  # rate only guides x264's rate control
+                      crf: int, preset: str, deep: bool, alpha: bool) -> av.video.stream.VideoStream:
+    if alpha:
+        # H.264 has no alpha: FFV1 (lossless, 4:4:4 with alpha) in Matroska keeps it; crf does not apply.
+        video = out.add_stream("ffv1", rate=info.fps)
+        video.pix_fmt = "yuva444p10le" if deep else "yuva444p"
+        video.options = {"level": "3", "slices": "4"}
+    else:
+        video = out.add_stream("libx264", rate=info.fps)  # rate only guides x264's rate control
+        # A source of more than 8 bits is written 10-bit (x264's High 10 profile), 4:2:0 like the rest.
+        video.pix_fmt = "yuv420p10le" if deep else "yuv420p"
+        video.options = {"crf": str(crf), "preset": preset}
     video.width, video.height = width, height
-    # A source of more than 8 bits is written 10-bit (x264's High 10 profile), 4:2:0 like the rest.
-    video.pix_fmt = "yuv420p10le" if deep else "yuv420p"
     # The encoder must count in the source's time_base too: by default PyAV gives it 1/rate,
     # which rounds variable-rate pts onto a constant grid (and collides them).
     video.codec_context.time_base = info.time_base
     video.time_base = info.time_base
-    video.options = {"crf": str(crf), "preset": preset}
     # Tag the colours the source had; _yuv_frame converts with the same matrix and range.
     video.codec_context.colorspace = info.colorspace
     video.codec_context.color_range = info.color_range
@@ -200,9 +210,10 @@ def _add_video_stream(out: av.container.OutputContainer, info: VideoInfo, width:
 
 
 def _yuv_frame(rgb: np.ndarray, info: VideoInfo, pix_fmt: str) -> av.VideoFrame:
-    """RGB (uint8, or uint16 for deep colour) -> `pix_fmt` with the source's matrix and range:
+    """RGB or RGBA (uint8, or uint16 for deep colour) -> `pix_fmt` with the source's matrix and range:
     decoding used them to make the RGB."""
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
+    layout = ("rgba64le", "rgba") if rgb.shape[-1] == 4 else ("rgb48le", "rgb24")
+    frame = av.VideoFrame.from_ndarray(rgb, format=layout[0] if rgb.dtype == np.uint16 else layout[1])
     return frame.reformat(format=pix_fmt, dst_colorspace=_MATRICES.get(info.colorspace),
                           dst_color_range=info.color_range or None)
 

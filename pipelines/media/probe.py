@@ -96,22 +96,25 @@ def check_restorable(info: VideoInfo) -> None:
     """Raise `BadVideo` for a source the pipeline would damage without saying so; call before any GPU
     time is spent. What it refuses, and why:
 
-    - alpha (ProRes 4444, FFV1, PNG or QuickTime Animation with transparency): the model and the
-      staging segments carry RGB only, so the transparency would be dropped;
+    - alpha on an interlaced source: the alpha plane is carried past the model progressive only;
     - HDR (PQ or HLG transfer): the model was trained on SDR frames and sees 8-bit RGB; restoring
       would clip highlights and still tag the result HDR (or silently tag it SDR);
     - interlaced with rotation metadata: fields are rows of the coded picture, which the decoded,
       turned-upright frames no longer have.
     """
-    if info.pix_fmt and _ALPHA_FORMATS.match(info.pix_fmt):
-        raise BadVideo(f"the video has an alpha channel ({info.pix_fmt}); restoring transparency is not "
-                       f"supported, and dropping it would damage the picture")
+    if has_alpha(info) and info.field_order != "progressive":
+        raise BadVideo(f"interlaced video with an alpha channel ({info.pix_fmt}): not supported")
     if info.color_trc in _HDR_TRANSFERS:
         raise BadVideo(f"HDR video ({_HDR_TRANSFERS[info.color_trc]} transfer): the model restores SDR "
                        f"pictures only; an HDR source would lose its highlights")
     if info.field_order != "progressive" and info.rotation:
         raise BadVideo(f"interlaced ({info.field_order}) and rotated {info.rotation} degrees by metadata: "
                        f"deinterlacing a rotated picture is not supported")
+
+
+def has_alpha(info: VideoInfo) -> bool:
+    """Whether the source's pixel format has an alpha plane (ProRes 4444, FFV1, PNG, QuickTime Animation)."""
+    return bool(info.pix_fmt and _ALPHA_FORMATS.match(info.pix_fmt))
 
 
 def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:

@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from pipelines import storage
-from pipelines.media.frames import iter_segment
+from pipelines.media.frames import iter_alpha, iter_segment, upscale_plane
 from pipelines.media.interlace import decode_start_pts, describe, picture_timeline, read_pictures
 from pipelines.media.mux import write_video
-from pipelines.media.probe import BadVideo, VideoInfo, probe_timestamps
+from pipelines.media.probe import BadVideo, VideoInfo, has_alpha, probe_timestamps
 from pipelines.restore import ledger, metrics
 from pipelines.restore.lease import LeaseLost, check_held
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END, ERROR, FAILED,
@@ -110,7 +110,24 @@ def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output
     if info is None or timestamps is None:
         info, timestamps = probe_timestamps(source)
     windows = sorted(segments, key=lambda pair: pair[0].index)
-    write_video(source, _blended_frames(windows, len(timestamps)), output_url, info, timestamps, fence=fence, **encode)
+    frames = _blended_frames(windows, len(timestamps))
+    if has_alpha(info):
+        frames = _with_alpha(frames, iter_alpha(source))
+    write_video(source, frames, output_url, info, timestamps, fence=fence, **encode)
+
+
+def _with_alpha(frames: Iterator[np.ndarray], alphas: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Restored RGB frames with the source's alpha plane upscaled plainly beside them, `(H, W, 4)`.
+    A frame whose alpha did not decode keeps the previous one (as `read_frames` repeats pictures)."""
+    alpha = None
+    for rgb in frames:
+        alpha = next(alphas, alpha)
+        if alpha is None:
+            raise BadVideo("the alpha plane of the first frame cannot be decoded")
+        plane = upscale_plane(alpha, rgb.shape[1], rgb.shape[0])
+        if plane.dtype != rgb.dtype:  # 8-bit alpha beside 16-bit colour, or the other way round
+            plane = plane.astype(np.uint16) * 257 if rgb.dtype == np.uint16 else (plane >> 8).astype(np.uint8)
+        yield np.concatenate([rgb, plane[..., None]], axis=-1)
 
 
 def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: str, fence: Callable[[], None]) -> None:
@@ -120,7 +137,8 @@ def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: st
         # The restored frames are bwdif's pictures for an interlaced source: their timeline.
         info, timestamps = picture_timeline(source_info, source_timestamps, mode)
         segments = [(window_of(r), r[SEGMENT]) for r in rows]
-        assemble(f, segments, video[OUTPUT], info=info, timestamps=timestamps, fence=fence)
+        # by URL: an alpha source is read twice at once (colour for the muxer's streams, alpha planes)
+        assemble(video[SOURCE], segments, video[OUTPUT], info=info, timestamps=timestamps, fence=fence)
         # Before/after still of the middle frame: the source frame beside its restored version.
         # Only a convenience: a still that cannot be made does not fail a restored video.
         try:
