@@ -5,8 +5,10 @@ URL are reachable.py)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,12 +27,15 @@ from star_model.checkpoint import sha256_of_stream  # noqa: E402
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({
     ".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv",
+    ".3gp", ".3g2", ".dv", ".mts", ".m2ts", ".vob", ".mxf", ".ogv", ".asf",
 })
 # The restore job's own folders under its output: the ledger, and the restored windows awaiting
-# assembly. Skipped when listing, so an output folder inside the input is not taken for new sources
-# on the next run.
+# assembly. A folder of the user's with the same name is the user's: only files laid out as the job
+# lays out its own (rows.staging_folder / rows.segment_url) are skipped when listing, so an output
+# folder's staging segments are never taken for new sources; nothing under _ledger is a video.
 LEDGER_FOLDER, STAGING_FOLDER = "_ledger", "_staging"
-PIPELINE_FOLDERS = frozenset({LEDGER_FOLDER, STAGING_FOLDER})
+_STAGING_SEGMENT = re.compile(rf"(^|/){STAGING_FOLDER}/[0-9a-f]{{16}}/[0-9a-f]{{16}}/window_\d{{5}}\.mkv$")
+_NAME_MAX = 255  # bytes in one file name on ext4, XFS, APFS and most others
 
 Source = str | os.PathLike | BinaryIO
 """A URL or path that `open_input` opens (local, s3://, gs://), or an already open binary file object."""
@@ -94,18 +99,25 @@ def list_files(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """{posix path below `root`: fsspec info} of every file under `root`, recursively, hidden names
     (a file or folder starting with ".", which also hides our own temporaries) left out. A missing
     root lists nothing."""
+    return _find(root)[0]
+
+
+def _find(root: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], int]:
+    """`list_files`, and how many hidden files it left out."""
     fs, path = filesystem(root)
     prefix = path.rstrip("/") + "/"
-    out = {}
+    out, hidden = {}, 0
     for name, info in fs.find(path, detail=True).items():
         if info.get("type") != "file" or not name.startswith(prefix):
             continue
         rel = name[len(prefix):]
         # "." and ".." segments (possible in bucket keys) are not hidden names: the caller must see
         # them, and refuse them (`unsafe_key`), not lose the object silently.
-        if not any(part.startswith(".") and part not in (".", "..") for part in rel.split("/")):
+        if any(part.startswith(".") and part not in (".", "..") for part in rel.split("/")):
+            hidden += 1
+        else:
             out[rel] = info
-    return out
+    return out, hidden
 
 
 def unsafe_key(rel: str) -> str | None:
@@ -145,27 +157,35 @@ def case_insensitive(root: str | os.PathLike) -> bool:
 
 
 def list_videos(root: str | os.PathLike) -> list[SourceFile]:
-    """Every video under `root`, recursively, sorted by `rel`.
+    """Every video under `root`, recursively, sorted by `rel` (see `list_sources`)."""
+    return list_sources(root)[0]
+
+
+def list_sources(root: str | os.PathLike) -> tuple[list[SourceFile], dict[str, int]]:
+    """Every video under `root`, recursively, sorted by `rel`, and the counts of files skipped on
+    purpose: {"hidden": ..., "not_video": ...}.
 
     A video is a file whose extension (any case) is in `VIDEO_EXTENSIONS`. Skipped: hidden names
-    (see `list_files`) and anything under a `_ledger` or `_staging` folder. Empty files are listed:
-    they must end as failed ledger rows, not vanish. A missing root lists nothing; `check_reachable`
-    is the check that says so.
+    (see `list_files`: also macOS's "._clip.mp4" companions) and the restore job's own staging
+    segments (`_STAGING_SEGMENT`); a user's folder named `_staging` or `_ledger` is listed. Empty
+    files are listed: they must end as failed ledger rows, not vanish. A missing root lists nothing;
+    `check_reachable` is the check that says so.
     """
     fs, _ = filesystem(root)
     base = canonical(root)
-    out = []
-    for rel, info in list_files(root).items():
-        *folders, filename = rel.split("/")
-        if PIPELINE_FOLDERS.intersection(folders):
+    files, hidden = _find(root)
+    out, not_video = [], 0
+    for rel, info in files.items():
+        if _STAGING_SEGMENT.search(rel):
             continue
-        if posixpath.splitext(filename)[1].lower() not in VIDEO_EXTENSIONS:
+        if posixpath.splitext(rel)[1].lower() not in VIDEO_EXTENSIONS:
+            not_video += 1
             continue
         # The key exactly as stored: `join` would collapse "//" and name another object.
         url = f"{base.rstrip('/')}/{rel}" if unsafe_key(rel) else join(base, rel)
         out.append(SourceFile(url=url, rel=rel, size=int(info["size"]), version=_version(fs, info["name"], info),
                               checksum=_checksum(info)))
-    return sorted(out, key=lambda s: s.rel)
+    return sorted(out, key=lambda s: s.rel), {"hidden": hidden, "not_video": not_video}
 
 
 @contextlib.contextmanager
@@ -374,6 +394,10 @@ def _checksum(info: dict[str, Any]) -> str:
 
 
 def _temporary(path: str) -> str:
-    """A hidden temporary name beside the local file `path` (listings skip it; ".part" says what it is)."""
+    """A hidden temporary name beside the local file `path` (listings skip it; ".part" says what it is).
+    A name too long to take the 19 extra bytes is replaced by its hash (still unique per name)."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.part")
+    suffix = f".{uuid.uuid4().hex[:12]}.part"
+    if len(f".{name}{suffix}".encode()) > _NAME_MAX:
+        name = hashlib.sha1(name.encode()).hexdigest()
+    return os.path.join(folder, f".{name}{suffix}")

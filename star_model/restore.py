@@ -88,7 +88,8 @@ class RestoreConfig:
 
 
 class StarRestorer:
-    """uint8 frames (F, H, W, 3) + prompt -> uint8 frames (F, s*H, s*W, 3), with loaded models."""
+    """uint8 frames (F, H, W, 3) + prompt -> uint8 frames (F, s*H, s*W, 3), with loaded models (uint16
+    in, uint16 out: deep-colour sources keep their precision)."""
 
     def __init__(self, denoiser: StarDenoiser, text: TextEncoder, vae: VideoVae,
                  config: RestoreConfig = RestoreConfig(), schedule: NoiseSchedule | None = None) -> None:
@@ -108,6 +109,7 @@ class StarRestorer:
         cfg = self.config
         # Frames at output resolution stay on the CPU (32 frames of 4K are 3 GB in fp32); the VAE moves
         # bounded chunks and tiles to the device, so device memory is bounded by the tile sizes.
+        deep = isinstance(frames_fhwc_u8, np.ndarray) and frames_fhwc_u8.dtype == np.uint16
         lr = _to_signed_unit(frames_fhwc_u8)  # (F, 3, h, w) in [-1, 1], CPU
         num_frames, _, height, width = lr.shape
         out_h, out_w = height * cfg.scale, width * cfg.scale
@@ -151,6 +153,10 @@ class StarRestorer:
         elif cfg.color_fix == "wavelet":
             source = F.interpolate(lr.float(), size=(out_h, out_w), mode="bilinear", align_corners=False)
             video = wavelet_color_fix(video, source)
+        if deep:  # 16-bit in, 16-bit out: the float result never passes through 8 bits (ours)
+            video = (video * 257.0).clamp(0, 65535)
+            video = video.round() if cfg.rounding == "round" else video.floor()
+            return video.to(torch.int32).numpy().astype(np.uint16)
         video = video.clamp(0, 255)
         video = video.round() if cfg.rounding == "round" else video.floor()  # floor = astype(uint8)
         return video.to(torch.uint8).numpy()
@@ -216,10 +222,15 @@ class StarRestorer:
 
 
 def _to_signed_unit(frames: np.ndarray | Tensor) -> Tensor:
-    """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [-1, 1] (official: (x/255 - 0.5)/0.5)."""
-    tensor = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
-    if tensor.dtype != torch.uint8 or tensor.ndim != 4 or tensor.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames (F, H, W, 3), got {tensor.dtype} {tuple(tensor.shape)}")
+    """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [-1, 1] (official: (x/255 - 0.5)/0.5); uint16
+    frames (a 10- or 12-bit source, scaled to 16 bits) likewise over 0..65535 (ours: official is 8-bit only)."""
+    deep = isinstance(frames, np.ndarray) and frames.dtype == np.uint16
+    full = 65535.0 if deep else 255.0
+    # torch has few uint16 kernels: int32 holds the values exactly
+    tensor = torch.as_tensor(np.ascontiguousarray(frames.astype(np.int32) if deep else frames)
+                             if isinstance(frames, np.ndarray) else frames)
+    if tensor.dtype != (torch.int32 if deep else torch.uint8) or tensor.ndim != 4 or tensor.shape[-1] != 3:
+        raise ValueError(f"expected uint8 or uint16 frames (F, H, W, 3), got {tensor.dtype} {tuple(tensor.shape)}")
     if min(tensor.shape[:3]) < 1:
         raise ValueError(f"empty clip: shape {tuple(tensor.shape)}")
-    return tensor.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return tensor.permute(0, 3, 1, 2).float().div(full / 2).sub(1.0)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from helpers import assert_same_timing, decode_all, grey_frames, make_clip, media, noisy_frames
 from pipelines.media.frames import read_frames, write_segment
-from pipelines.media.mux import choose_container
+from pipelines.media.mux import choose_container, transcoded_audio
 from pipelines.media.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
 from pipelines.media.scenes import detect_scenes
 from pipelines.restore.assemble_stage import DamagedSegment, assemble, finish_video, preview_still
@@ -73,8 +73,12 @@ def test_choose_container():
     assert choose_container(with_streams(["aac"], ["subrip"])) == "mkv"
     assert choose_container(with_streams(["pcm_s16le"], [])) == "mkv"
     assert choose_container(with_streams(["vorbis"], ["hdmv_pgs_subtitle"])) == "mkv"
-    with pytest.raises(BadVideo, match=r"MP4 cannot carry \['pcm_s24le'\], Matroska cannot carry \['mov_text'\]"):
-        choose_container(with_streams(["pcm_s24le"], ["mov_text"]))
+    # Audio no container would carry unchanged never fails a source: it becomes FLAC, in Matroska
+    # unless MOV text subtitles (which only MP4 holds) keep the output in MP4.
+    assert choose_container(with_streams(["wmav2", "aac"], [])) == "mkv"
+    assert transcoded_audio(with_streams(["wmav2", "aac"], []), "mkv") == {1}
+    assert choose_container(with_streams(["pcm_s24le"], ["mov_text"])) == "mp4"
+    assert transcoded_audio(with_streams(["pcm_s24le"], ["mov_text"]), "mp4") == {1}
 
 
 # -- whole round trips -----------------------------------------------------------------------------

@@ -174,3 +174,14 @@ def test_official_padding_builds_the_official_canvas(restorer):
     padded, (top, left) = restorer._pad(torch.zeros(1, 3, 480, 852))
     assert tuple(padded.shape[2:]) == (720, 1280) and (top, left) == (120, 214)
     assert padded[0, 0, 0, 0] == 1.0  # the official pads with white
+
+
+def test_sixteen_bit_frames_come_back_sixteen_bit(restorer):
+    """A 10- or 12-bit source reaches the model as uint16 and its result is not rounded to 8 bits:
+    the same picture as uint8 restores to the same values, the uint16 run to finer ones."""
+    frames_u8 = _frames(2, 16, 16)
+    frames_u16 = frames_u8.astype(np.uint16) * 257  # the same picture on the 16-bit scale
+    out_u8, out_u16 = restorer(frames_u8, "", seed=3), restorer(frames_u16, "", seed=3)
+    assert out_u16.dtype == np.uint16 and out_u16.shape == out_u8.shape
+    assert np.abs(out_u16.astype(int) - out_u8.astype(int) * 257).max() <= 257  # one 8-bit step at most
+    assert (out_u16 % 257 != 0).mean() > 0.5  # values between the 8-bit levels

@@ -14,7 +14,8 @@ from helpers import media
 from pipelines.media.probe import probe
 from pipelines.reachable import check_reachable
 from pipelines.storage import (VIDEO_EXTENSIONS, SourceFile, atomic_output, create_exclusive, exists, filesystem, join,
-                               list_videos, open_input, read_bytes, relative, remove, write_bytes_atomic)
+                               list_sources, list_videos, open_input, read_bytes, relative, remove,
+                               write_bytes_atomic)
 
 STORES = ["local", "s3", "gs"]
 
@@ -77,19 +78,20 @@ TREE = {
     "deep/er/still/three.ts": b"4444",
     ".hidden.mp4": b"h",
     "x/.cache/hidden-folder.mp4": b"h",
-    "_ledger/videos.mp4": b"l",
-    "restored/_staging/v/00000.mkv": b"s",
+    "_ledger/videos.mp4": b"l",  # the user's folder, named like the job's own: listed
+    "restored/_staging/0123456789abcdef/fedcba9876543210/window_00000.mkv": b"s",  # the job's own: not
     "restored/.out.mp4.1234.part": b"p",
 }
-LISTED = ["UPPER.WebM", "a/one.MP4", "b/c/two.mkv", "deep/er/still/three.ts", "empty.mp4"]
+LISTED = ["UPPER.WebM", "_ledger/videos.mp4", "a/one.MP4", "b/c/two.mkv", "deep/er/still/three.ts", "empty.mp4"]
 
 
 def test_list_videos(root):
     for rel, data in TREE.items():
         put(join(root, rel), data)
-    videos = list_videos(root)
+    videos, skipped = list_sources(root)
     assert [v.rel for v in videos] == LISTED
-    assert [v.size for v in videos] == [3, 1, 2, 4, 0]  # the empty file is listed, to fail visibly later
+    assert [v.size for v in videos] == [3, 1, 1, 2, 4, 0]  # the empty file is listed, to fail visibly later
+    assert skipped == {"hidden": 3, "not_video": 2}  # skipped on purpose, counted for the summary
     for v in videos:
         assert read_bytes(v.url) == TREE[v.rel]
         assert relative(v.url, root) == v.rel
@@ -294,6 +296,18 @@ def test_check_reachable_silent_endpoint_times_out(store, variable, monkeypatch)
         with pytest.raises(ValueError, match=f"no answer from {store}://bucket .* within 1 s"):
             check_reachable(f"{store}://bucket/in")
         assert time.monotonic() - start < 5
+
+
+def test_atomic_output_of_a_name_as_long_as_the_filesystem_allows(tmp_path):
+    """255 bytes of name (Unicode, spaces, brackets): the temporary name would not fit; the file
+    still appears under its own name."""
+    name = "Ünïcødé [1987] (VHS) " * 20
+    name = name.encode()[:251].decode(errors="ignore") + ".mkv"
+    assert 250 <= len(name.encode()) <= 255
+    with atomic_output(tmp_path / name) as tmp:
+        Path(tmp).write_bytes(b"x")
+        assert len(os.path.basename(tmp).encode()) <= 255
+    assert os.listdir(tmp_path) == [name]
 
 
 def test_local_writes_reach_the_disk_before_their_name_does(tmp_path, monkeypatch):

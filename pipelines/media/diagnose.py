@@ -1,4 +1,4 @@
-"""Tell a truncated MP4/MOV or Matroska file from one that is not a video at all, from the file's own
+"""Tell a truncated MP4/MOV, Matroska or AVI file from one that is not a video at all, from the file's own
 top-level structure: FFmpeg only says "moov atom not found" or "Invalid data" for a cut-off upload."""
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def diagnose(f: BinaryIO, size: int) -> tuple[str | None, str | None]:
             return "MP4/MOV", _diagnose_bmff(f, size)
         if head[:4] == _EBML_MAGIC:
             return "Matroska/WebM", _diagnose_matroska(f, size)
+        if head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"AVIX"):
+            return "AVI", _diagnose_riff(head, size)
         return None, None
     finally:
         f.seek(0)
@@ -67,6 +69,15 @@ def _diagnose_matroska(f: BinaryIO, size: int) -> str | None:
     if offset + 4 + n + segment_size > size:
         missing = offset + 4 + n + segment_size - size
         return f"truncated Matroska/WebM file: the segment is {missing} bytes short"
+    return None
+
+
+def _diagnose_riff(head: bytes, size: int) -> str | None:
+    """A RIFF file states its own length; AVI files over 1 GiB chain further RIFF chunks after it,
+    and a capture that was never closed leaves the size 0 (cannot tell)."""
+    riff_size = struct.unpack("<I", head[4:8])[0]
+    if riff_size and 8 + riff_size > size:
+        return f"truncated AVI file: the RIFF chunk is {8 + riff_size - size} bytes short"
     return None
 
 

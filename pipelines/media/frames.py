@@ -33,7 +33,8 @@ def read_frames(
     on_corrupt: OnCorrupt = "duplicate",
     max_consecutive_repairs: int = 8,
 ) -> np.ndarray:
-    """Frames `start..end-1` of `src`, upright RGB, `(F, H, W, 3)` uint8.
+    """Frames `start..end-1` of `src`, upright RGB, `(F, H, W, 3)` uint8 (uint16 for a source of more
+    than 8 bits, see `rgb_format`).
 
     Indices count frames in presentation order from 0, as `probe_timestamps` lists them. Pass
     `start_pts` (that list's entry for `start`) to skip the full demux pass that otherwise finds it;
@@ -170,7 +171,11 @@ def _fill_window(window: _Window, start: int, end: int, on_corrupt: OnCorrupt,
             following = out[i]
     shapes = {rgb.shape for rgb in out}  # type: ignore[union-attr]
     if len(shapes) != 1:
-        raise BadVideo(f"picture size changes inside window [{start}, {end}): {sorted(shapes)}")
+        # Where we differ from FFmpeg, which scales such frames to the first size: a change of size
+        # is usually a change of aspect (4:3 to 16:9 broadcast); scaled, it would be distorted.
+        sizes = " and ".join(sorted(f"{w}x{h}" for h, w, _ in shapes))
+        raise BadVideo(f"resolution changes mid-stream ({sizes} inside window [{start}, {end})): not restored; "
+                       f"split the file where the size changes")
     return np.stack(out)  # type: ignore[arg-type]
 
 
@@ -180,11 +185,43 @@ def _usable(window: _Window, pts: int, on_corrupt: OnCorrupt) -> bool:
 
 
 def _upright(frame: av.VideoFrame, rotation: int) -> np.ndarray:
-    rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
+    rgb = frame.to_ndarray(format=rgb_format(frame.format))  # (H, W, 3) uint8, or uint16 for deep colour
     if rotation:
         # np.rot90 turns counter-clockwise, the same sense as the display matrix angle.
         rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
     return rgb
+
+
+def iter_alpha(src: str | os.PathLike) -> Iterator[np.ndarray]:
+    """The alpha plane of every frame of the video at `src` (its own file handle: the assembler reads
+    the source beside it) in presentation order, upright, `(H, W)` uint8 (uint16 for deep colour)."""
+    with open_input(src) as f:
+        container = open_container(f)
+        try:
+            stream = video_stream(container)
+            for frame in container.decode(stream):
+                deep = rgb_format(frame.format) == "rgb48le"
+                alpha = frame.to_ndarray(format="rgba64le" if deep else "rgba")[..., 3]
+                rotation = display_rotation(stream, frame)
+                yield np.ascontiguousarray(np.rot90(alpha, k=rotation // 90)) if rotation else alpha
+        except av.error.FFmpegError as e:
+            raise BadVideo(f"the alpha plane cannot be decoded ({e})") from e
+        finally:
+            container.close()
+
+
+def upscale_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A single plane (alpha) resized to `width` x `height` with swscale's bicubic filter: the plain
+    upscale the model's RGB gets beside it (the model does not see transparency)."""
+    gray = "gray16le" if plane.dtype == np.uint16 else "gray"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(plane), format=gray)
+    return frame.reformat(width=width, height=height, interpolation="BICUBIC").to_ndarray()
+
+
+def rgb_format(source: av.VideoFormat) -> str:
+    """The RGB layout a decoded format becomes: "rgb24", or "rgb48le" (uint16, full 16-bit scale) for
+    10- and 12-bit sources, which are never taken through 8 bits (swscale converts them directly)."""
+    return "rgb48le" if max(c.bits for c in source.components) > 8 else "rgb24"
 
 
 def _longest_run(indices: list[int]) -> int:
@@ -208,39 +245,42 @@ def _ranges(indices: list[int]) -> str:
 # -- staging segments -----------------------------------------------------------------------------
 
 
-def write_segment(frames_fhwc_u8: np.ndarray, url: str | os.PathLike, fps: Fraction | float) -> None:
+def write_segment(frames_fhwc: np.ndarray, url: str | os.PathLike, fps: Fraction | float) -> None:
     """Encode a restored window losslessly as FFV1 in Matroska, and put it at `url` atomically.
 
-    FFV1 with 8-bit RGB (`bgr0`) reads back bit-exact as rgb24, so the assembler blends exactly what
-    the model produced and only the final encode is lossy (about half the size of raw frames).
-    Timestamps in the segment are plain frame numbers: the assembler takes the real ones from the
-    source and checks each segment's frame count against its window.
+    FFV1 with 8-bit RGB (`bgr0`) reads back bit-exact as rgb24, and with 16-bit planar RGB
+    (`gbrp16le`, for uint16 frames of a deep-colour source) bit-exact as rgb48le, so the assembler
+    blends exactly what the model produced and only the final encode is lossy (about half the size
+    of raw frames). Timestamps in the segment are plain frame numbers: the assembler takes the real
+    ones from the source and checks each segment's frame count against its window.
     """
-    if frames_fhwc_u8.ndim != 4 or frames_fhwc_u8.shape[-1] != 3 or frames_fhwc_u8.dtype != np.uint8:
-        raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames_fhwc_u8.shape} {frames_fhwc_u8.dtype}")
-    _, height, width, _ = frames_fhwc_u8.shape
+    if frames_fhwc.ndim != 4 or frames_fhwc.shape[-1] != 3 or frames_fhwc.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"frames must be (F, H, W, 3) uint8 or uint16, got {frames_fhwc.shape} {frames_fhwc.dtype}")
+    _, height, width, _ = frames_fhwc.shape
+    deep = frames_fhwc.dtype == np.uint16
     rate = Fraction(fps).limit_denominator(1_000_000)
     time_base = 1 / rate
     with atomic_output(url) as path:
         with av.open(path, "w", format="matroska") as out:
             stream = out.add_stream("ffv1", rate=rate)
             stream.width, stream.height = width, height
-            stream.pix_fmt = "bgr0"  # FFV1's 8-bit RGB layout; gbrp is only offered at > 8 bits
+            # FFV1's 8-bit RGB layout is bgr0 (gbrp is only offered at > 8 bits)
+            stream.pix_fmt = "gbrp16le" if deep else "bgr0"
             stream.options = {"level": "3", "slices": "4"}  # slices: the encoder uses threads
             stream.time_base = time_base
-            for i, rgb in enumerate(frames_fhwc_u8):
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            for i, rgb in enumerate(frames_fhwc):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb48le" if deep else "rgb24")
                 frame.pts, frame.time_base = i, time_base
                 out.mux(stream.encode(frame))
             out.mux(stream.encode(None))
 
 
 def iter_segment(url: Source) -> Iterator[np.ndarray]:
-    """The frames of a staging segment in order, each `(H, W, 3)` uint8 RGB."""
+    """The frames of a staging segment in order, each `(H, W, 3)` uint8 RGB (uint16 if written so)."""
     with open_input(url) as f:
         try:
             with av.open(f, "r") as container:
                 for frame in container.decode(video=0):
-                    yield frame.to_ndarray(format="rgb24")
+                    yield frame.to_ndarray(format=rgb_format(frame.format))
         except av.error.FFmpegError as e:
             raise BadVideo(f"staging segment {url} cannot be read ({e})") from e

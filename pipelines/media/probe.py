@@ -3,19 +3,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO
 
 import av
+import av.filter
 import numpy as np
 
 from pipelines.media.diagnose import diagnose
 from pipelines.storage import Source, open_input
 
 log = logging.getLogger(__name__)
+
+# The demuxers PyAV may pick for a source: real video containers only (FFmpeg's names). FFmpeg would
+# otherwise pick the demuxer by content, whatever the extension: a text file `x.mp4` holding
+# `ffconcat version 1.0` / `file other.mp4` opens as `concat` and reads its neighbours (an HLS or
+# other playlist likewise), and raw elementary streams (h264, hevc, m2v) carry no timestamps.
+VIDEO_DEMUXERS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpeg", "mpegts", "asf", "flv", "dv", "mxf",
+                  "gxf", "ogg", "rm", "nut", "ivf", "wtv")
+# FFmpeg's AVFieldOrder by the field shown first: TT and BT show the top field first (BT codes the
+# bottom one first), BB and TB the bottom one; 0 is "unknown".
+_FIELD_ORDERS = {1: "progressive", 2: "tff", 5: "tff", 3: "bff", 4: "bff"}
+IDET_FRAMES = 24  # frames idet looks at where the codec states no field order
+_ALPHA_FORMATS = re.compile(r"^(yuva|gbrap|ya\d|rgba|bgra|argb|abgr)")  # FFmpeg pixel formats with alpha
+_HDR_TRANSFERS = {16: "PQ (SMPTE ST 2084)", 18: "HLG (ARIB STD-B67)"}  # FFmpeg's AVColorTransferCharacteristic
+_PLAYLISTS = {b"ffconcat": "an FFmpeg concat playlist", b"#EXTM3U": "an HLS/M3U playlist"}
 
 
 class BadVideo(ValueError):
@@ -28,12 +45,15 @@ class BadVideo(ValueError):
 
 @dataclass(frozen=True)
 class StreamInfo:
-    """An audio or subtitle stream that the assembler copies into the output unchanged."""
+    """An audio, subtitle or attachment stream that the assembler keeps in the output (copied
+    unchanged, or audio transcoded losslessly to FLAC where the output container cannot carry it)."""
 
     index: int  # stream index in the source container
-    kind: str  # "audio" | "subtitle"
-    codec: str  # FFmpeg codec name, e.g. "aac", "subrip", "mov_text"
+    kind: str  # "audio" | "subtitle" | "attachment"
+    codec: str  # FFmpeg codec name, e.g. "aac", "subrip", "mov_text"; an attachment's MIME type
     language: str | None
+    title: str | None = None
+    disposition: int = 0  # FFmpeg's AV_DISPOSITION_* flags (default, comment, forced, ...)
 
 
 @dataclass(frozen=True)
@@ -62,11 +82,39 @@ class VideoInfo:
     video_index: int  # stream index of the video stream in the source container
     audio: tuple[StreamInfo, ...]
     subtitles: tuple[StreamInfo, ...]
+    attachments: tuple[StreamInfo, ...] = ()  # fonts of styled subtitles, cover images (Matroska)
+    # "progressive", or the field shown first of an interlaced source: "tff" | "bff" (see _field_order)
+    field_order: str = "progressive"
 
     @property
     def display_size(self) -> tuple[int, int]:
         """(width, height) after rotation: the size of the frames `read_frames` returns."""
         return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+
+
+def check_restorable(info: VideoInfo) -> None:
+    """Raise `BadVideo` for a source the pipeline would damage without saying so; call before any GPU
+    time is spent. What it refuses, and why:
+
+    - alpha on an interlaced source: the alpha plane is carried past the model progressive only;
+    - HDR (PQ or HLG transfer): the model was trained on SDR frames and sees 8-bit RGB; restoring
+      would clip highlights and still tag the result HDR (or silently tag it SDR);
+    - interlaced with rotation metadata: fields are rows of the coded picture, which the decoded,
+      turned-upright frames no longer have.
+    """
+    if has_alpha(info) and info.field_order != "progressive":
+        raise BadVideo(f"interlaced video with an alpha channel ({info.pix_fmt}): not supported")
+    if info.color_trc in _HDR_TRANSFERS:
+        raise BadVideo(f"HDR video ({_HDR_TRANSFERS[info.color_trc]} transfer): the model restores SDR "
+                       f"pictures only; an HDR source would lose its highlights")
+    if info.field_order != "progressive" and info.rotation:
+        raise BadVideo(f"interlaced ({info.field_order}) and rotated {info.rotation} degrees by metadata: "
+                       f"deinterlacing a rotated picture is not supported")
+
+
+def has_alpha(info: VideoInfo) -> bool:
+    """Whether the source's pixel format has an alpha plane (ProRes 4444, FFV1, PNG, QuickTime Animation)."""
+    return bool(info.pix_fmt and _ALPHA_FORMATS.match(info.pix_fmt))
 
 
 def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
@@ -88,19 +136,26 @@ def open_container(f: BinaryIO) -> av.container.InputContainer:
     if reason:
         raise BadVideo(reason)
     try:
-        return av.open(f, "r")
+        return av.open(f, "r", options={"format_whitelist": ",".join(VIDEO_DEMUXERS)})
+    except av.error.ArgumentError as e:  # what FFmpeg says when the whitelist refuses the demuxer
+        f.seek(0)
+        head = f.read(16).lstrip(b"\xef\xbb\xbf")
+        what = next((name for magic, name in _PLAYLISTS.items() if head.startswith(magic)), "a format")
+        raise BadVideo(f"refused: the file is {what}, not one of the video containers the job reads "
+                       f"(a playlist may name other files; they are never opened)") from e
     except av.error.FFmpegError as e:
         if kind:
             raise BadVideo(f"damaged {kind} file ({_ffmpeg_text(e)})") from e
         raise BadVideo(f"not a recognised video container ({_ffmpeg_text(e)})") from e
 
 
-def probe(src: Source) -> VideoInfo:
-    """Describe `src`; raise `BadVideo` for empty, non-video, truncated or undecodable files."""
-    return probe_timestamps(src)[0]
+def probe(src: Source, *, max_pixels: int | None = None) -> VideoInfo:
+    """Describe `src`; raise `BadVideo` for empty, non-video, truncated or undecodable files, and for
+    frames larger than `max_pixels` (width x height), before one of them is decoded."""
+    return probe_timestamps(src, max_pixels=max_pixels)[0]
 
 
-def probe_timestamps(src: Source) -> tuple[VideoInfo, np.ndarray]:
+def probe_timestamps(src: Source, *, max_pixels: int | None = None) -> tuple[VideoInfo, np.ndarray]:
     """`probe` plus the pts of every frame in presentation order, `(frame_count,)` int64.
 
     Frame i of the video (the index `read_frames` and the scene list use) is the frame whose pts is
@@ -109,13 +164,19 @@ def probe_timestamps(src: Source) -> tuple[VideoInfo, np.ndarray]:
     with open_input(src) as f:
         container = open_container(f)
         try:
-            return _scan(container)
+            return _scan(container, max_pixels)
         finally:
             container.close()
 
 
-def _scan(container: av.container.InputContainer) -> tuple[VideoInfo, np.ndarray]:
+def _scan(container: av.container.InputContainer, max_pixels: int | None) -> tuple[VideoInfo, np.ndarray]:
     stream = video_stream(container)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if max_pixels is not None and width * height > max_pixels:
+        # Checked from the headers, before a frame is decoded: a forged 60000x60000 header would
+        # otherwise have the decoder allocate gigabytes here, and the GPU stage far more.
+        raise BadVideo(f"frames of {width}x{height} ({width * height:,} pixels) are above the limit of "
+                       f"{max_pixels:,} pixels (--max-frame-pixels)")
     pts: list[int] = []
     packet_end = None  # latest pts + duration any packet claims
     first_frame: av.VideoFrame | None = None
@@ -179,10 +240,55 @@ def _scan(container: av.container.InputContainer) -> tuple[VideoInfo, np.ndarray
         video_index=stream.index,
         audio=tuple(_stream_info(s, "audio") for s in container.streams.audio),
         subtitles=tuple(_stream_info(s, "subtitle") for s in container.streams.subtitles),
+        attachments=tuple(_stream_info(s, "attachment") for s in container.streams.attachments),
+        field_order=_field_order(container, stream, first_frame),
     )
     if info.width <= 0 or info.height <= 0:
         raise BadVideo(f"video stream has no picture size ({info.width}x{info.height})")
     return info, ts
+
+
+def _field_order(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 first_frame: av.VideoFrame) -> str:
+    """"progressive", "tff" or "bff": the field order the codec states (MPEG-2, H.264, HEVC with SEI,
+    ProRes), else FFmpeg's idet on the first frames (DV in AVI, MPEG-4 Part 2, MJPEG say nothing).
+
+    As in FFmpeg, a stated order wins over idet. A frame flagged interlaced whose fields idet finds
+    alike (no motion yet) keeps the flag, with the order DV uses (bottom first) or else top first.
+    """
+    stated = _FIELD_ORDERS.get(stream.codec_context.field_order)
+    if stated is not None:
+        return stated
+    votes = _idet_votes(container, stream)
+    interlaced = votes["tff"] + votes["bff"]
+    if not first_frame.interlaced_frame and interlaced <= votes["progressive"]:
+        return "progressive"
+    if not interlaced:
+        return "bff" if _codec_name(stream) == "dvvideo" else "tff"
+    return "tff" if votes["tff"] >= votes["bff"] else "bff"
+
+
+def _idet_votes(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> dict[str, float]:
+    """FFmpeg's idet over the first `IDET_FRAMES` frames: frames it calls tff, bff and progressive."""
+    votes = {"tff": 0.0, "bff": 0.0, "progressive": 0.0}
+    try:
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+        graph = av.filter.Graph()
+        graph.link_nodes(graph.add_buffer(template=stream), graph.add("idet"), graph.add("buffersink")).configure()
+        last = None
+        for i, frame in enumerate(container.decode(stream)):
+            if i == IDET_FRAMES:
+                break
+            graph.push(frame)
+            with contextlib.suppress(av.error.BlockingIOError):
+                last = graph.pull()
+    except av.error.FFmpegError as e:  # an undecodable frame early on: no verdict from idet
+        log.debug("idet could not run: %s", e)
+        return votes
+    if last is not None:
+        for kind in votes:
+            votes[kind] = float(last.metadata.get(f"lavfi.idet.multiple.{kind}", 0))
+    return votes
 
 
 def _end_pts(stream: av.video.stream.VideoStream, last_pts: int, packet_end: int | None, typical: int) -> int:
@@ -224,7 +330,9 @@ def display_rotation(stream: av.video.stream.VideoStream, frame: av.VideoFrame) 
 
 
 def _stream_info(stream: av.stream.Stream, kind: str) -> StreamInfo:
-    return StreamInfo(index=stream.index, kind=kind, codec=_codec_name(stream), language=stream.language)
+    codec = stream.mimetype or "" if kind == "attachment" else _codec_name(stream)
+    return StreamInfo(index=stream.index, kind=kind, codec=codec, language=stream.language,
+                      title=stream.metadata.get("title"), disposition=int(stream.disposition))
 
 
 def _codec_name(stream: av.stream.Stream) -> str:

@@ -15,13 +15,15 @@ import numpy as np
 from PIL import Image
 
 from pipelines import storage
-from pipelines.media.frames import iter_segment, read_frames
+from pipelines.media.frames import iter_alpha, iter_segment, upscale_plane
+from pipelines.media.interlace import decode_start_pts, describe, picture_timeline, read_pictures
 from pipelines.media.mux import write_video
-from pipelines.media.probe import BadVideo, VideoInfo, probe_timestamps
+from pipelines.media.probe import BadVideo, VideoInfo, has_alpha, probe_timestamps
 from pipelines.restore import ledger, metrics
 from pipelines.restore.lease import LeaseLost, check_held
-from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEVICE, DONE, END, ERROR, FAILED,
-                                    FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, PREVIOUS_ERROR, REL, REPEATS,
+from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END,
+                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT,
+                                    PREVIOUS_ERROR, REL, REPEATS,
                                     RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
                                     VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, video_staging, window_of)
 from pipelines.restore.scene_windows import SceneWindow
@@ -107,6 +109,7 @@ def _video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], settings: 
         OUTPUT: first[OUTPUT] if status == DONE else None,
         STATUS: status, ERROR: error, PERMANENT: permanent,
         FRAMES: int(first[FRAMES]), WINDOWS: len(restored),
+        DEINTERLACED: describe(first[DEINTERLACE], first[FIELD_ORDER]) if first[DEINTERLACE] else "",
         WINDOWS_REUSED: sum(bool(r[REUSED]) for r in restored),
         RESTORE_SECONDS: float(sum(r[SECONDS] for r in restored if not r[REUSED])),
         ASSEMBLE_SECONDS: time.perf_counter() - started,
@@ -127,26 +130,49 @@ def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output
     if info is None or timestamps is None:
         info, timestamps = probe_timestamps(source)
     windows = sorted(segments, key=lambda pair: pair[0].index)
-    write_video(source, _blended_frames(windows, len(timestamps)), output_url, info, timestamps, fence=fence, **encode)
+    frames = _blended_frames(windows, len(timestamps))
+    if has_alpha(info):
+        frames = _with_alpha(frames, iter_alpha(source))
+    write_video(source, frames, output_url, info, timestamps, fence=fence, **encode)
+
+
+def _with_alpha(frames: Iterator[np.ndarray], alphas: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Restored RGB frames with the source's alpha plane upscaled plainly beside them, `(H, W, 4)`.
+    A frame whose alpha did not decode keeps the previous one (as `read_frames` repeats pictures)."""
+    alpha = None
+    for rgb in frames:
+        alpha = next(alphas, alpha)
+        if alpha is None:
+            raise BadVideo("the alpha plane of the first frame cannot be decoded")
+        plane = upscale_plane(alpha, rgb.shape[1], rgb.shape[0])
+        if plane.dtype != rgb.dtype:  # 8-bit alpha beside 16-bit colour, or the other way round
+            plane = plane.astype(np.uint16) * 257 if rgb.dtype == np.uint16 else (plane >> 8).astype(np.uint8)
+        yield np.concatenate([rgb, plane[..., None]], axis=-1)
 
 
 def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: str, fence: Callable[[], None]) -> None:
+    mode = video[DEINTERLACE] or None
     with storage.open_input(video[SOURCE]) as f:
-        info, timestamps = probe_timestamps(f)
+        source_info, source_timestamps = probe_timestamps(f)
+        # The restored frames are bwdif's pictures for an interlaced source: their timeline.
+        info, timestamps = picture_timeline(source_info, source_timestamps, mode)
         segments = [(window_of(r), r[SEGMENT]) for r in rows]
-        assemble(f, segments, video[OUTPUT], info=info, timestamps=timestamps, fence=fence)
+        # by URL: an alpha source is read twice at once (colour for the muxer's streams, alpha planes)
+        assemble(video[SOURCE], segments, video[OUTPUT], info=info, timestamps=timestamps, fence=fence)
         # Before/after still of the middle frame: the source frame beside its restored version.
         # Only a convenience: a still that cannot be made does not fail a restored video.
         try:
             middle = len(timestamps) // 2
-            lq_frame = read_frames(f, middle, middle + 1, start_pts=int(timestamps[middle]))[0]
+            lq_frame = read_pictures(f, middle, middle + 1, mode=mode, field_order=video[FIELD_ORDER],
+                                     start_pts=decode_start_pts(middle, middle + 1, source_timestamps, mode),
+                                     pictures=len(timestamps))[0]
             preview_still(lq_frame, _restored_frame(segments, middle), preview)
         except Exception:  # noqa: BLE001
             log.warning("no preview still for %s", video[SOURCE], exc_info=True)
 
 
 def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int) -> Iterator[np.ndarray]:
-    """Output frames 0..frame_count-1 in order, `(H, W, 3)` uint8.
+    """Output frames 0..frame_count-1 in order, `(H, W, 3)` uint8 (uint16 for a deep-colour source).
 
     Streams window by window: only the previous window's `fade_out` frames are held, never a
     whole video (a 4x window of 1080p frames alone is gigabytes).
@@ -171,7 +197,7 @@ def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int
             if k < window.fade_in:
                 a = fade_in_weights[k]
                 mixed = carry[k].astype(np.float32) * (1.0 - a) + rgb.astype(np.float32) * a
-                yield np.rint(mixed).astype(np.uint8)
+                yield np.rint(mixed).astype(rgb.dtype)  # uint8, or uint16 for a deep-colour source
             elif index >= fade_out_from:
                 next_carry.append(rgb)
             else:
@@ -221,6 +247,9 @@ def preview_still(lq_frame: np.ndarray, restored_frame: np.ndarray, path: str | 
                   resample: Literal["bilinear", "nearest"] = "bilinear") -> None:
     """A PNG of the input frame resized plainly to the restored size (left) beside the restored
     frame (right): what the model added over a plain resize, at a glance."""
+    # A preview is 8-bit: the top byte of a deep-colour frame's 16 bits
+    lq_frame, restored_frame = ((x >> 8).astype(np.uint8) if x.dtype == np.uint16 else x
+                                for x in (lq_frame, restored_frame))
     height, width = restored_frame.shape[:2]
     method = Image.Resampling.BILINEAR if resample == "bilinear" else Image.Resampling.NEAREST
     plain = np.asarray(Image.fromarray(lq_frame).resize((width, height), method))

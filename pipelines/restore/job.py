@@ -42,6 +42,11 @@ class ArchiveJob:
     device: Literal["auto", "gpu", "cpu"] = "auto"  # gpu: ask for GPUs even before an autoscaler has started any
     detector: str = "adaptive"  # PySceneDetect's detector: adaptive or content
     retry_failed: bool = False  # also retry unchanged sources that failed as bad inputs before
+    # Interlaced sources are deinterlaced with FFmpeg's bwdif to one picture per field (50i -> 50p, smooth
+    # motion) or per frame (50i -> 25p)
+    deinterlace: Literal["field", "frame"] = "field"
+    # Sources with more pixels per frame fail before any GPU time (with --retry-failed after raising it)
+    max_frame_pixels: int = 4096 * 2304
     # Restore only on this GPU type, as Ray names it (L4, A100, H100, ...); implies GPUs.
     accelerator_type: str | None = None
     # Runs over the same output skip the videos another live run holds; a crashed run's videos are free
@@ -78,7 +83,7 @@ class ArchiveJob:
 # ArchiveJob fields that say where the job reads and writes and how it runs, not what it makes: they
 # stay out of the settings key (a run with more actors or another lease time redoes nothing).
 RUN_ONLY = frozenset({"input", "output", "weights", "actors", "device", "accelerator_type", "lease_minutes",
-                      "retry_failed"})
+                      "retry_failed", "max_frame_pixels"})
 
 
 class ConfigError(ValueError):
@@ -112,6 +117,10 @@ def _validate(job: ArchiveJob) -> RestoreConfig:
                          f"drop one of them")
     if not job.lease_minutes > 0:
         raise ValueError(f"--lease-minutes {job.lease_minutes}: need a positive number of minutes")
+    if job.deinterlace not in ("field", "frame"):
+        raise ValueError(f"--deinterlace {job.deinterlace!r}: choose field or frame")
+    if job.max_frame_pixels < 1:
+        raise ValueError(f"--max-frame-pixels {job.max_frame_pixels}: need a positive number of pixels")
     if job.detector not in DETECTORS:
         raise ValueError(f"detector {job.detector!r}: choose one of {sorted(DETECTORS)}")
     input_root, output_root = storage.canonical(job.input), storage.canonical(job.output)

@@ -29,10 +29,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEVICE, DONE, END, ERROR, FAILED,
-                                    FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL, REPEATS, RESTORE_SECONDS,
-                                    REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS,
-                                    WINDOWS_REUSED)
+from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACED, DEVICE, DONE, END, ERROR,
+                                    FAILED, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL, REPEATS,
+                                    RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
+                                    WINDOW, WINDOWS, WINDOWS_REUSED)
 from pipelines.storage import LEDGER_FOLDER, SourceFile
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ VIDEO_SCHEMA = pa.schema([
     (STATUS, pa.string()),  # "done" | "failed"
     (ERROR, pa.string()),  # reason, null when done
     (PERMANENT, pa.bool_()),  # the source itself is bad: an unchanged file is not retried
-    (FRAMES, pa.int64()),  # frames in the video (0 when it could not be read)
+    (FRAMES, pa.int64()),  # frames in the video (0 when it could not be read); pictures after deinterlacing
+    (DEINTERLACED, pa.string()),  # "" progressive; else how it was deinterlaced, e.g. "bwdif, field rate, tff"
     (WINDOWS, pa.int64()),  # windows restored (0 when it never reached the restore actors)
     (WINDOWS_REUSED, pa.int64()),  # restored by an earlier, interrupted run
     (RESTORE_SECONDS, pa.float64()),  # actor time on this run's windows

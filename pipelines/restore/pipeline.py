@@ -60,7 +60,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
 
     # 1. Sources (driver): list the archive; drop what the ledger records as done for the same
     #    fingerprint and settings (resume and nightly runs are the same rule).
-    sources = storage.list_videos(input_root)
+    sources, skipped = storage.list_sources(input_root)
     selection = _select(job, sources, output_root)
     # Copies of sources known by content (`cp -r`, another bucket): recorded under their new
     # fingerprints, so the next run knows them without reading them.
@@ -70,7 +70,8 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     with Leases(output_root, run_id, timedelta(minutes=job.lease_minutes)) as leases:
         selection, held = _claim(leases, job, selection, output_root)
         header = dict(run_id=run_id, input=input_root, output=output_root, settings=job.settings(),
-                      settings_key=job.settings_key(), listed=len(sources), skipped_done=len(selection.done),
+                      settings_key=job.settings_key(), listed=len(sources), skipped_hidden=skipped["hidden"],
+                      skipped_not_video=skipped["not_video"], skipped_done=len(selection.done),
                       recognised_copies=len(selection.copied),
                       skipped_failed=len(selection.bad), skipped_leased=len(held),
                       leased_by=sorted({holder for _, holder in held}), restored=len(selection.todo),
@@ -181,7 +182,8 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
 
     # 2. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
     #    into its windows, or into one failed row. in: a source row; out: window rows (plan_stage).
-    ds = ds.flat_map(plan_video, fn_kwargs=dict(window=job.window, overlap=job.overlap, detector=job.detector),
+    ds = ds.flat_map(plan_video, fn_kwargs=dict(window=job.window, overlap=job.overlap, detector=job.detector,
+                                                deinterlace=job.deinterlace, max_pixels=job.max_frame_pixels),
                      num_cpus=1, max_retries=TASK_RETRIES)
     # One window per block: a video's windows spread over the actor pool instead of one actor
     # taking the whole block (and a block lost with its actor is one window).

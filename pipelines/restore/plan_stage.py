@@ -8,25 +8,31 @@ import os
 from typing import Any
 
 from pipelines import storage
+from pipelines.media.interlace import Deinterlace, decode_start_pts, picture_scenes, picture_timeline
 from pipelines.media.mux import choose_container
-from pipelines.media.probe import BadVideo, probe_timestamps
+from pipelines.media.probe import BadVideo, check_restorable, probe_timestamps
 from pipelines.media.scenes import detect_scenes
 from pipelines.restore import metrics
 from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, read_limit, time_limit
-from pipelines.restore.rows import (CONTENT, DEVICE, ERROR, FAILED, FPS, FRAMES, OUTPUT, OUTPUT_STEM, PENDING,
-                                    PERMANENT, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS,
+from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, OUTPUT,
+                                    OUTPUT_STEM, PENDING, PERMANENT, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS,
+                                    STATUS, WINDOWS,
                                     window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
 
 
-def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str) -> list[dict[str, Any]]:
+def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str, deinterlace: Deinterlace = "field",
+               max_pixels: int | None = None) -> list[dict[str, Any]]:
     """source row -> window rows: the source columns (less `output_stem`) plus `output`, `frames`,
-    `windows`, `fps`, the window's frame span and `start_pts`, `status` pending.
+    `windows`, `fps`, `deinterlace`, `field_order`, the window's frame span and `start_pts` (of the
+    first source frame its decode needs), `status` pending. An interlaced source is planned on the
+    pictures bwdif makes of it (`media.interlace`, at `deinterlace` rate).
 
-    Failures are rows, not exceptions: a bad file (`BadVideo`) fails for good, anything else (a
-    storage hiccup) is retried by the next run.
+    Failures are rows, not exceptions: a bad file (`BadVideo`: also frames above `max_pixels`, and
+    what the pipeline cannot restore faithfully, see `check_restorable`) fails for good, anything
+    else (a storage hiccup) is retried by the next run.
     """
     try:
         with storage.open_input(row[SOURCE]) as f:
@@ -34,10 +40,11 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str)
             f.seek(0)
             with time_limit(read_seconds, "reading and probing the source"):
                 row = {**row, CONTENT: storage.content_digest(f)}  # the identity a copy of the file keeps
-                info, timestamps = probe_timestamps(f)
-            container = choose_container(info)  # a source no container can carry fails here, before any GPU
-            with time_limit(read_seconds + SCENES_SECONDS_PER_FRAME * len(timestamps), "scene detection"):
-                scenes = detect_scenes(f, detector, timestamps=timestamps)
+                info, source_timestamps = probe_timestamps(f, max_pixels=max_pixels)
+            check_restorable(info)
+            container = choose_container(info)  # never fails: audio it cannot carry becomes FLAC
+            with time_limit(read_seconds + SCENES_SECONDS_PER_FRAME * len(source_timestamps), "scene detection"):
+                scenes = detect_scenes(f, detector, timestamps=source_timestamps)
     except BadVideo as e:
         metrics.failure("scenes", permanent=True)
         return [failed_row(row, e.reason, permanent=True)]
@@ -46,19 +53,22 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str)
         metrics.failure("scenes", permanent=False)
         return [failed_row(row, f"{type(e).__name__}: {e}", permanent=False)]
 
-    windows = plan_scene_windows(scenes, window, overlap)
+    mode = None if info.field_order == "progressive" else deinterlace
+    pictures, _ = picture_timeline(info, source_timestamps, mode)
+    windows = plan_scene_windows(picture_scenes(scenes, mode), window, overlap)
     metrics.windows_planned(len(windows))
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
-    video.update({OUTPUT: f"{row[OUTPUT_STEM]}.{container}", FRAMES: info.frame_count, WINDOWS: len(windows),
-                  FPS: str(info.fps)})
-    return [{**video, **window_columns(w), START_PTS: int(timestamps[w.start]), **_outcome(PENDING)}
-            for w in windows]
+    video.update({OUTPUT: f"{row[OUTPUT_STEM]}.{container}", FRAMES: pictures.frame_count, WINDOWS: len(windows),
+                  FPS: str(pictures.fps), DEINTERLACE: mode or "", FIELD_ORDER: info.field_order})
+    return [{**video, **window_columns(w), START_PTS: decode_start_pts(w.start, w.end, source_timestamps, mode),
+             **_outcome(PENDING)} for w in windows]
 
 
 def failed_row(row: dict[str, Any], reason: str, *, permanent: bool) -> dict[str, Any]:
     """The one row a video that never reaches the restore actors leaves (window -1, `windows` 1)."""
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
-    video.update({OUTPUT: "", FRAMES: 0, WINDOWS: 1, FPS: "0", CONTENT: row.get(CONTENT, "")})
+    video.update({OUTPUT: "", FRAMES: 0, WINDOWS: 1, FPS: "0", CONTENT: row.get(CONTENT, ""), DEINTERLACE: "",
+                  FIELD_ORDER: ""})
     nowhere = SceneWindow(index=-1, scene=-1, start=-1, end=-1, keep_start=-1, keep_end=-1, fade_in=0, fade_out=0)
     return {**video, **window_columns(nowhere), START_PTS: -1, **_outcome(FAILED, reason, permanent)}
 

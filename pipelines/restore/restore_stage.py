@@ -14,13 +14,14 @@ import pandas as pd
 import torch
 
 from pipelines import storage
-from pipelines.media.frames import read_frames, write_segment
+from pipelines.media.frames import write_segment
+from pipelines.media.interlace import read_pictures
 from pipelines.media.probe import BadVideo
 from pipelines.restore import metrics
 from pipelines.restore.faults import DECODE_SECONDS_PER_FRAME, READ_BASE_SECONDS, run_with_limit
-from pipelines.restore.rows import (DEVICE, DONE, END, ERROR, FAILED, FPS, PENDING, PERMANENT, REL, REUSED, SECONDS,
-                                    SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS, WINDOW, segment_url,
-                                    window_seed)
+from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, END, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, PENDING,
+                                    PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS,
+                                    WINDOW, segment_url, window_seed)
 from pipelines.weights import local_copy
 from star_model.presets import load_restorer
 from star_model.restore import RestoreConfig
@@ -87,4 +88,5 @@ class RestoreWindows:
 
 def _read_window(row: dict[str, Any]) -> np.ndarray:
     with storage.open_input(row[SOURCE]) as f:
-        return read_frames(f, int(row[START]), int(row[END]), start_pts=int(row[START_PTS]))
+        return read_pictures(f, int(row[START]), int(row[END]), start_pts=int(row[START_PTS]),
+                             mode=row[DEINTERLACE] or None, field_order=row[FIELD_ORDER], pictures=int(row[FRAMES]))

@@ -32,6 +32,10 @@ OUTPUT = "output"  # URL of the restored video
 FRAMES = "frames"  # frames in the video
 WINDOWS = "windows"  # windows the video was split into: the driver knows when it has them all
 FPS = "fps"  # the video's average rate as "num/den" (the staging segments are tagged with it)
+# Interlaced sources: "field" or "frame" (bwdif's output rate, the job's --deinterlace), "" for a
+# progressive source. Frames, windows and fps then count bwdif's pictures (media.interlace).
+DEINTERLACE = "deinterlace"
+FIELD_ORDER = "field_order"  # "progressive" | "tff" | "bff", as probed
 WINDOW = "window"  # the `SceneWindow` fields, flat
 SCENE = "scene"
 START = "start"
@@ -50,6 +54,7 @@ REUSED = "reused"  # the segment was already there (written by an earlier, inter
 DEVICE = "device"  # "cuda" or "cpu": what the actor ran the model on
 
 # -- the ledger's rows (assemble stage -> _ledger/): columns above, and these ----------------------------
+DEINTERLACED = "deinterlaced"  # what was done to an interlaced source, e.g. "bwdif, field rate, tff"; "" if nothing
 SETTINGS = "settings"  # the run's settings key (ArchiveJob.settings_key): what the pixels depend on
 WINDOWS_REUSED = "windows_reused"  # windows an earlier, interrupted run had restored
 RESTORE_SECONDS = "restore_seconds"  # actor time on this run's windows

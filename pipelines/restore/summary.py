@@ -72,6 +72,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['skipped_leased']} left to other runs (of {summary['listed']} videos under {summary['input']})",
         f"{summary['frames']} frames in {summary['seconds']:.1f} s: {summary['frames_per_second']:.2f} frames/s",
     ]
+    if summary.get("skipped_hidden") or summary.get("skipped_not_video"):
+        lines.insert(1, f"not listed as videos: {summary.get('skipped_hidden', 0)} hidden files (names starting "
+                        f"with '.'), {summary.get('skipped_not_video', 0)} files without a video extension")
     if summary["actor_device"] == "gpu":
         lines.append(f"GPU-seconds: {summary['gpu_seconds']:.1f} ({summary['windows_restored']} windows restored, "
                      f"{summary['windows_reused']} reused from an earlier run)")

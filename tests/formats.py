@@ -1,0 +1,121 @@
+"""Small synthesized samples of the formats real archives hold (issue 12): tape and broadcast captures
+(interlaced DV, MPEG-2, H.264), old containers with the audio codecs of their day (WMV+WMA, FLV+
+Nellymoser, AVI+ADPCM), ProRes masters with 24-bit PCM, 10-bit HEVC, ProRes 4444 with alpha, and
+Matroska with two audio tracks, subtitles, chapters and a font. All written with PyAV, in a second."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.filter
+import numpy as np
+
+
+def moving_bar(index: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """Picture `index` of a white bar moving right 3 px per picture over a two-tone background,
+    `(H, W, 3)` uint8: enough motion for two fields of one frame to disagree."""
+    width, height = size
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[:, :, 2] = 90
+    rgb[height // 4: height // 2, :, 1] = 140
+    x = (6 + 3 * index) % (width - 8)
+    rgb[:, x:x + 8] = 255
+    return rgb
+
+
+def woven(frames: int, size: tuple[int, int] = (64, 48), top_first: bool = True) -> np.ndarray:
+    """Interlaced frames from pictures at twice the rate, `(F, H, W, 3)`: the first field in time
+    (top rows for top-field-first) from picture 2i, the other from 2i+1. What a 50i camera records."""
+    out = []
+    for i in range(frames):
+        first, second = moving_bar(2 * i, size), moving_bar(2 * i + 1, size)
+        frame = first.copy()
+        rows = slice(1, None, 2) if top_first else slice(0, None, 2)
+        frame[rows] = second[rows]
+        out.append(frame)
+    return np.stack(out)
+
+
+def write(path: Path, frames_fhwc_u8: np.ndarray, *, codec: str, fmt: str | None = None, pix_fmt: str = "yuv420p",
+          rate: int = 25, options: dict[str, str] | None = None, field_order: str | None = None,
+          audio: tuple[tuple[str, int, str, dict[str, str]], ...] = (), size: tuple[int, int] | None = None,
+          subtitles: tuple[tuple[int, int, bytes, str], ...] = (), chapters: int = 0,
+          attachment: bytes | None = None, alpha: np.ndarray | None = None,
+          colour: tuple[int, int, int] | None = None, first: int = 0) -> Path:
+    """Encode `frames_fhwc_u8` with `codec` at `rate` fps; `audio`: (codec, sample rate, language,
+    extra tags) per track (a second of a tone); `subtitles`: (start ms, duration ms, text, language);
+    `field_order` "tff"/"bff" flags the frames interlaced (through FFmpeg's setfield filter);
+    `alpha` `(F, H, W)` uint8 goes into the alpha plane; `colour` (primaries, transfer, matrix);
+    `first`: the first frame's pts (frames count from it), so byte-joined parts follow each other."""
+    _, height, width, _ = frames_fhwc_u8.shape
+    width, height = size or (width, height)
+    with av.open(str(path), "w", format=fmt) as out:
+        video = out.add_stream(codec, rate=rate)
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
+        video.options = options or {}
+        if colour is not None:
+            cc = video.codec_context
+            cc.color_primaries, cc.color_trc, cc.colorspace = colour
+        tracks = []
+        for codec_name, sample_rate, language, tags in audio:
+            stream = out.add_stream(codec_name, rate=sample_rate)
+            stream.layout = "mono"
+            stream.metadata["language"] = language
+            stream.metadata.update(tags)
+            stream.bit_rate = 64000  # WMA's encoder has no default
+            tracks.append(stream)
+        if len(tracks) > 1:
+            tracks[1].disposition = av.stream.Disposition.comment
+        subs = None
+        if subtitles:
+            subs = out.add_mux_stream("subrip")
+            subs.metadata["language"] = subtitles[0][3]
+        if attachment is not None:
+            out.add_attachment("font.ttf", "application/x-truetype-font", attachment)
+        if chapters:
+            step = len(frames_fhwc_u8) * 1000 // rate // chapters
+            out.set_chapters([{"id": k + 1, "start": k * step, "end": (k + 1) * step, "time_base": Fraction(1, 1000),
+                               "metadata": {"title": f"Part {k + 1}"}} for k in range(chapters)])
+        graph = _field_flags(width, height, pix_fmt, rate, field_order) if field_order else None
+        for i, rgb in enumerate(frames_fhwc_u8):
+            if alpha is not None:
+                rgba = np.concatenate([rgb, alpha[i][..., None]], axis=-1)
+                frame = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format=pix_fmt)
+            else:
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(width, height, pix_fmt)
+            frame.pts, frame.time_base = first + i, Fraction(1, rate)
+            if graph is not None:
+                graph.push(frame)
+                frame = graph.pull()
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        seconds = len(frames_fhwc_u8) / rate
+        for stream in tracks:
+            _tone(out, stream, seconds)
+        for start_ms, duration_ms, text, _ in subtitles:
+            packet = av.Packet(text)
+            packet.stream, packet.time_base = subs, Fraction(1, 1000)
+            packet.pts, packet.dts, packet.duration = start_ms, start_ms, duration_ms
+            out.mux(packet)
+    return path
+
+
+def _field_flags(width: int, height: int, pix_fmt: str, rate: int, order: str) -> av.filter.Graph:
+    """FFmpeg's setfield: marks frames interlaced with a field order, as a capture card does."""
+    graph = av.filter.Graph()
+    source = graph.add_buffer(width=width, height=height, format=pix_fmt, time_base=Fraction(1, rate))
+    graph.link_nodes(source, graph.add("setfield", order), graph.add("buffersink")).configure()
+    return graph
+
+
+def _tone(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float) -> None:
+    rate = stream.codec_context.sample_rate
+    t = np.arange(int(seconds * rate)) / rate
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t))[None].astype(np.float32)  # (1, samples) mono
+    frame = av.AudioFrame.from_ndarray(wave, format="flt", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+    for packet in stream.encode(frame):
+        out.mux(packet)
+    out.mux(stream.encode(None))
