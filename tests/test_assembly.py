@@ -23,9 +23,9 @@ from pipelines.media.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_
 from pipelines.media.scenes import detect_scenes
 from pipelines.restore.assemble_stage import DamagedSegment, assemble, finish_video, preview_still
 from pipelines.restore.lease import Leases
-from pipelines.restore.rows import (DEVICE, DONE, ERROR, FAILED, FINGERPRINT, FPS, FRAMES, OUTPUT, PERMANENT, REL,
-                                    REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START_PTS, STATUS, VIDEO_ID, WINDOWS,
-                                    window_columns)
+from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FPS, FRAMES,
+                                    OUTPUT, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START_PTS, STATUS,
+                                    VIDEO_ID, WINDOWS, window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 from pipelines.storage import SourceFile
 
@@ -277,7 +277,8 @@ def test_a_damaged_staging_segment_fails_the_video_for_a_retry_not_for_good(tmp_
         rows.append({SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, VIDEO_ID: "v",
                      STAGING: str(segment.parent), OUTPUT: f"{output}/clip.mp4", FRAMES: 14, WINDOWS: 2,
                      FPS: str(info.fps), **window_columns(w), START_PTS: int(timestamps[w.start]), STATUS: DONE,
-                     ERROR: "", PERMANENT: False, SEGMENT: str(segment), SECONDS: 1.0, REUSED: False, DEVICE: "cpu"})
+                     ERROR: "", PERMANENT: False, SEGMENT: str(segment), SECONDS: 1.0, REUSED: False, DEVICE: "cpu",
+                     DEINTERLACE: "", FIELD_ORDER: ""})
     torn = Path(rows[1][SEGMENT])
     torn.write_bytes(torn.read_bytes()[:300])  # a torn upload of the second window
     with Leases(output, run) as leases:
