@@ -195,8 +195,9 @@ def atomic_output(url: str | os.PathLike, fence: Callable[[], None] | None = Non
     exception from it (a lease lost meanwhile) publishes nothing.
 
     Local disk: a hidden temporary file in the destination folder, flushed to the disk (fsync), then
-    `os.replace` (atomic on one filesystem), then the folder flushed so the new name is durable too. Buckets have no rename (a "move" is copy + delete), but an object becomes visible
-    only when its upload completes, so the finished local file is uploaded in one put.
+    `os.replace` (atomic on one filesystem), then the folder flushed so the new name is durable too.
+    Buckets have no rename (a "move" is copy + delete), but an object becomes visible only when its
+    upload completes, so the finished local file is uploaded in one put.
     The temporary name ends in `.part`, so a listing of the output folder never takes it for a video.
     """
     fs, path = filesystem(url)

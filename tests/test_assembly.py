@@ -19,13 +19,13 @@ from PIL import Image
 from helpers import assert_same_timing, decode_all, grey_frames, make_clip, media, noisy_frames
 from pipelines.media.frames import read_frames, write_segment
 from pipelines.media.mux import choose_container, transcoded_audio
-from pipelines.media.probe import BadVideo, StreamInfo, VideoInfo, probe, probe_timestamps
+from pipelines.media.probe import StreamInfo, VideoInfo, probe, probe_timestamps
 from pipelines.media.scenes import detect_scenes
 from pipelines.restore.assemble_stage import DamagedSegment, assemble, finish_video, preview_still
 from pipelines.restore.lease import Leases
 from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FPS, FRAMES,
-                                    OUTPUT, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START_PTS, STATUS,
-                                    VIDEO_ID, WINDOWS, window_columns)
+                                    OUTPUT, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START_PTS,
+                                    STATUS, VIDEO_ID, WINDOWS, window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 from pipelines.storage import SourceFile
 

@@ -4,8 +4,6 @@ on a store that folds case."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from helpers import media, run_job, shrink

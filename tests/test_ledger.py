@@ -96,7 +96,8 @@ def test_content_is_read_only_for_same_size_sources_with_a_new_fingerprint():
 
 def test_a_corrupt_ledger_file_is_set_aside_and_the_run_starts(tmp_path, caplog):
     output = str(tmp_path / "out")
-    good = row("a.mp4", "10:1", content="sha256:a") | {"run_id": "r1", "finished_at": ledger.now(), "output": "/o/a.mp4"}
+    good = row("a.mp4", "10:1", content="sha256:a") | {"run_id": "r1", "finished_at": ledger.now(),
+                                                       "output": "/o/a.mp4"}
     ledger.write_video(output, "va", good)
     videos = tmp_path / "out" / "_ledger" / "videos"
     (videos / "r1-vb.parquet").write_bytes(b"PAR1 cut short by a full disk")

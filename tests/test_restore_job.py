@@ -80,7 +80,8 @@ def test_a_weights_folder_counts_by_its_manifest(tmp_path):
     def folder(name: str, sha: str) -> str:
         root = tmp_path / name
         root.mkdir()
-        files = {"star/light_deg.safetensors": {"size": 8, "sha256": sha}, "vae/config.json": {"size": 2, "sha256": "b"},
+        files = {"star/light_deg.safetensors": {"size": 8, "sha256": sha},
+                 "vae/config.json": {"size": 2, "sha256": "b"},
                  "star/heavy_deg.safetensors": {"size": 8, "sha256": sha + "-other"}}
         (root / MANIFEST).write_text(json.dumps({"files": files}))
         return str(root)
