@@ -164,8 +164,9 @@ class StarRestorer:
     def _padding(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) padding of an (h, w) output frame for the VAE and the network."""
         if self.config.padding == "official":
-            pads = official_pad_to_fit(h, w)
-            lat_h, lat_w = (h + pads[2] + pads[3]) // self.vae.downsample, (w + pads[0] + pads[1]) // self.vae.downsample
+            pads = official_pad_to_fit(h, w)  # (left, right, top, bottom)
+            f = self.vae.downsample
+            lat_h, lat_w = (h + pads[2] + pads[3]) // f, (w + pads[0] + pads[1]) // f
             if not latent_size_ok(lat_h, lat_w, self.denoiser.cfg.num_downsamples):
                 raise ValueError(f"official padding gives latent {lat_h}x{lat_w}, which this network "
                                  f"cannot take; use padding='minimal'")
