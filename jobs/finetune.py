@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = run_finetune(cfg)
+    try:
+        result = run_finetune(cfg)
+    except ValueError as e:  # a request this machine can never meet, found once Ray has started
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"done: step {result.step}, loss {result.metrics.get('loss', float('nan')):.4f}, "
           f"checkpoint {result.checkpoint}")
     if args.export is not None:

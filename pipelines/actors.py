@@ -7,6 +7,8 @@ import logging
 
 import ray
 
+from pipelines import waits
+
 log = logging.getLogger(__name__)
 
 
@@ -14,10 +16,13 @@ def actor_pool(device: str, actors: int | None, accelerator_type: str | None = N
     """(GPU actors?, most actors): one actor per GPU in the cluster; without GPUs, CPU actors.
 
     `device` is auto (GPUs when the cluster has any), gpu (ask for GPUs even before an autoscaler has
-    started one) or cpu; an `accelerator_type` implies GPUs."""
+    started one) or cpu; an `accelerator_type` implies GPUs. GPU actors on a Ray this job started
+    itself, which has no such GPU, fail at once instead of waiting for ever."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = device == "gpu" or accelerator_type is not None or (device == "auto" and gpus > 0)
     if use_gpu:
+        waits.check_can_start(gpu_actor_resources(accelerator_type), "a GPU actor",
+                              "run on a cluster with GPUs (RAY_ADDRESS or `ray job submit`), or pass --device cpu")
         if actors is None and gpus == 0:
             log.warning("no GPU in the cluster yet: the actor pool is sized at 1 actor; pass --actors N for "
                         "the GPUs the autoscaler may start")
@@ -25,3 +30,8 @@ def actor_pool(device: str, actors: int | None, accelerator_type: str | None = N
     log.warning("running STAR on CPU (%s): fine for the nano and tiny presets, far too slow for the official one",
                 "--device cpu" if device == "cpu" else "no GPU in the cluster")
     return False, actors or 1
+
+
+def gpu_actor_resources(accelerator_type: str | None) -> dict[str, float]:
+    """What one GPU actor of the pool needs from the cluster."""
+    return {"GPU": 1.0} | ({f"accelerator_type:{accelerator_type}": 0.001} if accelerator_type else {})

@@ -1,5 +1,7 @@
 """Memory planner: from the free device memory and the latent frame size, pick the temporal window
-length and the spatial tile size of the denoiser so one guided forward fits; explicit settings win.
+length and the spatial tile size of the denoiser so one guided forward fits; from the free host
+memory and the output frame size, pick how many frames at a time go from pixels to latents and back
+(pre-upscale and encode; decode, colour fix and uint8). Explicit settings win.
 
 The estimate is analytical (bytes of the activations alive at the peak of one forward, per latent
 pixel and frame), not measured: it errs high on purpose with a safety margin, and logs its numbers
@@ -23,6 +25,14 @@ SAFETY = 0.7  # fraction of the free memory the plan may use (allocator fragment
 OFFICIAL_WINDOW = 32  # the official max_chunk_len: the temporal context the model was trained with
 MIN_WINDOW = 8
 MIN_TILE = 32  # latent pixels; smaller tiles lose too much context for the spatial attention
+# Host memory: float32 frames at output resolution exist one chunk at a time, at most this much of them
+# per chunk whatever the free memory (1 GiB is 1.7 frames of 4K in the decode copies below).
+HOST_CHUNK_BYTES = 2**30
+# float32 (3, H, W) buffers alive per frame of a chunk at the peak: the pre-upscale and its padded copy
+# on the way in; on the way out the decode, crop, colour fix and rounding (each torch op makes a new
+# tensor, and the colour fixes keep their inputs alive while computing).
+ENCODE_FLOAT_COPIES = 2
+DECODE_FLOAT_COPIES = 6
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,48 @@ def plan_memory(cfg: DenoiserConfig, latent_hw: tuple[int, int], frames: int, fr
                      f"{budget / 2**30:.2f} GiB are available; free memory or set window/tile explicitly")
 
 
+@dataclass(frozen=True)
+class HostPlan:
+    encode_chunk: int  # frames per chunk into the VAE (whole encoder batches: results depend on the batch)
+    decode_chunk: int  # frames per chunk out of it (whole decode groups: the decoder mixes a group's frames)
+    estimated_bytes: int  # the window's host peak: uint8 input and output, float input, the larger chunk
+    budget_bytes: int
+
+    def describe(self) -> str:
+        return (f"{self.encode_chunk} frames per encode chunk, {self.decode_chunk} per decode chunk, "
+                f"~{self.estimated_bytes / 2**30:.2f} GiB of host memory for the window "
+                f"({self.budget_bytes / 2**30:.2f} GiB budget)")
+
+
+def plan_host(frames: int, input_hw: tuple[int, int], output_hw: tuple[int, int], encode_group: int,
+              decode_group: int, free_bytes: int, *, chunk: int | None = None) -> HostPlan:
+    """Frames per chunk for a window of `frames` frames from `input_hw` to `output_hw` (padded) pixels:
+    as many whole groups as fit in `HOST_CHUNK_BYTES` (less when the host has less free), at least one
+    group. An explicit `chunk` is rounded up to whole groups.
+
+    Raises when even one group does not fit beside the window's uint8 frames, with what to change.
+    """
+    frame_bytes = 3 * output_hw[0] * output_hw[1] * 4
+    budget = int(free_bytes * SAFETY)
+
+    def frames_per_chunk(copies: int, group: int) -> int:
+        count = chunk or min(HOST_CHUNK_BYTES, budget) // (copies * frame_bytes)
+        return min(max(1, -(-count // group)) * group, -(-frames // group) * group)
+
+    encode_chunk = frames_per_chunk(ENCODE_FLOAT_COPIES, encode_group)
+    decode_chunk = frames_per_chunk(DECODE_FLOAT_COPIES, decode_group)
+    # uint8 in and out, the float32 LR frames, and the larger chunk of float32 buffers at output size
+    fixed = frames * 3 * (input_hw[0] * input_hw[1] * 5 + output_hw[0] * output_hw[1])
+    need = fixed + max(encode_chunk * ENCODE_FLOAT_COPIES, decode_chunk * DECODE_FLOAT_COPIES) * frame_bytes
+    plan = HostPlan(encode_chunk, decode_chunk, need, budget)
+    if need > budget:
+        raise ValueError(f"not enough host memory: a window of {frames} frames at {output_hw[1]}x{output_hw[0]} "
+                         f"needs ~{need / 2**30:.2f} GiB and {budget / 2**30:.2f} GiB are available; use "
+                         f"shorter windows or a smaller scale, or free memory")
+    log.info("host plan: %s", plan.describe())
+    return plan
+
+
 def _window_candidates(frames: int) -> list[int]:
     longest = min(frames, OFFICIAL_WINDOW)
     candidates = [longest]
@@ -116,4 +168,9 @@ def free_device_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
+    return free_host_memory()
+
+
+def free_host_memory() -> int:
+    """Bytes of system memory available to this process without swapping."""
     return int(psutil.virtual_memory().available)

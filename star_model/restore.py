@@ -19,7 +19,8 @@ from torch import Tensor
 
 from star_model.colorfix import adain_color_fix, wavelet_color_fix
 from star_model.diffusion import guided_x0
-from star_model.memory import OFFICIAL_WINDOW, MemoryPlan, free_device_memory, plan_memory
+from star_model.memory import (OFFICIAL_WINDOW, HostPlan, MemoryPlan, free_device_memory, free_host_memory,
+                               plan_host, plan_memory)
 from star_model.padding import latent_size_ok, minimal_pad, official_pad_to_fit
 from star_model.sampler import sample_dpmpp_2m_sde, sdedit_start, seeded_noise
 from star_model.schedule import NoiseSchedule, build_schedule, solver_sigmas
@@ -53,6 +54,9 @@ class RestoreConfig:
     official_chunking: bool = False  # windows by the official make_chunks rule (only with hard_cut)
     tile: tuple[int, int] | None = None  # None: the memory planner decides (whole frame if it fits)
     tile_overlap: int = 16
+    # Frames per chunk from pixels to latents and back (None: the memory planner decides, within a
+    # fixed host-memory bound); rounded up to whole VAE batches and groups. Any value gives the same output.
+    host_chunk_frames: int | None = None
     color_fix: Literal["adain", "wavelet", "none"] = "adain"
     rounding: Literal["round", "truncate"] = "round"
     seed: int = 666  # official setup_seed(666)
@@ -66,6 +70,8 @@ class RestoreConfig:
             raise ValueError(f"steps={self.steps} must be >= 1")
         if self.window is not None and self.window < 1:
             raise ValueError(f"window={self.window} must be >= 1 frame")
+        if self.host_chunk_frames is not None and self.host_chunk_frames < 1:
+            raise ValueError(f"host_chunk_frames={self.host_chunk_frames} must be >= 1 frame")
         if self.official_chunking and self.temporal_merge != "hard_cut":
             raise ValueError("official_chunking needs temporal_merge='hard_cut'")
         for name, allowed in (("solver_mode", ("fast", "normal")), ("padding", ("minimal", "official")),
@@ -103,34 +109,41 @@ class StarRestorer:
         self.device = next(denoiser.parameters()).device
         self.dtype = next(denoiser.parameters()).dtype
         self.last_plan: MemoryPlan | None = None
+        self.last_host_plan: HostPlan | None = None
 
     @torch.inference_mode()
     def __call__(self, frames_fhwc_u8: np.ndarray | Tensor, prompt: str = "", seed: int | None = None) -> np.ndarray:
         cfg = self.config
-        # Frames at output resolution stay on the CPU (32 frames of 4K are 3 GB in fp32); the VAE moves
-        # bounded chunks and tiles to the device, so device memory is bounded by the tile sizes.
+        # Frames at output resolution stay on the CPU and exist in float32 one chunk of frames at a
+        # time (32 frames of 1080p x4 are 12.7 GB per float32 copy); the VAE moves bounded groups and
+        # tiles of a chunk to the device, so device memory is bounded by the tile sizes.
         deep = isinstance(frames_fhwc_u8, np.ndarray) and frames_fhwc_u8.dtype == np.uint16
         lr = _to_signed_unit(frames_fhwc_u8)  # (F, 3, h, w) in [-1, 1], CPU
         num_frames, _, height, width = lr.shape
         out_h, out_w = height * cfg.scale, width * cfg.scale
         seed = cfg.seed if seed is None else seed
+        padding = self._padding(out_h, out_w)  # (left, right, top, bottom)
+        left, right, top, bottom = padding
+        # The codec has no encoder batches (frame by frame, exact); the VAE's results depend on them.
+        encode_group = getattr(self.vae.config, "encode_batch_frames", 1)
+        host = plan_host(num_frames, (height, width), (out_h + top + bottom, out_w + left + right), encode_group,
+                         self.vae.config.decode_group_frames, free_host_memory(), chunk=cfg.host_chunk_frames)
+        self.last_host_plan = host
 
-        # 1. bilinear pre-upscale (official: F.interpolate bilinear, no antialias), then padding
-        up = F.interpolate(lr, size=(out_h, out_w), mode="bilinear", align_corners=False)
-        up, crop = self._pad(up)  # (F, 3, H', W')
+        # 1. per chunk: bilinear pre-upscale, padding and per-frame sampled VAE encode; one generator
+        #    for the clip, drawn frame by frame, so the chunking does not change the noise
+        generator = torch.Generator().manual_seed(seed)
+        z_lr = torch.cat([self.vae.encode(self._upscale(lr[frames], padding), generator=generator)
+                          for frames in _chunks(num_frames, host.encode_chunk)])  # (F, 4, h', w')
+        z_lr = z_lr.permute(1, 0, 2, 3).unsqueeze(0).to(self.device, torch.float32)  # (1, 4, F, h', w')
 
-        # 2. LR latent (F, 4, h', w') -> (1, 4, F, h', w'); per-frame sampled encode
-        z_lr = self.vae.encode(up, generator=torch.Generator().manual_seed(seed))
-        z_lr = z_lr.permute(1, 0, 2, 3).unsqueeze(0).to(self.device, torch.float32)
-        del up
-
-        # 3. text contexts (computed once per prompt by the encoder's cache), (1, 77, ctx)
+        # 2. text contexts (computed once per prompt by the encoder's cache), (1, 77, ctx)
         y_cond, y_uncond = (y.to(self.device, self.dtype) for y in self.text.context_for(prompt))
 
-        # 4. temporal windows and spatial tiles from the memory plan (explicit settings win)
+        # 3. temporal windows and spatial tiles from the memory plan (explicit settings win)
         windows, tiles = self._plan(z_lr.shape)
 
-        # 5. SDEdit start from the LR latent at t_start, then the guided SDE sampler
+        # 4. SDEdit start from the LR latent at t_start, then the guided SDE sampler
         noise_shape = z_lr.shape if cfg.start_noise == "per_frame" else (*z_lr.shape[:2], 1, *z_lr.shape[3:])
         eps = torch.randn(noise_shape, generator=torch.Generator().manual_seed(seed + 1)).expand(z_lr.shape)
         eps = eps.to(self.device)
@@ -141,13 +154,49 @@ class StarRestorer:
         denoise = windowed_denoiser(denoise_window, windows, cfg.temporal_merge)
         z0 = sample_dpmpp_2m_sde(denoise, x_start, sigmas, self.schedule, seeded_noise(seed + 2))
 
-        # 6. decode (F, 3, H', W'), crop the padding, clamp
-        pixels = self.vae.decode(z0[0].permute(1, 0, 2, 3), out_device="cpu").float()
-        top, left = crop
-        pixels = pixels[:, :, top:top + out_h, left:left + out_w].clamp(-1, 1)
+        # 5. per chunk (whole decode groups): decode, crop, colour fix, uint8 (uint16 for deep colour)
+        latents = z0[0].permute(1, 0, 2, 3)  # (F, 4, h', w')
+        video_fhwc = np.empty((num_frames, out_h, out_w, 3), np.uint16 if deep else np.uint8)
+        for frames in _chunks(num_frames, host.decode_chunk):
+            video_fhwc[frames] = self._to_frames(latents[frames], lr[frames], (top, left), deep)
+        return video_fhwc
 
-        # 7. colour fix against the LR input, then to uint8
-        video = (pixels * 0.5 + 0.5).permute(0, 2, 3, 1) * 255  # (F, H, W, 3) in 0..255
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _padding(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) padding of an (h, w) output frame for the VAE and the network."""
+        if self.config.padding == "official":
+            pads = official_pad_to_fit(h, w)  # (left, right, top, bottom)
+            f = self.vae.downsample
+            lat_h, lat_w = (h + pads[2] + pads[3]) // f, (w + pads[0] + pads[1]) // f
+            if not latent_size_ok(lat_h, lat_w, self.denoiser.cfg.num_downsamples):
+                raise ValueError(f"official padding gives latent {lat_h}x{lat_w}, which this network "
+                                 f"cannot take; use padding='minimal'")
+            return pads
+        return minimal_pad(h, w, self.denoiser.cfg.num_downsamples, self.vae.downsample)
+
+    def _upscale(self, lr: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
+        """(f, 3, h, w) in [-1, 1] -> (f, 3, H', W'): bilinear to the output size (official:
+        F.interpolate, no antialias), then padded."""
+        up = F.interpolate(lr, size=(lr.shape[2] * self.config.scale, lr.shape[3] * self.config.scale),
+                           mode="bilinear", align_corners=False)
+        if self.config.padding == "official":
+            # The official pads with +1 (white) in [-1, 1]; a canvas < 720x1280 is always padded.
+            return F.pad(up, padding, value=1.0)
+        # Ours: pad bottom/right by replicating the border, so no white band feeds the attention or
+        # the GroupNorm statistics (the official's +1 padding does).
+        return F.pad(up, padding, mode="replicate")
+
+    def _to_frames(self, latents: Tensor, lr: Tensor, offset: tuple[int, int], deep: bool) -> np.ndarray:
+        """Latents (f, 4, h', w') of a chunk -> uint8 (f, H, W, 3), uint16 when `deep`: decode, crop the
+        padding, clamp, colour fix against the chunk's LR frames (f, 3, h, w), round or truncate."""
+        cfg = self.config
+        out_h, out_w = lr.shape[2] * cfg.scale, lr.shape[3] * cfg.scale
+        top, left = offset
+        pixels = self.vae.decode(latents, out_device="cpu").float()  # (f, 3, H', W')
+        pixels = pixels[:, :, top:top + out_h, left:left + out_w].clamp(-1, 1)
+        video = (pixels * 0.5 + 0.5).permute(0, 2, 3, 1) * 255  # (f, H, W, 3) in 0..255
+        del pixels
         if cfg.color_fix == "adain":
             video = adain_color_fix(video, lr.float())
         elif cfg.color_fix == "wavelet":
@@ -160,25 +209,6 @@ class StarRestorer:
         video = video.clamp(0, 255)
         video = video.round() if cfg.rounding == "round" else video.floor()  # floor = astype(uint8)
         return video.to(torch.uint8).numpy()
-
-    # -- helpers -----------------------------------------------------------------------------------
-
-    def _pad(self, up: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """Pad (F, 3, H, W); returns the padded frames and the (top, left) offset of the content."""
-        _, _, h, w = up.shape
-        if self.config.padding == "official":
-            w1, w2, h1, h2 = official_pad_to_fit(h, w)
-            # The official pads with +1 (white) in [-1, 1]; a canvas < 720x1280 is always padded.
-            padded = F.pad(up, (w1, w2, h1, h2), value=1.0)
-            lat_h, lat_w = padded.shape[2] // self.vae.downsample, padded.shape[3] // self.vae.downsample
-            if not latent_size_ok(lat_h, lat_w, self.denoiser.cfg.num_downsamples):
-                raise ValueError(f"official padding gives latent {lat_h}x{lat_w}, which this network "
-                                 f"cannot take; use padding='minimal'")
-            return padded, (h1, w1)
-        w1, w2, h1, h2 = minimal_pad(h, w, self.denoiser.cfg.num_downsamples, self.vae.downsample)
-        # Ours: pad bottom/right by replicating the border, so no white band feeds the attention or
-        # the GroupNorm statistics (the official's +1 padding does).
-        return F.pad(up, (w1, w2, h1, h2), mode="replicate"), (h1, w1)
 
     def _plan(self, latent_shape: torch.Size) -> tuple[list[Span], list[Tile]]:
         cfg = self.config
@@ -219,6 +249,10 @@ class StarRestorer:
             return tiled_denoiser(denoise_tile, tiles)(xt, t)
 
         return denoise_window
+
+
+def _chunks(num_frames: int, size: int) -> list[slice]:
+    return [slice(first, first + size) for first in range(0, num_frames, size)]
 
 
 def _to_signed_unit(frames: np.ndarray | Tensor) -> Tensor:

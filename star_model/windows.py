@@ -24,16 +24,23 @@ WindowDenoiser = Callable[[Tensor, Tensor, slice], Tensor]
 # Windows
 
 
+def official_overlap(max_chunk_len: int) -> int:
+    """The overlap the official `make_chunks` computes (interp_f_num 0, chunk_overlap_ratio 0.5):
+    int((L·0.5 - 1)//1 + 1) = L//2 for every L >= 1, so the stride L - L//2 is L/2 rounded up."""
+    return int((max_chunk_len * 0.5 - 1) // 1 + 1)
+
+
 def official_chunks(num_frames: int, max_chunk_len: int) -> list[Span]:
-    """The official `make_chunks(F, 0, max_chunk_len)`: windows of L frames with stride L//2; a window
-    that would end within 1.25·L of the end is extended to the end (so the last has L//2+1 ... 1.25·L).
+    """The official `make_chunks(F, 0, max_chunk_len)` (its `sliding_windows_1d`): windows of L frames
+    with stride L - `official_overlap(L)`; a window that would end within 1.25·L of the end is
+    extended to the end.
 
     The official only chunks when F > L. For L < F <= 1.25·L this returns a single window and the
     official merge then fails (see `official_merge_fails`).
     """
-    if num_frames < 1 or max_chunk_len < 2:
-        raise ValueError(f"need num_frames >= 1 and max_chunk_len >= 2, got {num_frames}, {max_chunk_len}")
-    stride = max_chunk_len // 2
+    if num_frames < 1 or max_chunk_len < 1:
+        raise ValueError(f"need num_frames >= 1 and max_chunk_len >= 1, got {num_frames}, {max_chunk_len}")
+    stride = max_chunk_len - official_overlap(max_chunk_len)
     windows: list[Span] = []
     start = 0
     while start + 1.25 * max_chunk_len < num_frames:

@@ -197,6 +197,13 @@ def problems(config: dict) -> list[str]:
     for kind, cmd in (("head", head_cmd), ("worker", worker_cmd)):
         if RESOURCE_FLAG.search(cmd):
             out.append(f"{kind} start command sets {RESOURCE_FLAG.search(cmd).group(0)}: declare it in resources")
+    # Token authentication: every node starts Ray in token mode with the token file `ray up` copies from
+    # the launching machine (the default path ~/.ray/auth_token), never one from the checkout.
+    for kind, cmd in (("head", head_cmd), ("worker", worker_cmd)):
+        if "export RAY_AUTH_MODE=token;" not in cmd:
+            out.append(f"{kind} start command must export RAY_AUTH_MODE=token")
+    if config.get("file_mounts", {}).get("~/.ray/auth_token") != "~/.ray/auth_token":
+        out.append("file_mounts must copy ~/.ray/auth_token from the launching machine to every node")
     metrics = {re.search(r"--metrics-export-port=(\d+)", c).group(1) if "--metrics-export-port" in c else None
                for c in (head_cmd, worker_cmd)}
     if len(metrics) != 1 or None in metrics:
@@ -286,6 +293,11 @@ MUTATIONS = [
     ("start command sets resources",
      lambda c: c["worker_start_ray_commands"].append("ray start --address=$RAY_HEAD_IP:6379 --num-gpus=1"),
      "properties"),
+    ("workers without token auth",
+     lambda c: c.__setitem__("worker_start_ray_commands",
+                             [s.replace(" export RAY_AUTH_MODE=token;", "") for s in c["worker_start_ray_commands"]]),
+     "properties"),
+    ("token not copied to the nodes", _set("file_mounts", {"~/star-archive": "."}), "properties"),
     ("workers join another port",
      lambda c: c.__setitem__("worker_start_ray_commands",
                              [s.replace(":6379", ":6380") for s in c["worker_start_ray_commands"]]),
@@ -310,3 +322,18 @@ def test_a_broken_copy_fails(name, what, mutate, check):
     assert not CHECKS[check](config)  # the file itself passes this check
     mutate(config)
     assert CHECKS[check](config), f"{name}: '{what}' went unnoticed by the {check} check"
+
+
+def test_every_ray_job_submit_in_the_readmes_passes_the_token():
+    """A Ray 2.60 head refuses `ray job submit` without the token: each command written down runs with
+    RAY_AUTH_MODE=token, set on its line or exported earlier in its code block."""
+    commands = 0
+    for readme in (REPO / "README.md", REPO / "cluster" / "README.md"):
+        for block in re.findall(r"^```\w*\n(.*?)^```", readme.read_text(), re.S | re.M):
+            lines = block.replace("\\\n", " ").splitlines()
+            for k, line in enumerate(lines):
+                if "ray job submit" in line:
+                    commands += 1
+                    exported = any("export RAY_AUTH_MODE=token" in earlier for earlier in lines[:k])
+                    assert exported or "RAY_AUTH_MODE=token" in line, f"{readme.name}: {line.strip()[:80]}"
+    assert commands >= 4

@@ -8,6 +8,7 @@ commands in all of them: test_job_commands.py.)"""
 from __future__ import annotations
 
 import copy
+import json
 import re
 import zoneinfo
 
@@ -16,9 +17,10 @@ import pytest
 import ray
 
 from cluster_files import (DOCKERFILE, KUBERAY, RAY_ACCELERATORS, README, REPO, documents, generated_configmaps,
+                           kustomization, RAY_KINDS,
                            k8s_errors, manifests, pod_specs, ray_pod_templates, shell_words, the)
 
-CORE_KINDS = {"CronJob", "Job", "ServiceAccount", "Role", "RoleBinding", "ConfigMap"}
+CORE_KINDS = {"CronJob", "Job", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "NetworkPolicy"}
 # GKE's cloud.google.com/gke-accelerator values for Ray's accelerator names.
 GKE_GPU_LABELS = {"L4": {"nvidia-l4"}, "A100": {"nvidia-tesla-a100", "nvidia-a100-80gb"},
                   "H100": {"nvidia-h100-80gb", "nvidia-h100-mega-80gb"}}
@@ -64,7 +66,8 @@ RAY_CLUSTER_SPEC = closed({
     "rayVersion": STRING, "enableInTreeAutoscaling": BOOL, "autoscalerOptions": AUTOSCALER_OPTIONS,
     "headGroupSpec": HEAD_GROUP, "workerGroupSpecs": {**ARRAY, "items": WORKER_GROUP},
     "headServiceAnnotations": STRINGS, "gcsFaultToleranceOptions": OBJECT, "suspend": BOOL, "managedBy": STRING,
-    "upgradeStrategy": OBJECT, "authOptions": OBJECT,
+    "upgradeStrategy": OBJECT,
+    "authOptions": closed({"mode": {"enum": ["disabled", "token"]}, "secretName": STRING, "enableK8sTokenAuth": BOOL}),
 }, required=("headGroupSpec",))
 RAYJOB_SPEC = closed({
     "entrypoint": {**STRING, "minLength": 1}, "rayClusterSpec": RAY_CLUSTER_SPEC,
@@ -202,7 +205,9 @@ def test_storage_access_goes_through_the_service_account():
     account = next(d for d in documents(KUBERAY / "serviceaccount.yaml") if d["kind"] == "ServiceAccount")
     assert {"iam.gke.io/gcp-service-account", "eks.amazonaws.com/role-arn"} & account["metadata"]["annotations"].keys()
     for where, spec in pod_specs().items():
-        if not where.startswith("CronJob"):
+        if where.endswith("submitter"):  # talks to the head only: no bucket identity
+            assert spec.get("serviceAccountName") is None, where
+        elif not where.startswith("CronJob"):
             assert spec.get("serviceAccountName") == account["metadata"]["name"], where
         for c in spec.get("initContainers", []) + spec["containers"]:
             for env in c.get("env", []):
@@ -281,3 +286,91 @@ def test_the_readme_names_files_that_exist():
     assert named, "no file names found"
     assert [n for n in sorted(named) if not (REPO / n).exists()] == []
     assert ".git" in (REPO / ".dockerignore").read_text().split(), "the image must not carry the history"
+
+
+# --- The cluster's doors -------------------------------------------------------------------------------
+RAY_PORTS = {6379, 8265, 10001}  # GCS, dashboard and job API, client
+
+
+@pytest.mark.parametrize("kind", sorted(RAY_SCHEMAS))
+def test_ray_token_comes_from_a_secret_made_by_hand(kind):
+    """Ray 2.60 heads refuse `ray job submit` without a token: the RayCluster enables token auth and takes
+    the token from a Secret that the README says how to create; no token value is in any file."""
+    spec = the(kind)["spec"]["jobTemplate"] if kind == "RayCronJob" else the(kind)["spec"]
+    auth = spec["rayClusterSpec"]["authOptions"]
+    assert auth["mode"] == "token" and auth["secretName"]
+    readme = README.read_text()
+    assert f"create secret generic {auth['secretName']}" in readme
+    for path in [*KUBERAY.glob("*.yaml"), README]:
+        assert not re.search(r"RAY_AUTH_TOKEN[\"']?\s*[:=]\s*[\"']?[0-9a-f]{16}", path.read_text()), path.name
+
+
+def test_pods_run_as_non_root_with_a_restrictive_security_context():
+    specs = pod_specs()
+    assert any(k.endswith("submitter") for k in specs)
+    for where, spec in specs.items():
+        pod = spec.get("securityContext", {})
+        assert pod.get("runAsNonRoot") is True and pod.get("runAsUser", 0) > 0, where
+        assert pod.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, f"{where} {c['name']}"
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where} {c['name']}"
+            assert not sc.get("privileged") and "runAsUser" not in sc or sc["runAsUser"] > 0, f"{where} {c['name']}"
+
+
+def _reachable_ports_from_outside(policy: dict, labels: dict) -> set[int] | None:
+    """Ports of the Ray pods that a pod without the RayCluster's label can reach (None: every port)."""
+    open_ports: set[int] = set()
+    for rule in policy["spec"].get("ingress", []):
+        sources = rule.get("from", [])
+        inside_only = sources and all(set(src.get("podSelector", {}).get("matchLabels", {}).items()) and
+                                      set(src["podSelector"]["matchLabels"].items()) <= set(labels.items()) and
+                                      "namespaceSelector" not in src and "ipBlock" not in src for src in sources)
+        if inside_only:
+            continue
+        if "ports" not in rule:
+            return None
+        open_ports |= {p["port"] for p in rule["ports"]}
+    return open_ports
+
+
+def test_ray_ports_are_reachable_only_from_inside_the_raycluster():
+    policies = [d for docs in manifests().values() for d in docs if d["kind"] == "NetworkPolicy"]
+    assert len(policies) == 1 and "networkpolicy.yaml" in kustomization()["resources"]
+    policy = policies[0]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    for kind in RAY_KINDS:
+        for name, template in ray_pod_templates(the(kind)).items():
+            labels = template.get("metadata", {}).get("labels", {})
+            assert selector.items() <= labels.items(), f"{kind} {name} is not covered by the NetworkPolicy"
+    reachable = _reachable_ports_from_outside(policy, selector)
+    assert reachable is not None and not reachable & RAY_PORTS, reachable
+    assert "kubectl -n star-archive port-forward" in README.read_text()
+
+
+def test_a_policy_that_opens_the_dashboard_fails():
+    policy = copy.deepcopy(next(d for d in documents(KUBERAY / "networkpolicy.yaml")))
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    policy["spec"]["ingress"].append({"ports": [{"port": 8265}]})
+    assert 8265 in _reachable_ports_from_outside(policy, selector)
+    policy["spec"]["ingress"].append({"from": [{"namespaceSelector": {}}]})
+    assert _reachable_ports_from_outside(policy, selector) is None
+
+
+def test_bucket_permissions_are_least_privilege():
+    """Read-only on the input bucket; write on the output and weights buckets only (README and
+    serviceaccount.yaml give the commands)."""
+    text = README.read_text() + (KUBERAY / "serviceaccount.yaml").read_text()
+    assert re.search(r"gs://CHANGE-ME-input\s+--member=\S+\s+--role=roles/storage.objectViewer\n", text)
+    for bucket in ("output", "weights"):
+        assert re.search(rf"gs://CHANGE-ME-{bucket}\s+--member=\S+\s+--role=roles/storage.objectAdmin\n", text), bucket
+    policy = json.loads(text.split("```json")[1].split("```")[0])
+    writes = {"s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+    for statement in policy["Statement"]:
+        actions, resources = set(statement["Action"]), " ".join(statement["Resource"])
+        if actions & writes:
+            assert "CHANGE-ME-input" not in resources and "*" not in resources.replace("/*", ""), statement
+    written = " ".join(" ".join(st["Resource"]) for st in policy["Statement"] if set(st["Action"]) & writes)
+    assert "CHANGE-ME-output" in written and "CHANGE-ME-weights" in written

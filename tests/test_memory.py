@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from star_model.config import OFFICIAL
-from star_model.memory import estimate_bytes, plan_memory
+from star_model.memory import estimate_bytes, plan_host, plan_memory
 from star_model.padding import latent_size_ok
 
 GiB = 2**30
@@ -47,3 +47,18 @@ def test_explicit_settings_win_even_over_budget(caplog):
 def test_impossible_budget_says_what_to_do():
     with pytest.raises(ValueError, match="not enough device memory"):
         plan_memory(OFFICIAL, (270, 480), 100, 10 * 2**20, torch.bfloat16)
+
+
+def test_host_plan_bounds_a_window_whatever_the_output_size():
+    """32 frames: before, several float32 copies of the whole window were alive (3.0 GiB each at 1080p x2,
+    12.4 GiB at 1080p x4); now one chunk of whole VAE batches (4) and decode groups (3) beside the uint8
+    frames. The decode group is the floor: at 8K output one group of 3 frames is ~7 GiB of buffers."""
+    for (lr, out), bound in ((((480, 854), (1920, 3416)), 3), (((1080, 1920), (2160, 3840)), 4),
+                             (((1080, 1920), (4320, 7680)), 11)):
+        plan = plan_host(32, lr, out, 4, 3, 64 * GiB)
+        assert plan.encode_chunk % 4 == 0 and plan.decode_chunk % 3 == 0
+        assert plan.estimated_bytes < bound * GiB, (out, plan.describe())
+    assert plan_host(32, (1080, 1920), (4320, 7680), 4, 3, 64 * GiB).decode_chunk == 3  # one group
+    assert plan_host(32, (480, 854), (1920, 3416), 4, 3, 64 * GiB, chunk=5).decode_chunk == 6
+    with pytest.raises(ValueError, match="not enough host memory"):
+        plan_host(32, (1080, 1920), (4320, 7680), 4, 3, 8 * GiB)

@@ -169,10 +169,11 @@ def test_bad_config_is_refused_before_loading_anything(tmp_path):
 
 def test_official_padding_builds_the_official_canvas(restorer):
     restorer = _with(restorer, RestoreConfig.official(scale=4))
-    padded, (top, left) = restorer._pad(torch.zeros(1, 3, 960, 1704))  # the toy example 240x426 x4
-    assert tuple(padded.shape[2:]) == (976, 1728) and (top, left) == (0, 0)
-    padded, (top, left) = restorer._pad(torch.zeros(1, 3, 480, 852))
-    assert tuple(padded.shape[2:]) == (720, 1280) and (top, left) == (120, 214)
+    left, right, top, bottom = restorer._padding(960, 1704)  # the toy example 240x426 x4
+    assert (960 + top + bottom, 1704 + left + right) == (976, 1728) and (top, left) == (0, 0)
+    padding = restorer._padding(480, 852)
+    padded = restorer._upscale(torch.zeros(1, 3, 120, 213), padding)
+    assert tuple(padded.shape[2:]) == (720, 1280) and (padding[2], padding[0]) == (120, 214)
     assert padded[0, 0, 0, 0] == 1.0  # the official pads with white
 
 
@@ -185,3 +186,20 @@ def test_sixteen_bit_frames_come_back_sixteen_bit(restorer):
     assert out_u16.dtype == np.uint16 and out_u16.shape == out_u8.shape
     assert np.abs(out_u16.astype(int) - out_u8.astype(int) * 257).max() <= 257  # one 8-bit step at most
     assert (out_u16 % 257 != 0).mean() > 0.5  # values between the 8-bit levels
+
+
+@pytest.mark.parametrize("color_fix, rounding", [("adain", "round"), ("wavelet", "truncate"), ("none", "round")])
+def test_streaming_in_chunks_gives_the_output_of_one_chunk(restorer, color_fix, rounding):
+    """Pre-upscale, encode, decode, colour fix and uint8 conversion run a chunk of frames at a time (host
+    memory); the chunking changes nothing. The tiny VAE encodes batches of 4 frames and decodes groups of
+    3, so chunks of 1, 2 and 4 frames become 4, 4, 4 in and 3, 3, 6 out, and 7 frames end on a short
+    chunk."""
+    config = BASE.replace(color_fix=color_fix, rounding=rounding)
+    clip = _frames(7, 20, 28)
+    whole = _with(restorer, config, host_chunk_frames=7)
+    expected = whole(clip, "a cat")
+    assert (whole.last_host_plan.encode_chunk, whole.last_host_plan.decode_chunk) == (8, 9)  # one chunk each
+    for chunk in (1, 2, 4):
+        chunked = _with(restorer, config, host_chunk_frames=chunk)
+        assert np.array_equal(chunked(clip, "a cat"), expected), chunk
+        assert (chunked.last_host_plan.encode_chunk, chunked.last_host_plan.decode_chunk) == (4, 3 * -(-chunk // 3))

@@ -11,7 +11,7 @@ from helpers import parity
 from star_model.padding import latent_size_ok, min_padded_latent, minimal_pad, official_pad_to_fit
 from star_model.tiles import merge_tiles, plan_tiles, tile_weights, tiled_denoiser
 from star_model.windows import (blend_weights, hard_cut_keeps, merge_windows, official_chunks, official_merge_fails,
-                                plan_spans, windowed_denoiser)
+                                official_overlap, plan_spans, windowed_denoiser)
 
 
 def test_official_chunks_match_make_chunks() -> None:
@@ -20,6 +20,33 @@ def test_official_chunks_match_make_chunks() -> None:
     for key, windows in cases.items():
         frames, max_len = (int(v) for v in key[1:].split("_max"))
         assert official_chunks(frames, max_len) == [tuple(w) for w in windows], key
+
+
+# make_chunks(F, 0, L) worked by hand from the official sliding_windows_1d: overlap int((L/2 - 1)//1 + 1),
+# stride L - overlap, a window within 1.25·L of the end runs to the end. The fixture has even L only.
+@pytest.mark.parametrize("frames,max_len,windows", [
+    (4, 1, [(0, 1), (1, 2), (2, 3), (3, 4)]),  # overlap 0, stride 1
+    (10, 3, [(0, 3), (2, 5), (4, 7), (6, 9), (8, 10)]),  # overlap 1, stride 2
+    (12, 5, [(0, 5), (3, 8), (6, 12)]),  # overlap 2, stride 3 (not 2)
+    (20, 7, [(0, 7), (4, 11), (8, 15), (12, 20)]),  # overlap 3, stride 4
+    (100, 33, [(0, 33), (17, 50), (34, 67), (51, 84), (68, 100)]),  # overlap 16, stride 17
+    (72, 32, [(0, 32), (16, 48), (32, 72)]),
+])
+def test_official_chunks_for_odd_and_even_lengths(frames: int, max_len: int, windows: list) -> None:
+    assert official_chunks(frames, max_len) == windows
+
+
+def test_official_stride_is_length_minus_official_overlap() -> None:
+    assert [official_overlap(n) for n in (1, 2, 3, 4, 5, 7, 9, 31, 32, 33)] == [0, 1, 1, 2, 2, 3, 4, 15, 16, 16]
+    for max_len in range(1, 41):
+        stride = max_len - official_overlap(max_len)
+        for frames in range(1, 130):
+            windows = official_chunks(frames, max_len)
+            assert windows[0][0] == 0 and windows[-1][1] == frames
+            assert all(b0 - a0 == stride for (a0, _), (b0, _) in zip(windows, windows[1:])), (frames, max_len)
+            assert all(stop - start == max_len for start, stop in windows[:-1])
+            last = windows[-1][1] - windows[-1][0]
+            assert last <= 1.25 * max_len or len(windows) == 1 and frames <= 1.25 * max_len
 
 
 def test_official_pad_to_fit_matches() -> None:

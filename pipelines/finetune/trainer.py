@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Any
 
-from pipelines import storage
+from pipelines import storage, waits
 from pipelines.finetune.config import FinetuneConfig, FinetuneResult, check_config
 from pipelines.finetune.data import build_pairs, list_clips
 from pipelines.finetune.loop import train_loop
@@ -39,7 +39,11 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     if started_ray:
         ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
     try:
-        _warn_if_no_cpu_for_data(cfg, ray.cluster_resources())
+        need = _resources_needed(cfg)
+        what = f"fine-tuning with {cfg.workers} worker(s)"
+        waits.check_can_start(need, what, f"pass fewer --workers or a smaller --cpus-per-worker (the {cfg.workers} "
+                              "workers hold their CPUs for the whole run, and the tasks that make the training pairs "
+                              "need 1 CPU besides)")
         run_url = storage.join(cfg.storage, cfg.name)
         if storage.exists(storage.join(run_url, "checkpoint_manager_snapshot.json")):
             log.info("run %s exists: resuming from its latest checkpoint", run_url)
@@ -55,7 +59,8 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
             datasets={"train": build_pairs(list_clips(cfg.data, cfg.clips), cfg.clips)},
         )
-        result = trainer.fit()
+        with waits.waiting_lines(need, what):
+            result = trainer.fit()
     finally:
         if started_ray:
             ray.shutdown()
@@ -78,12 +83,8 @@ def run_storage(url: str) -> tuple[str, Any]:
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def _warn_if_no_cpu_for_data(cfg: FinetuneConfig, resources: dict[str, float]) -> None:
-    """The training workers hold their CPUs for the whole run; the tasks that make the training
-    pairs need at least one more, or nothing ever reaches the workers. An autoscaling cluster may
-    still add CPUs, so this warns instead of failing."""
-    cpus, held = resources.get("CPU", 0.0), cfg.workers * cfg.cpus_per_worker
-    if cpus < held + 1:
-        log.warning("the cluster has %g CPUs and the %d training workers hold %g of them: the tasks that make the "
-                    "training pairs need at least one more. The run waits until an autoscaler adds CPUs; on a "
-                    "fixed machine pass fewer --workers", cpus, cfg.workers, held)
+def _resources_needed(cfg: FinetuneConfig) -> dict[str, float]:
+    """What the run holds at once: the training workers' CPUs (and GPUs) for the whole run, plus one
+    CPU for the tasks that make the training pairs, or nothing ever reaches the workers."""
+    need = {"CPU": cfg.workers * cfg.cpus_per_worker + 1}
+    return need | ({"GPU": float(cfg.workers)} if cfg.use_gpu else {})

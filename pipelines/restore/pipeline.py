@@ -21,8 +21,8 @@ from typing import Any
 
 import ray
 
-from pipelines import storage
-from pipelines.actors import actor_pool
+from pipelines import storage, waits
+from pipelines.actors import actor_pool, gpu_actor_resources
 from pipelines.restore import ledger, metrics
 from pipelines.restore.assemble_stage import finish_video
 from pipelines.restore.faults import (TASK_RETRIES, Assemblies, Stopped, bound_retries, describe, lost_windows,
@@ -132,10 +132,13 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, selection: ledger.Selec
     try:
         with stop_on_signals():  # again: ray.init() sets a SIGTERM handler of its own (a bare exit)
             metrics.videos_queued(len(todo))
-            for video in _restore_videos(job, config, todo, selection.failed_before, output_root, run_id):
-                log.info(stats.add(video))
-                metrics.video_finished(video[STATUS])
-                metrics.videos_queued(stats.to_restore - stats.done - stats.failed)
+            # GPU actors asked for before any GPU exists: a line every minute while the autoscaler adds one.
+            gpus = job.device == "gpu" or job.accelerator_type is not None
+            with waits.waiting_lines(gpu_actor_resources(job.accelerator_type) if gpus else {}, "the restore actors"):
+                for video in _restore_videos(job, config, todo, selection.failed_before, output_root, run_id):
+                    log.info(stats.add(video))
+                    metrics.video_finished(video[STATUS])
+                    metrics.videos_queued(stats.to_restore - stats.done - stats.failed)
     finally:
         if started_ray:
             ray.shutdown()
