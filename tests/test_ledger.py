@@ -108,6 +108,12 @@ def test_a_corrupt_ledger_file_is_set_aside_and_the_run_starts(tmp_path, caplog)
     assert (tmp_path / "out" / "_ledger" / "_corrupt" / "r1-vb.parquet").exists()
     assert [p.name for p in videos.iterdir()] == ["r1-va.parquet"]
     assert [r[REL] for r in ledger.read_videos(output)] == ["a.mp4"]  # and the next read is the fast one
+    # a restored video whose input folder was named _ledger/videos is the user's: never read, never moved
+    (videos / "clip.mp4").write_bytes(b"restored video")
+    (videos / "nested").mkdir()
+    (videos / "nested" / "other.mp4").write_bytes(b"restored video")
+    assert [r[REL] for r in ledger.read_videos(output)] == ["a.mp4"]
+    assert (videos / "clip.mp4").exists() and (videos / "nested" / "other.mp4").exists()
 
 
 def test_the_same_failure_three_runs_in_a_row_stops_being_retried(tmp_path):

@@ -95,25 +95,28 @@ def write_windows(output_root: str, video_id: str, run_id: str, rows: Sequence[d
 
 
 def read_videos(output_root: str) -> list[dict[str, Any]]:
-    """Every video row ever written under `output_root`, oldest first. A file that cannot be read
-    (truncated by a full disk, damaged, not Parquet) is set aside under `_ledger/_corrupt/` with a
-    warning: its videos are restored again, and the run starts."""
+    """Every video row ever written under `output_root`, oldest first. Only the ledger's own files
+    are read (`*.parquet` directly in videos/: an input folder named `_ledger/videos` restores to
+    outputs beside them, which are left alone). A file that cannot be read (truncated by a full disk,
+    damaged) is set aside under `_ledger/_corrupt/` with a warning: its videos are restored again,
+    and the run starts."""
     fs, path = storage.filesystem(storage.join(output_root, VIDEOS))
-    if not fs.exists(path):
+    try:
+        names = sorted(name for name in fs.ls(path, detail=False) if name.endswith(".parquet")
+                       and not posixpath.basename(name).startswith((".", "_")))  # temporaries
+    except FileNotFoundError:
         return []
     try:
-        table = pads.dataset(path, filesystem=fs, format="parquet", schema=VIDEO_SCHEMA).to_table()
+        table = pads.dataset(names, filesystem=fs, format="parquet", schema=VIDEO_SCHEMA).to_table()
     except (pa.ArrowException, OSError):
-        table = _read_readable(output_root, fs, path)
+        table = _read_readable(output_root, fs, names)
     return sorted(table.to_pylist(), key=lambda r: (r[FINISHED_AT], r[RUN_ID]))
 
 
-def _read_readable(output_root: str, fs: Any, path: str) -> pa.Table:
+def _read_readable(output_root: str, fs: Any, names: Sequence[str]) -> pa.Table:
     """The video rows of every file that reads; the others moved to `_ledger/_corrupt/`."""
     tables = []
-    for name in sorted(fs.find(path)):
-        if posixpath.basename(name).startswith((".", "_")):
-            continue  # what discovery skips: temporaries
+    for name in names:
         try:
             tables.append(pq.read_table(name, filesystem=fs, schema=VIDEO_SCHEMA))
         except (pa.ArrowException, OSError) as e:
