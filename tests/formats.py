@@ -38,6 +38,20 @@ def woven(frames: int, size: tuple[int, int] = (64, 48), top_first: bool = True)
     return np.stack(out)
 
 
+def telecined(film_frames: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """Film pictures A B C D ... carried by 3:2 pulldown, `(5 * film_frames / 4, H, W, 3)`: frames
+    [A A] [B B] [B C] [C D] [D D] as (top field, bottom field), what hard-telecined NTSC film holds."""
+    film = [moving_bar(2 * i, size) for i in range(film_frames)]  # 6 px per film frame: fast enough to comb
+    pattern = ((0, 0), (1, 1), (1, 2), (2, 3), (3, 3))  # (top from, bottom from) per frame of a cycle
+    out = []
+    for cycle in range(film_frames // 4):
+        for top, bottom in pattern:
+            frame = film[4 * cycle + top].copy()
+            frame[1::2] = film[4 * cycle + bottom][1::2]
+            out.append(frame)
+    return np.stack(out)
+
+
 def write(path: Path, frames_fhwc_u8: np.ndarray, *, codec: str, fmt: str | None = None, pix_fmt: str = "yuv420p",
           rate: int = 25, options: dict[str, str] | None = None, field_order: str | None = None,
           audio: tuple[tuple[str, int, str, dict[str, str]], ...] = (), size: tuple[int, int] | None = None,

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from formats import moving_bar, woven, write
+from formats import moving_bar, telecined, woven, write
 from helpers import assert_same_timing, decode_all
 from pipelines.media.frames import read_frames
 from pipelines.media.interlace import decode_start_pts, deinterlace, picture_timeline, read_pictures
@@ -148,6 +148,29 @@ def test_bwdif_removes_the_combing_and_doubles_the_rate(tmp_path):
     # Each picture shows its own moment: the bar where the 50p picture had it.
     assert np.abs(pictures.astype(int) - truth).mean() < 0.2 * np.abs(frames.repeat(2, 0).astype(int) - truth).mean()
     assert deinterlace(frames, "tff", "frame").shape == (6, 48, 64, 3)
+
+
+def test_telecined_film_is_found_and_put_back_together_not_deinterlaced(tmp_path):
+    frames = telecined(16)  # 20 frames of 30i from 16 film frames
+    src = write(tmp_path / "film.mpg", frames, codec="mpeg2video", fmt="mpeg", rate=30,
+                options={"flags": "+ildct+ilme"}, field_order="tff")
+    info = probe_timestamps(src)[0]
+    assert (info.field_order, info.telecine) == ("tff", True)
+    video = write(tmp_path / "video.mpg", woven(20), codec="mpeg2video", fmt="mpeg", rate=30,
+                  options={"flags": "+ildct+ilme"}, field_order="tff")
+    assert probe_timestamps(video)[0].telecine is False  # interlaced video repeats no field
+
+    film = np.stack([moving_bar(2 * i) for i in range(16)])
+    matched = deinterlace(frames, "tff", "film")
+    assert matched.shape == frames.shape  # one picture per frame: the source's timeline
+    assert combing(frames) > 3 * combing(film)
+    assert combing(matched) < 1.2 * combing(film)
+    # every picture is one of the film frames, whole (not a blend of two moments, as bwdif would make)
+    nearest = [min(np.abs(p.astype(int) - f).mean() for f in film) for p in matched]
+    assert max(nearest) < 2.0, nearest
+    rows = plan_video({"source": str(src), "rel": "film.mpg", "fingerprint": "1:1", "video_id": "v",
+                       "output_stem": str(tmp_path / "film"), "staging": ""}, window=8, overlap=2, detector="content")
+    assert {(r["deinterlace"], r["frames"]) for r in rows} == {("film", 20)}
 
 
 def test_picture_timeline_keeps_duration_and_windows_join(tmp_path):

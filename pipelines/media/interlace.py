@@ -8,10 +8,12 @@ as fine as the source's. Scenes are found on the source frames and mapped onto i
 pictures decodes the source frames under it plus one on each side (`source_span`), so bwdif sees the
 same neighbours as in one pass over the whole video and windows join without a seam.
 
-Telecine (film at 24p carried as 60i with 3:2 pulldown) is not inverse-telecined: idet sees it as
-interlaced and it is deinterlaced like video (the film frames come out repeated in a 3:2 rhythm, with
-no combing). Soft telecine (progressive frames flagged to repeat fields, as on NTSC DVDs) decodes as
-progressive frames and is restored as the film it is.
+Telecine (film at 24p carried as 60i with 3:2 pulldown, found at probe by idet's repeated fields) is
+inverse-telecined instead ("film"): FFmpeg's `fieldmatch` puts each film frame's two fields back
+together, and bwdif deinterlaces only the frames fieldmatch flags as still combed (orphan fields at
+edits). No frame is dropped (no `decimate`): the timeline stays the source's, so every film frame is
+restored whole, the 3:2 rhythm shown as in the source. Soft telecine (progressive frames flagged to
+repeat fields, as on NTSC DVDs) decodes as progressive frames and is restored as the film it is.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from pipelines.media.probe import VideoInfo
 from pipelines.media.scenes import Scene
 from pipelines.storage import Source
 
-Deinterlace = Literal["field", "frame"]
-"""bwdif's output: one picture per field ("field", its `send_field` mode) or per frame ("frame")."""
+Deinterlace = Literal["field", "frame", "film"]
+"""bwdif's output: one picture per field ("field", its `send_field` mode) or per frame ("frame"); or
+one per frame by inverse telecine ("film": fieldmatch, then bwdif on what it leaves combed)."""
 
-_PICTURES_PER_FRAME = {"field": 2, "frame": 1}
+_PICTURES_PER_FRAME = {"field": 2, "frame": 1, "film": 1}
 
 
 def picture_timeline(info: VideoInfo, timestamps: np.ndarray, mode: Deinterlace | None
@@ -59,6 +62,8 @@ def picture_timeline(info: VideoInfo, timestamps: np.ndarray, mode: Deinterlace 
 
 def describe(mode: Deinterlace, field_order: str) -> str:
     """The ledger's words for what was done, e.g. "bwdif, field rate, tff"."""
+    if mode == "film":
+        return f"inverse telecine (fieldmatch, bwdif on combed frames), {field_order}"
     return f"bwdif, {mode} rate, {field_order}"
 
 
@@ -115,8 +120,12 @@ def deinterlace(frames_fhwc_u8: np.ndarray, field_order: str, mode: Deinterlace)
     graph = av.filter.Graph()
     source = graph.add_buffer(width=width, height=height, format=planar, time_base=Fraction(1, 1))
     send = "send_field" if mode == "field" else "send_frame"
-    bwdif = graph.add("bwdif", f"mode={send}:parity={field_order}:deint=all")
-    graph.link_nodes(source, bwdif, graph.add("buffersink")).configure()
+    chain = [source]
+    if mode == "film":  # match the fields of each film frame; leave frames still combed to bwdif
+        chain.append(graph.add("fieldmatch", f"order={field_order}:combmatch=full"))
+    deint = "interlaced" if mode == "film" else "all"  # film: only the frames fieldmatch flags as combed
+    chain.append(graph.add("bwdif", f"mode={send}:parity={field_order}:deint={deint}"))
+    graph.link_nodes(*chain, graph.add("buffersink")).configure()
     out: list[np.ndarray] = []
 
     def drain() -> None:

@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 import av.filter
@@ -29,7 +29,8 @@ VIDEO_DEMUXERS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpeg", "mp
 # FFmpeg's AVFieldOrder by the field shown first: TT and BT show the top field first (BT codes the
 # bottom one first), BB and TB the bottom one; 0 is "unknown".
 _FIELD_ORDERS = {1: "progressive", 2: "tff", 5: "tff", 3: "bff", 4: "bff"}
-IDET_FRAMES = 24  # frames idet looks at where the codec states no field order
+IDET_FRAMES = 24  # frames idet looks at, for the field order where the codec states none, and for telecine
+TELECINE_REPEATS = 0.2  # share of frames with a repeated field above which an interlaced source is telecine
 _ALPHA_FORMATS = re.compile(r"^(yuva|gbrap|ya\d|rgba|bgra|argb|abgr)")  # FFmpeg pixel formats with alpha
 _HDR_TRANSFERS = {16: "PQ (SMPTE ST 2084)", 18: "HLG (ARIB STD-B67)"}  # FFmpeg's AVColorTransferCharacteristic
 _PLAYLISTS = {b"ffconcat": "an FFmpeg concat playlist", b"#EXTM3U": "an HLS/M3U playlist"}
@@ -85,6 +86,7 @@ class VideoInfo:
     attachments: tuple[StreamInfo, ...] = ()  # fonts of styled subtitles, cover images (Matroska)
     # "progressive", or the field shown first of an interlaced source: "tff" | "bff" (see _field_order)
     field_order: str = "progressive"
+    telecine: bool = False  # interlaced by 3:2 pulldown of progressive film (idet's repeated fields)
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -241,25 +243,36 @@ def _scan(container: av.container.InputContainer, max_pixels: int | None) -> tup
         audio=tuple(_stream_info(s, "audio") for s in container.streams.audio),
         subtitles=tuple(_stream_info(s, "subtitle") for s in container.streams.subtitles),
         attachments=tuple(_stream_info(s, "attachment") for s in container.streams.attachments),
-        field_order=_field_order(container, stream, first_frame),
+        **_interlacing(container, stream, first_frame),
     )
     if info.width <= 0 or info.height <= 0:
         raise BadVideo(f"video stream has no picture size ({info.width}x{info.height})")
     return info, ts
 
 
-def _field_order(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                 first_frame: av.VideoFrame) -> str:
-    """"progressive", "tff" or "bff": the field order the codec states (MPEG-2, H.264, HEVC with SEI,
-    ProRes), else FFmpeg's idet on the first frames (DV in AVI, MPEG-4 Part 2, MJPEG say nothing).
-
-    As in FFmpeg, a stated order wins over idet. A frame flagged interlaced whose fields idet finds
-    alike (no motion yet) keeps the flag, with the order DV uses (bottom first) or else top first.
-    """
+def _interlacing(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 first_frame: av.VideoFrame) -> dict[str, Any]:
+    """{"field_order": ..., "telecine": ...} (VideoInfo's fields) for the video stream."""
     stated = _FIELD_ORDERS.get(stream.codec_context.field_order)
-    if stated is not None:
-        return stated
+    if stated == "progressive":
+        return {"field_order": stated, "telecine": False}
     votes = _idet_votes(container, stream)
+    order = stated or _field_order(votes, stream, first_frame)
+    if order == "progressive":
+        return {"field_order": order, "telecine": False}
+    # 3:2 pulldown repeats a field in 2 frames of every 5 (idet counts 0.4 of them); interlaced video
+    # repeats none. Half that rate is the line.
+    repeated = votes["repeated_top"] + votes["repeated_bottom"]
+    telecine = repeated > 0 and repeated >= TELECINE_REPEATS * (repeated + votes["repeated_neither"])
+    return {"field_order": order, "telecine": telecine}
+
+
+def _field_order(votes: dict[str, float], stream: av.video.stream.VideoStream, first_frame: av.VideoFrame) -> str:
+    """"progressive", "tff" or "bff" where the codec states no order (DV in AVI, MPEG-4 Part 2, MJPEG):
+    FFmpeg's idet on the first frames (the codecs that state one: MPEG-2, H.264, HEVC with SEI,
+    ProRes, are taken at their word, as FFmpeg does). A frame flagged interlaced whose fields idet
+    finds alike (no motion yet) keeps the flag, with the order DV uses (bottom first) or else top first.
+    """
     interlaced = votes["tff"] + votes["bff"]
     if not first_frame.interlaced_frame and interlaced <= votes["progressive"]:
         return "progressive"
@@ -269,8 +282,10 @@ def _field_order(container: av.container.InputContainer, stream: av.video.stream
 
 
 def _idet_votes(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> dict[str, float]:
-    """FFmpeg's idet over the first `IDET_FRAMES` frames: frames it calls tff, bff and progressive."""
-    votes = {"tff": 0.0, "bff": 0.0, "progressive": 0.0}
+    """FFmpeg's idet over the first `IDET_FRAMES` frames: frames it calls tff, bff and progressive, and
+    frames with a repeated top, bottom or neither field."""
+    votes = {"tff": 0.0, "bff": 0.0, "progressive": 0.0, "repeated_top": 0.0, "repeated_bottom": 0.0,
+             "repeated_neither": 0.0}
     try:
         container.seek(0, stream=stream, backward=True, any_frame=False)
         graph = av.filter.Graph()
@@ -287,7 +302,8 @@ def _idet_votes(container: av.container.InputContainer, stream: av.video.stream.
         return votes
     if last is not None:
         for kind in votes:
-            votes[kind] = float(last.metadata.get(f"lavfi.idet.multiple.{kind}", 0))
+            key = f"lavfi.idet.repeated.{kind[9:]}" if kind.startswith("repeated_") else f"lavfi.idet.multiple.{kind}"
+            votes[kind] = float(last.metadata.get(key, 0))
     return votes
 
 

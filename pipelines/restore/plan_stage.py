@@ -53,7 +53,8 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
         metrics.failure("scenes", permanent=False)
         return [failed_row(row, f"{type(e).__name__}: {e}", permanent=False)]
 
-    mode = None if info.field_order == "progressive" else deinterlace
+    # telecined film is put back together (inverse telecine), whatever rate video would get
+    mode = None if info.field_order == "progressive" else "film" if info.telecine else deinterlace
     pictures, _ = picture_timeline(info, source_timestamps, mode)
     windows = plan_scene_windows(picture_scenes(scenes, mode), window, overlap)
     metrics.windows_planned(len(windows))

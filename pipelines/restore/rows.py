@@ -32,8 +32,9 @@ OUTPUT = "output"  # URL of the restored video
 FRAMES = "frames"  # frames in the video
 WINDOWS = "windows"  # windows the video was split into: the driver knows when it has them all
 FPS = "fps"  # the video's average rate as "num/den" (the staging segments are tagged with it)
-# Interlaced sources: "field" or "frame" (bwdif's output rate, the job's --deinterlace), "" for a
-# progressive source. Frames, windows and fps then count bwdif's pictures (media.interlace).
+# Interlaced sources: "field" or "frame" (bwdif's output rate, the job's --deinterlace), "film" for
+# telecine (inverse telecine), "" for a progressive source. Frames, windows and fps then count the
+# pictures the deinterlacer makes (media.interlace).
 DEINTERLACE = "deinterlace"
 FIELD_ORDER = "field_order"  # "progressive" | "tff" | "bff", as probed
 WINDOW = "window"  # the `SceneWindow` fields, flat
