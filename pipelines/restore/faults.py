@@ -118,14 +118,15 @@ class TimeLimit(Exception):
 @contextlib.contextmanager
 def time_limit(seconds: float, what: str) -> Iterator[None]:
     """Raise TimeLimit in this thread once `seconds` have passed (SIGALRM), interrupting the Python
-    loops of probing, scene detection and decoding between packets or frames. Ray runs tasks and the
-    calls of a plain actor on the worker's main thread; elsewhere (a test's thread) no limit is set."""
+    loops of probing and scene detection between packets or frames. Ray runs a task on the worker's
+    main thread; elsewhere (a Ray Data actor's calls, a test's thread) no signal can reach, so no limit
+    is set: use `run_with_limit` there."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def expire(_signum: int, _frame: object) -> None:
-        raise TimeLimit(f"{what} took longer than {seconds:.3g} s (a damaged file or a stalled store?)")
+        raise _expired(what, seconds)
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))  # 0 would mean no timer
@@ -147,9 +148,13 @@ def run_with_limit(seconds: float, what: str, fn: Callable[..., T], *args: Any, 
     try:
         return pool.submit(fn, *args, **kwargs).result(timeout=seconds)
     except concurrent.futures.TimeoutError:
-        raise TimeLimit(f"{what} took longer than {seconds:.3g} s (a damaged file or a stalled store?)") from None
+        raise _expired(what, seconds) from None
     finally:
         pool.shutdown(wait=False)
+
+
+def _expired(what: str, seconds: float) -> TimeLimit:
+    return TimeLimit(f"{what} took longer than {seconds:.3g} s (a damaged file or a stalled store?)")
 
 
 def read_limit(size_bytes: int) -> float:
