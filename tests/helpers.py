@@ -19,7 +19,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pyarrow.dataset as pads
 import pytest
 import torch
 from torch import nn
@@ -27,6 +26,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
 from pipelines.media.probe import VideoInfo, probe_timestamps
+from pipelines.restore import ledger
 from star_model.text import TINY as TINY_TEXT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,9 +207,7 @@ def read_summary(output: Path) -> dict:
 
 
 def latest_rows(output: Path) -> dict[str, dict]:
-    rows = sorted(pads.dataset(output / "_ledger" / "videos").to_table().to_pylist(),
-                  key=lambda r: r["finished_at"])
-    return {row["rel"]: row for row in rows}
+    return ledger.state_rows(str(output))
 
 
 def load_job(name: str):

@@ -14,6 +14,7 @@ from helpers import run_job, small_archive
 from pipelines import storage
 from pipelines.media.probe import probe
 from pipelines.restore import ledger
+from pipelines.restore.outputs import missing_outputs
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,8 +57,7 @@ def test_gs_into_gs(gcs_server, tmp_path):
     check_bucket_output(output, tmp_path)
     # The ledger in the bucket is the resume point too: read back, it leaves nothing to restore.
     summary = json.loads(storage.read_bytes(f"{output}/_ledger/summary.json"))
-    latest = ledger.latest_by_rel(ledger.read_videos(output))
-    selection = ledger.select(storage.list_videos(archive), latest, summary["settings_key"],
-                              storage.list_videos(output))
+    selection = ledger.select(storage.list_videos(archive), ledger.read_state(output), summary["settings_key"],
+                              missing_outputs=missing_outputs(output))
     assert (selection.todo, [s.rel for s in selection.done], [s.rel for s, _ in selection.bad]) == (
         [], ["faces/eyes.mp4"], ["notes.mp4"])

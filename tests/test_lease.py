@@ -16,7 +16,8 @@ import pytest
 
 from pipelines import storage
 from pipelines.restore.assemble_stage import finish_video
-from pipelines.restore.lease import LEASES, LeaseLost, Leases, check_held, lease_key, run_url
+from pipelines.restore.lease import (LEASES, LeaseLost, Leases, check_held, claim_video, lease_key, record_finished,
+                                     run_url)
 from pipelines.restore.plan_stage import failed_row
 from pipelines.storage import SourceFile, atomic_output, create_exclusive, join, remove_empty_folders
 
@@ -255,3 +256,18 @@ def test_removing_empty_staging_folders_keeps_a_live_runs_segments(tmp_path):
     remove_empty_folders(str(staging))
     assert not (staging / "v1").exists()
     assert (staging / "v2" / "new" / "window_00000.mkv").read_bytes() == b"another run's segment"
+
+
+def test_a_video_finished_by_another_run_since_the_ledger_was_read_is_not_claimed_again(root):
+    clock = Clock()
+    first = started(root, "run-a", clock)
+    read_at = T0 + timedelta(seconds=1)  # the second run reads the ledger; then the first finishes the video
+    assert claim_video(root, "run-a", "reel/a.mp4", clock=clock).mine
+    record_finished(root, "run-a", "reel/a.mp4", "10:1|s")
+    first._beat(finished=True)
+
+    claim = claim_video(root, "run-b", "reel/a.mp4", "10:1|s", read_at, clock=clock)
+    assert (claim.mine, claim.done, claim.holder) == (False, True, "run-a")
+    # Finished before this run read the ledger (so its output was found gone), or for other settings: taken.
+    assert claim_video(root, "run-b", "reel/a.mp4", "10:1|s", datetime.now(timezone.utc), clock=clock).mine
+    assert claim_video(root, "run-c", "reel/b.mp4", "10:1|s", read_at, clock=clock).mine

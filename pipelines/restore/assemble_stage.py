@@ -20,12 +20,13 @@ from pipelines.media.interlace import decode_start_pts, describe, picture_timeli
 from pipelines.media.mux import write_video
 from pipelines.media.probe import BadVideo, VideoInfo, has_alpha, probe_timestamps
 from pipelines.restore import ledger, metrics
-from pipelines.restore.lease import LeaseLost, check_held
+from pipelines.restore.lease import LeaseLost, check_held, record_finished
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END,
-                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT,
-                                    PREVIOUS_ERROR, REL, REPEATS,
+                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, OUTPUT_SIZE,
+                                    PERMANENT, PREVIOUS_ERROR, REL, REPEATS,
                                     RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
-                                    VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, video_staging, window_of)
+                                    VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, done_key, video_staging,
+                                    window_of)
 from pipelines.restore.scene_windows import SceneWindow
 from pipelines.storage import Source, atomic_output
 from star_model.windows import blend_ramp
@@ -71,18 +72,21 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
                 status, error = FAILED, f"assembly: {type(e).__name__}: {e}"
             if status == FAILED:
                 metrics.failure("assemble", permanent)
+        repeats = _repeats(status, error, first)
         if status == FAILED and not permanent:
-            error, permanent = _give_up_on_repeats(error, first)
+            error, permanent = _give_up_on_repeats(error, repeats)
         fence()  # again: assembly takes minutes, and a failed video published nothing to fence
     except LeaseLost as e:
         return _video_row(first, rows, settings, run_id, FAILED, str(e), False, started)
-    video = _video_row(first, rows, settings, run_id, status, error, permanent, started)
+    video = _video_row(first, rows, settings, run_id, status, error, permanent, started) | {REPEATS: repeats}
     restored = [r for r in rows if r[WINDOW] >= 0]
     ledger.write_windows(output_root, first[VIDEO_ID], run_id, [
         {**{column: r[column] for column in _WINDOW_LEDGER}, RUN_ID: run_id,
          SEGMENT: r[SEGMENT] or None, ERROR: r[ERROR] or None} for r in restored])
     ledger.write_video(output_root, first[VIDEO_ID], video)
     if status == DONE or permanent:
+        # Runs that read the ledger before this row was written skip the video at their claim.
+        record_finished(output_root, run_id, first[REL], done_key(first[FINGERPRINT], settings))
         # A video that failed for another reason (out of memory, storage) keeps its segments: the
         # next run retries only the windows that failed. A bad source changes before it is retried,
         # which makes its staging folder a new one anyway.
@@ -90,11 +94,19 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
     return video
 
 
-def _give_up_on_repeats(error: str, video: dict[str, Any]) -> tuple[str, bool]:
+def _repeats(status: str, error: str | None, video: dict[str, Any]) -> int:
+    """Runs in a row, this one included, that failed the unchanged source with this very reason (the
+    scenes stage passes the last run's reason and count in the row); 0 when done."""
+    if status != FAILED:
+        return 0
+    return int(video.get(REPEATS) or 0) + 1 if error == video.get(PREVIOUS_ERROR) else 1
+
+
+def _give_up_on_repeats(error: str, repeats: int) -> tuple[str, bool]:
     """(reason, permanent) of a failure that was not known to be permanent: one that repeats what the
     last runs said of the unchanged source, `GIVE_UP_AFTER` runs in a row, is deterministic (a bug
     or an input the model cannot take), so it stops being retried every night, and its staging goes."""
-    if error != video.get(PREVIOUS_ERROR) or int(video.get(REPEATS) or 0) + 1 < GIVE_UP_AFTER:
+    if repeats < GIVE_UP_AFTER:
         return error, False
     return (f"{error} (the same failure {GIVE_UP_AFTER} runs in a row on the unchanged source: no longer retried; "
             f"--retry-failed tries it again)"), True
@@ -107,6 +119,7 @@ def _video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], settings: 
         SOURCE: first[SOURCE], REL: first[REL], FINGERPRINT: first[FINGERPRINT], SETTINGS: settings,
         CHECKSUM: first.get(CHECKSUM) or None, CONTENT: first.get(CONTENT) or None,
         OUTPUT: first[OUTPUT] if status == DONE else None,
+        OUTPUT_SIZE: storage.size(first[OUTPUT]) if status == DONE else None,
         STATUS: status, ERROR: error, PERMANENT: permanent,
         FRAMES: int(first[FRAMES]), WINDOWS: len(restored),
         DEINTERLACED: describe(first[DEINTERLACE], first[FIELD_ORDER]) if first[DEINTERLACE] else "",

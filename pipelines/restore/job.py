@@ -52,6 +52,9 @@ class ArchiveJob:
     # Runs over the same output skip the videos another live run holds; a crashed run's videos are free
     # after this long.
     lease_minutes: float = 10.0
+    # Done videos whose output (exists, same size) is checked per run, a different batch each run; the
+    # output tree is never listed. 0: trust the ledger.
+    check_outputs: int = 10_000
 
     def __post_init__(self) -> None:
         if self.preset is None:
@@ -83,7 +86,7 @@ class ArchiveJob:
 # ArchiveJob fields that say where the job reads and writes and how it runs, not what it makes: they
 # stay out of the settings key (a run with more actors or another lease time redoes nothing).
 RUN_ONLY = frozenset({"input", "output", "weights", "actors", "device", "accelerator_type", "lease_minutes",
-                      "retry_failed", "max_frame_pixels"})
+                      "retry_failed", "max_frame_pixels", "check_outputs"})
 
 
 class ConfigError(ValueError):
@@ -117,6 +120,8 @@ def _validate(job: ArchiveJob) -> RestoreConfig:
                          f"drop one of them")
     if not job.lease_minutes > 0:
         raise ValueError(f"--lease-minutes {job.lease_minutes}: need a positive number of minutes")
+    if job.check_outputs < 0:
+        raise ValueError(f"--check-outputs {job.check_outputs}: need 0 or more")
     if job.deinterlace not in ("field", "frame"):
         raise ValueError(f"--deinterlace {job.deinterlace!r}: choose field or frame")
     if job.max_frame_pixels < 1:

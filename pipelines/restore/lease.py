@@ -126,33 +126,73 @@ class Leases:
         and one conditional put per source)."""
         alive = _AliveCache(self.root, self.clock)
         with ThreadPoolExecutor(max_workers=_CLAIM_THREADS) as pool:
-            outcomes = list(pool.map(lambda s: self._claim_one(s, alive), sources))
-        mine = [s for s, (holder, _) in zip(sources, outcomes) if holder is None]
-        held = [(s, holder) for s, (holder, _) in zip(sources, outcomes) if holder is not None]
-        return Claims(mine, held, taken_over=any(took for _, took in outcomes))
+            outcomes = list(pool.map(lambda s: claim_video(self.root, self.run_id, s.rel, clock=self.clock,
+                                                           alive=alive), sources))
+        mine = [s for s, claim in zip(sources, outcomes) if claim.mine]
+        held = [(s, claim.holder) for s, claim in zip(sources, outcomes) if not claim.mine]
+        return Claims(mine, held, taken_over=any(claim.taken_over for claim in outcomes))
 
-    def _claim_one(self, source: SourceFile, alive: _AliveCache) -> tuple[str | None, bool]:
-        """(None, taken over?) when this run now holds the video, else (holder run id, False)."""
-        folder = storage.join(self.root, LEASES, lease_key(source.rel))
-        for _ in range(_CLAIM_TRIES):
-            generations = _generations(folder)
-            taken_over = False
-            if generations:
-                newest = generations[-1]
-                holder = _read_json(_generation_url(folder, newest)).get("run", "")
-                if holder == self.run_id:
-                    return None, False
-                if alive(holder):
-                    return holder, False
-                taken_over = True
-            following = generations[-1] + 1 if generations else 0
-            record = {"run": self.run_id, "rel": source.rel, "at": self.clock().isoformat()}
-            if storage.create_exclusive(_generation_url(folder, following), json.dumps(record).encode()):
-                for old in generations:  # never the newest: generations must only grow
-                    storage.remove(_generation_url(folder, old))
-                return None, taken_over
-            # Another run created that generation first: look again, it is probably alive.
-        return "another run (the lease kept changing while claiming it)", False
+
+@dataclass(frozen=True)
+class Claim:
+    """What claiming one video got."""
+
+    mine: bool
+    holder: str = ""  # not mine: the live run that holds it, or the run that finished it (`done`)
+    done: bool = False  # not mine: `holder` finished it, for the same source and settings
+    taken_over: bool = False  # mine, from a run that has ended or died since
+
+
+def claim_video(output_root: str, run_id: str, rel: str, done_key: str = "", read_at: datetime | None = None, *,
+                clock: Clock = _utc_now, alive: Callable[[str], bool] | None = None) -> Claim:
+    """Claim one video for `run_id`, as the run starts on it (so runs share a backlog): a listing, a
+    read or two and one conditional put. A video whose newest lease record says it was finished for
+    `done_key` (its fingerprint and settings, `record_finished`) after `read_at` (when this run read the
+    ledger) is not claimed: another run did it since. (One finished before is in the ledger: if this
+    run restores it anyway, its output was found gone.)"""
+    alive = alive or _AliveCache(output_root, clock)
+    folder = storage.join(output_root, LEASES, lease_key(rel))
+    for _ in range(_CLAIM_TRIES):
+        generations = _generations(folder)
+        taken_over = False
+        if generations:
+            newest = _read_json(_generation_url(folder, generations[-1]))
+            holder = newest.get("run", "")
+            if holder == run_id:
+                return Claim(mine=True)
+            if done_key and newest.get("done") == done_key and read_at and _time(newest) > read_at:
+                return Claim(mine=False, holder=holder, done=True)
+            if alive(holder):
+                return Claim(mine=False, holder=holder)
+            taken_over = True
+        record = {"run": run_id, "rel": rel, "at": clock().isoformat()}
+        if _put_next(folder, generations, record):
+            return Claim(mine=True, taken_over=taken_over)
+        # Another run created that generation first: look again, it is probably alive.
+    return Claim(mine=False, holder="another run (the lease kept changing while claiming it)")
+
+
+def record_finished(output_root: str, run_id: str, rel: str, done_key: str) -> None:
+    """Note in the video's lease that `run_id` finished it for `done_key`, so a run that read the
+    ledger before does not restore it again. Only while `run_id` holds the lease."""
+    folder = storage.join(output_root, LEASES, lease_key(rel))
+    generations = _generations(folder)
+    if generations and _read_json(_generation_url(folder, generations[-1])).get("run") == run_id:
+        _put_next(folder, generations, {"run": run_id, "rel": rel, "at": _utc_now().isoformat(), "done": done_key})
+
+
+def _time(record: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(record["at"])
+
+
+def _put_next(folder: str, generations: Sequence[int], record: dict[str, Any]) -> bool:
+    """Create the generation after `generations` with `record`; True if this call created it."""
+    following = generations[-1] + 1 if generations else 0
+    if not storage.create_exclusive(_generation_url(folder, following), json.dumps(record).encode()):
+        return False
+    for old in generations:  # never the newest: generations must only grow
+        storage.remove(_generation_url(folder, old))
+    return True
 
 
 class LeaseLost(Exception):

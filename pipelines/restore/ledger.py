@@ -1,17 +1,22 @@
-"""The run ledger under `<output>/_ledger/`: Parquet rows per video and per window, appended by every
-run and never rewritten. It is the resume point, the nightly diff and the audit trail.
+"""The run ledger under `<output>/_ledger/`: Parquet rows per video and per window. It is the resume
+point, the nightly diff and the audit trail.
 
-    _ledger/videos/<run>-<video id>.parquet    one row per finished video (done or failed)
-    _ledger/_windows/<run>-<video id>.parquet  one row per window of it (hidden from discovery)
+    _ledger/videos/<run>-<video id>.parquet    a finished video's row, written whole when it finishes
+    _ledger/videos/part-<time>-<run>.parquet   compacted: the latest row of every video (`compact`)
+    _ledger/_history/part-<time>-<run>.parquet rows a newer one replaced (kept for the audit trail)
+    _ledger/_windows/...                       one row per window, per video, then per run (compacted)
     _ledger/_previews/<rel>.png                before/after still per restored video (hidden too)
     _ledger/summary.json                       the latest run's counts
     _ledger/_runs/, _ledger/_leases/           run heartbeats and per-video leases (lease.py)
     _ledger/_corrupt/                          ledger files that could not be read, set aside
 
-`pyarrow.dataset.dataset("<output>/_ledger/videos")` reads the video rows. Reading the whole `_ledger`
-folder gives the same rows (pyarrow's discovery skips names starting with "_" or ".": window rows and
-previews) once told `exclude_invalid_files=True`, as summary.json is not Parquet. A file is written
-whole (atomically) when its video finishes, so a killed run loses no finished video's row.
+A video's row is written by the task that finishes it, so a killed run loses no finished video. At
+its end a run compacts: every file in videos/ becomes one file of the latest row per video, and the
+rows it replaced move to _history/. So a run reads one large file and the few rows written since
+(not one small file per video per run), and `pyarrow.dataset.dataset("<output>/_ledger/videos")` (or
+DuckDB's `read_parquet('.../videos/*.parquet')`, or Spark) reads the current state. Runs that compact
+at once can leave the same row in two files: readers take the newest row per `rel` (`latest`), and
+the next compaction merges them. A row is deleted only once a file that holds it is written.
 """
 
 from __future__ import annotations
@@ -19,29 +24,34 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines import storage
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACED, DEVICE, DONE, END, ERROR,
-                                    FAILED, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, PERMANENT, REL, REPEATS,
-                                    RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
-                                    WINDOW, WINDOWS, WINDOWS_REUSED)
+                                    FAILED, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, OUTPUT_SIZE, PERMANENT, REL,
+                                    REPEATS, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START,
+                                    STATUS, WINDOW, WINDOWS, WINDOWS_REUSED)
 from pipelines.storage import LEDGER_FOLDER, SourceFile
 
 log = logging.getLogger(__name__)
 
 VIDEOS = f"{LEDGER_FOLDER}/videos"
+HISTORY = f"{LEDGER_FOLDER}/_history"
 WINDOW_ROWS = f"{LEDGER_FOLDER}/_windows"
 PREVIEWS = f"{LEDGER_FOLDER}/_previews"
 SUMMARY = f"{LEDGER_FOLDER}/summary.json"
 CORRUPT = f"{LEDGER_FOLDER}/_corrupt"  # ledger files that could not be read, set aside
+PART = "part-"  # compacted files start so; the others hold one video's row (or a run's copies)
 
 VIDEO_SCHEMA = pa.schema([
     (SOURCE, pa.string()),  # URL of the source video
@@ -51,9 +61,11 @@ VIDEO_SCHEMA = pa.schema([
     (CONTENT, pa.string()),  # "sha256:..." of the source's bytes, or null (never read)
     (SETTINGS, pa.string()),  # hash of the settings the output depends on (preset, scale, ...)
     (OUTPUT, pa.string()),  # URL of the restored video; null when failed
+    (OUTPUT_SIZE, pa.int64()),  # its size in bytes when published: a replaced output is noticed; null when failed
     (STATUS, pa.string()),  # "done" | "failed"
     (ERROR, pa.string()),  # reason, null when done
     (PERMANENT, pa.bool_()),  # the source itself is bad: an unchanged file is not retried
+    (REPEATS, pa.int64()),  # failed: runs in a row that failed the unchanged source so (this one included)
     (FRAMES, pa.int64()),  # frames in the video (0 when it could not be read); pictures after deinterlacing
     (DEINTERLACED, pa.string()),  # "" progressive; else how it was deinterlaced, e.g. "bwdif, field rate, tff"
     (WINDOWS, pa.int64()),  # windows restored (0 when it never reached the restore actors)
@@ -89,36 +101,76 @@ def write_video(output_root: str, video_id: str, row: dict[str, Any]) -> None:
     write_videos(output_root, f"{row[RUN_ID]}-{video_id}", [row])
 
 
+def write_videos(output_root: str, name: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Several video rows in one file (`name`.parquet under videos/)."""
+    if rows:
+        _write(storage.join(output_root, VIDEOS, f"{name}.parquet"), _table(rows, VIDEO_SCHEMA))
+
+
 def write_windows(output_root: str, video_id: str, run_id: str, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        _write(storage.join(output_root, WINDOW_ROWS, f"{run_id}-{video_id}.parquet"), rows, WINDOW_SCHEMA)
+        _write(storage.join(output_root, WINDOW_ROWS, f"{run_id}-{video_id}.parquet"), _table(rows, WINDOW_SCHEMA))
 
 
-def read_videos(output_root: str) -> list[dict[str, Any]]:
-    """Every video row ever written under `output_root`, oldest first. Only the ledger's own files
-    are read (`*.parquet` directly in videos/: an input folder named `_ledger/videos` restores to
-    outputs beside them, which are left alone). A file that cannot be read (truncated by a full disk,
-    damaged) is set aside under `_ledger/_corrupt/` with a warning: its videos are restored again,
-    and the run starts."""
-    fs, path = storage.filesystem(storage.join(output_root, VIDEOS))
+# -- reading -----------------------------------------------------------------------------------------
+
+
+def read_state(output_root: str) -> pa.Table:
+    """The latest row of every video under `output_root` (VIDEO_SCHEMA, sorted by `rel`): the
+    compacted file and the rows written since. Only the ledger's own files are read (`*.parquet`
+    directly in videos/: an input folder named `_ledger/videos` restores to outputs beside them,
+    which are left alone). A file that cannot be read (truncated by a full disk, damaged) is set
+    aside under `_ledger/_corrupt/` with a warning: its videos are restored again, and the run starts."""
+    return latest(_read(output_root, _names(output_root, VIDEOS), VIDEO_SCHEMA))
+
+
+def state_rows(output_root: str) -> dict[str, dict[str, Any]]:
+    """{rel: latest row}: `read_state` as Python rows, for small ledgers (tests, tools)."""
+    return {row[REL]: row for row in read_state(output_root).to_pylist()}
+
+
+def latest(table: pa.Table) -> pa.Table:
+    """The newest row (by `finished_at`, then `run_id`, then position) of each `rel` in `table`."""
+    if not table.num_rows:
+        return table
+    order = table.append_column("_order", pa.array(np.arange(table.num_rows)))
+    order = order.sort_by([(REL, "ascending"), (FINISHED_AT, "ascending"), (RUN_ID, "ascending"),
+                           ("_order", "ascending")]).drop_columns(["_order"])
+    rels = order[REL]
+    last = pc.fill_null(pc.not_equal(rels.slice(0, order.num_rows - 1), rels.slice(1)), True)  # before another rel
+    return order.filter(np.append(last.to_numpy(zero_copy_only=False), True))
+
+
+def latest_by_rel(rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """`latest` of Python rows (oldest first for equal times): a state to `select` against."""
+    return latest(_table(list(rows), VIDEO_SCHEMA))
+
+
+def _names(output_root: str, folder: str) -> list[str]:
+    fs, path = storage.filesystem(storage.join(output_root, folder))
     try:
-        names = sorted(name for name in fs.ls(path, detail=False) if name.endswith(".parquet")
-                       and not posixpath.basename(name).startswith((".", "_")))  # temporaries
+        return sorted(name for name in fs.ls(path, detail=False) if name.endswith(".parquet")
+                      and not posixpath.basename(name).startswith((".", "_")))  # temporaries
     except FileNotFoundError:
         return []
+
+
+def _read(output_root: str, names: Sequence[str], schema: pa.Schema) -> pa.Table:
+    """The rows of the files `names` (paths in the output's filesystem), in `schema` (older files lack
+    newer columns: null). One dataset scan; if a file is damaged, file by file, setting it aside."""
+    fs, _ = storage.filesystem(output_root)
+    if not names:
+        return schema.empty_table()
     try:
-        table = pads.dataset(names, filesystem=fs, format="parquet", schema=VIDEO_SCHEMA).to_table()
+        return pads.dataset(list(names), filesystem=fs, format="parquet", schema=schema).to_table()
     except (pa.ArrowException, OSError):
-        table = _read_readable(output_root, fs, names)
-    return sorted(table.to_pylist(), key=lambda r: (r[FINISHED_AT], r[RUN_ID]))
-
-
-def _read_readable(output_root: str, fs: Any, names: Sequence[str]) -> pa.Table:
-    """The video rows of every file that reads; the others moved to `_ledger/_corrupt/`."""
+        pass
     tables = []
     for name in names:
         try:
-            tables.append(pq.read_table(name, filesystem=fs, schema=VIDEO_SCHEMA))
+            tables.append(pq.read_table(name, filesystem=fs, schema=schema))
+        except FileNotFoundError:
+            continue  # compacted by another run meanwhile: its rows are in that run's part
         except (pa.ArrowException, OSError) as e:
             aside = storage.join(output_root, CORRUPT, posixpath.basename(name))
             log.warning("ledger file %s cannot be read (%s): moved to %s; its videos will be restored again",
@@ -126,21 +178,51 @@ def _read_readable(output_root: str, fs: Any, names: Sequence[str]) -> pa.Table:
             target = storage.split_url(aside)[1]
             fs.makedirs(posixpath.dirname(target), exist_ok=True)
             fs.mv(name, target)
-    return pa.concat_tables(tables) if tables else VIDEO_SCHEMA.empty_table()
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def latest_by_rel(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The newest row of each source, by its path below the input root (rows oldest first, as
-    `read_videos` returns them). Keyed by `rel`, not URL, so the ledger stays valid when the
-    archive or the output is moved or copied (another mount, another bucket). Each carries
-    `repeats`: how many runs in a row ended it the same way (failed, same source, settings, reason)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        before = latest.get(row[REL])
-        again = before is not None and row[STATUS] == FAILED and all(
-            before[key] == row[key] for key in (STATUS, FINGERPRINT, SETTINGS, ERROR))
-        latest[row[REL]] = {**row, REPEATS: before[REPEATS] + 1 if again else 1}
-    return latest
+# -- compaction --------------------------------------------------------------------------------------
+
+
+def compact(output_root: str, run_id: str) -> dict[str, int]:
+    """Merge the ledger's files: videos/ into one file of the latest row per video (the replaced rows
+    to _history/), and the window rows' per-video files into one file for the run. Safe beside other
+    runs (they only add files; one compacting at once leaves duplicates the next one merges).
+    Returns {"video_files": merged, "rows": latest rows kept}."""
+    stamp = f"{PART}{now():%Y%m%dT%H%M%S%fZ}-{run_id}-{uuid.uuid4().hex[:6]}.parquet"
+    names = _names(output_root, VIDEOS)
+    if len(names) > 1:
+        rows = _read(output_root, names, VIDEO_SCHEMA)
+        keep = latest(rows)
+        if rows.num_rows > keep.num_rows:
+            _write(storage.join(output_root, HISTORY, stamp), _replaced(rows, keep))
+        _write(storage.join(output_root, VIDEOS, stamp), keep)
+        _remove(output_root, names)
+    windows = [n for n in _names(output_root, WINDOW_ROWS) if not posixpath.basename(n).startswith(PART)]
+    if len(windows) > 1:
+        _write(storage.join(output_root, WINDOW_ROWS, stamp), _read(output_root, windows, WINDOW_SCHEMA))
+        _remove(output_root, windows)
+    return {"video_files": len(names) if len(names) > 1 else 0, "rows": keep.num_rows if len(names) > 1 else 0}
+
+
+def _replaced(rows: pa.Table, keep: pa.Table) -> pa.Table:
+    """The rows of `rows` that are not the kept ones (by rel, run and time; exact duplicates go)."""
+    key = [REL, RUN_ID, FINISHED_AT]
+    kept = keep.select(key).append_column("_kept", pa.array(np.ones(keep.num_rows, bool)))
+    marked = rows.join(kept, key, join_type="left outer")
+    return marked.filter(pc.is_null(marked["_kept"])).drop_columns(["_kept"]).select(VIDEO_SCHEMA.names)
+
+
+def _remove(output_root: str, names: Sequence[str]) -> None:
+    fs, _ = storage.filesystem(output_root)
+    for name in names:
+        try:
+            fs.rm(name)
+        except FileNotFoundError:
+            pass  # another run's compaction merged it first
+
+
+# -- deciding ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -156,49 +238,71 @@ class Selection:
 Digests = Callable[[Sequence[SourceFile]], dict[str, str]]
 """{rel: "sha256:..."} of the given sources' content (read on the driver)."""
 
+MissingOutputs = Callable[[pa.Table], set[str]]
+"""Of the done videos a run would skip (state rows), the rels whose output is gone or was replaced."""
 
-def select(sources: Sequence[SourceFile], latest: dict[str, dict[str, Any]], settings: str,
-           outputs: Sequence[SourceFile], retry_failed: bool = False, digests: Digests | None = None) -> Selection:
+
+def select(sources: Sequence[SourceFile], state: pa.Table, settings: str, *, retry_failed: bool = False,
+           digests: Digests | None = None, missing_outputs: MissingOutputs | None = None) -> Selection:
     """Which sources this run restores: those never done for their content and these settings.
     Resume and nightly incremental runs are the same rule. A done video whose output was deleted
-    since is restored again; a source that failed for good (`permanent`: not a video, truncated, ...)
-    is retried only when it changes, or with `retry_failed`; other failures (out of memory, storage
-    errors) are always retried. `outputs` lists the output folder.
+    or replaced since (`missing_outputs`, asked about the done ones only) is restored again; a source
+    that failed for good (`permanent`: not a video, truncated, ...) is retried only when it changes,
+    or with `retry_failed`; other failures (out of memory, storage errors) are always retried.
 
     A source is known by its fingerprint (size and etag or mtime: free to list); when that changed
     but the size did not, by its content: the store's checksum if both sides have one of a kind,
     else its SHA-256 (`digests`, read only for these). So a copied archive (`cp -r`, another bucket
     or part size) is recognised instead of restored again; the caller records the new fingerprint
     (`copied`) so the next run knows it for free.
+
+    Columnar (`state` is `read_state`'s table): a million known videos are decided in seconds, and
+    only the few that changed become Python rows.
     """
-    present = {posixpath.splitext(o.rel)[0] for o in outputs}  # "a/b" for a/b.mp4 or a/b.mkv
-    rows = {s.rel: latest[s.rel] for s in sources if s.rel in latest and latest[s.rel][SETTINGS] == settings}
-    moved = [s for s in sources if s.rel in rows and rows[s.rel][FINGERPRINT] != s.fingerprint]
-    copies = _copies(moved, rows, digests)
-    todo, done, bad, copied, failed_before = [], [], [], [], {}
-    for source in sources:
-        row = rows.get(source.rel)
-        if row is not None and row[FINGERPRINT] != source.fingerprint and source.rel not in copies:
-            row = None  # changed since
-        if row is not None and row[STATUS] == DONE and posixpath.splitext(source.rel)[0] in present:
-            done.append(source)
-        elif row is not None and row[STATUS] == FAILED and row[PERMANENT] and not retry_failed:
-            bad.append((source, row[ERROR]))
-        else:
-            todo.append(source)
-            if row is not None and row[STATUS] == FAILED:
-                failed_before[source.rel] = (row[ERROR], row[REPEATS])
-            continue
-        if source.rel in copies:
-            copied.append((source, row))
-    return Selection(todo, done, bad, copied, failed_before)
+    listed = pa.table({REL: [s.rel for s in sources], "_fingerprint": [s.fingerprint for s in sources],
+                       "_index": pa.array(np.arange(len(sources)))})
+    known = listed.join(state.filter(pc.equal(state[SETTINGS], settings)), REL, join_type="inner")
+    index = known["_index"].to_numpy()
+    unchanged = pc.fill_null(pc.equal(known["_fingerprint"], known[FINGERPRINT]), False).to_numpy(
+        zero_copy_only=False)
+    same = unchanged.copy()  # unchanged, or a copy of what was recorded
+    moved = np.flatnonzero(~unchanged)
+    copies = _copies([sources[i] for i in index[moved]], _rows(known, moved), digests)
+    if copies:
+        same[moved] = [sources[i].rel in copies for i in index[moved]]
+    status = known[STATUS].to_numpy(zero_copy_only=False)
+    permanent = pc.fill_null(known[PERMANENT], False).to_numpy(zero_copy_only=False)
+    done = same & (status == DONE)
+    if missing_outputs is not None and done.any():
+        gone = missing_outputs(known.filter(pa.array(done)).select(VIDEO_SCHEMA.names))
+        if gone:
+            done &= ~np.array([rel in gone for rel in known[REL].to_pylist()])
+    bad = same & (status == FAILED) & permanent & (not retry_failed)
+    retried = np.flatnonzero(same & (status == FAILED) & ~bad)
+    failed_before = {row[REL]: (row[ERROR], row[REPEATS] or 1) for row in _rows(known, retried)}
+    decided = np.zeros(len(sources), bool)
+    decided[index[done | bad]] = True
+    bad_rows = _rows(known, np.flatnonzero(bad))
+    copied_at = np.flatnonzero((done | bad) & ~unchanged)
+    return Selection(todo=[s for s, skip in zip(sources, decided) if not skip],
+                     done=[sources[i] for i in index[done]],
+                     bad=[(sources[i], row[ERROR]) for i, row in zip(index[np.flatnonzero(bad)], bad_rows)],
+                     copied=[(sources[index[i]], row) for i, row in zip(copied_at, _rows(known, copied_at))],
+                     failed_before=failed_before)
 
 
-def _copies(moved: Sequence[SourceFile], rows: dict[str, dict[str, Any]], digests: Digests | None) -> set[str]:
-    """The rels of `moved` sources (new fingerprint) whose content is still the recorded one."""
+def _rows(known: pa.Table, at: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+    """Rows `at` of the joined table, as ledger rows."""
+    return known.take(pa.array(np.asarray(at, dtype=np.int64))).select(VIDEO_SCHEMA.names).to_pylist()
+
+
+def _copies(moved: Sequence[SourceFile], rows: Sequence[dict[str, Any]], digests: Digests | None) -> set[str]:
+    """The rels of `moved` sources (new fingerprint; `rows` their ledger rows) whose content is still
+    the recorded one."""
     same, unsure = set(), []
+    recorded = {row[REL]: row for row in rows}
     for source in moved:
-        row = rows[source.rel]
+        row = recorded[source.rel]
         if row[FINGERPRINT].split(":", 1)[0] != str(source.size):
             continue  # another size: changed
         kind = source.checksum.split(":", 1)[0]
@@ -209,7 +313,7 @@ def _copies(moved: Sequence[SourceFile], rows: dict[str, dict[str, Any]], digest
             unsure.append(source)
     if unsure:
         contents = digests(unsure)
-        same.update(s.rel for s in unsure if contents[s.rel] == rows[s.rel][CONTENT])
+        same.update(s.rel for s in unsure if contents[s.rel] == recorded[s.rel][CONTENT])
     return same
 
 
@@ -217,12 +321,6 @@ def recognised_rows(copied: Sequence[tuple[SourceFile, dict[str, Any]]], run_id:
     """The ledger rows that record copies under their new fingerprints (same outcome, this run)."""
     return [{**row, SOURCE: source.url, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum or row.get(CHECKSUM),
              RUN_ID: run_id, FINISHED_AT: now()} for source, row in copied]
-
-
-def write_videos(output_root: str, name: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Several video rows in one file (`name`.parquet under videos/)."""
-    if rows:
-        _write(storage.join(output_root, VIDEOS, f"{name}.parquet"), rows, VIDEO_SCHEMA)
 
 
 def write_summary(output_root: str, summary: dict[str, Any]) -> None:
@@ -234,7 +332,10 @@ def preview_url(output_root: str, rel: str) -> str:
     return storage.join(output_root, PREVIEWS, posixpath.splitext(rel)[0] + ".png")
 
 
-def _write(url: str, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> None:
-    table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+
+
+def _write(url: str, table: pa.Table) -> None:
     with storage.atomic_output(url) as tmp:
         pq.write_table(table, tmp)

@@ -9,16 +9,17 @@ The pipeline (`_restore_videos`) reads top to bottom: sources -> scenes -> resto
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import posixpath
 import signal
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pyarrow as pa
 import ray
 
 from pipelines import storage, waits
@@ -28,12 +29,14 @@ from pipelines.restore.assemble_stage import finish_video
 from pipelines.restore.faults import (TASK_RETRIES, Assemblies, Stopped, bound_retries, describe, lost_windows,
                                      stop_on_signals)
 from pipelines.restore.job import TINY_WARNING, ArchiveJob, validate
-from pipelines.restore.lease import Leases, describe_holders
-from pipelines.restore.plan_stage import failed_row, plan_video
+from pipelines.restore.lease import Leases, claim_video
+from pipelines.restore.outputs import missing_outputs
+from pipelines.restore.plan_stage import claim_and_plan, failed_row
 from pipelines.restore.restore_stage import RestoreWindows
-from pipelines.restore.rows import (CHECKSUM, FINGERPRINT, FRAMES, OUTPUT_STEM, PREVIOUS_ERROR, REL, REPEATS,
-                                    RESTORE_SECONDS, SETTINGS, SOURCE, STAGING, STATUS, VIDEO_ID, WINDOW, WINDOWS,
-                                    WINDOWS_REUSED, output_stem, staging_folder, staging_root, video_id)
+from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, FRAMES, LEASED, OUTPUT_STEM,
+                                    PREVIOUS_ERROR, REL, REPEATS, RESTORE_SECONDS, SETTINGS, SOURCE, STAGING, STATUS,
+                                    VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, done_key, output_stem, staging_folder,
+                                    staging_root, video_id)
 from pipelines.restore.summary import RunStats, format_summary
 from pipelines.storage import SourceFile
 from star_model.presets import get_preset
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 GPU_ACTOR_CPUS = 2  # decode of the window and FFV1 encode of the segment run beside the model
 _DIGEST_THREADS = 8  # reads overlap well on buckets; on a local disk they share its bandwidth
+SOURCE_CHUNKS = 256  # the sources enter Ray Data in at most this many pieces, however many there are
 
 
 def run(job: ArchiveJob) -> dict[str, Any]:
@@ -59,42 +63,39 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     started_at = ledger.now()
 
     # 1. Sources (driver): list the archive; drop what the ledger records as done for the same
-    #    fingerprint and settings (resume and nightly runs are the same rule).
-    sources, skipped = storage.list_sources(input_root)
-    selection = _select(job, sources, output_root)
-    # Copies of sources known by content (`cp -r`, another bucket): recorded under their new
-    # fingerprints, so the next run knows them without reading them.
-    ledger.write_videos(output_root, f"{run_id}-copies", ledger.recognised_rows(selection.copied, run_id))
-    # Claim the rest: a video another live run is restoring (an overlapping nightly run, a manual
-    # run) is left to it. The claims last until this run ends, or its heartbeat expires if it dies.
-    with Leases(output_root, run_id, timedelta(minutes=job.lease_minutes)) as leases:
-        selection, held = _claim(leases, job, selection, output_root)
+    #    fingerprint and settings (resume and nightly runs are the same rule). The output tree is
+    #    not listed: the ledger says what is done, and a batch of those outputs is checked.
+    sources, skipped, selection, read_at = plan_run(job, input_root, output_root)
+    # This run's claims (taken as work starts on each video) hold while its heartbeat beats.
+    with Leases(output_root, run_id, timedelta(minutes=job.lease_minutes)):
+        # Copies of sources known by content (`cp -r`, another bucket): recorded under their new
+        # fingerprints, so the next run knows them without reading them.
+        ledger.write_videos(output_root, f"{run_id}-copies", ledger.recognised_rows(selection.copied, run_id))
         header = dict(run_id=run_id, input=input_root, output=output_root, settings=job.settings(),
                       settings_key=job.settings_key(), listed=len(sources), skipped_hidden=skipped["hidden"],
                       skipped_not_video=skipped["not_video"], skipped_done=len(selection.done),
-                      recognised_copies=len(selection.copied),
-                      skipped_failed=len(selection.bad), skipped_leased=len(held),
-                      leased_by=sorted({holder for _, holder in held}), restored=len(selection.todo),
-                      ledger=storage.join(output_root, ledger.VIDEOS), warning=TINY_WARNING if random_weights else None,
-                      started_at=started_at)
-        log.info("run %s: %d videos under %s, %d already done, %d unchanged bad inputs skipped, %d being "
-                 "restored by other runs, %d to restore", run_id, len(sources), input_root, len(selection.done),
-                 len(selection.bad), len(held), len(selection.todo))
-        if held:
-            log.info("left to the runs that hold them: %s", describe_holders(held))
+                      recognised_copies=len(selection.copied), skipped_failed=len(selection.bad),
+                      restored=len(selection.todo), ledger=storage.join(output_root, ledger.VIDEOS),
+                      warning=TINY_WARNING if random_weights else None, started_at=started_at)
+        log.info("run %s: %d videos under %s, %d already done, %d unchanged bad inputs skipped, %d to restore "
+                 "(each claimed as work on it starts: one another run holds is left to it)", run_id, len(sources),
+                 input_root, len(selection.done), len(selection.bad), len(selection.todo))
         stats = RunStats(len(selection.todo))
         stopped = None
         try:
             with stop_on_signals():
                 if selection.todo:
-                    _restore_all(job, config, selection, sources, output_root, run_id, stats)
+                    _restore_all(job, config, selection, sources, output_root, run_id, read_at, stats)
                 else:
-                    log.info("nothing to restore: every video under %s is done, an unchanged bad input, or "
-                             "being restored by another run", input_root)
+                    log.info("nothing to restore: every video under %s is done or an unchanged bad input", input_root)
         except Stopped as e:  # the leases are freed on the way out; what finished is in the summary
             log.warning("run %s %s: %d of %d videos finished", run_id, e, stats.done + stats.failed,
                         stats.to_restore)
             stopped = signal.Signals(e.signum).name
+        if stats.held:
+            log.info("left to the runs that hold them or finished them: %s", stats.describe_held())
+        if not stopped:  # a stop has seconds of grace; the next run compacts
+            _compact(output_root, run_id)
         summary = stats.summary(**header, stopped=stopped, finished_at=ledger.now())
         ledger.write_summary(output_root, summary)
     log.info("%s", format_summary(summary))
@@ -103,27 +104,27 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     return summary
 
 
-def _claim(leases: Leases, job: ArchiveJob, selection: ledger.Selection, output_root: str
-           ) -> tuple[ledger.Selection, list[tuple[SourceFile, str]]]:
-    """The selection less what other live runs hold, and those (source, holder run) pairs."""
-    claims = leases.claim(selection.todo)
-    if not claims.taken_over:
-        return dataclasses.replace(selection, todo=claims.mine), claims.held
-    # A run that ended since our ledger read may have finished some of them: read it again.
-    again = _select(job, claims.mine, output_root)
-    return ledger.Selection(again.todo, selection.done + again.done, selection.bad + again.bad,
-                            [*selection.copied, *again.copied], again.failed_before), claims.held
+def _compact(output_root: str, run_id: str) -> None:
+    """Merge the ledger's files (`ledger.compact`); a failure only leaves more files to read next time."""
+    try:
+        started = time.perf_counter()
+        merged = ledger.compact(output_root, run_id)
+        log.info("ledger compacted: %d files into one of %d rows in %.1f s", merged["video_files"], merged["rows"],
+                 time.perf_counter() - started)
+    except Exception:  # noqa: BLE001
+        log.warning("could not compact the ledger under %s (the next run tries again)", output_root, exc_info=True)
 
 
 def _restore_all(job: ArchiveJob, config: RestoreConfig, selection: ledger.Selection, sources: Sequence[SourceFile],
-                 output_root: str, run_id: str, stats: RunStats) -> None:
-    """Restore the claimed videos (`selection.todo`), counting each finished one in `stats` (and the metrics)."""
+                 output_root: str, run_id: str, read_at: datetime, stats: RunStats) -> None:
+    """Restore `selection.todo` (each claimed as work on it starts), counting each finished one in
+    `stats` (and the metrics)."""
     settings = job.settings_key()
     todo, refused = _split_clashes(selection.todo, sources, output_root)
     for source, reason, permanent in refused:  # decided on the driver: no Ray needed
-        row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum,
-               VIDEO_ID: video_id(source.url)}
-        log.info(stats.add(_failed_video(row, reason, output_root, run_id, settings, permanent=permanent)))
+        video = _failed_video(_source_row(source, selection.failed_before, output_root, settings), reason, output_root, run_id, settings, read_at, permanent=permanent)
+        if video is not None:
+            log.info(stats.add(video))
     if not todo:
         return
     started_ray = not ray.is_initialized()
@@ -135,20 +136,31 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, selection: ledger.Selec
             # GPU actors asked for before any GPU exists: a line every minute while the autoscaler adds one.
             gpus = job.device == "gpu" or job.accelerator_type is not None
             with waits.waiting_lines(gpu_actor_resources(job.accelerator_type) if gpus else {}, "the restore actors"):
-                for video in _restore_videos(job, config, todo, selection.failed_before, output_root, run_id):
-                    log.info(stats.add(video))
-                    metrics.video_finished(video[STATUS])
-                    metrics.videos_queued(stats.to_restore - stats.done - stats.failed)
+                for video in _restore_videos(job, config, todo, selection.failed_before, output_root, run_id,
+                                             read_at):
+                    if video[STATUS] in (LEASED, DONE_ELSEWHERE):
+                        stats.skip(video)
+                    else:
+                        log.info(stats.add(video))
+                        metrics.video_finished(video[STATUS])
+                    metrics.videos_queued(stats.to_restore - stats.finished)
     finally:
         if started_ray:
             ray.shutdown()
     storage.remove_empty_folders(staging_root(output_root))  # never a folder another live run is filling
 
 
-def _select(job: ArchiveJob, sources: Sequence[SourceFile], output_root: str) -> ledger.Selection:
-    latest = ledger.latest_by_rel(ledger.read_videos(output_root))
-    return ledger.select(sources, latest, job.settings_key(), storage.list_videos(output_root), job.retry_failed,
-                         digests=_digests)
+def plan_run(job: ArchiveJob, input_root: str, output_root: str
+             ) -> tuple[list[SourceFile], dict[str, int], ledger.Selection, datetime]:
+    """The driver's work before Ray starts: (sources listed, files skipped on purpose, what to restore,
+    when the ledger was read). Reads the input's listing, the ledger's state and a batch of outputs;
+    never lists the output tree."""
+    sources, skipped = storage.list_sources(input_root)
+    read_at = ledger.now()
+    selection = ledger.select(sources, ledger.read_state(output_root), job.settings_key(),
+                              retry_failed=job.retry_failed, digests=_digests,
+                              missing_outputs=missing_outputs(output_root, job.check_outputs))
+    return sources, skipped, selection, read_at
 
 
 def _digests(sources: Sequence[SourceFile]) -> dict[str, str]:
@@ -166,7 +178,7 @@ def _digests(sources: Sequence[SourceFile]) -> dict[str, str]:
 
 
 def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[SourceFile],
-                    failed_before: dict[str, tuple[str, int]], output_root: str, run_id: str
+                    failed_before: dict[str, tuple[str, int]], output_root: str, run_id: str, read_at: datetime
                     ) -> Iterator[dict[str, Any]]:
     """The restore pipeline, top to bottom; yields each video's ledger row as it finishes, every
     video of `sources` exactly once (lost work included: see faults.py)."""
@@ -174,19 +186,20 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
     use_gpu, actors = actor_pool(job.device, job.actors, job.accelerator_type)
     actor_faults = bound_retries()
 
-    # 1. Sources: one row per video, each its own block so that the scenes tasks run in parallel.
-    #    out: source, rel, fingerprint, checksum, video_id, output_stem, staging, previous_error, repeats
-    rows = {video_id(s.url): {SOURCE: s.url, REL: s.rel, FINGERPRINT: s.fingerprint, CHECKSUM: s.checksum,
-                              VIDEO_ID: video_id(s.url), OUTPUT_STEM: output_stem(output_root, s.rel),
-                              STAGING: staging_folder(output_root, s.url, s.fingerprint, settings),
-                              PREVIOUS_ERROR: failed_before.get(s.rel, ("", 0))[0],
-                              REPEATS: failed_before.get(s.rel, ("", 0))[1]} for s in sources}
-    ds = ray.data.from_items(list(rows.values()), override_num_blocks=len(rows))
+    # 1. Sources: the rows go to the object store in bounded chunks (the driver holds a reference per
+    #    chunk, never a block per video), then one row per block, so that the scenes tasks run in
+    #    parallel. out: source, rel, fingerprint, checksum, video_id, output_stem, staging,
+    #    previous_error, repeats
+    ds = ray.data.from_arrow_refs(list(_source_chunks(sources, failed_before, output_root, settings)))
+    ds = ds.repartition(target_num_rows_per_block=1)
 
     # 2. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
     #    into its windows, or into one failed row. in: a source row; out: window rows (plan_stage).
-    ds = ds.flat_map(plan_video, fn_kwargs=dict(window=job.window, overlap=job.overlap, detector=job.detector,
-                                                deinterlace=job.deinterlace, max_pixels=job.max_frame_pixels),
+    #    Each video is claimed first (`claim_and_plan`).
+    ds = ds.flat_map(claim_and_plan, fn_kwargs=dict(output_root=output_root, run_id=run_id, settings=settings,
+                                                    read_at=read_at, window=job.window, overlap=job.overlap,
+                                                    detector=job.detector, deinterlace=job.deinterlace,
+                                                    max_pixels=job.max_frame_pixels),
                      num_cpus=1, max_retries=TASK_RETRIES)
     # One window per block: a video's windows spread over the actor pool instead of one actor
     # taking the whole block (and a block lost with its actor is one window).
@@ -217,33 +230,64 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
     assemblies = Assemblies()
     waiting: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     stream_error = None
+    arrived: set[str] = set()  # videos whose every window came out of the stream
     try:
         for row in ds.iter_rows():
             windows = waiting[row[VIDEO_ID]]
             windows.append(dict(row))
             if len(windows) == row[WINDOWS]:
                 windows = waiting.pop(row[VIDEO_ID])
-                rows.pop(row[VIDEO_ID])
+                arrived.add(row[VIDEO_ID])
+                if row[STATUS] in (LEASED, DONE_ELSEWHERE):  # another run's: nothing to assemble or record
+                    yield windows[0]
+                    continue
                 ref = finish.remote(windows, output_root=output_root, run_id=run_id, settings=settings)
                 assemblies.add(ref, windows[0], int(row[FRAMES]))
-            yield from _ledger_rows(assemblies.finished(wait=0), output_root, run_id, settings)
+            yield from _ledger_rows(assemblies.finished(wait=0), output_root, run_id, settings, read_at)
     except Exception as e:  # noqa: BLE001 - the stream itself failed (no restore actor could start)
         log.error("the restore stage stopped: %s", describe(e), exc_info=True)
         stream_error = f"the restore stage stopped: {describe(e)}"
     # What never came back (after the bounded retries) fails here, with what is known of why.
-    for vid, source_row in rows.items():
-        arrived = waiting.get(vid, [])
-        reason = stream_error or lost_windows(arrived[0][WINDOWS] if arrived else None, [r[WINDOW] for r in arrived])
-        yield _failed_video(source_row, reason, output_root, run_id, settings)
+    for source in sources:
+        vid = video_id(source.url)
+        if vid in arrived:
+            continue
+        windows = waiting.get(vid, [])
+        reason = stream_error or lost_windows(windows[0][WINDOWS] if windows else None, [r[WINDOW] for r in windows])
+        video = _failed_video(_source_row(source, failed_before, output_root, settings), reason, output_root, run_id,
+                              settings, read_at)
+        if video is not None:
+            yield video
     while assemblies.running:
-        yield from _ledger_rows(assemblies.finished(wait=None), output_root, run_id, settings)
+        yield from _ledger_rows(assemblies.finished(wait=None), output_root, run_id, settings, read_at)
+
+
+def _source_chunks(sources: Sequence[SourceFile], failed_before: dict[str, tuple[str, int]], output_root: str,
+                   settings: str) -> Iterator[ray.ObjectRef]:
+    """The source rows as Arrow tables in the object store, at most SOURCE_CHUNKS of them."""
+    size = max(1, -(-len(sources) // SOURCE_CHUNKS))
+    for first in range(0, len(sources), size):
+        chunk = [_source_row(s, failed_before, output_root, settings) for s in sources[first:first + size]]
+        yield ray.put(pa.Table.from_pylist(chunk))
+
+
+def _source_row(source: SourceFile, failed_before: dict[str, tuple[str, int]], output_root: str, settings: str
+                ) -> dict[str, Any]:
+    previous_error, repeats = failed_before.get(source.rel, ("", 0))
+    return {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum,
+            VIDEO_ID: video_id(source.url), OUTPUT_STEM: output_stem(output_root, source.rel),
+            STAGING: staging_folder(output_root, source.url, source.fingerprint, settings),
+            PREVIOUS_ERROR: previous_error, REPEATS: repeats}
 
 
 def _ledger_rows(finished: Iterator[tuple[dict[str, Any], dict[str, Any] | str]], output_root: str, run_id: str,
-                 settings: str) -> Iterator[dict[str, Any]]:
+                 settings: str, read_at: datetime) -> Iterator[dict[str, Any]]:
     """Ledger rows of finished assemblies; a failed or cancelled one is recorded from the driver."""
     for video, outcome in finished:
-        yield outcome if isinstance(outcome, dict) else _failed_video(video, outcome, output_root, run_id, settings)
+        row = outcome if isinstance(outcome, dict) else _failed_video(video, outcome, output_root, run_id, settings,
+                                                                     read_at)
+        if row is not None:
+            yield row
 
 
 def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile], output_root: str
@@ -270,11 +314,17 @@ def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile], ou
     return keep, refused
 
 
-def _failed_video(row: dict[str, Any], reason: str, output_root: str, run_id: str, settings: str, *,
-                  permanent: bool = False) -> dict[str, Any]:
+def _failed_video(row: dict[str, Any], reason: str, output_root: str, run_id: str, settings: str, read_at: datetime,
+                  *, permanent: bool = False) -> dict[str, Any] | None:
     """Record a video that failed before or after the workers (a source row or a window row of it):
     retried by the next run unless `permanent`. A ledger write that fails (the store is down) is logged; the run's
-    summary still counts the video."""
+    summary still counts the video. None when another run holds the video (or finished it): its to record.
+    """
+    try:
+        if not claim_video(output_root, run_id, row[REL], done_key(row[FINGERPRINT], settings), read_at).mine:
+            return None  # claimed already (the usual case), or taken here: failures of unclaimed videos too
+    except Exception:  # noqa: BLE001 - the store is down: recorded in the summary only
+        log.warning("could not claim %s to record its failure", row[SOURCE], exc_info=True)
     row = {key: row.get(key) for key in (SOURCE, REL, FINGERPRINT, CHECKSUM, VIDEO_ID, PREVIOUS_ERROR, REPEATS)} | {
         OUTPUT_STEM: output_stem(output_root, row[REL]), STAGING: ""}
     failed = failed_row(row, reason, permanent=permanent)

@@ -29,6 +29,7 @@ REPEATS = "repeats"  # runs in a row that failed it with that reason (0 when it 
 # -- a window of a video (scenes stage -> restore stage -> driver) -----------------------------------
 CONTENT = "content"  # "sha256:..." of the source's bytes (scenes stage): a copy is recognised by it
 OUTPUT = "output"  # URL of the restored video
+OUTPUT_SIZE = "output_size"  # its size in bytes once published (the ledger checks it instead of listing outputs)
 FRAMES = "frames"  # frames in the video
 WINDOWS = "windows"  # windows the video was split into: the driver knows when it has them all
 FPS = "fps"  # the video's average rate as "num/den" (the staging segments are tagged with it)
@@ -64,6 +65,9 @@ RUN_ID = "run_id"
 FINISHED_AT = "finished_at"
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+# Videos the scenes stage did not take (its claim found them): another live run holds it, or another
+# run finished it since this run read the ledger. They pass the restore stage untouched.
+LEASED, DONE_ELSEWHERE = "leased", "done_elsewhere"
 
 _WINDOW_FIELDS = {WINDOW: "index", SCENE: "scene", START: "start", END: "end", KEEP_START: "keep_start",
                   KEEP_END: "keep_end", FADE_IN: "fade_in", FADE_OUT: "fade_out"}
@@ -112,3 +116,8 @@ def window_of(row: dict[str, Any]) -> SceneWindow:
 
 def output_stem(output_root: str, rel: str) -> str:
     return storage.join(output_root, posixpath.splitext(rel)[0])
+
+
+def done_key(fingerprint: str, settings: str) -> str:
+    """What a finished video was finished for, in its lease record (`lease.record_finished`)."""
+    return f"{fingerprint}|{settings}"

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any
 
-from pipelines.restore.rows import (DEVICE, DONE, ERROR, FRAMES, OUTPUT, REL, RESTORE_SECONDS, SOURCE, STATUS, WINDOWS,
-                                    WINDOWS_REUSED)
+from pipelines.restore.rows import (DEVICE, DONE, DONE_ELSEWHERE, ERROR, FRAMES, OUTPUT, REL, RESTORE_SECONDS, SOURCE,
+                                    STATUS, WINDOWS, WINDOWS_REUSED)
 
 
 class RunStats:
@@ -21,6 +22,8 @@ class RunStats:
         self.restore_seconds = 0.0
         self.devices: set[str] = set()
         self.failures: list[dict[str, str]] = []
+        self.held: collections.Counter[str] = collections.Counter()  # videos left to other runs, by run
+        self.finished_elsewhere = 0  # of those, finished by them since this run read the ledger
 
     def add(self, video: dict[str, Any]) -> str:
         """Count a finished video (its ledger row); returns its progress line."""
@@ -35,11 +38,23 @@ class RunStats:
         self.restore_seconds += video[RESTORE_SECONDS]
         if video[DEVICE]:
             self.devices.add(video[DEVICE])
-        finished = self.done + self.failed
         what = f"{video[FRAMES]} frames -> {video[OUTPUT]}" if video[STATUS] == DONE else video[ERROR]
-        return (f"[{finished}/{self.to_restore}] {video[STATUS]:6s} {video[REL]}: {what} | "
+        return (f"[{self.finished}/{self.to_restore}] {video[STATUS]:6s} {video[REL]}: {what} | "
                 f"so far {self.done} done, {self.failed} failed, {self.frames} frames, "
                 f"{self.frames / self.elapsed():.2f} frames/s")
+
+    def skip(self, video: dict[str, Any]) -> None:
+        """Count a video left to another run: it holds it (`error` names it), or finished it."""
+        self.held[video[ERROR]] += 1
+        self.finished_elsewhere += video[STATUS] == DONE_ELSEWHERE
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + sum(self.held.values())
+
+    def describe_held(self) -> str:
+        """"3 videos by run X, 1 by run Y" for the log."""
+        return ", ".join(f"{n} by run {holder}" for holder, n in sorted(self.held.items()))
 
     def elapsed(self) -> float:
         return max(time.perf_counter() - self.started, 1e-9)
@@ -62,6 +77,9 @@ class RunStats:
             "actor_seconds": round(self.restore_seconds, 3),
             "actor_device": "gpu" if on_gpu else ("cpu" if self.devices else None),
             "failures": self.failures,
+            "skipped_leased": sum(self.held.values()),
+            "leased_by": sorted(self.held),
+            "finished_by_other_runs": self.finished_elsewhere,
         }
 
 

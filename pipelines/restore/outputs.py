@@ -1,0 +1,78 @@
+"""Are the outputs a run would skip still there? What is done is what the ledger says; the output
+tree is never listed. Each run checks a bounded batch of the done videos' outputs (exists, and has
+the size its row recorded), rotating through the archive run after run: a deleted or replaced output
+is restored again by the run whose batch holds it, and an archive smaller than one batch is checked
+whole on every run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import posixpath
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+
+from pipelines import storage
+from pipelines.restore.rows import OUTPUT, OUTPUT_SIZE, REL, output_stem
+from pipelines.storage import LEDGER_FOLDER
+
+log = logging.getLogger(__name__)
+
+CHECKS_PER_RUN = 10_000  # stat/HEAD requests: a second or two on a local disk, seconds on a bucket
+CURSOR = f"{LEDGER_FOLDER}/_outputs_checked.json"  # {"next": the batch the next run checks}
+_THREADS = 16
+
+
+def missing_outputs(output_root: str, per_run: int = CHECKS_PER_RUN):
+    """A `ledger.MissingOutputs` for `output_root`, checking at most `per_run` outputs (0: none)."""
+
+    def missing(done: pa.Table) -> set[str]:
+        rows = _batch(output_root, done, per_run)
+        # Requests to a bucket overlap; a local disk answers a stat faster than a thread starts.
+        local = storage.split_url(output_root)[0] == "file"
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            intact = (map if local else pool.map)(lambda row: _intact(*row[1:]), rows)
+            gone = {row[0] for row, ok in zip(rows, intact) if not ok}
+        log.info("checked %d of %d done videos' outputs: %d gone or replaced", len(rows), done.num_rows, len(gone))
+        return gone
+
+    return missing
+
+
+def _batch(output_root: str, done: pa.Table, per_run: int) -> list[tuple[str, str, int | None]]:
+    """(rel, output URL, recorded size) of this run's batch: all when they fit, else the videos whose
+    rel hashes to this run's slot of ceil(done / per_run) slots (the slot advances every run)."""
+    rels, outputs, sizes = (done[c].to_pylist() for c in (REL, OUTPUT, OUTPUT_SIZE))
+    if per_run <= 0:
+        return []
+    slots = math.ceil(len(rels) / per_run)
+    chosen = range(len(rels))
+    if slots > 1:
+        slot = _next_slot(output_root) % slots
+        chosen = [i for i, rel in enumerate(rels) if zlib.crc32(rel.encode()) % slots == slot]
+    # The output under this output root (the ledger may have been copied with the outputs).
+    return [(rels[i], output_stem(output_root, rels[i]) + posixpath.splitext(outputs[i] or "")[1], sizes[i])
+            for i in chosen]
+
+
+def _intact(url: str, size: int | None) -> bool:
+    fs, path = storage.filesystem(url)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return False
+    return size is None or int(info["size"]) == size  # rows before sizes were recorded: exists is enough
+
+
+def _next_slot(output_root: str) -> int:
+    """The slot this run checks; the next run checks the following one."""
+    url = storage.join(output_root, CURSOR)
+    try:
+        slot = int(json.loads(storage.read_bytes(url)).get("next", 0))
+    except (FileNotFoundError, ValueError):
+        slot = 0
+    storage.write_bytes_atomic(url, json.dumps({"next": slot + 1}).encode())
+    return slot
