@@ -19,5 +19,6 @@ def test_peak_rss_of_a_window_is_bounded_by_the_host_chunks():
     # growth of the peak RSS during the call (2 cores): 0.38 GiB in chunks of 3 frames (4 to encode),
     # 1.50 GiB in one chunk of 16 (no streaming), so the bound fails without the streaming.
     result = load_job("measure_memory").measure(240, 424, 4, 16, chunk=3)
+    assert "stopped" not in result, result
     assert result["out"] == [16, 960, 1696, 3]
     assert result["peak"] - result["before"] < BOUND
