@@ -7,6 +7,12 @@ planning never decodes what the ledger already knows, and the K changed files ar
     python -m moto.server -H 127.0.0.1 -p 5077 &      # an S3 server on this machine
     PYTHONPATH=. python jobs/benchmark_scale.py --videos 100000 --changed 1000 --s3-endpoint http://127.0.0.1:5077
 
+And the pipeline's own rate, through the whole job (Ray Data, scenes, restore, assembly, ledger) on
+an archive of small clips, with the `bicubic` preset by default (what a large archive of short clips
+pays per video beyond the model):
+
+    PYTHONPATH=. python jobs/benchmark_scale.py --rate 2000
+
 Prints, per store: the planning seconds, the driver's peak RSS (a fresh process does the planning),
 the requests it made (listings, object reads, stats or HEADs), the videos it chose (must be K), and
 the seconds the run's closing ledger compaction takes at that size. Targets (issue 13): N = 1,000,000
@@ -105,14 +111,18 @@ def measure(input_root: str, output_root: str) -> dict:
     """Plan the run as `upscale_archive.py` does, counting the store requests; then compact."""
     import resource
 
-    from pipelines.restore.pipeline import plan_run
+    from pipelines.restore.pipeline import _source_row, plan_run
 
     counts = _count_requests()
     start = time.perf_counter()
     sources, _, selection, _ = plan_run(job_for(input_root, output_root), input_root, output_root)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     requests = dict(counts)
+    start = time.perf_counter()  # the rows the chosen videos enter Ray Data as (pipeline._source_chunks)
+    rows = [_source_row(s, selection.failed_before, output_root, "settings") for s in selection.todo]
+    row_seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    del rows
     # The run's end: its K videos' rows (one file each, as its tasks write them) merged into the state.
     for source in selection.todo:
         ledger.write_video(output_root, video_id(source.url), {SOURCE: source.url, REL: source.rel, STATUS: DONE,
@@ -121,7 +131,7 @@ def measure(input_root: str, output_root: str) -> dict:
     start = time.perf_counter()
     ledger.compact(output_root, "benchmark")
     return {"listed": len(sources), "to_restore": len(selection.todo), "done": len(selection.done),
-            "plan_seconds": seconds, "peak_rss": peak, "requests": requests,
+            "plan_seconds": seconds, "peak_rss": peak, "requests": requests, "source_rows_seconds": row_seconds,
             "compact_seconds": time.perf_counter() - start}
 
 
@@ -168,7 +178,7 @@ def _count_requests() -> collections.Counter:
     return counts
 
 
-def run_case(store: str, videos: int, changed: int, work: str, s3_endpoint: str | None) -> dict:
+def run_case(store: str, videos: int, changed: int, work: str) -> dict:
     if store == "local":
         input_root, output_root = os.path.join(work, "archive"), os.path.join(work, "restored")
     else:
@@ -186,11 +196,50 @@ def run_case(store: str, videos: int, changed: int, work: str, s3_endpoint: str 
             **json.loads(child.stdout.strip().splitlines()[-1])}
 
 
+def pipeline_rate(clips: int, preset: str, work: str) -> dict:
+    """Videos per minute through `upscale_archive.py` over `clips` 1-second 64x48 clips."""
+    import av
+    import numpy as np
+
+    archive, output = Path(work) / "clips", Path(work) / "restored"
+    first = archive / "batch00000" / "clip0000000.mp4"
+    first.parent.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with av.open(str(first), "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(24):
+            frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) // 4 + i * 4
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    data = first.read_bytes()
+    for i in range(1, clips):
+        path = archive / rel_of(i)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    started = time.perf_counter()
+    job = subprocess.run([sys.executable, str(Path(__file__).parent / "upscale_archive.py"), "--input", str(archive),
+                          "--output", str(output), "--preset", preset], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if job.returncode:
+        raise SystemExit(f"the job failed:\n{job.stdout[-3000:]}\n{job.stderr[-3000:]}")
+    summary = json.loads((output / "_ledger" / "summary.json").read_text())
+    return {"clips": clips, "preset": preset, "done": summary["done"], "failed": summary["failed"],
+            "pipeline_seconds": summary["seconds"], "wall_seconds": wall,
+            "videos_per_minute": 60 * summary["done"] / summary["seconds"]}
+
+
 def report(result: dict) -> str:
+    if "clips" in result:
+        return (f"pipeline ({result['preset']}): {result['done']:,} of {result['clips']:,} clips done "
+                f"({result['failed']} failed) in {result['pipeline_seconds']:.0f} s of restoring "
+                f"({result['wall_seconds']:.0f} s with Ray's start and the planning): "
+                f"{result['videos_per_minute']:.1f} videos per minute on {os.cpu_count()} CPUs")
     requests = ", ".join(f"{n} {what}" for what, n in sorted(result["requests"].items()))
     return (f"{result['store']}: N={result['videos']:,} K={result['changed']:,}: planned in "
             f"{result['plan_seconds']:.1f} s, driver peak RSS {result['peak_rss'] / 2**30:.2f} GiB, "
-            f"{result['to_restore']:,} to restore ({result['done']:,} done), requests: {requests}; "
+            f"{result['to_restore']:,} to restore ({result['done']:,} done; their rows for Ray Data in "
+            f"{result['source_rows_seconds']:.1f} s), requests: {requests}; "
             f"closing compaction {result['compact_seconds']:.1f} s (setup {result['setup_seconds']:.0f} s)")
 
 
@@ -203,6 +252,8 @@ def main() -> None:
     parser.add_argument("--changed", type=int, default=1_000)
     parser.add_argument("--work", help="local folder for the synthetic archive (default: a temporary one)")
     parser.add_argument("--s3-endpoint", help="measure on this S3 server (e.g. moto on 127.0.0.1) instead of disk")
+    parser.add_argument("--rate", type=int, metavar="CLIPS", help="measure the whole pipeline on this many clips")
+    parser.add_argument("--preset", default="bicubic", help="preset for --rate")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     if not 0 <= args.changed <= args.videos:
@@ -211,7 +262,10 @@ def main() -> None:
         os.environ.update(AWS_ENDPOINT_URL=args.s3_endpoint, AWS_ACCESS_KEY_ID="testing",
                           AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     with tempfile.TemporaryDirectory(dir=args.work) as work:
-        result = run_case("s3" if args.s3_endpoint else "local", args.videos, args.changed, work, args.s3_endpoint)
+        if args.rate:
+            result = pipeline_rate(args.rate, args.preset, work)
+        else:
+            result = run_case("s3" if args.s3_endpoint else "local", args.videos, args.changed, work)
     print(report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
