@@ -137,7 +137,7 @@ def measure(input_root: str, output_root: str) -> dict:
 
 def _count_requests() -> collections.Counter:
     """Count what the planning asks of the store: S3 API calls by name; on local disk, folder
-    listings, file opens and stats made through fsspec (the listing's own per-file stat included)."""
+    listings (scandir: each also gives its files' sizes and times), stats and file opens."""
     counts: collections.Counter = collections.Counter()
     from fsspec.implementations.local import LocalFileSystem
 
@@ -149,21 +149,21 @@ def _count_requests() -> collections.Counter:
 
     ledger._read = read_counted  # pyarrow opens local files itself, past fsspec
 
-    for name, label in (("ls", "folder listings"), ("_open", "file opens")):
-        original = getattr(LocalFileSystem, name)
+    open_file = LocalFileSystem._open
 
-        def counted(self, *args, _original=original, _label=label, **kwargs):
+    def counted_open(self, *args, **kwargs):
+        counts["file opens"] += 1
+        return open_file(self, *args, **kwargs)
+
+    LocalFileSystem._open = counted_open
+    for name, label in (("scandir", "folder listings"), ("stat", "stats")):  # the listing's, and the output checks'
+        original = getattr(os, name)
+
+        def counted(*args, _original=original, _label=label, **kwargs):
             counts[_label] += 1
-            return _original(self, *args, **kwargs)
+            return _original(*args, **kwargs)
 
-        setattr(LocalFileSystem, name, counted)
-    original_stat = os.stat
-
-    def stat(*args, **kwargs):
-        counts["stats"] += 1
-        return original_stat(*args, **kwargs)
-
-    os.stat = stat  # every stat: the output checks, and the listing's nanosecond mtimes (storage._version)
+        setattr(os, name, counted)
     try:
         import s3fs
     except ImportError:

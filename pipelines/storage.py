@@ -101,15 +101,15 @@ def list_files(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """{posix path below `root`: fsspec info} of every file under `root`, recursively, hidden names
     (a file or folder starting with ".", which also hides our own temporaries) left out. A missing
     root lists nothing."""
-    return _find(root)[0]
+    return dict(_find(root, {"hidden": 0}))
 
 
-def _find(root: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], int]:
-    """`list_files`, and how many hidden files it left out."""
+def _find(root: str | os.PathLike, skipped: dict[str, int]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path below `root`, info) of each file of `list_files`, as listed (a local folder streams); the
+    hidden ones it leaves out are counted in `skipped["hidden"]`."""
     fs, path = filesystem(root)
     prefix = path.rstrip("/") + "/"
     found = _find_local(path) if isinstance(fs, LocalFileSystem) else fs.find(path, detail=True).items()
-    out, hidden = {}, 0
     for name, info in found:
         if info.get("type") != "file" or not name.startswith(prefix):
             continue
@@ -117,10 +117,9 @@ def _find(root: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], int]:
         # "." and ".." segments (possible in bucket keys) are not hidden names: the caller must see
         # them, and refuse them (`unsafe_key`), not lose the object silently.
         if _HIDDEN.search(rel):
-            hidden += 1
+            skipped["hidden"] += 1
         else:
-            out[rel] = info
-    return out, hidden
+            yield rel, info
 
 
 def _find_local(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -194,19 +193,20 @@ def list_sources(root: str | os.PathLike) -> tuple[list[SourceFile], dict[str, i
     `check_reachable` is the check that says so.
     """
     base = canonical(root).rstrip("/")
-    files, hidden = _find(root)
-    out, not_video = [], 0
-    for rel, info in files.items():
+    skipped = {"hidden": 0, "not_video": 0}
+    out = []
+    for rel, info in _find(root, skipped):
         if _STAGING_SEGMENT.search(rel):
             continue
         if posixpath.splitext(rel)[1].lower() not in VIDEO_EXTENSIONS:
-            not_video += 1
+            skipped["not_video"] += 1
             continue
         # The key exactly as stored (`join` would collapse "//" and name another object); for
         # every other key it is what `join` gives.
         out.append(SourceFile(url=f"{base}/{rel}", rel=rel, size=int(info["size"]), version=_version(info),
                               checksum=_checksum(info)))
-    return sorted(out, key=lambda s: s.rel), {"hidden": hidden, "not_video": not_video}
+    out.sort(key=lambda s: s.rel)
+    return out, skipped
 
 
 @contextlib.contextmanager

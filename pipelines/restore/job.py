@@ -52,7 +52,7 @@ class ArchiveJob:
     # Runs over the same output skip the videos another live run holds; a crashed run's videos are free
     # after this long.
     lease_minutes: float = 10.0
-    # Done videos whose output (exists, same size) is checked per run, a different batch each run; the
+    # About this many done videos' outputs are checked (exist, same size) per run, another batch each run; the
     # output tree is never listed. 0: trust the ledger.
     check_outputs: int = 10_000
 

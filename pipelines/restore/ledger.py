@@ -130,15 +130,17 @@ def state_rows(output_root: str) -> dict[str, dict[str, Any]]:
 
 
 def latest(table: pa.Table) -> pa.Table:
-    """The newest row (by `finished_at`, then `run_id`, then position) of each `rel` in `table`."""
+    """The newest row (by `finished_at`, then `run_id`, then position) of each `rel` in `table`,
+    sorted by `rel`. Sorted by index on the key columns: the table is copied once, to the result."""
     if not table.num_rows:
         return table
-    order = table.append_column("_order", pa.array(np.arange(table.num_rows)))
-    order = order.sort_by([(REL, "ascending"), (FINISHED_AT, "ascending"), (RUN_ID, "ascending"),
-                           ("_order", "ascending")]).drop_columns(["_order"])
-    rels = order[REL]
-    last = pc.fill_null(pc.not_equal(rels.slice(0, order.num_rows - 1), rels.slice(1)), True)  # before another rel
-    return order.filter(np.append(last.to_numpy(zero_copy_only=False), True))
+    keys = pa.table({REL: table[REL], FINISHED_AT: table[FINISHED_AT], RUN_ID: table[RUN_ID],
+                     "_order": np.arange(table.num_rows)})
+    order = pc.sort_indices(keys, sort_keys=[(REL, "ascending"), (FINISHED_AT, "ascending"),
+                                             (RUN_ID, "ascending"), ("_order", "ascending")])
+    rels = table[REL].take(order)
+    last = pc.fill_null(pc.not_equal(rels.slice(0, len(rels) - 1), rels.slice(1)), True)  # before another rel
+    return table.take(order.filter(np.append(last.to_numpy(zero_copy_only=False), True)))
 
 
 def latest_by_rel(rows: Iterable[dict[str, Any]]) -> pa.Table:
@@ -239,7 +241,8 @@ Digests = Callable[[Sequence[SourceFile]], dict[str, str]]
 """{rel: "sha256:..."} of the given sources' content (read on the driver)."""
 
 MissingOutputs = Callable[[pa.Table], set[str]]
-"""Of the done videos a run would skip (state rows), the rels whose output is gone or was replaced."""
+"""Of the done videos a run would skip (a table of their rel, output and output_size), the rels whose
+output is gone or was replaced."""
 
 
 def select(sources: Sequence[SourceFile], state: pa.Table, settings: str, *, retry_failed: bool = False,
@@ -261,39 +264,45 @@ def select(sources: Sequence[SourceFile], state: pa.Table, settings: str, *, ret
     """
     listed = pa.table({REL: [s.rel for s in sources], "_fingerprint": [s.fingerprint for s in sources],
                        "_index": pa.array(np.arange(len(sources)))})
-    known = listed.join(state.filter(pc.equal(state[SETTINGS], settings)), REL, join_type="inner")
-    index = known["_index"].to_numpy()
+    # Only the columns that decide are joined; whole rows are taken from `state` for the few that need them.
+    narrow = state.select([REL, FINGERPRINT, STATUS, PERMANENT]).append_column("_row", pa.array(np.arange(len(state))))
+    known = listed.join(narrow.filter(pc.fill_null(pc.equal(state[SETTINGS], settings), False)), REL,
+                        join_type="inner")
+    del listed, narrow
+    index, at = known["_index"].to_numpy(), known["_row"].to_numpy()
     unchanged = pc.fill_null(pc.equal(known["_fingerprint"], known[FINGERPRINT]), False).to_numpy(
         zero_copy_only=False)
     same = unchanged.copy()  # unchanged, or a copy of what was recorded
     moved = np.flatnonzero(~unchanged)
-    copies = _copies([sources[i] for i in index[moved]], _rows(known, moved), digests)
+    copies = _copies([sources[i] for i in index[moved]], _rows(state, at[moved]), digests)
     if copies:
         same[moved] = [sources[i].rel in copies for i in index[moved]]
-    status = known[STATUS].to_numpy(zero_copy_only=False)
+    done = same & pc.equal(known[STATUS], DONE).to_numpy(zero_copy_only=False)
+    failed = same & pc.equal(known[STATUS], FAILED).to_numpy(zero_copy_only=False)
     permanent = pc.fill_null(known[PERMANENT], False).to_numpy(zero_copy_only=False)
-    done = same & (status == DONE)
+    del known
     if missing_outputs is not None and done.any():
-        gone = missing_outputs(known.filter(pa.array(done)).select(VIDEO_SCHEMA.names))
+        done_at = np.flatnonzero(done)
+        gone = missing_outputs(state.select([REL, OUTPUT, OUTPUT_SIZE]).take(pa.array(at[done_at])))
         if gone:
-            done &= ~np.array([rel in gone for rel in known[REL].to_pylist()])
-    bad = same & (status == FAILED) & permanent & (not retry_failed)
-    retried = np.flatnonzero(same & (status == FAILED) & ~bad)
-    failed_before = {row[REL]: (row[ERROR], row[REPEATS] or 1) for row in _rows(known, retried)}
+            done[done_at] = [sources[i].rel not in gone for i in index[done_at]]
+    bad = failed & permanent & (not retry_failed)
+    retried = np.flatnonzero(failed & ~bad)
+    failed_before = {row[REL]: (row[ERROR], row[REPEATS] or 1) for row in _rows(state, at[retried])}
     decided = np.zeros(len(sources), bool)
     decided[index[done | bad]] = True
-    bad_rows = _rows(known, np.flatnonzero(bad))
+    bad_at = np.flatnonzero(bad)
     copied_at = np.flatnonzero((done | bad) & ~unchanged)
     return Selection(todo=[s for s, skip in zip(sources, decided) if not skip],
                      done=[sources[i] for i in index[done]],
-                     bad=[(sources[i], row[ERROR]) for i, row in zip(index[np.flatnonzero(bad)], bad_rows)],
-                     copied=[(sources[index[i]], row) for i, row in zip(copied_at, _rows(known, copied_at))],
+                     bad=[(sources[i], row[ERROR]) for i, row in zip(index[bad_at], _rows(state, at[bad_at]))],
+                     copied=[(sources[i], row) for i, row in zip(index[copied_at], _rows(state, at[copied_at]))],
                      failed_before=failed_before)
 
 
-def _rows(known: pa.Table, at: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
-    """Rows `at` of the joined table, as ledger rows."""
-    return known.take(pa.array(np.asarray(at, dtype=np.int64))).select(VIDEO_SCHEMA.names).to_pylist()
+def _rows(state: pa.Table, at: np.ndarray) -> list[dict[str, Any]]:
+    """Rows `at` of the state, as Python rows."""
+    return state.take(pa.array(at, type=pa.int64())).to_pylist()
 
 
 def _copies(moved: Sequence[SourceFile], rows: Sequence[dict[str, Any]], digests: Digests | None) -> set[str]:

@@ -21,13 +21,13 @@ from pipelines.storage import LEDGER_FOLDER
 
 log = logging.getLogger(__name__)
 
-CHECKS_PER_RUN = 10_000  # stat/HEAD requests: a second or two on a local disk, seconds on a bucket
+CHECKS_PER_RUN = 10_000  # about this many stat/HEAD requests (a hash slot of the done videos): a second or two on a local disk, seconds on a bucket
 CURSOR = f"{LEDGER_FOLDER}/_outputs_checked.json"  # {"next": the batch the next run checks}
 _THREADS = 16
 
 
 def missing_outputs(output_root: str, per_run: int = CHECKS_PER_RUN):
-    """A `ledger.MissingOutputs` for `output_root`, checking at most `per_run` outputs (0: none)."""
+    """A `ledger.MissingOutputs` for `output_root`, checking about `per_run` outputs (0: none)."""
 
     def missing(done: pa.Table) -> set[str]:
         rows = _batch(output_root, done, per_run)
@@ -45,17 +45,16 @@ def missing_outputs(output_root: str, per_run: int = CHECKS_PER_RUN):
 def _batch(output_root: str, done: pa.Table, per_run: int) -> list[tuple[str, str, int | None]]:
     """(rel, output URL, recorded size) of this run's batch: all when they fit, else the videos whose
     rel hashes to this run's slot of ceil(done / per_run) slots (the slot advances every run)."""
-    rels, outputs, sizes = (done[c].to_pylist() for c in (REL, OUTPUT, OUTPUT_SIZE))
     if per_run <= 0:
         return []
-    slots = math.ceil(len(rels) / per_run)
-    chosen = range(len(rels))
+    slots = math.ceil(done.num_rows / per_run)
     if slots > 1:
         slot = _next_slot(output_root) % slots
-        chosen = [i for i, rel in enumerate(rels) if zlib.crc32(rel.encode()) % slots == slot]
+        done = done.filter([zlib.crc32(rel.encode()) % slots == slot for rel in done[REL].to_pylist()])
+    rels, outputs, sizes = (done[c].to_pylist() for c in (REL, OUTPUT, OUTPUT_SIZE))
     # The output under this output root (the ledger may have been copied with the outputs).
-    return [(rels[i], output_stem(output_root, rels[i]) + posixpath.splitext(outputs[i] or "")[1], sizes[i])
-            for i in chosen]
+    return [(rel, output_stem(output_root, rel) + posixpath.splitext(output or "")[1], size)
+            for rel, output, size in zip(rels, outputs, sizes)]
 
 
 def _intact(url: str, size: int | None) -> bool:
