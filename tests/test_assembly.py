@@ -46,7 +46,7 @@ def restore_video(src: Path | str, output: Path | str, stage: Path | str, *, win
                   **assemble_options) -> tuple[VideoInfo, np.ndarray, list[SceneWindow]]:
     """The restore job's media path end to end, with `restore` standing in for STAR."""
     info, timestamps = probe_timestamps(src)
-    plan = plan_scene_windows(detect_scenes(src, detector, timestamps=timestamps), window, overlap)
+    plan = plan_scene_windows(detect_scenes(src, detector), window, overlap)
     segments = []
     for w in plan:
         frames = read_frames(src, w.start, w.end, start_pts=int(timestamps[w.start]))

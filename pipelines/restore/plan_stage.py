@@ -10,8 +10,8 @@ from typing import Any
 from pipelines import storage
 from pipelines.media.interlace import Deinterlace, decode_start_pts, picture_scenes, picture_timeline
 from pipelines.media.mux import choose_container
-from pipelines.media.probe import BadVideo, check_restorable, probe_timestamps
-from pipelines.media.scenes import detect_scenes
+from pipelines.media.probe import BadVideo, PacketLog, check_restorable
+from pipelines.media.scenes import probe_scenes
 from pipelines.restore import metrics
 from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, read_limit, time_limit
 from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, OUTPUT,
@@ -38,13 +38,19 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
         with storage.open_input(row[SOURCE]) as f:
             read_seconds = read_limit(f.seek(0, os.SEEK_END))
             f.seek(0)
-            with time_limit(read_seconds, "reading and probing the source"):
+            # The digest reads the file on its own: FFmpeg's reads are not in order (an MP4 index at
+            # the end is read first, idet goes back to the start), so a hash of what it reads is not
+            # a hash of the file.
+            with time_limit(read_seconds, "reading the source"):
                 row = {**row, CONTENT: storage.content_digest(f)}  # the identity a copy of the file keeps
-                info, source_timestamps = probe_timestamps(f, max_pixels=max_pixels)
+            found: list[PacketLog] = []
+            # Probe and scene detection are one decode pass; its limit grows with the frames demuxed.
+            with time_limit(lambda: read_seconds + SCENES_SECONDS_PER_FRAME * (len(found[0].pts) if found else 0),
+                            "probing and scene detection"):
+                info, source_timestamps, scenes = probe_scenes(f, detector, max_pixels=max_pixels,
+                                                               packets=found.append)
             check_restorable(info)
             container = choose_container(info)  # never fails: audio it cannot carry becomes FLAC
-            with time_limit(read_seconds + SCENES_SECONDS_PER_FRAME * len(source_timestamps), "scene detection"):
-                scenes = detect_scenes(f, detector, timestamps=source_timestamps)
     except BadVideo as e:
         metrics.failure("scenes", permanent=True)
         return [failed_row(row, e.reason, permanent=True)]
