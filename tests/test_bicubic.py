@@ -9,16 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from formats import moving_bar
-from helpers import decode_all, latest_rows, load_job, make_clip, read_summary, run_job
+from helpers import decode_all, latest_rows, load_job, make_clip, psnr, read_summary, run_job
 from pipelines.media.probe import probe
 from pipelines.restore.job import ArchiveJob, ConfigError, validate
 from star_model.bicubic import BicubicRestorer
 from star_model.presets import load_restorer, restore_settings
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / mse))
 
 
 def test_the_restorer_is_torch_bicubic_in_uint8_and_uint16():

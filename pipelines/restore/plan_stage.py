@@ -10,14 +10,13 @@ from typing import Any
 from pipelines import storage
 from pipelines.media.interlace import Deinterlace, decode_start_pts, picture_scenes, picture_timeline
 from pipelines.media.mux import choose_container
-from pipelines.media.probe import BadVideo, PacketLog, check_restorable
+from pipelines.media.probe import BadVideo, PacketLog, check_restorable, has_alpha
 from pipelines.media.scenes import probe_scenes
 from pipelines.restore import metrics
 from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, read_limit, time_limit
-from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, OUTPUT,
-                                    OUTPUT_STEM, PENDING, PERMANENT, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS,
-                                    STATUS, WINDOWS,
-                                    window_columns)
+from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, LOSSLESS,
+                                    OUTPUT, OUTPUT_STEM, PENDING, PERMANENT, REUSED, SECONDS, SEGMENT, SOURCE,
+                                    START_PTS, STATUS, WINDOWS, window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str, deinterlace: Deinterlace = "field",
                max_pixels: int | None = None) -> list[dict[str, Any]]:
     """source row -> window rows: the source columns (less `output_stem`) plus `output`, `frames`,
-    `windows`, `fps`, `deinterlace`, `field_order`, the window's frame span and `start_pts` (of the
+    `windows`, `fps`, `deinterlace`, `field_order`, `lossless`, the window's frame span and `start_pts` (of the
     first source frame its decode needs), `status` pending. An interlaced source is planned on the
     pictures bwdif makes of it (`media.interlace`, at `deinterlace` rate).
 
@@ -66,7 +65,8 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
     metrics.windows_planned(len(windows))
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: f"{row[OUTPUT_STEM]}.{container}", FRAMES: pictures.frame_count, WINDOWS: len(windows),
-                  FPS: str(pictures.fps), DEINTERLACE: mode or "", FIELD_ORDER: info.field_order})
+                  FPS: str(pictures.fps), DEINTERLACE: mode or "", FIELD_ORDER: info.field_order,
+                  LOSSLESS: has_alpha(info)})
     return [{**video, **window_columns(w), START_PTS: decode_start_pts(w.start, w.end, source_timestamps, mode),
              **_outcome(PENDING)} for w in windows]
 
@@ -75,7 +75,7 @@ def failed_row(row: dict[str, Any], reason: str, *, permanent: bool) -> dict[str
     """The one row a video that never reaches the restore actors leaves (window -1, `windows` 1)."""
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: "", FRAMES: 0, WINDOWS: 1, FPS: "0", CONTENT: row.get(CONTENT, ""), DEINTERLACE: "",
-                  FIELD_ORDER: ""})
+                  FIELD_ORDER: "", LOSSLESS: False})
     nowhere = SceneWindow(index=-1, scene=-1, start=-1, end=-1, keep_start=-1, keep_end=-1, fade_in=0, fade_out=0)
     return {**video, **window_columns(nowhere), START_PTS: -1, **_outcome(FAILED, reason, permanent)}
 
