@@ -35,14 +35,15 @@ class Candidate:
 
 
 CANDIDATES = (
-    Candidate("ffv1 bgr0 (today)", "ffv1", "bgr0", {"level": "3", "slices": "4"}),
+    Candidate("ffv1 bgr0 (before; deep colour, alpha)", "ffv1", "bgr0", {"level": "3", "slices": "4"}),
     Candidate("ffv1 bgr0 slices 16, 2 threads", "ffv1", "bgr0", {"level": "3", "slices": "16"}, threads=2,
               thread_type="SLICE"),
     Candidate("ffv1 bgr0 level 1 (no slices)", "ffv1", "bgr0", {"level": "1"}),
     Candidate("x264rgb qp0 ultrafast", "libx264rgb", "bgr24", {"qp": "0", "preset": "ultrafast"}),
     Candidate("x264rgb qp0 superfast", "libx264rgb", "bgr24", {"qp": "0", "preset": "superfast"}),
     Candidate("x264rgb qp0 veryfast", "libx264rgb", "bgr24", {"qp": "0", "preset": "veryfast"}),
-    Candidate("x264 yuv444p crf12 superfast", "libx264", "yuv444p", {"crf": "12", "preset": "superfast"}),
+    Candidate("x264 yuv444p crf12 ultrafast", "libx264", "yuv444p", {"crf": "12", "preset": "ultrafast"}),
+    Candidate("x264 yuv444p crf12 superfast (staging)", "libx264", "yuv444p", {"crf": "12", "preset": "superfast"}),
     Candidate("x264 yuv420p crf12 superfast", "libx264", "yuv420p", {"crf": "12", "preset": "superfast"}),
 )
 

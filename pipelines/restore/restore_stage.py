@@ -1,6 +1,6 @@
 """Restore stage of the restore job (one GPU per actor): decode a window from storage, run STAR on it
-and write the restored frames as a segment into the staging area (media.frames.write_segment). Only a small row leaves
-the actor; frames never travel through Ray's object store."""
+and write the restored frames as a segment into the staging area (`media.frames.write_segment`). Only
+a small row leaves the actor; frames never travel through Ray's object store."""
 
 from __future__ import annotations
 
