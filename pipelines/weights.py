@@ -40,8 +40,9 @@ def check(preset: StarPreset, url: str | None, checkpoint: str | None = "light_d
     """Raise ValueError listing everything the weights folder `url` (local, s3://, gs://) lacks, and
     every file its manifest lists that is missing or has another size. No download, no hashing.
     `url=None` is fine only for presets that run with random weights."""
-    if url is None or preset.shipped is not None:
-        # None: raises unless the preset's weights are optional; nano takes one local file of its layout
+    if url is None or preset.shipped is not None or not preset.has_model:
+        # None: raises unless the preset's weights are optional; nano takes one local file of its layout;
+        # bicubic takes none
         resolve_weights(preset, url, checkpoint)
         return
     try:
@@ -71,8 +72,10 @@ def digest(preset: StarPreset, url: str | None, checkpoint: str | None = "light_
     A shipped-layout file (nano): its SHA-256. A folder with a manifest: the manifest's size and
     SHA-256 of the files this checkpoint uses (star/<checkpoint>.*, text/, vae/). A local folder
     without one: those files' sizes and modification times (a copy of it counts as new weights;
-    jobs/fetch_weights.py writes manifests). No weights: "random".
+    jobs/fetch_weights.py writes manifests). No weights: "random"; no model (bicubic): "none".
     """
+    if not preset.has_model:
+        return "none"
     if preset.shipped is not None:
         return sha256_of(url or preset.shipped)[:16]
     if url is None:

@@ -12,6 +12,7 @@ Weights folder layout (what `jobs/fetch_weights.py` writes; nothing is fetched h
 
 The `tiny` preset runs with random weights when no folder is given (smoke tests), or loads TINY-shaped
 weights from a folder of the same layout with the same strict loaders (tests of the loading path).
+The `bicubic` preset has no model and takes no weights: `load_restorer` gives a `BicubicRestorer` (dry runs).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from star_model import codec as codec_configs
+from star_model.bicubic import BicubicRestorer
 from star_model.codec import CodecConfig, PixelCodec
 from star_model import config as denoiser_configs
 from star_model import text as text_configs
@@ -45,14 +47,21 @@ VAE_REPO = "stabilityai/stable-video-diffusion-img2vid"  # gated: accept the lic
 
 @dataclass(frozen=True)
 class StarPreset:
+    """A whole model, or none (denoiser, text and vae all None: `bicubic`, plain interpolation)."""
+
     name: str
-    denoiser: denoiser_configs.DenoiserConfig
-    text: text_configs.TextConfig
-    vae: vae_configs.VaeConfig | CodecConfig  # the SVD VAE, or nano's parameter-free codec
+    denoiser: denoiser_configs.DenoiserConfig | None
+    text: text_configs.TextConfig | None
+    vae: vae_configs.VaeConfig | CodecConfig | None  # the SVD VAE, or nano's parameter-free codec
     weights_optional: bool  # True: runs without a weights folder (random init, or the shipped weights)
     shipped: Path | None = None  # weights that come with the package (nano); None: random without a folder
     # RestoreConfig fields this preset restores with unless the caller says otherwise
     restore_defaults: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def has_model(self) -> bool:
+        """False for `bicubic`: nothing to load, train or weigh."""
+        return self.denoiser is not None
 
     @property
     def downsample(self) -> int:
@@ -83,6 +92,9 @@ PRESETS: dict[str, StarPreset] = {
     "nano": StarPreset("nano", denoiser_configs.NANO, text_configs.TINY, codec_configs.NANO, True,
                        shipped=NANO_WEIGHTS, restore_defaults=NANO_RESTORE),
     "tiny": StarPreset("tiny", denoiser_configs.TINY, text_configs.TINY, vae_configs.TINY, True),
+    # No model: bicubic upscaling, to dry-run an archive on CPUs before GPU hours (bad inputs, outputs,
+    # audio, ledger) and to measure the pipeline itself.
+    "bicubic": StarPreset("bicubic", None, None, None, True),
 }
 
 
@@ -160,6 +172,11 @@ def resolve_weights(preset: StarPreset, weights: str | Path | None,
     every missing piece and where to get it, so a job fails before asking for a GPU. Buckets:
     `pipelines.weights.check` and `local_copy`.
     """
+    if not preset.has_model:
+        if weights is not None:
+            raise ValueError(f"preset {preset.name!r} upscales without a model and takes no weights; drop "
+                             f"--weights {weights}, or choose a STAR preset (nano, official) to use them")
+        return None
     if preset.shipped is not None and weights is not None:
         if not Path(weights).is_file():
             raise ValueError(f"preset {preset.name!r} takes --weights as one local file of its shipped layout (what "
@@ -209,6 +226,8 @@ def build_models(preset: StarPreset, paths: WeightPaths | None, *, device: torch
     `seed`; `fresh=True` asks for that random start even where weights are shipped (nano trained from
     scratch). Random weights depend on `seed` only, so every worker and every restart builds the same.
     """
+    if not preset.has_model:
+        raise ValueError(f"preset {preset.name!r} has no model to build; choose nano, official or tiny")
     if paths is not None and preset.shipped is not None:  # another file of the shipped layout
         return load_shipped(preset, device=device, dtype=dtype, path=paths.checkpoint)
     if paths is not None:
@@ -277,12 +296,14 @@ def load_shipped(preset: StarPreset, *, device: torch.device, dtype: torch.dtype
 
 def load_restorer(preset_name: str, weights: str | Path | None = None, *, config: RestoreConfig | None = None,
                   checkpoint: str = "light_deg", device: str | torch.device | None = None,
-                  dtype: torch.dtype | None = None, seed: int = 0) -> StarRestorer:
+                  dtype: torch.dtype | None = None, seed: int = 0) -> StarRestorer | BicubicRestorer:
     """Build a StarRestorer for a preset; weights are loaded strictly from the local folder `weights`
     (None: the shipped weights, or random ones for presets where they are optional). `config` None:
-    the preset's own restore settings."""
+    the preset's own restore settings. `bicubic`: a BicubicRestorer (CPU; no weights)."""
     preset = get_preset(preset_name)
     paths = resolve_weights(preset, weights, checkpoint)
+    if not preset.has_model:
+        return BicubicRestorer(config or preset.restore_config())
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     denoiser, text, vae = build_models(preset, paths, device=device, dtype=dtype, seed=seed)

@@ -126,6 +126,11 @@ def noisy_frames(count: int, size: tuple[int, int] = (64, 48), seed: int = 0) ->
     return np.stack([(base + 2 * i) % 256 for i in range(count)]).astype(np.uint8)
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of 8-bit frames `a` against `b`."""
+    return float(10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
 def decode_all(path: Path | str) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

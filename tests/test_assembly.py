@@ -46,7 +46,7 @@ def restore_video(src: Path | str, output: Path | str, stage: Path | str, *, win
                   **assemble_options) -> tuple[VideoInfo, np.ndarray, list[SceneWindow]]:
     """The restore job's media path end to end, with `restore` standing in for STAR."""
     info, timestamps = probe_timestamps(src)
-    plan = plan_scene_windows(detect_scenes(src, detector, timestamps=timestamps), window, overlap)
+    plan = plan_scene_windows(detect_scenes(src, detector), window, overlap)
     segments = []
     for w in plan:
         frames = read_frames(src, w.start, w.end, start_pts=int(timestamps[w.start]))
@@ -146,7 +146,8 @@ def test_round_trip_blends_overlaps(tmp_path):
     for w in plan:
         expected[w.start:w.end] += w.weights() * (3 * np.arange(w.start, w.end) + 20 + offsets[w.index % 3])
     shown = np.array([frame.astype(float).mean() for frame in decode_all(tmp_path / "out.mkv")])
-    assert np.abs(shown - expected).max() <= 2.0  # lossless H.264; RGB<->YUV rounding only
+    # lossless H.264 output; RGB<->YUV rounding only, twice: in the staged segments (H.264 4:4:4) and the output
+    assert np.abs(shown - expected).max() <= 3.0
     assert_same_timing(tmp_path / "out.mkv", info, timestamps)
     assert stream_packets(tmp_path / "out.mkv", "subtitles") == stream_packets(src, "subtitles")
     assert stream_packets(tmp_path / "out.mkv", "audio") == stream_packets(src, "audio")

@@ -134,6 +134,16 @@ def test_a_stage_past_its_time_limit_is_a_failed_row(monkeypatch, tmp_path):
             pass
     with time_limit(5, "quick"):  # a stage within its limit: no alarm left behind
         pass
+    # a limit that grows with the work found holds while it grows, and fires once it stops
+    found, started = [], time.perf_counter()
+    with pytest.raises(TimeLimit, match="demuxing took longer than 0.7 s"), time_limit(
+            lambda: 0.2 + 0.1 * len(found), "demuxing"):
+        for _ in range(5):  # 0.3 s in steps under the base: each finds time for 0.1 s more
+            found.append(1)
+            time.sleep(0.06)
+        while True:
+            pass
+    assert time.perf_counter() - started >= 0.7 and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     # a restore actor's calls run off the main thread: the limit holds there too
     outcome = []
@@ -152,15 +162,15 @@ def test_a_stage_past_its_time_limit_is_a_failed_row(monkeypatch, tmp_path):
 
     real_clips(tmp_path)
     clip = tmp_path / "faces" / "eyes.mp4"
-    def hanging_detector(*args, **kwargs):  # a decode that never ends, as on a damaged file
+    def hanging_pass(*args, **kwargs):  # a decode that never ends, as on a damaged file
         while True:
             time.sleep(0.01)
 
     monkeypatch.setattr(plan_stage, "read_limit", lambda size: 0.5)
     monkeypatch.setattr(plan_stage, "SCENES_SECONDS_PER_FRAME", 0.01)
-    monkeypatch.setattr(plan_stage, "detect_scenes", hanging_detector)
+    monkeypatch.setattr(plan_stage, "probe_scenes", hanging_pass)
     row = {"source": str(clip), "rel": "faces/eyes.mp4", "fingerprint": "1:1", "video_id": "v",
            "output_stem": str(tmp_path / "out" / "eyes"), "staging": ""}
     rows = plan_stage.plan_video(row, window=8, overlap=2, detector="content")
     assert [(r["status"], r["permanent"]) for r in rows] == [("failed", False)]
-    assert rows[0]["error"].startswith("TimeLimit: scene detection took longer than")
+    assert rows[0]["error"].startswith("TimeLimit: probing and scene detection took longer than 0.5 s")

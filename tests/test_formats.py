@@ -303,6 +303,19 @@ def test_alpha_is_carried_through_upscaled_plainly(tmp_path):
     assert 20 < upscaled[:, 58].mean() < 235  # the soft edge stays soft
 
 
+def test_outputs_with_alpha_are_staged_losslessly(tmp_path):
+    """An 8-bit source with alpha: its output is lossless FFV1, so its windows are staged in FFV1 too
+    (`lossless`); one without alpha is staged in H.264 4:4:4 (write_segment)."""
+    with_alpha = write(tmp_path / "logo.mkv", bars(4), codec="ffv1", fmt="matroska", pix_fmt="yuva420p",
+                       alpha=np.full((4, 48, 64), 200, np.uint8))
+    plain = write(tmp_path / "plain.mp4", bars(4), codec="libx264")
+    for src, lossless in ((with_alpha, True), (plain, False)):
+        rows = plan_video({"source": str(src), "rel": src.name, "fingerprint": "1:1", "video_id": "v",
+                           "output_stem": str(tmp_path / src.stem), "staging": ""}, window=8, overlap=2,
+                          detector="content")
+        assert {(r["status"], r["lossless"]) for r in rows} == {("pending", lossless)}
+
+
 # -- bit depth and colour ---------------------------------------------------------------------------
 
 

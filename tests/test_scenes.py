@@ -7,9 +7,11 @@ import fsspec
 import numpy as np
 import pytest
 
+from formats import telecined, write
 from helpers import media
 from pipelines.media.probe import probe_timestamps
-from pipelines.media.scenes import detect_scenes
+from pipelines.media.scenes import detect_scenes, probe_scenes
+from test_archive import damaged
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 
@@ -36,7 +38,7 @@ def test_testvideo_content_detector():
 def test_vfr_cuts_are_presentation_indices(detector):
     clip = media("scenes/goldeneye-vfr-drop3.mp4")
     info, timestamps = probe_timestamps(clip)
-    scenes = detect_scenes(clip, detector, timestamps=timestamps)
+    scenes = detect_scenes(clip, detector)
     assert scenes == DROP3_SCENES
     # The frames that start the shots are the ones PySceneDetect reports at 3.754 s and 8.759 s,
     # i.e. its "frames" 90 and 210 at the nominal 24000/1001 fps.
@@ -63,6 +65,21 @@ def test_detect_reads_through_fsspec():
 def test_no_cut_is_one_scene():
     clip = media("lq/seedvr2_Eyes_212x120.mp4")
     assert detect_scenes(clip, "content") == [(0, 45)]
+
+
+def test_one_pass_probes_as_the_probe_does(tmp_path):
+    """probe_scenes is probe_timestamps and detect_scenes in one pass: the same VideoInfo (telecine
+    by idet included), timestamps and cuts; also where PySceneDetect stops early on damaged frames."""
+    film = write(tmp_path / "film.mpg", telecined(16), codec="mpeg2video", fmt="mpeg",
+                 options={"flags": "+ildct+ilme"}, field_order="tff")
+    damaged(tmp_path / "damaged.mp4")
+    for clip in (media("scenes/goldeneye-vfr-drop3.mp4"), media("lq/dove_002.mp4"), film, tmp_path / "damaged.mp4"):
+        info, timestamps, scenes = probe_scenes(clip, "content")
+        expected_info, expected_timestamps = probe_timestamps(clip)
+        assert info == expected_info and np.array_equal(timestamps, expected_timestamps)
+        assert scenes[-1][1] == info.frame_count
+    assert probe_scenes(film)[0].telecine
+    assert probe_scenes(media("scenes/goldeneye-vfr-drop3.mp4"), "content")[2] == DROP3_SCENES
 
 
 def test_unknown_detector():

@@ -100,6 +100,8 @@ def check_config(cfg: FinetuneConfig) -> None:
 
     Raises ValueError saying what to fix."""
     preset = get_preset(cfg.preset)
+    if not preset.has_model:
+        raise ValueError(f"preset {cfg.preset!r} has no model to fine-tune; choose nano, official or tiny")
     check_finetune_weights(preset, cfg)
     height, width = cfg.clips.crop
     down = preset.downsample

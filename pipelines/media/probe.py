@@ -9,6 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import av
@@ -161,17 +162,21 @@ def probe_timestamps(src: Source, *, max_pixels: int | None = None) -> tuple[Vid
     """`probe` plus the pts of every frame in presentation order, `(frame_count,)` int64.
 
     Frame i of the video (the index `read_frames` and the scene list use) is the frame whose pts is
-    `timestamps[i]`. The pass demuxes every packet but decodes only until the first picture.
+    `timestamps[i]`. The pass demuxes every packet but decodes only until the first picture
+    (`media.survey` decodes them all, for scene detection, in the same pass).
     """
     with open_input(src) as f:
         container = open_container(f)
         try:
-            return _scan(container, max_pixels)
+            packets = PacketLog(checked_stream(container, max_pixels))
+            packets.demux(container)
+            return packets.describe(container)
         finally:
             container.close()
 
 
-def _scan(container: av.container.InputContainer, max_pixels: int | None) -> tuple[VideoInfo, np.ndarray]:
+def checked_stream(container: av.container.InputContainer, max_pixels: int | None) -> av.video.stream.VideoStream:
+    """The video stream, once its header says its frames are within `max_pixels` (width x height)."""
     stream = video_stream(container)
     width, height = stream.codec_context.width, stream.codec_context.height
     if max_pixels is not None and width * height > max_pixels:
@@ -179,30 +184,88 @@ def _scan(container: av.container.InputContainer, max_pixels: int | None) -> tup
         # otherwise have the decoder allocate gigabytes here, and the GPU stage far more.
         raise BadVideo(f"frames of {width}x{height} ({width * height:,} pixels) are above the limit of "
                        f"{max_pixels:,} pixels (--max-frame-pixels)")
-    pts: list[int] = []
-    packet_end = None  # latest pts + duration any packet claims
-    first_frame: av.VideoFrame | None = None
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0:  # the flush packet PyAV yields at end of file
-                continue
-            # Packets the demuxer marks as discard (edit-list pre-roll) never become shown frames.
-            if packet.is_discard:
-                continue
-            ts = packet.pts if packet.pts is not None else packet.dts
-            if ts is None:
-                raise BadVideo("video packets carry no timestamps; frames cannot be placed in time")
-            pts.append(ts)
-            if packet.duration:
-                packet_end = max(packet_end or 0, ts + packet.duration)
-            if first_frame is None:
-                first_frame = _try_decode(stream, packet)
-        if first_frame is None:
-            first_frame = _try_decode(stream, None)  # flush: a one-frame clip may sit in the delay
-    except av.error.EOFError:
-        pass
-    except av.error.FFmpegError as e:
-        raise BadVideo(f"damaged container after {len(pts)} video packets ({_ffmpeg_text(e)})") from e
+    return stream
+
+
+class PacketLog:
+    """What one demux pass learns of the video stream: every shown packet's pts, the latest end a
+    packet claims, the first decoded frame, and a damaged container. Filled by `demux` (decoding
+    until the first frame), or by `decode`, whose frames a caller consumes (scene detection)."""
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self.stream = stream
+        self.pts: list[int] = []
+        self.packet_end: int | None = None  # latest pts + duration any packet claims
+        self.first_frame: av.VideoFrame | None = None
+        # The decoder's picture format, size and field order as they were after the first frame (a
+        # pass that decodes on would otherwise report the last frame's)
+        self.coded: dict[str, Any] = {}
+        self.damage: str | None = None  # why demuxing stopped early, if it did
+        self.finished = False  # the demuxer reached the end (or damage)
+
+    def demux(self, container: av.container.InputContainer) -> None:
+        """Demux the rest of the stream, decoding only until the first frame."""
+        if not self.finished:
+            for packet in self._packets(container):
+                if self.first_frame is None and _shown(packet):
+                    self._first(_try_decode(self.stream, packet))
+        if self.first_frame is None:
+            self._first(_try_decode(self.stream, None))  # flush: a one-frame clip may sit in the delay
+
+    def decode(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
+        """Demux on from where the last pass stopped and decode every packet, as `container.decode`
+        does: a packet that fails to decode raises FFmpegError (it is logged already; a new call goes
+        on with the next packet)."""
+        for packet in self._packets(container):
+            frames = self.stream.decode(packet)
+            if frames and self.first_frame is None:
+                self._first(frames[0])
+            yield from frames
+
+    def describe(self, container: av.container.InputContainer) -> tuple[VideoInfo, np.ndarray]:
+        """The VideoInfo and the presentation-order pts of a finished pass; BadVideo for what it found."""
+        if self.damage is not None:
+            raise BadVideo(self.damage)
+        return _describe(container, self.stream, self.pts, self.packet_end, self.first_frame, self.coded)
+
+    def _first(self, frame: av.VideoFrame | None) -> None:
+        if frame is not None:
+            context = self.stream.codec_context
+            self.first_frame = frame
+            self.coded = dict(width=context.width, height=context.height, pix_fmt=context.pix_fmt,
+                              field_order=context.field_order)
+
+    def _packets(self, container: av.container.InputContainer) -> Iterator[av.Packet]:
+        """The stream's packets from the demuxer's position, each logged before it is yielded (the
+        flush packet at the end too, so a decoder gives up its delayed frames)."""
+        try:
+            for packet in container.demux(self.stream):
+                if _shown(packet):
+                    self._log(packet)
+                yield packet
+        except av.error.EOFError:
+            pass
+        except av.error.FFmpegError as e:
+            self.damage = f"damaged container after {len(self.pts)} video packets ({_ffmpeg_text(e)})"
+        self.finished = True
+
+    def _log(self, packet: av.Packet) -> None:
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if ts is None:
+            raise BadVideo("video packets carry no timestamps; frames cannot be placed in time")
+        self.pts.append(ts)
+        if packet.duration:
+            self.packet_end = max(self.packet_end or 0, ts + packet.duration)
+
+
+def _shown(packet: av.Packet) -> bool:
+    """Not the flush packet PyAV yields at the end, nor edit-list pre-roll (never a shown frame)."""
+    return bool(packet.size) and not packet.is_discard
+
+
+def _describe(container: av.container.InputContainer, stream: av.video.stream.VideoStream, pts: list[int],
+              packet_end: int | None, first_frame: av.VideoFrame | None, coded: dict[str, Any]
+              ) -> tuple[VideoInfo, np.ndarray]:
     if not pts:
         raise BadVideo("video stream has no frames")
     if first_frame is None:
@@ -224,8 +287,8 @@ def _scan(container: av.container.InputContainer, max_pixels: int | None) -> tup
     info = VideoInfo(
         container=container.format.name,
         codec=_codec_name(stream),
-        width=stream.codec_context.width,
-        height=stream.codec_context.height,
+        width=coded["width"],
+        height=coded["height"],
         rotation=display_rotation(stream, first_frame),
         fps=fps,
         time_base=time_base,
@@ -234,7 +297,7 @@ def _scan(container: av.container.InputContainer, max_pixels: int | None) -> tup
         end_pts=end_pts,
         duration=duration,
         variable_frame_rate=vfr,
-        pix_fmt=stream.codec_context.pix_fmt,
+        pix_fmt=coded["pix_fmt"],
         colorspace=int(first_frame.colorspace),
         color_range=int(first_frame.color_range),
         color_primaries=int(first_frame.color_primaries),
@@ -243,7 +306,7 @@ def _scan(container: av.container.InputContainer, max_pixels: int | None) -> tup
         audio=tuple(_stream_info(s, "audio") for s in container.streams.audio),
         subtitles=tuple(_stream_info(s, "subtitle") for s in container.streams.subtitles),
         attachments=tuple(_stream_info(s, "attachment") for s in container.streams.attachments),
-        **_interlacing(container, stream, first_frame),
+        **_interlacing(container, stream, first_frame, coded["field_order"]),
     )
     if info.width <= 0 or info.height <= 0:
         raise BadVideo(f"video stream has no picture size ({info.width}x{info.height})")
@@ -251,9 +314,10 @@ def _scan(container: av.container.InputContainer, max_pixels: int | None) -> tup
 
 
 def _interlacing(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                 first_frame: av.VideoFrame) -> dict[str, Any]:
-    """{"field_order": ..., "telecine": ...} (VideoInfo's fields) for the video stream."""
-    stated = _FIELD_ORDERS.get(stream.codec_context.field_order)
+                 first_frame: av.VideoFrame, coded_order: int) -> dict[str, Any]:
+    """{"field_order": ..., "telecine": ...} (VideoInfo's fields) for the video stream, whose decoder
+    stated `coded_order` (FFmpeg's AVFieldOrder) at its first frame."""
+    stated = _FIELD_ORDERS.get(coded_order)
     if stated == "progressive":
         return {"field_order": stated, "telecine": False}
     votes = _idet_votes(container, stream)

@@ -4,16 +4,18 @@ windows never cross, so the model never blends two shots."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from fractions import Fraction
-from typing import Literal
+from typing import Any, BinaryIO, Literal
 
+import av
 import numpy as np
 from scenedetect import SceneManager
 from scenedetect.backends.pyav import VideoStreamAv
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
-from pipelines.media.probe import BadVideo, probe_timestamps
+from pipelines.media.probe import BadVideo, PacketLog, VideoInfo, checked_stream, open_container, video_stream
 from pipelines.storage import Source, open_input
 
 Scene = tuple[int, int]
@@ -22,14 +24,23 @@ Scene = tuple[int, int]
 DETECTORS = {"adaptive": AdaptiveDetector, "content": ContentDetector}
 
 
-def detect_scenes(
+def detect_scenes(src: Source, detector: Literal["adaptive", "content"] = "adaptive", **detector_options) -> list[Scene]:
+    """Shots of `src` covering frames 0..N-1 without gaps; a video with no cut is one scene
+    (`probe_scenes` without the probe)."""
+    return probe_scenes(src, detector, **detector_options)[2]
+
+
+def probe_scenes(
     src: Source,
     detector: Literal["adaptive", "content"] = "adaptive",
     *,
-    timestamps: np.ndarray | None = None,
+    max_pixels: int | None = None,
+    packets: Callable[[PacketLog], None] | None = None,
     **detector_options,
-) -> list[Scene]:
-    """Shots of `src` covering frames 0..N-1 without gaps; a video with no cut is one scene.
+) -> tuple[VideoInfo, np.ndarray, list[Scene]]:
+    """`probe_timestamps` and the shots of `src` from one pass over the file: the packets PySceneDetect
+    decodes are the ones the probe logs. Raises `BadVideo` as `probe_timestamps` does. `packets` is
+    called with the pass's PacketLog before it starts (a time limit that grows with the frames).
 
     `detector_options` go to PySceneDetect's detector (e.g. `adaptive_threshold=3.0`,
     `threshold=27.0`, `min_scene_len=15`); its defaults are kept otherwise. The video is read
@@ -42,26 +53,65 @@ def detect_scenes(
     """
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; use one of {sorted(DETECTORS)}")
-    if timestamps is None:
-        _, timestamps = probe_timestamps(src)
-    frame_count = len(timestamps)
     with open_input(src) as f:
+        # The probe's checks of the file (structure, known containers) before PySceneDetect opens it;
+        # the size in the header is checked on PySceneDetect's container, before any frame is decoded.
+        open_container(f).close()
         f.seek(0)
         try:
-            # suppress_output keeps FFmpeg's log callback as PyAV set it; the default would route
-            # every decoder warning of every video in the job to stderr.
-            video = VideoStreamAv(f, name=_name(src), suppress_output=True)
+            video = _LoggedStream(f, name=_name(src), max_pixels=max_pixels)
+        except BadVideo:
+            raise
         except Exception as e:  # PySceneDetect wraps FFmpeg errors in its own types
             raise BadVideo(f"scene detection cannot open the video ({e})") from e
+        if packets is not None:
+            packets(video.packets)
         manager = SceneManager()
         manager.add_detector(DETECTORS[detector](**detector_options))
         manager.detect_scenes(video=video)
         cut_times = [start for start, _ in manager.get_scene_list()[1:]]
         time_base = video.time_base  # the decoded frames' (= the stream's); None if none decoded
+        # PySceneDetect stops after 8 undecodable packets in a row: the probe demuxes the rest.
+        video.packets.demux(video.container)
+        info, timestamps = video.packets.describe(video.container)
+    frame_count = len(timestamps)
     cuts = sorted({_frame_index(t, timestamps, Fraction(time_base)) for t in cut_times} - {0})
     cuts = [c for c in cuts if c < frame_count]
     bounds = [0, *cuts, frame_count]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return info, timestamps, list(zip(bounds[:-1], bounds[1:]))
+
+
+class _LoggedStream(VideoStreamAv):
+    """PySceneDetect's PyAV stream, decoding through a `PacketLog` so that its one pass is the probe's
+    too. It relies on two internals of PySceneDetect 0.7's VideoStreamAv: frames come from
+    `self._container.decode(video=0)`, and `self._video_stream` is the stream it times them by (here
+    the probe's choice, never cover art)."""
+
+    def __init__(self, f: BinaryIO, *, name: str, max_pixels: int | None) -> None:
+        # suppress_output keeps FFmpeg's log callback as PyAV set it; the default would route every
+        # decoder warning of every video in the job to stderr.
+        super().__init__(f, name=name, suppress_output=True)
+        self.container = self._container
+        self.packets = PacketLog(checked_stream(self.container, max_pixels))
+        self._container = _Decoding(self.container, self.packets)
+
+    @property
+    def _video_stream(self) -> av.video.stream.VideoStream:
+        packets = getattr(self, "packets", None)  # None while VideoStreamAv.__init__ runs
+        return packets.stream if packets is not None else video_stream(self._container)
+
+
+class _Decoding:
+    """A container whose `decode` goes through the PacketLog; everything else is the container's."""
+
+    def __init__(self, container: av.container.InputContainer, packets: PacketLog) -> None:
+        self._wrapped, self._packets = container, packets
+
+    def decode(self, **_streams: int) -> Iterator[av.VideoFrame]:
+        return self._packets.decode(self._wrapped)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
 
 
 def _frame_index(cut: FrameTimecode, timestamps: np.ndarray, time_base: Fraction) -> int:

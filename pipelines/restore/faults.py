@@ -116,20 +116,28 @@ class TimeLimit(Exception):
 
 
 @contextlib.contextmanager
-def time_limit(seconds: float, what: str) -> Iterator[None]:
+def time_limit(seconds: float | Callable[[], float], what: str) -> Iterator[None]:
     """Raise TimeLimit in this thread once `seconds` have passed (SIGALRM), interrupting the Python
     loops of probing and scene detection between packets or frames. Ray runs a task on the worker's
     main thread; elsewhere (a Ray Data actor's calls, a test's thread) no signal can reach, so no limit
-    is set: use `run_with_limit` there."""
+    is set: use `run_with_limit` there.
+
+    A callable `seconds` is a limit that grows with the work found (frames demuxed so far): asked
+    again whenever the timer fires, which is then set again for the difference while it is ahead."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    allowed = seconds if callable(seconds) else lambda: seconds
+    started = time.monotonic()
 
     def expire(_signum: int, _frame: object) -> None:
-        raise _expired(what, seconds)
+        left = allowed() - (time.monotonic() - started)
+        if left <= 0:
+            raise _expired(what, allowed())
+        signal.setitimer(signal.ITIMER_REAL, left)
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))  # 0 would mean no timer
+    signal.setitimer(signal.ITIMER_REAL, max(allowed(), 1e-3))  # 0 would mean no timer
     try:
         yield
     finally:

@@ -15,10 +15,11 @@ from pipelines.media.scenes import DETECTORS
 from pipelines.reachable import check_reachable
 from pipelines.weights import check as check_weights
 from pipelines.weights import digest as weights_digest
-from star_model.presets import default_preset, get_preset, restore_settings
+from star_model.presets import PRESETS, default_preset, get_preset, restore_settings
 from star_model.restore import RestoreConfig
 
 TINY_WARNING = "preset 'tiny' has RANDOM weights: its outputs are NOT restorations (pipeline smoke tests only)"
+BICUBIC_WARNING = "preset 'bicubic' upscales with plain bicubic interpolation: a dry run, its outputs are NOT restorations"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class ArchiveJob:
     input: str  # folder, s3://bucket/prefix or gs://bucket/prefix of the source videos
     output: str  # folder or bucket URL for the restored videos and the ledger
     # nano (shipped with the package; the default without --weights), official (needs --weights; the default
-    # with them: the preset for real work) or tiny (random weights without --weights: NOT a restoration)
+    # with them: the preset for real work), tiny (random weights without --weights: NOT a restoration) or
+    # bicubic (no model, no weights, CPUs only: a dry run of the archive, NOT a restoration)
     preset: str | None = None
     weights: str | None = None  # folder or bucket with star/, text/ and vae/ (jobs/fetch_weights.py writes one)
     checkpoint: str = "light_deg"  # light_deg or heavy_deg
@@ -39,7 +41,8 @@ class ArchiveJob:
     window: int = 32  # frames per restore window (one unit of GPU work)
     overlap: int = 8  # frames cross-faded between consecutive windows of a shot
     actors: int | None = None  # restore actors at most (default: one per GPU in the cluster, 1 without GPUs)
-    device: Literal["auto", "gpu", "cpu"] = "auto"  # gpu: ask for GPUs even before an autoscaler has started any
+    # gpu: ask for GPUs even before an autoscaler has started any; the bicubic preset always runs on CPUs
+    device: Literal["auto", "gpu", "cpu"] = "auto"
     detector: str = "adaptive"  # PySceneDetect's detector: adaptive or content
     retry_failed: bool = False  # also retry unchanged sources that failed as bad inputs before
     # Interlaced sources are deinterlaced with FFmpeg's bwdif to one picture per field (50i -> 50p, smooth
@@ -59,6 +62,9 @@ class ArchiveJob:
     def __post_init__(self) -> None:
         if self.preset is None:
             object.__setattr__(self, "preset", default_preset(self.weights))
+        preset = PRESETS.get(self.preset)  # an unknown one fails in `validate`
+        if self.device == "auto" and preset is not None and not preset.has_model:
+            object.__setattr__(self, "device", "cpu")  # bicubic: a GPU would idle
 
     def restore_config(self) -> RestoreConfig:
         """How the actors restore a clip: the preset's settings at this scale (and step count)."""
@@ -77,6 +83,13 @@ class ArchiveJob:
     def weights_digest(self) -> str:
         """`pipelines.weights.digest` of this job's weights (read once per job)."""
         return weights_digest(get_preset(self.preset), self.weights, self.checkpoint)
+
+    def warning(self) -> str | None:
+        """What the run's log and summary say first when its outputs are not restorations, else None."""
+        preset = get_preset(self.preset)
+        if not preset.has_model:
+            return BICUBIC_WARNING
+        return TINY_WARNING if self.weights is None and preset.shipped is None else None
 
     def settings_key(self) -> str:
         """12 hex digits of the settings (sorted JSON): the ledger's `settings` column."""
@@ -115,6 +128,8 @@ def _validate(job: ArchiveJob) -> RestoreConfig:
         raise ValueError(f"--actors {job.actors}: need at least 1")
     if job.device not in ("auto", "gpu", "cpu"):
         raise ValueError(f"device {job.device!r}: choose auto, gpu or cpu")
+    if not preset.has_model and (job.device == "gpu" or job.accelerator_type is not None):
+        raise ValueError(f"preset {job.preset!r} runs on CPUs only: drop --device gpu and --accelerator-type")
     if job.accelerator_type is not None and job.device == "cpu":
         raise ValueError(f"--accelerator-type {job.accelerator_type} asks for GPUs, --device cpu for none: "
                          f"drop one of them")

@@ -28,7 +28,7 @@ from pipelines.restore import ledger, metrics
 from pipelines.restore.assemble_stage import finish_video
 from pipelines.restore.faults import (TASK_RETRIES, Assemblies, Stopped, bound_retries, describe, lost_windows,
                                      stop_on_signals)
-from pipelines.restore.job import TINY_WARNING, ArchiveJob, validate
+from pipelines.restore.job import ArchiveJob, validate
 from pipelines.restore.lease import Leases, claim_video
 from pipelines.restore.outputs import missing_outputs
 from pipelines.restore.plan_stage import claim_and_plan, failed_row
@@ -39,7 +39,6 @@ from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, FRAME
                                     staging_root, video_id)
 from pipelines.restore.summary import RunStats, format_summary
 from pipelines.storage import SourceFile
-from star_model.presets import get_preset
 from star_model.restore import RestoreConfig
 
 log = logging.getLogger(__name__)
@@ -55,10 +54,9 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     # 0. Fail fast, before any GPU is asked for: arguments, weights, storage.
     config = validate(job)
     input_root, output_root = storage.canonical(job.input), storage.canonical(job.output)
-    # validate() allowed no weights only for tiny (random) and nano (its shipped weights)
-    random_weights = job.weights is None and get_preset(job.preset).shipped is None
-    if random_weights:
-        log.warning("WARNING: %s", TINY_WARNING)
+    warning = job.warning()  # tiny's random weights, bicubic's plain interpolation
+    if warning:
+        log.warning("WARNING: %s", warning)
     run_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     started_at = ledger.now()
 
@@ -76,7 +74,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
                       skipped_not_video=skipped["not_video"], skipped_done=len(selection.done),
                       recognised_copies=len(selection.copied), skipped_failed=len(selection.bad),
                       restored=len(selection.todo), ledger=storage.join(output_root, ledger.VIDEOS),
-                      warning=TINY_WARNING if random_weights else None, started_at=started_at)
+                      warning=warning, started_at=started_at)
         log.info("run %s: %d videos under %s, %d already done, %d unchanged bad inputs skipped, %d to restore "
                  "(each claimed as work on it starts: one another run holds is left to it)", run_id, len(sources),
                  input_root, len(selection.done), len(selection.bad), len(selection.todo))

@@ -11,15 +11,15 @@ from typing import Any
 from pipelines import storage
 from pipelines.media.interlace import Deinterlace, decode_start_pts, picture_scenes, picture_timeline
 from pipelines.media.mux import choose_container
-from pipelines.media.probe import BadVideo, check_restorable, probe_timestamps
-from pipelines.media.scenes import detect_scenes
+from pipelines.media.probe import BadVideo, PacketLog, check_restorable, has_alpha
+from pipelines.media.scenes import probe_scenes
 from pipelines.restore import metrics
 from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, read_limit, time_limit
 from pipelines.restore.lease import claim_video
 from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, DONE_ELSEWHERE, ERROR, FAILED, FIELD_ORDER,
-                                    FINGERPRINT, FPS, FRAMES, LEASED, OUTPUT, OUTPUT_STEM, PENDING, PERMANENT, REL,
-                                    REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS, done_key,
-                                    window_columns)
+                                    FINGERPRINT, FPS, FRAMES, LEASED, LOSSLESS, OUTPUT, OUTPUT_STEM, PENDING,
+                                    PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS,
+                                    done_key, window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def claim_and_plan(row: dict[str, Any], *, output_root: str, run_id: str, settin
 def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str, deinterlace: Deinterlace = "field",
                max_pixels: int | None = None) -> list[dict[str, Any]]:
     """source row -> window rows: the source columns (less `output_stem`) plus `output`, `frames`,
-    `windows`, `fps`, `deinterlace`, `field_order`, the window's frame span and `start_pts` (of the
+    `windows`, `fps`, `deinterlace`, `field_order`, `lossless`, the window's frame span and `start_pts` (of the
     first source frame its decode needs), `status` pending. An interlaced source is planned on the
     pictures bwdif makes of it (`media.interlace`, at `deinterlace` rate).
 
@@ -56,13 +56,19 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
         with storage.open_input(row[SOURCE]) as f:
             read_seconds = read_limit(f.seek(0, os.SEEK_END))
             f.seek(0)
-            with time_limit(read_seconds, "reading and probing the source"):
+            # The digest reads the file on its own: FFmpeg's reads are not in order (an MP4 index at
+            # the end is read first, idet goes back to the start), so a hash of what it reads is not
+            # a hash of the file.
+            with time_limit(read_seconds, "reading the source"):
                 row = {**row, CONTENT: storage.content_digest(f)}  # the identity a copy of the file keeps
-                info, source_timestamps = probe_timestamps(f, max_pixels=max_pixels)
+            found: list[PacketLog] = []
+            # Probe and scene detection are one decode pass; its limit grows with the frames demuxed.
+            with time_limit(lambda: read_seconds + SCENES_SECONDS_PER_FRAME * (len(found[0].pts) if found else 0),
+                            "probing and scene detection"):
+                info, source_timestamps, scenes = probe_scenes(f, detector, max_pixels=max_pixels,
+                                                               packets=found.append)
             check_restorable(info)
             container = choose_container(info)  # never fails: audio it cannot carry becomes FLAC
-            with time_limit(read_seconds + SCENES_SECONDS_PER_FRAME * len(source_timestamps), "scene detection"):
-                scenes = detect_scenes(f, detector, timestamps=source_timestamps)
     except BadVideo as e:
         metrics.failure("scenes", permanent=True)
         return [failed_row(row, e.reason, permanent=True)]
@@ -78,7 +84,8 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
     metrics.windows_planned(len(windows))
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: f"{row[OUTPUT_STEM]}.{container}", FRAMES: pictures.frame_count, WINDOWS: len(windows),
-                  FPS: str(pictures.fps), DEINTERLACE: mode or "", FIELD_ORDER: info.field_order})
+                  FPS: str(pictures.fps), DEINTERLACE: mode or "", FIELD_ORDER: info.field_order,
+                  LOSSLESS: has_alpha(info)})
     return [{**video, **window_columns(w), START_PTS: decode_start_pts(w.start, w.end, source_timestamps, mode),
              **_outcome(PENDING)} for w in windows]
 
@@ -87,7 +94,7 @@ def failed_row(row: dict[str, Any], reason: str, *, permanent: bool) -> dict[str
     """The one row a video that never reaches the restore actors leaves (window -1, `windows` 1)."""
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: "", FRAMES: 0, WINDOWS: 1, FPS: "0", CONTENT: row.get(CONTENT, ""), DEINTERLACE: "",
-                  FIELD_ORDER: ""})
+                  FIELD_ORDER: "", LOSSLESS: False})
     nowhere = SceneWindow(index=-1, scene=-1, start=-1, end=-1, keep_start=-1, keep_end=-1, fade_in=0, fade_out=0)
     return {**video, **window_columns(nowhere), START_PTS: -1, **_outcome(FAILED, reason, permanent)}
 

@@ -1,6 +1,6 @@
 """Restore stage of the restore job (one GPU per actor): decode a window from storage, run STAR on it
-and write the restored frames as a lossless segment into the staging area. Only a small row leaves
-the actor; frames never travel through Ray's object store."""
+and write the restored frames as a segment into the staging area (`media.frames.write_segment`). Only
+a small row leaves the actor; frames never travel through Ray's object store."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from pipelines.media.interlace import read_pictures
 from pipelines.media.probe import BadVideo
 from pipelines.restore import metrics
 from pipelines.restore.faults import DECODE_SECONDS_PER_FRAME, READ_BASE_SECONDS, run_with_limit
-from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, END, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, PENDING,
-                                    PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START, START_PTS, STATUS,
-                                    WINDOW, segment_url, window_seed)
+from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, END, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, LOSSLESS,
+                                    PENDING, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START,
+                                    START_PTS, STATUS, WINDOW, segment_url, window_seed)
 from pipelines.weights import local_copy
 from star_model.presets import load_restorer
 from star_model.restore import RestoreConfig
@@ -67,7 +67,7 @@ class RestoreWindows:
             seed = window_seed(row[REL], int(row[START]), int(row[END]), self.base_seed)
             restored_fhwc_u8 = self.restorer(frames_fhwc_u8, self.prompt, seed=seed)
             del frames_fhwc_u8
-            write_segment(restored_fhwc_u8, segment, Fraction(row[FPS]))
+            write_segment(restored_fhwc_u8, segment, Fraction(row[FPS]), lossless=bool(row[LOSSLESS]))
             outcome = {STATUS: DONE}
         except BadVideo as e:  # the source is damaged in this window
             outcome = {STATUS: FAILED, ERROR: e.reason, PERMANENT: True}

@@ -38,6 +38,7 @@ FPS = "fps"  # the video's average rate as "num/den" (the staging segments are t
 # pictures the deinterlacer makes (media.interlace).
 DEINTERLACE = "deinterlace"
 FIELD_ORDER = "field_order"  # "progressive" | "tff" | "bff", as probed
+LOSSLESS = "lossless"  # the output is lossless (a source with alpha: FFV1), so its staging segments are too
 WINDOW = "window"  # the `SceneWindow` fields, flat
 SCENE = "scene"
 START = "start"
