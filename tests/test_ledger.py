@@ -10,6 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
@@ -190,6 +191,7 @@ def test_a_deleted_or_replaced_output_is_noticed_without_listing_the_output(tmp_
         (output / rel).unlink(missing_ok=True)
     (output / "a.mp4").unlink()
     one_per_run = missing_outputs(str(output), per_run=1)
-    found = [one_per_run(state) for _ in range(3)]
+    done = np.arange(state.num_rows)
+    found = [one_per_run(state, done) for _ in range(3)]
     assert sorted(rel for batch in found for rel in batch) == ["a.mp4", "b.mp4", "c.mp4"]
-    assert missing_outputs(str(output), per_run=0)(state) == set()
+    assert missing_outputs(str(output), per_run=0)(state, done) == set()

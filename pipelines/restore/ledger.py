@@ -140,7 +140,10 @@ def latest(table: pa.Table) -> pa.Table:
                                              (RUN_ID, "ascending"), ("_order", "ascending")])
     rels = table[REL].take(order)
     last = pc.fill_null(pc.not_equal(rels.slice(0, len(rels) - 1), rels.slice(1)), True)  # before another rel
-    return table.take(order.filter(np.append(last.to_numpy(zero_copy_only=False), True)))
+    keep = order.filter(np.append(last.to_numpy(zero_copy_only=False), True))
+    if len(keep) == table.num_rows and pc.all(pc.equal(keep, pa.array(np.arange(table.num_rows)))).as_py():
+        return table  # already one row per video, in order: a compacted file read alone (no copy)
+    return table.take(keep)
 
 
 def latest_by_rel(rows: Iterable[dict[str, Any]]) -> pa.Table:
@@ -240,9 +243,9 @@ class Selection:
 Digests = Callable[[Sequence[SourceFile]], dict[str, str]]
 """{rel: "sha256:..."} of the given sources' content (read on the driver)."""
 
-MissingOutputs = Callable[[pa.Table], set[str]]
-"""Of the done videos a run would skip (a table of their rel, output and output_size), the rels whose
-output is gone or was replaced."""
+MissingOutputs = Callable[[pa.Table, np.ndarray], set[str]]
+"""Of the done videos a run would skip (the state and their rows in it), the rels whose output is gone
+or was replaced."""
 
 
 def select(sources: Sequence[SourceFile], state: pa.Table, settings: str, *, retry_failed: bool = False,
@@ -262,28 +265,30 @@ def select(sources: Sequence[SourceFile], state: pa.Table, settings: str, *, ret
     Columnar (`state` is `read_state`'s table): a million known videos are decided in seconds, and
     only the few that changed become Python rows.
     """
-    listed = pa.table({REL: [s.rel for s in sources], "_fingerprint": [s.fingerprint for s in sources],
-                       "_index": pa.array(np.arange(len(sources)))})
-    # Only the columns that decide are joined; whole rows are taken from `state` for the few that need them.
-    narrow = state.select([REL, FINGERPRINT, STATUS, PERMANENT]).append_column("_row", pa.array(np.arange(len(state))))
-    known = listed.join(narrow.filter(pc.fill_null(pc.equal(state[SETTINGS], settings), False)), REL,
-                        join_type="inner")
-    del listed, narrow
-    index, at = known["_index"].to_numpy(), known["_row"].to_numpy()
-    unchanged = pc.fill_null(pc.equal(known["_fingerprint"], known[FINGERPRINT]), False).to_numpy(
-        zero_copy_only=False)
+    # The state's row of each source (a hash lookup, no join: only the deciding columns are taken, for
+    # the known sources; whole rows only for the few that need them).
+    at = pc.index_in(pa.array([s.rel for s in sources], pa.string()), value_set=state[REL])
+    index = np.flatnonzero(pc.is_valid(at).to_numpy(zero_copy_only=False))
+    at = pc.drop_null(at).to_numpy(zero_copy_only=False).astype(np.int64)
+    ours = pc.fill_null(pc.equal(state[SETTINGS].take(at), settings), False).to_numpy(zero_copy_only=False)
+    index, at = index[ours], at[ours]
+    listed = pc.binary_join_element_wise(pc.cast(pa.array([sources[i].size for i in index]), pa.string()),
+                                         pa.array([sources[i].version for i in index], pa.string()), ":")
+    unchanged = pc.fill_null(pc.equal(listed, state[FINGERPRINT].take(at)), False).to_numpy(zero_copy_only=False)
+    del listed
     same = unchanged.copy()  # unchanged, or a copy of what was recorded
     moved = np.flatnonzero(~unchanged)
     copies = _copies([sources[i] for i in index[moved]], _rows(state, at[moved]), digests)
     if copies:
         same[moved] = [sources[i].rel in copies for i in index[moved]]
-    done = same & pc.equal(known[STATUS], DONE).to_numpy(zero_copy_only=False)
-    failed = same & pc.equal(known[STATUS], FAILED).to_numpy(zero_copy_only=False)
-    permanent = pc.fill_null(known[PERMANENT], False).to_numpy(zero_copy_only=False)
-    del known
+    status = state[STATUS].take(at)
+    done = same & pc.equal(status, DONE).to_numpy(zero_copy_only=False)
+    failed = same & pc.equal(status, FAILED).to_numpy(zero_copy_only=False)
+    permanent = pc.fill_null(state[PERMANENT].take(at), False).to_numpy(zero_copy_only=False)
+    del status
     if missing_outputs is not None and done.any():
         done_at = np.flatnonzero(done)
-        gone = missing_outputs(state.select([REL, OUTPUT, OUTPUT_SIZE]).take(pa.array(at[done_at])))
+        gone = missing_outputs(state, at[done_at])
         if gone:
             done[done_at] = [sources[i].rel not in gone for i in index[done_at]]
     bad = failed & permanent & (not retry_failed)

@@ -13,6 +13,7 @@ import posixpath
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
@@ -29,32 +30,42 @@ _THREADS = 16
 def missing_outputs(output_root: str, per_run: int = CHECKS_PER_RUN):
     """A `ledger.MissingOutputs` for `output_root`, checking about `per_run` outputs (0: none)."""
 
-    def missing(done: pa.Table) -> set[str]:
-        rows = _batch(output_root, done, per_run)
+    def missing(state: pa.Table, done: np.ndarray) -> set[str]:
+        rows = _batch(output_root, state, done, per_run)
         # Requests to a bucket overlap; a local disk answers a stat faster than a thread starts.
         local = storage.split_url(output_root)[0] == "file"
         with ThreadPoolExecutor(max_workers=_THREADS) as pool:
             intact = (map if local else pool.map)(lambda row: _intact(*row[1:]), rows)
             gone = {row[0] for row, ok in zip(rows, intact) if not ok}
-        log.info("checked %d of %d done videos' outputs: %d gone or replaced", len(rows), done.num_rows, len(gone))
+        log.info("checked %d of %d done videos' outputs: %d gone or replaced", len(rows), len(done), len(gone))
         return gone
 
     return missing
 
 
-def _batch(output_root: str, done: pa.Table, per_run: int) -> list[tuple[str, str, int | None]]:
-    """(rel, output URL, recorded size) of this run's batch: all when they fit, else the videos whose
-    rel hashes to this run's slot of ceil(done / per_run) slots (the slot advances every run)."""
+def _batch(output_root: str, state: pa.Table, done: np.ndarray, per_run: int) -> list[tuple[str, str, int | None]]:
+    """(rel, output URL, recorded size) of this run's batch of the `done` rows of `state`: all when they
+    fit, else those whose rel hashes to this run's slot of ceil(done / per_run) slots (the slot
+    advances every run)."""
     if per_run <= 0:
         return []
-    slots = math.ceil(done.num_rows / per_run)
+    slots = math.ceil(len(done) / per_run)
     if slots > 1:
         slot = _next_slot(output_root) % slots
-        done = done.filter([zlib.crc32(rel.encode()) % slots == slot for rel in done[REL].to_pylist()])
-    rels, outputs, sizes = (done[c].to_pylist() for c in (REL, OUTPUT, OUTPUT_SIZE))
+        done = done[_slots(state[REL], slots)[done] == slot]
+    chosen = state.select([REL, OUTPUT, OUTPUT_SIZE]).take(pa.array(done, type=pa.int64()))
+    rels, outputs, sizes = (chosen[c].to_pylist() for c in (REL, OUTPUT, OUTPUT_SIZE))
     # The output under this output root (the ledger may have been copied with the outputs).
     return [(rel, output_stem(output_root, rel) + posixpath.splitext(output or "")[1], size)
             for rel, output, size in zip(rels, outputs, sizes)]
+
+
+def _slots(rels: pa.ChunkedArray, slots: int) -> np.ndarray:
+    """crc32(rel) % slots of every rel, read a slice at a time (a million rels never become Python
+    strings at once)."""
+    step = 100_000
+    return np.concatenate([np.fromiter((zlib.crc32(rel.encode()) % slots for rel in rels.slice(i, step).to_pylist()),
+                                       np.int64) for i in range(0, len(rels), step)] or [np.zeros(0, np.int64)])
 
 
 def _intact(url: str, size: int | None) -> bool:
