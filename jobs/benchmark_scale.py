@@ -123,6 +123,9 @@ def measure(input_root: str, output_root: str) -> dict:
     row_seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     del rows
+    if len(selection.todo) > ledger.JOURNAL_BATCH:  # a first run: its rows are merged as it goes, not measured here
+        return {"listed": len(sources), "to_restore": len(selection.todo), "done": len(selection.done),
+                "plan_seconds": seconds, "peak_rss": peak, "requests": requests, "source_rows_seconds": row_seconds}
     # The run's end: its K videos' rows (one file each, as its tasks write them) merged into the state.
     for source in selection.todo:
         ledger.write_video(output_root, video_id(source.url), {SOURCE: source.url, REL: source.rel, STATUS: DONE,
@@ -236,11 +239,12 @@ def report(result: dict) -> str:
                 f"({result['wall_seconds']:.0f} s with Ray's start and the planning): "
                 f"{result['videos_per_minute']:.1f} videos per minute on {os.cpu_count()} CPUs")
     requests = ", ".join(f"{n} {what}" for what, n in sorted(result["requests"].items()))
+    compaction = f"{result['compact_seconds']:.1f} s" if "compact_seconds" in result else "not measured"
     return (f"{result['store']}: N={result['videos']:,} K={result['changed']:,}: planned in "
             f"{result['plan_seconds']:.1f} s, driver peak RSS {result['peak_rss'] / 2**30:.2f} GiB, "
             f"{result['to_restore']:,} to restore ({result['done']:,} done; their rows for Ray Data in "
-            f"{result['source_rows_seconds']:.1f} s), requests: {requests}; "
-            f"closing compaction {result['compact_seconds']:.1f} s (setup {result['setup_seconds']:.0f} s)")
+            f"{result['source_rows_seconds']:.1f} s), requests: {requests}; closing compaction {compaction} "
+            f"(setup {result['setup_seconds']:.0f} s)")
 
 
 def main() -> None:

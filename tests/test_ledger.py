@@ -195,3 +195,15 @@ def test_a_deleted_or_replaced_output_is_noticed_without_listing_the_output(tmp_
     found = [one_per_run(state, done) for _ in range(3)]
     assert sorted(rel for batch in found for rel in batch) == ["a.mp4", "b.mp4", "c.mp4"]
     assert missing_outputs(str(output), per_run=0)(state, done) == set()
+
+
+def test_a_long_run_merges_its_rows_as_it_goes(tmp_path):
+    output = str(tmp_path / "out")
+    videos = tmp_path / "out" / "_ledger" / "videos"
+    ledger.write_video(output, "other", row("x.mp4", "10:1") | {"run_id": "r0", "finished_at": ledger.now()})
+    for i in range(5):
+        ledger.write_video(output, f"v{i}", row(f"{i}.mp4", "10:1") | {"run_id": "r1", "finished_at": ledger.now()})
+    assert ledger.merge_journals(output, "r1") == 5
+    names = sorted(p.name for p in videos.iterdir())
+    assert len(names) == 2 and names[0].startswith("part-") and "-r1-" in names[0] and names[1] == "r0-other.parquet"
+    assert sorted(ledger.state_rows(output)) == ["0.mp4", "1.mp4", "2.mp4", "3.mp4", "4.mp4", "x.mp4"]

@@ -10,8 +10,8 @@ point, the nightly diff and the audit trail.
     _ledger/_runs/, _ledger/_leases/           run heartbeats and per-video leases (lease.py)
     _ledger/_corrupt/                          ledger files that could not be read, set aside
 
-A video's row is written by the task that finishes it, so a killed run loses no finished video. At
-its end a run compacts: every file in videos/ becomes one file of the latest row per video, and the
+A video's row is written by the task that finishes it, so a killed run loses no finished video; every
+1,000 videos the run merges its rows into one file (`merge_journals`). At its end a run compacts: every file in videos/ becomes one file of the latest row per video, and the
 rows it replaced move to _history/. So a run reads one large file and the few rows written since
 (not one small file per video per run), and `pyarrow.dataset.dataset("<output>/_ledger/videos")` (or
 DuckDB's `read_parquet('.../videos/*.parquet')`, or Spark) reads the current state. Runs that compact
@@ -52,6 +52,7 @@ PREVIEWS = f"{LEDGER_FOLDER}/_previews"
 SUMMARY = f"{LEDGER_FOLDER}/summary.json"
 CORRUPT = f"{LEDGER_FOLDER}/_corrupt"  # ledger files that could not be read, set aside
 PART = "part-"  # compacted files start so; the others hold one video's row (or a run's copies)
+JOURNAL_BATCH = 1000  # a running run merges its videos' row files every this many videos
 
 VIDEO_SCHEMA = pa.schema([
     (SOURCE, pa.string()),  # URL of the source video
@@ -189,12 +190,31 @@ def _read(output_root: str, names: Sequence[str], schema: pa.Schema) -> pa.Table
 # -- compaction --------------------------------------------------------------------------------------
 
 
+def merge_journals(output_root: str, run_id: str) -> int:
+    """Merge this run's per-video row files (video and window rows) into one file each, as a long run
+    goes (every `JOURNAL_BATCH` videos): the ledger never holds more than about that many small files
+    of a live run, and a run killed after a million videos leaves a few large files, not a million.
+    Returns how many video row files were merged."""
+    merged = 0
+    for folder, schema in ((VIDEOS, VIDEO_SCHEMA), (WINDOW_ROWS, WINDOW_SCHEMA)):
+        names = [n for n in _names(output_root, folder) if posixpath.basename(n).startswith(f"{run_id}-")]
+        if len(names) > 1:
+            _write(storage.join(output_root, folder, _part_name(run_id)), _read(output_root, names, schema))
+            _remove(output_root, names)
+            merged += len(names) if folder == VIDEOS else 0
+    return merged
+
+
+def _part_name(run_id: str) -> str:
+    return f"{PART}{now():%Y%m%dT%H%M%S%fZ}-{run_id}-{uuid.uuid4().hex[:6]}.parquet"
+
+
 def compact(output_root: str, run_id: str) -> dict[str, int]:
     """Merge the ledger's files: videos/ into one file of the latest row per video (the replaced rows
     to _history/), and the window rows' per-video files into one file for the run. Safe beside other
     runs (they only add files; one compacting at once leaves duplicates the next one merges).
     Returns {"video_files": merged, "rows": latest rows kept}."""
-    stamp = f"{PART}{now():%Y%m%dT%H%M%S%fZ}-{run_id}-{uuid.uuid4().hex[:6]}.parquet"
+    stamp = _part_name(run_id)
     names = _names(output_root, VIDEOS)
     if len(names) > 1:
         rows = _read(output_root, names, VIDEO_SCHEMA)

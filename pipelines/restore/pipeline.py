@@ -113,6 +113,14 @@ def _compact(output_root: str, run_id: str) -> None:
         log.warning("could not compact the ledger under %s (the next run tries again)", output_root, exc_info=True)
 
 
+def _merge_journals(output_root: str, run_id: str) -> None:
+    """`ledger.merge_journals`; a failure only leaves more small files to read."""
+    try:
+        log.info("ledger: merged %d video rows of this run into one file", ledger.merge_journals(output_root, run_id))
+    except Exception:  # noqa: BLE001
+        log.warning("could not merge this run's ledger rows under %s", output_root, exc_info=True)
+
+
 def _restore_all(job: ArchiveJob, config: RestoreConfig, selection: ledger.Selection, sources: Sequence[SourceFile],
                  output_root: str, run_id: str, read_at: datetime, stats: RunStats) -> None:
     """Restore `selection.todo` (each claimed as work on it starts), counting each finished one in
@@ -141,6 +149,8 @@ def _restore_all(job: ArchiveJob, config: RestoreConfig, selection: ledger.Selec
                     else:
                         log.info(stats.add(video))
                         metrics.video_finished(video[STATUS])
+                        if (stats.done + stats.failed) % ledger.JOURNAL_BATCH == 0:
+                            _merge_journals(output_root, run_id)
                     metrics.videos_queued(stats.to_restore - stats.finished)
     finally:
         if started_ray:
