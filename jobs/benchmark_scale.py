@@ -111,15 +111,15 @@ def measure(input_root: str, output_root: str) -> dict:
     """Plan the run as `upscale_archive.py` does, counting the store requests; then compact."""
     import resource
 
-    from pipelines.restore.pipeline import _source_row, plan_run
+    from pipelines.restore.pipeline import plan_run, source_tables
 
     counts = _count_requests()
     start = time.perf_counter()
     sources, _, selection, _ = plan_run(job_for(input_root, output_root), input_root, output_root)
     seconds = time.perf_counter() - start
     requests = dict(counts)
-    start = time.perf_counter()  # the rows the chosen videos enter Ray Data as (pipeline._source_chunks)
-    rows = [_source_row(s, selection.failed_before, output_root, "settings") for s in selection.todo]
+    start = time.perf_counter()  # the tables the chosen videos enter Ray Data as
+    rows = list(source_tables(selection.todo, selection.failed_before))
     row_seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     del rows

@@ -35,7 +35,7 @@ from pipelines.restore.plan_stage import claim_and_plan, failed_row
 from pipelines.restore.restore_stage import RestoreWindows
 from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, FRAMES, LEASED, OUTPUT_STEM,
                                     PREVIOUS_ERROR, REL, REPEATS, RESTORE_SECONDS, SETTINGS, SOURCE, STAGING, STATUS,
-                                    VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, done_key, output_stem, staging_folder,
+                                    VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, done_key, output_stem, video_columns,
                                     staging_root, video_id)
 from pipelines.restore.summary import RunStats, format_summary
 from pipelines.storage import SourceFile
@@ -196,14 +196,14 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
 
     # 1. Sources: the rows go to the object store in bounded chunks (the driver holds a reference per
     #    chunk, never a block per video), then one row per block, so that the scenes tasks run in
-    #    parallel. out: source, rel, fingerprint, checksum, video_id, output_stem, staging,
-    #    previous_error, repeats
-    ds = ray.data.from_arrow_refs(list(_source_chunks(sources, failed_before, output_root, settings)))
+    #    parallel. out: source, rel, fingerprint, checksum, previous_error, repeats
+    ds = ray.data.from_arrow_refs([ray.put(table) for table in source_tables(sources, failed_before)])
     ds = ds.repartition(target_num_rows_per_block=1)
 
     # 2. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
     #    into its windows, or into one failed row. in: a source row; out: window rows (plan_stage).
-    #    Each video is claimed first (`claim_and_plan`).
+    #    Each video is claimed first and its row completed (video_id, output_stem, staging:
+    #    `claim_and_plan`).
     ds = ds.flat_map(claim_and_plan, fn_kwargs=dict(output_root=output_root, run_id=run_id, settings=settings,
                                                     read_at=read_at, window=job.window, overlap=job.overlap,
                                                     detector=job.detector, deinterlace=job.deinterlace,
@@ -270,22 +270,26 @@ def _restore_videos(job: ArchiveJob, config: RestoreConfig, sources: Sequence[So
         yield from _ledger_rows(assemblies.finished(wait=None), output_root, run_id, settings, read_at)
 
 
-def _source_chunks(sources: Sequence[SourceFile], failed_before: dict[str, tuple[str, int]], output_root: str,
-                   settings: str) -> Iterator[ray.ObjectRef]:
-    """The source rows as Arrow tables in the object store, at most SOURCE_CHUNKS of them."""
+def source_tables(sources: Sequence[SourceFile], failed_before: dict[str, tuple[str, int]]) -> Iterator[pa.Table]:
+    """The sources as at most SOURCE_CHUNKS Arrow tables: what the driver knows of each (the scenes
+    tasks derive the rest, `video_columns`, so a million enter Ray Data in seconds)."""
     size = max(1, -(-len(sources) // SOURCE_CHUNKS))
     for first in range(0, len(sources), size):
-        chunk = [_source_row(s, failed_before, output_root, settings) for s in sources[first:first + size]]
-        yield ray.put(pa.Table.from_pylist(chunk))
+        chunk = sources[first:first + size]
+        before = [failed_before.get(s.rel, ("", 0)) for s in chunk]
+        yield pa.table({SOURCE: [s.url for s in chunk], REL: [s.rel for s in chunk],
+                        FINGERPRINT: [s.fingerprint for s in chunk], CHECKSUM: [s.checksum for s in chunk],
+                        PREVIOUS_ERROR: [error for error, _ in before],
+                        REPEATS: pa.array([repeats for _, repeats in before], pa.int64())})
 
 
 def _source_row(source: SourceFile, failed_before: dict[str, tuple[str, int]], output_root: str, settings: str
                 ) -> dict[str, Any]:
+    """A source's whole row, as the scenes stage completes it (for the videos the driver records)."""
     previous_error, repeats = failed_before.get(source.rel, ("", 0))
-    return {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum,
-            VIDEO_ID: video_id(source.url), OUTPUT_STEM: output_stem(output_root, source.rel),
-            STAGING: staging_folder(output_root, source.url, source.fingerprint, settings),
-            PREVIOUS_ERROR: previous_error, REPEATS: repeats}
+    row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum,
+           PREVIOUS_ERROR: previous_error, REPEATS: repeats}
+    return row | video_columns(row, output_root, settings)
 
 
 def _ledger_rows(finished: Iterator[tuple[dict[str, Any], dict[str, Any] | str]], output_root: str, run_id: str,

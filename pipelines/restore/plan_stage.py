@@ -19,7 +19,7 @@ from pipelines.restore.lease import claim_video
 from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, DONE_ELSEWHERE, ERROR, FAILED, FIELD_ORDER,
                                     FINGERPRINT, FPS, FRAMES, LEASED, LOSSLESS, OUTPUT, OUTPUT_STEM, PENDING,
                                     PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS,
-                                    done_key, window_columns)
+                                    done_key, video_columns, window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def claim_and_plan(row: dict[str, Any], *, output_root: str, run_id: str, settin
     backlog), then `plan_video` it. A video another live run holds, or that another run finished
     since this run read the ledger, is one row saying so (LEASED or DONE_ELSEWHERE, `error` naming
     that run), which the later stages pass by."""
+    row = row | video_columns(row, output_root, settings)
     try:
         claim = claim_video(output_root, run_id, row[REL], done_key(row[FINGERPRINT], settings), read_at)
     except Exception as e:  # noqa: BLE001 - not claimed: the next run tries again

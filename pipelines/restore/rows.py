@@ -122,3 +122,9 @@ def output_stem(output_root: str, rel: str) -> str:
 def done_key(fingerprint: str, settings: str) -> str:
     """What a finished video was finished for, in its lease record (`lease.record_finished`)."""
     return f"{fingerprint}|{settings}"
+
+
+def video_columns(row: dict[str, Any], output_root: str, settings: str) -> dict[str, str]:
+    """The columns a source row's URL, rel and fingerprint determine: video_id, output_stem, staging."""
+    return {VIDEO_ID: video_id(row[SOURCE]), OUTPUT_STEM: output_stem(output_root, row[REL]),
+            STAGING: staging_folder(output_root, row[SOURCE], row[FINGERPRINT], settings)}
