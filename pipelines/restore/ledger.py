@@ -11,9 +11,10 @@ point, the nightly diff and the audit trail.
     _ledger/_corrupt/                          ledger files that could not be read, set aside
 
 A video's row is written by the task that finishes it, so a killed run loses no finished video; every
-1,000 videos the run merges its rows into one file (`merge_journals`). At its end a run compacts: every file in videos/ becomes one file of the latest row per video, and the
-rows it replaced move to _history/. So a run reads one large file and the few rows written since
-(not one small file per video per run), and `pyarrow.dataset.dataset("<output>/_ledger/videos")` (or
+1,000 videos the run merges its rows into one file (`merge_journals`). At its end a run compacts:
+every file in videos/ becomes one file of the latest row per video, and the rows it replaced move to
+_history/. So a run reads one large file and the few rows written since (not one small file per
+video per run), and `pyarrow.dataset.dataset("<output>/_ledger/videos")` (or
 DuckDB's `read_parquet('.../videos/*.parquet')`, or Spark) reads the current state. Runs that compact
 at once can leave the same row in two files: readers take the newest row per `rel` (`latest`), and
 the next compaction merges them. A row is deleted only once a file that holds it is written.
