@@ -26,7 +26,6 @@ To free the leases of a run you know is dead before they expire, delete its `_ru
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import logging
@@ -34,7 +33,7 @@ import os
 import posixpath
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -213,12 +212,6 @@ def check_held(output_root: str, run_id: str, rel: str) -> None:
 
 def run_url(output_root: str, run_id: str) -> str:
     return storage.join(output_root, RUNS, f"{run_id}.json")
-
-
-def describe_holders(held: Iterable[tuple[SourceFile, str]]) -> str:
-    """"3 videos held by run X, 1 by run Y" for the log."""
-    counts = collections.Counter(holder for _, holder in held)
-    return ", ".join(f"{n} by run {holder}" for holder, n in sorted(counts.items()))
 
 
 class _AliveCache:
