@@ -200,10 +200,15 @@ def merge_journals(output_root: str, run_id: str) -> int:
     for folder, schema in ((VIDEOS, VIDEO_SCHEMA), (WINDOW_ROWS, WINDOW_SCHEMA)):
         names = [n for n in _names(output_root, folder) if posixpath.basename(n).startswith(f"{run_id}-")]
         if len(names) > 1:
-            _write(storage.join(output_root, folder, _part_name(run_id)), _read(output_root, names, schema))
-            _remove(output_root, names)
+            _merge(output_root, folder, names, schema, run_id)
             merged += len(names) if folder == VIDEOS else 0
     return merged
+
+
+def _merge(output_root: str, folder: str, names: Sequence[str], schema: pa.Schema, run_id: str) -> None:
+    """The rows of files `names` into one new file of `folder`; then the files go."""
+    _write(storage.join(output_root, folder, _part_name(run_id)), _read(output_root, names, schema))
+    _remove(output_root, names)
 
 
 def _part_name(run_id: str) -> str:
@@ -215,20 +220,20 @@ def compact(output_root: str, run_id: str) -> dict[str, int]:
     to _history/), and the window rows' per-video files into one file for the run. Safe beside other
     runs (they only add files; one compacting at once leaves duplicates the next one merges).
     Returns {"video_files": merged, "rows": latest rows kept}."""
-    stamp = _part_name(run_id)
-    names = _names(output_root, VIDEOS)
-    if len(names) > 1:
-        rows = _read(output_root, names, VIDEO_SCHEMA)
-        keep = latest(rows)
-        if rows.num_rows > keep.num_rows:
-            _write(storage.join(output_root, HISTORY, stamp), _replaced(rows, keep))
-        _write(storage.join(output_root, VIDEOS, stamp), keep)
-        _remove(output_root, names)
     windows = [n for n in _names(output_root, WINDOW_ROWS) if not posixpath.basename(n).startswith(PART)]
     if len(windows) > 1:
-        _write(storage.join(output_root, WINDOW_ROWS, stamp), _read(output_root, windows, WINDOW_SCHEMA))
-        _remove(output_root, windows)
-    return {"video_files": len(names) if len(names) > 1 else 0, "rows": keep.num_rows if len(names) > 1 else 0}
+        _merge(output_root, WINDOW_ROWS, windows, WINDOW_SCHEMA, run_id)
+    names = _names(output_root, VIDEOS)
+    if len(names) < 2:
+        return {"video_files": 0, "rows": 0}
+    rows = _read(output_root, names, VIDEO_SCHEMA)
+    keep = latest(rows)
+    stamp = _part_name(run_id)
+    if rows.num_rows > keep.num_rows:
+        _write(storage.join(output_root, HISTORY, stamp), _replaced(rows, keep))
+    _write(storage.join(output_root, VIDEOS, stamp), keep)
+    _remove(output_root, names)
+    return {"video_files": len(names), "rows": keep.num_rows}
 
 
 def _replaced(rows: pa.Table, keep: pa.Table) -> pa.Table:
