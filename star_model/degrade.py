@@ -188,6 +188,13 @@ def degrade_clip(frames_fhwc_u8: np.ndarray, config: DegradeConfig,
     return gt_fhwc_u8, np.concatenate(lq)
 
 
+def downscale_clip(frames_fhwc_u8: np.ndarray, scale: int) -> np.ndarray:
+    """The clean LR of a clip: an antialiased bicubic downscale by `scale` (as MATLAB's imresize, what the
+    SR literature's x2/x4 benchmarks use), (F, H, W, 3) -> (F, H // scale, W // scale, 3) uint8."""
+    frames = from_u8(frames_fhwc_u8)
+    return to_u8(resize(frames, (frames.shape[-2] // scale, frames.shape[-1] // scale), "bicubic", antialias=True))
+
+
 def upscale_lq(lq_fhwc_u8: np.ndarray, scale: int) -> np.ndarray:
     """Bicubic ×scale of an LR clip, (F, h, w, 3) -> (F, h·scale, w·scale, 3) uint8: how the official
     stores its training LQ (at GT size). For comparisons with the GT and for trainers that expect it."""

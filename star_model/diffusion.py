@@ -62,6 +62,21 @@ def x0_from_v(schedule: NoiseSchedule, xt: Tensor, v: Tensor, t: Tensor) -> Tens
     return _per_sample(schedule.alphas, t, xt) * xt - _per_sample(schedule.sigmas, t, xt) * v
 
 
+def predicts_residual(model: VelocityNetwork) -> bool:
+    """True for a network whose output is x̂0 - hint (`DenoiserConfig.prediction`); stand-ins without a
+    config predict v."""
+    return getattr(getattr(model, "cfg", None), "prediction", "v") == "residual"
+
+
+def velocity(model: VelocityNetwork, schedule: NoiseSchedule, out: Tensor, xt: Tensor, t: Tensor,
+             hint: Tensor) -> Tensor:
+    """The network's output `out` as v: itself for a v-prediction network (official); for a "residual"
+    one (nano, ours) x̂0 = hint + out, so v = (alpha_t·x_t - x̂0)/sigma_t (`get_velocity`)."""
+    if not predicts_residual(model):
+        return out
+    return get_velocity(schedule, hint.float() + out.float(), xt.float(), t)
+
+
 def guide(v_cond: Tensor, v_uncond: Tensor, guide_scale: float = 7.5, guide_rescale: float = 0.2) -> Tensor:
     """Classifier-free guidance with rescale (Lin et al. 2023 §3.4), as the official `denoise`.
 
@@ -98,15 +113,18 @@ def guided_x0(
     half is not computed (nano restores so).
     """
     if guide_scale == 1.0 and guide_rescale == 0.0:
-        v = model(xt, t, y_cond, hint=hint).float()
-        return x0_from_v(schedule, xt.float(), v, t)
+        out = model(xt, t, y_cond, hint=hint).float()
+        if predicts_residual(model):
+            return hint.float() + out  # exactly x̂0, not through v and back
+        return x0_from_v(schedule, xt.float(), out, t)
     batch = xt.shape[0]
-    v_both = model(
+    out_both = model(
         torch.cat([xt, xt]),  # (2B, 4, F, H, W)
         torch.cat([t, t]),  # (2B,)
         torch.cat([y_cond, y_uncond]),  # (2B, L, ctx)
         hint=torch.cat([hint, hint]),  # (2B, 4, F, H, W)
     )
     # Guidance and x0 in float32 even if the network ran in half precision: the rescale divides stds.
+    v_both = velocity(model, schedule, out_both, torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([hint, hint]))
     v = guide(v_both[:batch].float(), v_both[batch:].float(), guide_scale, guide_rescale)
     return x0_from_v(schedule, xt.float(), v, t)

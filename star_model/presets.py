@@ -77,15 +77,16 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 NANO_WEIGHTS = SHIPPED_WEIGHTS / "nano.safetensors"
 
 # Nano restores in one step from the SDEdit start t = 899 (normal mode, steps=1: one evaluation at t = 899)
-# with no classifier-free guidance. It was trained at t in 700..999 only (its model card has the command):
+# with no classifier-free guidance. It was trained at t in 850..950 only (its model card has the command):
 # a 4.8 M-parameter network trained for hours on a CPU learns where its sampler asks, not all 1000 steps;
 # and on the empty prompt's context only, so cond and uncond would differ by noise that guidance would
 # amplify (guided_x0 makes one pass instead of two).
-# One SDEdit noise field for all frames (start_noise="shared"): what nano fails to cancel of the noise then
-# stays put; at training step 700 this cut its warping error on a held-out crop 3x (2.2e-3 -> 0.7e-3)
-# for 0.05 dB of PSNR.
-NANO_RESTORE = (("solver_mode", "normal"), ("steps", 1), ("guide_scale", 1.0), ("guide_rescale", 0.0),
-                ("start_noise", "shared"))
+# Its network predicts x̂0 as the bicubic pre-upscale plus a residual (DenoiserConfig.prediction, ours):
+# untrained it returns bicubic exactly, and training learns only what bicubic misses.
+# One SDEdit noise field for all frames (start_noise="shared"): what the network makes of the noise then
+# stays put instead of flickering from frame to frame.
+NANO_RESTORE = (("upscale", "bicubic"), ("solver_mode", "normal"), ("steps", 1), ("guide_scale", 1.0),
+                ("guide_rescale", 0.0), ("start_noise", "shared"))
 
 PRESETS: dict[str, StarPreset] = {
     "official": StarPreset("official", denoiser_configs.OFFICIAL, text_configs.OFFICIAL, vae_configs.TILED, False),

@@ -1,4 +1,4 @@
-"""Frames in, restored frames out: bilinear pre-upscale, padding, VAE encode, SDEdit start, guided
+"""Frames in, restored frames out: bilinear (or bicubic) pre-upscale, padding, VAE encode, SDEdit start, guided
 DPM-Solver++(2M) SDE over temporal windows and spatial latent tiles, VAE decode, colour fix, uint8.
 
 `RestoreConfig()` is our default; `RestoreConfig.official()` reproduces the official inference
@@ -38,6 +38,9 @@ class RestoreConfig:
     """How a clip is restored. Window and tile sizes are in latent units (frames, latent pixels)."""
 
     scale: int = 4
+    # How LR frames are brought to the output size before encoding: bilinear (official), or bicubic
+    # clamped to [-1, 1] (ours, nano: its network predicts x0 as this picture plus a residual)
+    upscale: Literal["bilinear", "bicubic"] = "bilinear"
     solver_mode: Literal["fast", "normal"] = "fast"  # fast: the official 14 evaluations
     steps: int = 15  # evaluations in "normal" mode (fewer = faster)
     t_start: int = 899  # SDEdit start (official total_noise_levels 900)
@@ -74,7 +77,7 @@ class RestoreConfig:
             raise ValueError(f"host_chunk_frames={self.host_chunk_frames} must be >= 1 frame")
         if self.official_chunking and self.temporal_merge != "hard_cut":
             raise ValueError("official_chunking needs temporal_merge='hard_cut'")
-        for name, allowed in (("solver_mode", ("fast", "normal")), ("padding", ("minimal", "official")),
+        for name, allowed in (("solver_mode", ("fast", "normal")), ("upscale", ("bilinear", "bicubic")), ("padding", ("minimal", "official")),
                               ("temporal_merge", ("weighted", "hard_cut")),
                               ("color_fix", ("adain", "wavelet", "none")), ("rounding", ("round", "truncate")),
                               ("start_noise", ("per_frame", "shared"))):
@@ -130,7 +133,7 @@ class StarRestorer:
                          self.vae.config.decode_group_frames, free_host_memory(), chunk=cfg.host_chunk_frames)
         self.last_host_plan = host
 
-        # 1. per chunk: bilinear pre-upscale, padding and per-frame sampled VAE encode; one generator
+        # 1. per chunk: pre-upscale, padding and per-frame sampled VAE encode; one generator
         #    for the clip, drawn frame by frame, so the chunking does not change the noise
         generator = torch.Generator().manual_seed(seed)
         z_lr = torch.cat([self.vae.encode(self._upscale(lr[frames], padding), generator=generator)
@@ -176,10 +179,8 @@ class StarRestorer:
         return minimal_pad(h, w, self.denoiser.cfg.num_downsamples, self.vae.downsample)
 
     def _upscale(self, lr: Tensor, padding: tuple[int, int, int, int]) -> Tensor:
-        """(f, 3, h, w) in [-1, 1] -> (f, 3, H', W'): bilinear to the output size (official:
-        F.interpolate, no antialias), then padded."""
-        up = F.interpolate(lr, size=(lr.shape[2] * self.config.scale, lr.shape[3] * self.config.scale),
-                           mode="bilinear", align_corners=False)
+        """(f, 3, h, w) in [-1, 1] -> (f, 3, H', W'): `pre_upscale` to the output size, then padded."""
+        up = pre_upscale(lr, self.config.scale, self.config.upscale)
         if self.config.padding == "official":
             # The official pads with +1 (white) in [-1, 1]; a canvas < 720x1280 is always padded.
             return F.pad(up, padding, value=1.0)
@@ -249,6 +250,13 @@ class StarRestorer:
             return tiled_denoiser(denoise_tile, tiles)(xt, t)
 
         return denoise_window
+
+
+def pre_upscale(lr: Tensor, scale: int, mode: str = "bilinear") -> Tensor:
+    """(N, 3, h, w) in [-1, 1] -> (N, 3, scale·h, scale·w): F.interpolate without antialias (official,
+    bilinear), or bicubic clamped back to [-1, 1]. The restorer and the trainer both call it."""
+    up = F.interpolate(lr, size=(lr.shape[2] * scale, lr.shape[3] * scale), mode=mode, align_corners=False)
+    return up.clamp(-1, 1) if mode == "bicubic" else up
 
 
 def _chunks(num_frames: int, size: int) -> list[slice]:

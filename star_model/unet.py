@@ -45,7 +45,8 @@ class StarDenoiser(nn.Module):
     """v-prediction network: `model(x, t, y, hint=z_lr)`.
 
     x, hint: (B, C, F, H, W) noisy latent and clean LR latent; t: (B,) integer timesteps;
-    y: (B, L, context_dim) text embedding. Returns v with the shape of x.
+    y: (B, L, context_dim) text embedding. Returns v with the shape of x, or x̂0 - hint when
+    `cfg.prediction` is "residual" (`star_model.diffusion.velocity` turns either into v).
     H must survive the Downsample/Upsample round trip (see `latent_size_ok` in padding.py).
     """
 
@@ -59,8 +60,17 @@ class StarDenoiser(nn.Module):
         self.output_blocks = build_decoder(cfg, skips)
         self.out = nn.Sequential(GroupNorm32(cfg.dim), nn.SiLU(),
                                  nn.Conv2d(cfg.dim, cfg.out_channels, 3, padding=1))
+        self.zero_residual_head()
         self.VideoControlNet = ControlBranch(cfg)  # attribute name = the official key prefix
         self.gradient_checkpointing = False
+
+    def zero_residual_head(self) -> None:
+        """A "residual" network starts with its last convolution at zero, so untrained it returns the
+        hint itself (x̂0 = hint): training starts from the pre-upscaled LR. Nothing for v-prediction."""
+        if self.cfg.prediction == "residual":
+            with torch.no_grad():
+                self.out[-1].weight.zero_()
+                self.out[-1].bias.zero_()
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> "StarDenoiser":
         """Recompute each block's activations in backward (less memory, ~30% more compute)."""
@@ -128,6 +138,7 @@ def load_denoiser(cfg: DenoiserConfig, weights: str | os.PathLike | None = None,
             for module in model.modules():
                 if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm)):
                     module.reset_parameters()
+            model.zero_residual_head()
     else:
         load_checkpoint(model, weights, strict=True, expected_sha256=expected_sha256)
     return model.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -52,10 +53,35 @@ def test_tiny_preset_is_the_fixture_config(parity_dir):
     ({"dim": 48}, "GroupNorm"),
     ({"head_dim": 24, "dim": 64}, "head_dim"),
     ({"dim_mult": ()}, "dim_mult"),
+    ({"prediction": "eps"}, "prediction"),
 ])
 def test_bad_config_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DenoiserConfig(**kwargs)
+
+
+def test_a_fresh_residual_network_returns_the_hint_guided_or_not():
+    """prediction="residual" (nano): x̂0 = hint + output, and an untrained network's output is zero, so
+    the sampler's x̂0 is the hint itself, through the one-pass path and through guided velocities."""
+    from star_model.diffusion import guided_x0, velocity, x0_from_v
+    from star_model.schedule import build_schedule
+
+    cfg = dataclasses.replace(TINY, prediction="residual")
+    model = load_denoiser(cfg, None, seed=3)
+    schedule = build_schedule()
+    gen = torch.Generator().manual_seed(0)
+    xt, hint = (torch.randn(1, cfg.in_channels, 2, 10, 8, generator=gen) for _ in range(2))
+    t = torch.tensor([899])
+    y = torch.randn(1, 77, cfg.context_dim, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(model(xt, t, y, hint=hint), torch.zeros_like(xt))
+        assert torch.equal(guided_x0(model, schedule, xt, t, y, y, hint, 1.0, 0.0), hint)
+        assert torch.allclose(guided_x0(model, schedule, xt, t, y, -y, hint, 7.5, 0.2), hint, atol=1e-5)
+        out = torch.randn(xt.shape, generator=gen)  # any output: v made from it gives back hint + out
+        assert torch.allclose(x0_from_v(schedule, xt, velocity(model, schedule, out, xt, t, hint), t), hint + out,
+                              atol=1e-5)
+        # a v-prediction network's output is its velocity
+        assert torch.equal(velocity(load_denoiser(TINY, None, seed=3), schedule, out, xt, t, hint), out)
 
 
 def test_official_kwargs_that_star_never_uses_are_refused():

@@ -5,6 +5,7 @@ resumes from the storage folder; both end bit-for-bit where an uninterrupted run
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import statistics
@@ -25,6 +26,7 @@ from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, ClipConfig, list
 from pipelines.finetune.step import FinetuneStep, build_finetune_models
 from star_model.checkpoint import CheckpointError
 from star_model.config import TINY
+from star_model.degrade import downscale_clip
 from star_model.finetuning import VENHANCER_ONLY_PREFIXES, is_trainable, load_venhancer
 from star_model.unet import StarDenoiser
 CLIPS = ("dove_002.mp4", "dove_007.mp4")  # 32 and 33 frames, 318x180 and 316x178
@@ -67,6 +69,11 @@ def test_pairs_are_cropped_degraded_and_deterministic(data_dir):
     assert np.array_equal(pair[GT], again[GT]) and np.array_equal(pair[LQ], again[LQ])
     # a crop larger than the video: skipped, not padded
     assert make_pair(rows[0], ClipConfig(frames=4, crop=(400, 400), seed=1)) == []
+    # clean_prob 1: the GT is the crop itself (no sharpening) and the LR its clean bicubic downscale
+    clean = make_pair(rows[0], dataclasses.replace(TINY_CLIPS, clean_prob=1.0))[0]
+    assert np.array_equal(clean[LQ], downscale_clip(clean[GT], 4)) and not np.array_equal(clean[LQ], pair[LQ])
+    with pytest.raises(ValueError, match="clean_prob"):
+        ClipConfig(clean_prob=1.5)
 
 
 @pytest.mark.timeout(120)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.restore.job import RUN_ONLY, ArchiveJob
+from pipelines.restore.job import FORMER_BEHAVIOUR, RUN_ONLY, ArchiveJob
 from pipelines.weights import MANIFEST
 from star_model.presets import get_preset
 from star_model.restore import RestoreConfig
@@ -34,6 +34,14 @@ def test_every_restore_setting_changes_the_key(name, monkeypatch):
     object.__setattr__(changed, name, "another value")  # any other value counts: past the config's checks
     monkeypatch.setattr(ArchiveJob, "restore_config", lambda self: changed)
     assert JOB.settings_key() != KEY
+
+
+def test_a_setting_added_at_its_former_behaviour_keeps_the_key():
+    """`upscale` came after outputs were made bilinearly: at "bilinear" it is left out of the key (an
+    upgrade redoes nothing), nano's "bicubic" counts."""
+    assert FORMER_BEHAVIOUR == {"upscale": "bilinear"} and JOB.restore_config().upscale == "bilinear"
+    assert "upscale" not in JOB.settings()["restore"]
+    assert ArchiveJob(input="in", output="out", preset="nano").settings()["restore"]["upscale"] == "bicubic"
 
 
 def test_a_new_restore_setting_changes_the_key(monkeypatch):

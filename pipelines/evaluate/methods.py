@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from star_model.degrade import degrade_clip
+from star_model.degrade import degrade_clip, downscale_clip
 from star_model.degrade_config import PROFILES
 
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -38,7 +38,7 @@ def make_lq(hr_fhwc_u8: np.ndarray, scale: int, degrade: str | None, seed: int) 
     """The low-quality input of a reference clip: a bicubic downscale by `scale`, or the project's
     degradation profile `degrade` ("mild", "light", "full") at a fixed seed."""
     if degrade is None:
-        return resize(hr_fhwc_u8, (hr_fhwc_u8.shape[1] // scale, hr_fhwc_u8.shape[2] // scale), "bicubic")
+        return downscale_clip(hr_fhwc_u8, scale)
     config = PROFILES[degrade]
     return degrade_clip(hr_fhwc_u8, dataclasses.replace(config, scale=scale, usm_weight=0.0), seed)[1]
 

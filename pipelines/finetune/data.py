@@ -22,7 +22,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from pipelines import storage
 from pipelines.media.frames import read_frames
 from pipelines.media.probe import BadVideo, probe_timestamps
-from star_model.degrade import degrade_clip
+from star_model.degrade import degrade_clip, downscale_clip
 from star_model.degrade_config import FULL, DegradeConfig
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class ClipConfig:
     # x4, as a pipeline that pre-upscales LR bilinearly can be. LR clips of different scales differ in
     # size, so a trainer batches them one at a time (batch size 1; FinetuneConfig checks it).
     scales: tuple[int, ...] = ()
+    # Probability that a clip's LR is a clean bicubic downscale (`downscale_clip`) instead of `degrade`
+    # (ours, for nano: one model for clean sources, which should get no invented blur or noise removal,
+    # and for degraded ones). 0: every clip degraded (official).
+    clean_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.frame_step < 1 or self.clips_per_video < 1:
@@ -72,6 +76,8 @@ class ClipConfig:
                                  f"(the LR clip is {height}/{scale} x {width}/{scale})")
         if self.seed < 0:
             raise ValueError(f"ClipConfig.seed={self.seed} must be >= 0")
+        if not 0.0 <= self.clean_prob <= 1.0:
+            raise ValueError(f"ClipConfig.clean_prob={self.clean_prob} is not a probability in [0, 1]")
 
     @property
     def span(self) -> int:
@@ -117,11 +123,15 @@ def make_pair(row: dict[str, Any], config: ClipConfig) -> list[dict[str, Any]]:
     except BadVideo as e:
         log.warning("skipping %s: %s", url, e.reason)
         return []
-    # 3. the official degradation: sharpened GT and the LR clip, at this clip's scale
+    # 3. the official degradation: sharpened GT and the LR clip, at this clip's scale (or, with
+    #    p clean_prob, the clip itself and its clean downscale)
     degrade = config.degrade
     if config.scales:
         degrade = dataclasses.replace(degrade, scale=int(rng.choice(config.scales)))
-    gt_fhwc_u8, lq_fhwc_u8 = degrade_clip(frames, degrade, seed)
+    if config.clean_prob and rng.random() < config.clean_prob:
+        gt_fhwc_u8, lq_fhwc_u8 = frames, downscale_clip(frames, degrade.scale)
+    else:
+        gt_fhwc_u8, lq_fhwc_u8 = degrade_clip(frames, degrade, seed)
     return [{GT: gt_fhwc_u8, LQ: lq_fhwc_u8, CAPTION: "", CLIP_SEED: seed}]
 
 

@@ -7,7 +7,7 @@ Where we differ from the official `train_sr.py`, and why:
 * Per-sample loss weights before the batch mean (the official is right for batch 1 only).
 * Frozen parameters get requires_grad=False (the official only leaves them out of the optimiser):
   no weight gradients are computed for the 2 B frozen UNet parameters.
-* LQ is upscaled bilinearly to GT size, as at inference (the official trains on an LQ it stored
+* LQ is upscaled to GT size as the preset does at inference (bilinear; bicubic for nano) (the official trains on an LQ it stored
   bicubic-upscaled); captions are always empty (archives have none; official: empty with p 0.5).
 * bf16 autocast on GPUs (official accelerate default fp16); fp32 on CPU.
 * Randomness (t, noise, posterior samples, dropout, random initial weights) is derived from the seed,
@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from pipelines.finetune.config import FinetuneConfig
 from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, derive_seed
 from pipelines.weights import local_copy
-from star_model.diffusion import diffuse
+from star_model.diffusion import diffuse, velocity
 from star_model.finetuning import freeze_for_finetune, load_venhancer
 from star_model.losses import star_loss
 from star_model.presets import Vae, WeightPaths, build_models, get_preset, resolve_weights
+from star_model.restore import pre_upscale
 from star_model.schedule import build_schedule
 from star_model.text import TextEncoder
 from star_model.unet import StarDenoiser
@@ -79,6 +79,7 @@ class FinetuneStep:
         names = {id(p): n for n, p in self.denoiser.named_parameters()}
         self._trainable_names = [names[id(p)] for p in self.trainable]
         self.schedule = build_schedule()
+        self.upscale = get_preset(cfg.preset).restore_config().upscale
         self._contexts: dict[str, torch.Tensor] = {}
 
     def ema_state(self) -> dict[str, torch.Tensor] | None:
@@ -125,13 +126,12 @@ class FinetuneStep:
         torch.manual_seed(batch_seed)  # dropout, and the official DF's quantile subsample
         window_gen = torch.Generator().manual_seed(batch_seed)
 
-        # 2. pixels: GT (B, F, 3, H, W) and LQ upscaled bilinearly to GT size as at inference (the
-        #    official trainer reads an LQ it stored bicubic-upscaled); both in [-1, 1]
+        # 2. pixels: GT (B, F, 3, H, W) and LQ upscaled to GT size as the preset restores (bilinear,
+        #    bicubic for nano; the official trainer reads an LQ it stored bicubic-upscaled); in [-1, 1]
         gt = batch[GT].to(self.device).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
         lq = batch[LQ].to(self.device).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
         b, f, _, height, width = gt.shape
-        lq = F.interpolate(lq.flatten(0, 1), size=(height, width), mode="bilinear", align_corners=False)
-        lq = lq.reshape(b, f, 3, height, width)
+        lq = pre_upscale(lq.flatten(0, 1), height // lq.shape[3], self.upscale).reshape(b, f, 3, height, width)
 
         # 3. latents, text, timesteps, noise; x_t = alpha_t·z + sigma_t·eps
         z_gt = self._encode(gt, gens)  # (B, 4, F, h, w)
@@ -145,8 +145,9 @@ class FinetuneStep:
 
         # 4. v prediction (bf16 autocast on GPUs), loss in fp32
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext():
-            v_pred = self.model(x_t, t, y, hint=z_lq)
-        terms = star_loss(self.schedule, v_pred.float(), x_t, t, z_gt, gt.transpose(1, 2), self.vae, cfg.loss,
+            out = self.model(x_t, t, y, hint=z_lq)
+        v_pred = velocity(self.denoiser, self.schedule, out.float(), x_t, t, z_lq)  # out itself unless residual
+        terms = star_loss(self.schedule, v_pred, x_t, t, z_gt, gt.transpose(1, 2), self.vae, cfg.loss,
                           window_gen)
 
         # 5. backward (DDP averages the gradients), clip, step

@@ -77,7 +77,9 @@ class ArchiveJob:
         (checkpoint) and by their content (`weights_digest`: new weights redo every output), not by
         where they lie: moving or copying the weights folder redoes nothing."""
         job = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_ONLY}
-        return {**job, "weights_digest": self.weights_digest, "restore": dataclasses.asdict(self.restore_config())}
+        restore = {name: value for name, value in dataclasses.asdict(self.restore_config()).items()
+                   if name not in FORMER_BEHAVIOUR or FORMER_BEHAVIOUR[name] != value}
+        return {**job, "weights_digest": self.weights_digest, "restore": restore}
 
     @functools.cached_property
     def weights_digest(self) -> str:
@@ -100,6 +102,10 @@ class ArchiveJob:
 # stay out of the settings key (a run with more actors or another lease time redoes nothing).
 RUN_ONLY = frozenset({"input", "output", "weights", "actors", "device", "accelerator_type", "lease_minutes",
                       "retry_failed", "max_frame_pixels", "check_outputs"})
+
+# RestoreConfig fields added after outputs were made without them, with the value that reproduces those
+# outputs: at that value a field stays out of the settings key, so upgrading the project redoes nothing.
+FORMER_BEHAVIOUR = {"upscale": "bilinear"}
 
 
 class ConfigError(ValueError):
