@@ -54,7 +54,7 @@ class FinetuneConfig:
     max_failures: int = 3  # worker-group restarts from the latest checkpoint before the run fails
     seed: int = 0  # draws the clips, the noise and every random initial weight
     # Training timesteps, first,last (inclusive), drawn uniformly (official: all 1000). A from-scratch
-    # model that restores in one step at t_start learns only where its sampler asks (nano: 700,999).
+    # model that restores in one step at t_start learns only where its sampler asks (nano: 850,950).
     timesteps: tuple[int, int] = (0, 999)
     # Decay of an exponential moving average of the trained weights, kept in every checkpoint beside
     # them and what --export writes (None: no average, as the official trainer)
