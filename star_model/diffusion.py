@@ -118,13 +118,9 @@ def guided_x0(
             return hint.float() + out  # exactly x̂0, not through v and back
         return x0_from_v(schedule, xt.float(), out, t)
     batch = xt.shape[0]
-    out_both = model(
-        torch.cat([xt, xt]),  # (2B, 4, F, H, W)
-        torch.cat([t, t]),  # (2B,)
-        torch.cat([y_cond, y_uncond]),  # (2B, L, ctx)
-        hint=torch.cat([hint, hint]),  # (2B, 4, F, H, W)
-    )
+    xt_both, t_both, hint_both = torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([hint, hint])  # (2B, ...)
+    out_both = model(xt_both, t_both, torch.cat([y_cond, y_uncond]), hint=hint_both)  # contexts (2B, L, ctx)
     # Guidance and x0 in float32 even if the network ran in half precision: the rescale divides stds.
-    v_both = velocity(model, schedule, out_both, torch.cat([xt, xt]), torch.cat([t, t]), torch.cat([hint, hint]))
+    v_both = velocity(model, schedule, out_both, xt_both, t_both, hint_both)
     v = guide(v_both[:batch].float(), v_both[batch:].float(), guide_scale, guide_rescale)
     return x0_from_v(schedule, xt.float(), v, t)

@@ -7,8 +7,9 @@ Where we differ from the official `train_sr.py`, and why:
 * Per-sample loss weights before the batch mean (the official is right for batch 1 only).
 * Frozen parameters get requires_grad=False (the official only leaves them out of the optimiser):
   no weight gradients are computed for the 2 B frozen UNet parameters.
-* LQ is upscaled to GT size as the preset does at inference (bilinear; bicubic for nano) (the official trains on an LQ it stored
-  bicubic-upscaled); captions are always empty (archives have none; official: empty with p 0.5).
+* LQ is upscaled to GT size as the preset does at inference, bilinearly (bicubic for nano); the official
+  trains on an LQ it stored bicubic-upscaled. Captions are always empty (archives have none; official:
+  empty with p 0.5).
 * bf16 autocast on GPUs (official accelerate default fp16); fp32 on CPU.
 * Randomness (t, noise, posterior samples, dropout, random initial weights) is derived from the seed,
   the step and the clip, so a resumed run repeats an uninterrupted one bit-for-bit.
