@@ -111,15 +111,18 @@ def test_the_job_writes_the_table_and_crop_pictures(tmp_path):
     report = json.loads((out / "results.json").read_text())
     scored = [r for r in report["rows"] if not r["error"]]
     assert {(r["rel"], r["scale"], r["method"]) for r in scored} == {
-        ("faces/eyes.mp4", s, m) for s in (2, 4) for m in ("bicubic", "bilinear", "tiny")}
+        ("faces/eyes.mp4", s, m) for s in (2, 4) for m in ("reference", "bicubic", "bilinear", "tiny")}
     assert [r["rel"] for r in report["rows"] if r["error"]] == ["notes.mp4"]
     assert all(r["frames"] == 3 and r["size"] == "96x64" for r in scored)
     bicubic = {r["scale"]: r for r in scored if r["method"] == "bicubic"}
     assert 20 < bicubic[2]["psnr"] and bicubic[4]["psnr"] < bicubic[2]["psnr"]  # x4 loses more than x2
+    reference = {r["scale"]: r for r in scored if r["method"] == "reference"}
+    assert all(reference[s]["psnr"] is None and 0 < reference[s]["warp"] for s in (2, 4))
     tiny = next(e for e in report["summary"] if e["method"] == "tiny" and e["scale"] == 4)
+    assert tiny["warp"] > reference[4]["warp"]  # random weights flicker; the reference is steady
     assert tiny["psnr_margin"] < 0  # random weights: noise, well below bicubic
     table = (out / "results.md").read_text()
-    assert "| x4 | tiny | 1 |" in table and "vs bicubic" in table and "notes.mp4" in table
+    assert "| x4 | tiny | 1 |" in table and "| x2 | reference | 1 | - | - |" in table and "vs bicubic" in table and "notes.mp4" in table
     assert "| x2 | bicubic |" in result.stdout
     for scale in (2, 4):
         picture = Image.open(out / "crops" / f"faces__eyes.mp4_x{scale}.png")

@@ -23,6 +23,7 @@ from star_model.presets import load_restorer, restore_settings
 log = logging.getLogger(__name__)
 
 CLIP, REL = "clip", "rel"  # in: the clip's URL and its path below the input root
+REFERENCE = "reference"  # the row of the HR clip itself
 CROP_SIZE = 96  # side of the square shown per method in the crop picture, in output pixels
 
 
@@ -54,6 +55,10 @@ class ScoreClips:
             hr = crop_to_scale(reference, scale)
             lq = make_lq(hr, scale, None if job["degrade"] == "none" else job["degrade"], job["seed"])
             flow = ReferenceFlow(hr)
+            # the reference's own warping error: what a perfect restoration scores (flow and occlusions
+            # are not perfect), the scale for the methods' figures; no PSNR/SSIM, it is the reference
+            rows.append(_row(rel, scale, REFERENCE, warp=flow.warping_error(hr), size=f"{hr.shape[2]}x{hr.shape[1]}",
+                             frames=len(hr)))
             outputs: dict[str, np.ndarray] = {}
             for mode in INTERPOLATIONS:
                 outputs[mode], seconds = _timed(lambda: interpolate(lq, scale, mode))

@@ -43,7 +43,8 @@ def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], job: dic
              + f"; first {job['frames']} frames" + (f", centre crop {job['crop'][0]}x{job['crop'][1]}"
                                                    if job["crop"] else "") + ".",
              "PSNR and SSIM on BT.601 luma with a border of `scale` pixels left out; warp: flow-based warping "
-             "error (lower is steadier), flow from the reference.", "",
+             "error (lower is steadier), flow from the reference; the `reference` row is the reference clip's own "
+             "warping error, what a perfect restoration would score.", "",
              "| scale | method | clips | PSNR (dB) | SSIM | warp (1e-3) | s/frame | vs bicubic |",
              "|---:|---|---:|---:|---:|---:|---:|---|"]
     for e in summary:
@@ -51,8 +52,9 @@ def markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], job: dic
         if "psnr_margin" in e:
             versus = (f"{e['psnr_margin']:+.2f} dB, SSIM {e['ssim_margin']:+.4f}, "
                       f"warp x{e['warp_vs_bicubic']:.2f}")
-        lines.append(f"| x{e['scale']} | {e['method']} | {e['clips']} | {e['psnr']:.2f} | {e['ssim']:.4f} | "
-                     f"{1000 * e['warp']:.3f} | {e['seconds_per_frame']:.3f} | {versus} |")
+        lines.append(f"| x{e['scale']} | {e['method']} | {e['clips']} | {_fmt(e['psnr'], '.2f')} | "
+                     f"{_fmt(e['ssim'], '.4f')} | {_fmt(1000 * e['warp'], '.3f')} | "
+                     f"{_fmt(e['seconds_per_frame'], '.3f')} | {versus} |")
     lines += ["", "## Per clip", "", "| clip | scale | method | size | PSNR (dB) | SSIM | warp (1e-3) | error |",
               "|---|---:|---|---|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["rel"], r["scale"], r["method"])):
