@@ -32,8 +32,8 @@ from star_model.degrade_config import PROFILES  # noqa: E402
 from star_model.losses import LossConfig  # noqa: E402
 
 RUN = ("data", "storage", "preset", "weights", "venhancer", "checkpoint", "from_scratch", "name", "workers",
-       "use_gpu", "cpus_per_worker", "steps", "batch_size", "lr", "checkpoint_every", "seed", "timesteps",
-       "diffuse_from", "ema", "fixed_noise")
+       "use_gpu", "cpus_per_worker", "steps", "batch_size", "lr", "checkpoint_every", "seed", "timesteps", "ema",
+       "fixed_noise")
 CLIPS = ("frames", "crop", "degrade", "scales", "clips_per_video", "clean_prob")
 
 

@@ -161,31 +161,6 @@ def test_bad_configuration_fails_before_ray(data_dir, tmp_path):
     assert out.returncode == 2 and "needs --weights" in out.stderr
 
 
-def test_diffuse_from_lq_noises_the_latent_the_restorer_starts_from(data_dir, tmp_path):
-    """The same step with diffuse_from gt and lq: the model sees x_t = alpha_t·z + sigma_t·eps with z the HR
-    latent or the LR one (same t and eps), and the LR latent as its hint either way."""
-    seen = {}
-    for source in ("gt", "lq"):
-        step = FinetuneStep(_config(data_dir, tmp_path, diffuse_from=source), torch.device("cpu"))
-        encoded = []
-        encode = step._encode
-        step._encode = lambda frames, gens: encoded.append(encode(frames, gens)) or encoded[-1]
-
-        def record(module, args, kwargs, source=source, encoded=encoded):
-            seen[source] = (args[0].clone(), args[1], kwargs["hint"].clone(), *encoded)
-
-        step.denoiser.register_forward_pre_hook(record, with_kwargs=True)
-        step(_batch(data_dir), 3)
-    (xt_gt, t, hint_gt, z_gt, z_lq), (xt_lq, t_lq, hint_lq, z_gt2, z_lq2) = seen["gt"], seen["lq"]
-    assert torch.equal(t, t_lq) and torch.equal(z_gt, z_gt2) and torch.equal(z_lq, z_lq2)
-    assert torch.equal(hint_gt, z_lq) and torch.equal(hint_lq, z_lq)
-    alpha = step.schedule.alphas[t].view(-1, 1, 1, 1, 1)
-    assert not torch.allclose(z_gt, z_lq)
-    torch.testing.assert_close(xt_gt - xt_lq, alpha * (z_gt - z_lq), atol=1e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="diffuse_from"):
-        _config(data_dir, tmp_path, diffuse_from="hr")
-
-
 @pytest.mark.timeout(120)
 def test_bucket_storage_goes_through_our_filesystem(s3_server):
     # Ray Train gets "bucket/prefix" and our s3fs (endpoint, credentials) wrapped for pyarrow.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pipelines import storage
 from pipelines.finetune.data import ClipConfig
@@ -56,9 +56,6 @@ class FinetuneConfig:
     # Training timesteps, first,last (inclusive), drawn uniformly (official: all 1000). A from-scratch
     # model that restores in one step at t_start learns only where its sampler asks (nano: 850,950).
     timesteps: tuple[int, int] = (0, 999)
-    # What x_t noises: gt, the HR latent (official); lq, the pre-upscaled LR latent, as the restorer's SDEdit
-    # start does (ours, for nano: its one step then learns a restoration that does not hang on the noise)
-    diffuse_from: Literal["gt", "lq"] = "gt"
     # Decay of an exponential moving average of the trained weights, kept in every checkpoint beside
     # them and what --export writes (None: no average, as the official trainer)
     ema: float | None = None
@@ -85,8 +82,6 @@ class FinetuneConfig:
         if len(self.timesteps) != 2 or not 0 <= self.timesteps[0] <= self.timesteps[1] <= 999:
             raise ValueError(f"FinetuneConfig.timesteps={self.timesteps} must be two steps first,last "
                              f"with 0 <= first <= last <= 999")
-        if self.diffuse_from not in ("gt", "lq"):
-            raise ValueError(f"FinetuneConfig.diffuse_from={self.diffuse_from!r} must be 'gt' or 'lq'")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"FinetuneConfig.ema={self.ema} must be in (0, 1), e.g. 0.999")
         if self.max_failures < 0:

@@ -10,8 +10,6 @@ Where we differ from the official `train_sr.py`, and why:
 * LQ is upscaled to GT size as the preset does at inference, bilinearly (bicubic for nano); the official
   trains on an LQ it stored bicubic-upscaled. Captions are always empty (archives have none; official:
   empty with p 0.5).
-* `diffuse_from="lq"` (nano's last segment): x_t noises the LR latent, where the restorer's SDEdit start
-  begins, instead of the HR latent; the official trains only on noised HR latents.
 * bf16 autocast on GPUs (official accelerate default fp16); fp32 on CPU.
 * Randomness (t, noise, posterior samples, dropout, random initial weights) is derived from the seed,
   the step and the clip, so a resumed run repeats an uninterrupted one bit-for-bit.
@@ -136,8 +134,7 @@ class FinetuneStep:
         b, f, _, height, width = gt.shape
         lq = pre_upscale(lq.flatten(0, 1), height // lq.shape[3], self.upscale).reshape(b, f, 3, height, width)
 
-        # 3. latents, text, timesteps, noise; x_t = alpha_t·z + sigma_t·eps, z the HR latent (official) or,
-        #    with diffuse_from="lq", the LR latent the restorer starts from (the v target stays the HR's)
+        # 3. latents, text, timesteps, noise; x_t = alpha_t·z + sigma_t·eps
         z_gt = self._encode(gt, gens)  # (B, 4, F, h, w)
         z_lq = self._encode(lq, gens)
         y = self._context(list(batch[CAPTION]))
@@ -145,7 +142,7 @@ class FinetuneStep:
         t = torch.stack([torch.randint(first, last + 1, (1,), generator=g)[0] for g in gens])
         noise = torch.stack([torch.randn(z_gt.shape[1:], generator=g) for g in gens]).to(self.device)
         t = t.to(self.device)
-        x_t = diffuse(self.schedule, z_lq if cfg.diffuse_from == "lq" else z_gt, t, noise)
+        x_t = diffuse(self.schedule, z_gt, t, noise)
 
         # 4. v prediction (bf16 autocast on GPUs), loss in fp32
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext():
