@@ -63,8 +63,12 @@ def test_summary_gives_the_margins_over_bicubic():
                                   ("a", "nano", 31, 0.85, 0.002), ("b", "nano", 34, 0.9, 0.002)]]
     rows.append(dict(rel="c", scale=4, method="-", psnr=math.nan, ssim=math.nan, warp=math.nan,
                      seconds_per_frame=math.nan, error="bad file"))
+    rows += [dict(rel=r, scale=4, method="reference", psnr=math.nan, ssim=math.nan, warp=0.006,
+                  seconds_per_frame=math.nan, error="") for r in "ab"]
     by_method = {e["method"]: e for e in summarise(rows, "nano")}
-    assert set(by_method) == {"bicubic", "nano"}
+    assert set(by_method) == {"bicubic", "nano", "reference"}
+    assert by_method["reference"]["warp_vs_bicubic"] == pytest.approx(2.0)
+    assert "psnr_margin" not in by_method["reference"]
     nano = by_method["nano"]
     assert nano["psnr_margin"] == pytest.approx(1.5) and nano["ssim_margin"] == pytest.approx(0.025)
     assert nano["warp_vs_bicubic"] == pytest.approx(0.002 / 0.003)

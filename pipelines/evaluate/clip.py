@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from pipelines import storage
 from pipelines.evaluate.methods import INTERPOLATIONS, REALESRGAN, RealEsrgan, crop_to_scale, interpolate, make_lq
 from pipelines.evaluate.quality import ReferenceFlow, psnr_y, ssim_y
+from pipelines.evaluate.report import REFERENCE
 from pipelines.media.frames import read_first_frames
 from pipelines.weights import local_copy
 from star_model.presets import load_restorer, restore_settings
@@ -23,7 +24,6 @@ from star_model.presets import load_restorer, restore_settings
 log = logging.getLogger(__name__)
 
 CLIP, REL = "clip", "rel"  # in: the clip's URL and its path below the input root
-REFERENCE = "reference"  # the row of the HR clip itself
 CROP_SIZE = 96  # side of the square shown per method in the crop picture, in output pixels
 
 
