@@ -31,12 +31,12 @@ def summarise(rows: list[dict[str, Any]], preset: str) -> list[dict[str, Any]]:
     by_key = {(e["scale"], e["method"]): e for e in summary}
     for entry in summary:
         base = by_key.get((entry["scale"], BASELINE))
-        if entry["method"] == preset and base is not None:
+        if base is None or entry["method"] not in (preset, REFERENCE):
+            continue
+        entry["warp_vs_bicubic"] = entry["warp"] / base["warp"] if base["warp"] else math.nan
+        if entry["method"] == preset:
             entry["psnr_margin"] = entry["psnr"] - base["psnr"]
             entry["ssim_margin"] = entry["ssim"] - base["ssim"]
-            entry["warp_vs_bicubic"] = entry["warp"] / base["warp"] if base["warp"] else math.nan
-        if entry["method"] == REFERENCE and base is not None and base["warp"]:
-            entry["warp_vs_bicubic"] = entry["warp"] / base["warp"]
     return summary
 
 
