@@ -8,7 +8,9 @@ choices (canvas padding to >= 720x1280, hard-cut windows of 32, no tiling, trunc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +33,14 @@ from star_model.vae import VideoVae
 from star_model.windows import Span, WindowDenoiser, official_chunks, plan_spans, windowed_denoiser
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _choices(config: type) -> dict[str, tuple[str, ...]]:
+    """{field: its allowed values} for every Literal field of a config dataclass."""
+    hints = typing.get_type_hints(config)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(config)
+            if typing.get_origin(hints[f.name]) is Literal}
 
 
 @dataclass(frozen=True)
@@ -77,10 +87,7 @@ class RestoreConfig:
             raise ValueError(f"host_chunk_frames={self.host_chunk_frames} must be >= 1 frame")
         if self.official_chunking and self.temporal_merge != "hard_cut":
             raise ValueError("official_chunking needs temporal_merge='hard_cut'")
-        for name, allowed in (("solver_mode", ("fast", "normal")), ("upscale", ("bilinear", "bicubic")), ("padding", ("minimal", "official")),
-                              ("temporal_merge", ("weighted", "hard_cut")),
-                              ("color_fix", ("adain", "wavelet", "none")), ("rounding", ("round", "truncate")),
-                              ("start_noise", ("per_frame", "shared"))):
+        for name, allowed in _choices(type(self)).items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {allowed}")
 
