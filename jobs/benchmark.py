@@ -60,7 +60,7 @@ def restorer_for(preset_name: str, settings: str, scale: int, steps: int | None,
     preset = get_preset(preset_name)
     if preset.name != "tiny":  # the tiny VAE has its own shape; tiling settings do not apply to it
         preset = dataclasses.replace(preset, vae=vae)
-    models = build_models(preset, None, device=device, dtype=dtype if gpu else torch.float32)
+    models = build_models(preset, None, device=device, dtype=dtype if gpu else torch.float32, scale=scale)
     return StarRestorer(*models, config)
 
 

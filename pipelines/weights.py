@@ -65,19 +65,20 @@ def check(preset: StarPreset, url: str | None, checkpoint: str | None = "light_d
         raise ValueError(incomplete_message(url, problems))
 
 
-def digest(preset: StarPreset, url: str | None, checkpoint: str | None = "light_deg") -> str:
+def digest(preset: StarPreset, url: str | None, checkpoint: str | None = "light_deg", scale: int = 4) -> str:
     """What the restored pixels depend on in the weights, as 16 hex digits: new weights give a new
     digest (and so a new settings key), a copy of the same weights elsewhere the same one.
 
-    A shipped-layout file (nano): its SHA-256. A folder with a manifest: the manifest's size and
-    SHA-256 of the files this checkpoint uses (star/<checkpoint>.*, text/, vae/). A local folder
+    A shipped-layout file (nano; without `url`, the shipped file for `scale`): its SHA-256. A folder
+    with a manifest: the manifest's size and SHA-256 of the files this checkpoint uses
+    (star/<checkpoint>.*, text/, vae/). A local folder
     without one: those files' sizes and modification times (a copy of it counts as new weights;
     jobs/fetch_weights.py writes manifests). No weights: "random"; no model (bicubic): "none".
     """
     if not preset.has_model:
         return "none"
     if preset.shipped is not None:
-        return sha256_of(url or preset.shipped)[:16]
+        return sha256_of(url or preset.shipped_file(scale))[:16]
     if url is None:
         return "random"
     used = ("text/", "vae/", f"star/{checkpoint}.")

@@ -69,7 +69,7 @@ def test_the_preset_defaults_to_nano_without_weights_and_official_with_them():
 
 
 def test_new_weights_change_the_key_and_a_copy_of_the_same_weights_does_not(tmp_path):
-    shipped = Path(get_preset("nano").shipped)
+    shipped = get_preset("nano").shipped_file(4)
     first = tmp_path / "a" / "nano.safetensors"
     first.parent.mkdir()
     shutil.copyfile(shipped, first)
@@ -82,6 +82,9 @@ def test_new_weights_change_the_key_and_a_copy_of_the_same_weights_does_not(tmp_
     assert ArchiveJob(input="in", output="out", preset="nano", weights=str(copy)).settings_key() == key
     assert ArchiveJob(input="in", output="out", preset="nano", weights=str(retrained)).settings_key() != key
     assert ArchiveJob(input="in", output="out", preset="nano").settings_key() == key  # the shipped file itself
+    # the shipped x2 network is other weights than the x4 one (that the scale changes the key anyway aside)
+    x2 = ArchiveJob(input="in", output="out", preset="nano", scale=2)
+    assert x2.weights_digest != ArchiveJob(input="in", output="out", preset="nano").weights_digest
 
 
 def test_a_weights_folder_counts_by_its_manifest(tmp_path):

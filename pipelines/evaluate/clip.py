@@ -7,6 +7,7 @@ import io
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,9 @@ from pipelines.evaluate.quality import ReferenceFlow, psnr_y, ssim_y
 from pipelines.evaluate.report import REFERENCE
 from pipelines.media.frames import read_first_frames
 from pipelines.weights import local_copy
-from star_model.presets import load_restorer, restore_settings
+from star_model.bicubic import BicubicRestorer
+from star_model.presets import get_preset, load_restorer, restore_settings
+from star_model.restore import StarRestorer
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +31,27 @@ CROP_SIZE = 96  # side of the square shown per method in the crop picture, in ou
 
 
 class ScoreClips:
-    """Ray Data actor: `__init__` builds the preset's restorer once (the archive job's loader and restore
-    call), `__call__` scores a batch of clip rows. A clip that cannot be read gives one row with `error`."""
+    """Ray Data actor: builds the preset's restorer once per weights file (the archive job's loader and
+    restore call; nano's shipped weights differ by scale), `__call__` scores a batch of clip rows. A clip
+    that cannot be read gives one row with `error`."""
 
     def __init__(self, job: dict[str, Any]) -> None:
         self.job = job
-        weights = local_copy(job["weights"]) if job["weights"] is not None else None
-        self.restorer = load_restorer(job["preset"], weights, checkpoint=job["checkpoint"], seed=job["seed"])
+        self.weights = local_copy(job["weights"]) if job["weights"] is not None else None
+        self.restorers: dict[Path | None, StarRestorer | BicubicRestorer] = {}
         self.realesrgan = RealEsrgan() if job["realesrgan"] else None
+
+    def restorer(self, scale: int) -> StarRestorer | BicubicRestorer:
+        """The restorer set up for `scale`, loaded on first use; one per weights file it loads."""
+        job, preset = self.job, get_preset(self.job["preset"])
+        config = restore_settings(job["preset"], scale, job["steps"])
+        shipped = preset.shipped_file(scale) if preset.shipped is not None and self.weights is None else None
+        if shipped not in self.restorers:
+            self.restorers[shipped] = load_restorer(job["preset"], self.weights, config=config,
+                                                    checkpoint=job["checkpoint"], seed=job["seed"])
+        restorer = self.restorers[shipped]
+        restorer.config = config
+        return restorer
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows: list[dict[str, Any]] = []
@@ -66,8 +82,8 @@ class ScoreClips:
             if self.realesrgan is not None:
                 outputs[REALESRGAN], seconds = _timed(lambda: self.realesrgan(lq, scale))
                 rows.append(_scores(rel, scale, REALESRGAN, outputs[REALESRGAN], hr, flow, seconds))
-            self.restorer.config = restore_settings(job["preset"], scale, job["steps"])
-            restored, seconds = _timed(lambda: self.restorer(lq, "", seed=job["seed"]))
+            restorer = self.restorer(scale)
+            restored, seconds = _timed(lambda: restorer(lq, "", seed=job["seed"]))
             outputs[job["preset"]] = restored
             rows.append(_scores(rel, scale, job["preset"], restored, hr, flow, seconds))
             picture = crop_picture(lq, outputs, hr, scale)

@@ -1,5 +1,6 @@
 """Turn a from-scratch training checkpoint into a preset's shipped weights file (nano's
-star_model/weights/nano.safetensors): the trained denoiser plus the fixed text tower it was trained with."""
+star_model/weights/nano-x2.safetensors and nano-x4.safetensors): the trained denoiser plus the fixed
+text tower it was trained with."""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ class ArchiveJob:
     @functools.cached_property
     def weights_digest(self) -> str:
         """`pipelines.weights.digest` of this job's weights (read once per job)."""
-        return weights_digest(get_preset(self.preset), self.weights, self.checkpoint)
+        return weights_digest(get_preset(self.preset), self.weights, self.checkpoint, self.scale)
 
     def warning(self) -> str | None:
         """What the run's log and summary say first when its outputs are not restorations, else None."""
