@@ -2,8 +2,8 @@
 job uses (CI-sized: 4 frames of an 88x160 crop of a face), each scale with its own network.
 
 What this holds it to is what it reaches: above bicubic at x4 (+0.34 dB on this crop) and at x2
-(+0.21 dB on this crop; +0.21 and +0.37 dB over the four whole held-out clips, the model card has the
-figures). Random v-prediction weights scored about 15 dB here."""
+(+0.21 dB on this crop). Over the four whole held-out clips: +0.21 dB at x4 and +0.37 dB at x2 (the
+model card has the figures). Random v-prediction weights scored about 15 dB here."""
 
 from __future__ import annotations
 
