@@ -239,7 +239,8 @@ def build_models(preset: StarPreset, paths: WeightPaths | None, *, device: torch
     `paths` (from `resolve_weights`) loads everything strictly from a weights folder. Without one, a
     preset with shipped weights (nano) loads its file for `scale`, and any other preset gets random
     weights drawn from `seed`; `fresh=True` asks for that random start even where weights are shipped
-    (nano trained from scratch). Random weights depend on `seed` only, so every worker and every restart builds the same.
+    (nano trained from scratch). Random weights depend on `seed` only, so every worker and every
+    restart builds the same.
     """
     if not preset.has_model:
         raise ValueError(f"preset {preset.name!r} has no model to build; choose nano, official or tiny")

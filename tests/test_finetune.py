@@ -290,6 +290,17 @@ def test_from_scratch_trains_the_whole_nano_denoiser_and_exports_it(data_dir, tm
     assert restorer(lq).shape == (2, 40, 32, 3)
 
 
+def test_fine_tuning_nano_starts_from_the_shipped_file_for_its_largest_scale(tmp_path):
+    from star_model.checkpoint import read_state_dict
+    from star_model.presets import DENOISER_PREFIX, NANO_WEIGHTS
+
+    for scales, shipped in (((2,), NANO_WEIGHTS[2]), ((2, 4), NANO_WEIGHTS[4])):
+        cfg = _config(tmp_path, tmp_path, preset="nano", clips=dataclasses.replace(TINY_CLIPS, scales=scales))
+        weights = build_finetune_models(cfg, torch.device("cpu"))[0].state_dict()
+        state = read_state_dict(shipped)
+        assert all(torch.equal(value, state[DENOISER_PREFIX + name].float()) for name, value in weights.items())
+
+
 @pytest.mark.timeout(120)
 def test_the_moving_average_follows_the_weights_and_resumes(data_dir, tmp_path):
     from pipelines.finetune.checkpoint import read_ema, save_checkpoint
