@@ -71,9 +71,8 @@ def digest(preset: StarPreset, url: str | None, checkpoint: str | None = "light_
 
     A shipped-layout file (nano; without `url`, the shipped file for `scale`): its SHA-256. A folder
     with a manifest: the manifest's size and SHA-256 of the files this checkpoint uses
-    (star/<checkpoint>.*, text/, vae/). A local folder
-    without one: those files' sizes and modification times (a copy of it counts as new weights;
-    jobs/fetch_weights.py writes manifests). No weights: "random"; no model (bicubic): "none".
+    (star/<checkpoint>.*, text/, vae/). A local folder without one: those files' sizes and
+    modification times (a copy of it counts as new weights; jobs/fetch_weights.py writes manifests). No weights: "random"; no model (bicubic): "none".
     """
     if not preset.has_model:
         return "none"

@@ -318,8 +318,8 @@ def load_restorer(preset_name: str, weights: str | Path | None = None, *, config
                   dtype: torch.dtype | None = None, seed: int = 0) -> StarRestorer | BicubicRestorer:
     """Build a StarRestorer for a preset; weights are loaded strictly from the local folder `weights`
     (None: the shipped weights for the config's scale, or random ones for presets where they are
-    optional). `config` None:
-    the preset's own restore settings. `bicubic`: a BicubicRestorer (CPU; no weights)."""
+    optional). `config` None: the preset's own restore settings. `bicubic`: a BicubicRestorer (CPU; no
+    weights)."""
     preset = get_preset(preset_name)
     paths = resolve_weights(preset, weights, checkpoint)
     if not preset.has_model:

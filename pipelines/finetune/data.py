@@ -70,7 +70,7 @@ class ClipConfig:
             raise ValueError(f"ClipConfig frames={self.frames}, frame_step={self.frame_step}, "
                              f"clips_per_video={self.clips_per_video} must all be >= 1")
         height, width = self.crop
-        for scale in self.scales or (self.degrade.scale,):
+        for scale in self.scale_factors:
             if scale < 1 or height < 1 or width < 1 or height % scale or width % scale:
                 raise ValueError(f"crop {height}x{width} must be positive multiples of the scale {scale} "
                                  f"(the LR clip is {height}/{scale} x {width}/{scale})")
@@ -78,6 +78,11 @@ class ClipConfig:
             raise ValueError(f"ClipConfig.seed={self.seed} must be >= 0")
         if not 0.0 <= self.clean_prob <= 1.0:
             raise ValueError(f"ClipConfig.clean_prob={self.clean_prob} is not a probability in [0, 1]")
+
+    @property
+    def scale_factors(self) -> tuple[int, ...]:
+        """The scale factors LR clips are made at: `scales`, else the degradation's own."""
+        return self.scales or (self.degrade.scale,)
 
     @property
     def span(self) -> int:

@@ -47,9 +47,9 @@ def build_finetune_models(cfg: FinetuneConfig, device: torch.device) -> tuple[St
     if cfg.weights is not None:
         paths = resolve_weights(preset, local_copy(cfg.weights), None if cfg.venhancer else cfg.checkpoint)
     # fine-tuning nano's shipped weights starts from the file for the largest scale trained
-    scale = max(cfg.clips.scales or (cfg.clips.degrade.scale,))
     denoiser, text, vae = build_models(preset, paths, device=device, dtype=torch.float32, seed=cfg.seed,
-                                       fresh=cfg.from_scratch or cfg.venhancer is not None, scale=scale)
+                                       fresh=cfg.from_scratch or cfg.venhancer is not None,
+                                       scale=max(cfg.clips.scale_factors))
     if cfg.venhancer is not None:
         load_venhancer(denoiser, Path(cfg.venhancer))
     return denoiser, text, vae
