@@ -31,7 +31,7 @@ from pipelines.finetune.trainer import run_finetune  # noqa: E402
 from star_model.degrade_config import PROFILES  # noqa: E402
 from star_model.losses import LossConfig  # noqa: E402
 
-RUN = ("data", "storage", "preset", "weights", "venhancer", "checkpoint", "from_scratch", "name", "workers",
+RUN = ("data", "storage", "preset", "weights", "venhancer", "checkpoint", "from_scratch", "init", "name", "workers",
        "use_gpu", "cpus_per_worker", "steps", "batch_size", "lr", "checkpoint_every", "seed", "timesteps", "ema",
        "fixed_noise")
 CLIPS = ("frames", "crop", "degrade", "scales", "clips_per_video", "clean_prob")
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    if args.init is not None:  # Ray Train's workers run in another folder
+        args.init = str(Path(args.init).resolve())
     try:
         clips = ClipConfig(**values(args, CLIPS), seed=args.seed)  # one seed draws clips, noise and init
         cfg = FinetuneConfig(**values(args, RUN), clips=clips, loss=LossConfig(mode=args.mode))

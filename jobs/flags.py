@@ -85,6 +85,11 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: write whole numbers separated by commas, e.g. 2,4") from None
 
 
+def word_list(text: str) -> tuple[str, ...]:
+    """"clean,crf23" -> ("clean", "crf23")."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def field_comments(config: type) -> dict[str, str]:
     """{field: the comment at the end of its line, or else the comment lines just above it}."""
     source = textwrap.dedent(inspect.getsource(config))

@@ -75,7 +75,21 @@ def _draw_stage(rng: np.random.Generator, stage: StageConfig) -> StageParams:
     codec = str(rng.choice(stage.codecs))
     bitrate = int(rng.integers(stage.bitrate[0], stage.bitrate[1] + 1))
     kind: NoiseKind = "gaussian" if gaussian else "poisson"
-    return StageParams(kernel, scale, mode, kind, level, gray, quality, codec, bitrate)
+    # drawn only where configured, so the official profiles' streams are as before
+    crf = int(rng.integers(stage.crf[0], stage.crf[1] + 1)) if stage.crf is not None else None
+    bpp = _uniform(rng, stage.bits_per_pixel) if stage.bits_per_pixel is not None else None
+    return StageParams(kernel, scale, mode, kind, level, gray, quality, codec, bitrate, crf, bpp)
+
+
+def _compress(x_bchw: Tensor, p: StageParams) -> np.ndarray:
+    """The stage's JPEG and then its video codec: (B, 3, h, w) in 0..1 -> (B, h, w, 3) uint8."""
+    height, width = x_bchw.shape[-2:]
+    h264 = p.codec in ("libx264", "h264")
+    crf = p.crf if h264 else None
+    bitrate = p.bitrate
+    if not h264 and p.bits_per_pixel is not None:
+        bitrate = max(1, int(p.bits_per_pixel * height * width))
+    return compress_video(to_u8(jpeg_round_trip(x_bchw, p.jpeg_quality)), p.codec, bitrate, crf=crf)
 
 
 def _draw_params(rng: np.random.Generator, config: DegradeConfig) -> DegradeParams:
@@ -135,7 +149,9 @@ def _degrade_unit(gt_bchw: Tensor, p: DegradeParams, config: DegradeConfig,
     s1 = p.stage1
     size = (max(1, int(height * s1.resize_scale)), max(1, int(width * s1.resize_scale)))
     x = _blur_resize_noise(gt_bchw, s1, size, config.antialias, gen)
-    x = from_u8(compress_video(to_u8(jpeg_round_trip(x, s1.jpeg_quality)), s1.codec, s1.bitrate))
+    if config.compress == "lr":  # light profile, ours: to the LR size, then compressed there
+        return _compress(resize(x, lr_size, p.final_mode, config.antialias), s1)
+    x = from_u8(_compress(x, s1))
     if p.stage2 is None:  # light profile: straight to the LR size
         return to_u8(resize(x, lr_size, p.final_mode, config.antialias))
 
@@ -155,7 +171,7 @@ def _degrade_unit(gt_bchw: Tensor, p: DegradeParams, config: DegradeConfig,
         x = resize_sinc(jpeg_round_trip(x, s2.jpeg_quality))
     else:
         x = jpeg_round_trip(resize_sinc(x), s2.jpeg_quality)
-    return compress_video(to_u8(x), s2.codec, s2.bitrate)
+    return compress_video(to_u8(x), s2.codec, s2.bitrate, crf=s2.crf)
 
 
 def degrade_clip(frames_fhwc_u8: np.ndarray, config: DegradeConfig,

@@ -14,14 +14,15 @@ ResizeMode = Literal["area", "bilinear", "bicubic"]
 NoiseKind = Literal["gaussian", "poisson"]
 Profile = Literal["full", "light"]
 Per = Literal["frame", "clip"]
+Compress = Literal["stage", "lr"]
 
 MIXED_KINDS: tuple[KernelKind, ...] = (
     "iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES: tuple[ResizeMode, ...] = ("area", "bilinear", "bicubic")
 # "h264" names no encoder: PyAV falls back to FFmpeg's default H.264 encoder, libx264 in PyAV's wheels.
-# So drawing uniformly from these names gives H.264 with p 2/3 and MPEG-4 part 2 with p 1/3, as the
-# official does.
-VIDEO_CODECS = ("libx264", "h264", "mpeg4")
+# So drawing uniformly from the first three gives H.264 with p 2/3 and MPEG-4 part 2 with p 1/3, as the
+# official does. MPEG-2 (ours, for the archive profile) is what tapes and broadcasts were digitised to.
+VIDEO_CODECS = ("libx264", "h264", "mpeg4", "mpeg2video")
 SINC_SMALL_KERNEL = 13  # below this kernel size the sinc cut-off is drawn from the narrower range
 
 
@@ -76,6 +77,12 @@ class StageConfig:
     jpeg_quality: tuple[int, int] = (30, 95)
     codecs: tuple[str, ...] = VIDEO_CODECS
     bitrate: tuple[int, int] = (10_000, 100_000)  # bit/s at 1 frame/s, so bits per frame
+    # Ours (None: the official's fixed bitrate above). `crf`: H.264 encodes at a constant rate factor
+    # drawn here, as archives and web video are encoded; `bits_per_pixel`: the other codecs' bitrate
+    # drawn per pixel of the frame, so a small crop is compressed as hard as a whole SD frame would be
+    # (MPEG-2 broadcast SD: about 0.4, i.e. 4 Mbit/s at 720x576, 25 frames/s).
+    crf: tuple[int, int] | None = None
+    bits_per_pixel: tuple[float, float] | None = None
 
 
 STAGE1 = StageConfig()
@@ -112,6 +119,10 @@ class DegradeConfig:
     antialias: bool = True
     profile: Profile = "full"
     per: Per = "frame"
+    # Ours: "lr" = (light profile) stage 1's JPEG and video codec act on the LR clip after the final
+    # resize, as an archive's own encode of its SD video; "stage" = inside stage 1, before the resize
+    # (official order, whose downscale then smooths the compression artefacts away).
+    compress: Compress = "stage"
 
     def __post_init__(self) -> None:
         if self.scale < 1:
@@ -120,6 +131,8 @@ class DegradeConfig:
             raise ValueError(f"DegradeConfig.profile={self.profile!r}; use 'full' or 'light'")
         if self.per not in ("frame", "clip"):
             raise ValueError(f"DegradeConfig.per={self.per!r}; use 'frame' or 'clip'")
+        if self.compress not in ("stage", "lr") or (self.compress == "lr" and self.profile != "light"):
+            raise ValueError(f"DegradeConfig.compress={self.compress!r}; use 'stage', or 'lr' with the light profile")
         if self.usm_radius < 1 or self.usm_weight < 0:
             raise ValueError(
                 f"need usm_radius >= 1 and usm_weight >= 0, got {self.usm_radius}, {self.usm_weight}")
@@ -164,8 +177,14 @@ def _check_stage(name: str, stage: StageConfig) -> None:
               "resize.up": resize.up, "resize.down": resize.down, "noise.gaussian_sigma": noise.gaussian_sigma,
               "noise.poisson_scale": noise.poisson_scale, "jpeg_quality": stage.jpeg_quality,
               "bitrate": stage.bitrate}
+    ranges.update({label: bounds for label, bounds in (("crf", stage.crf), ("bits_per_pixel", stage.bits_per_pixel))
+                   if bounds is not None})
     for label, bounds in ranges.items():
         _check_range(f"{name}.{label}", bounds)
+    if stage.crf is not None and not 0 <= stage.crf[0] <= stage.crf[1] <= 51:
+        raise ValueError(f"{name}.crf={stage.crf} must lie in [0, 51]")
+    if stage.bits_per_pixel is not None and stage.bits_per_pixel[0] <= 0:
+        raise ValueError(f"{name}.bits_per_pixel={stage.bits_per_pixel} must be > 0")
     if blur.sigma[0] <= 0 or resize.down[0] <= 0 or min(blur.sinc_omega_small + blur.sinc_omega_large) <= 0:
         raise ValueError(f"{name}: blur sigma, sinc cut-offs and resize down factors must be > 0")
     if not 1 <= stage.jpeg_quality[0] <= stage.jpeg_quality[1] <= 100:
@@ -187,7 +206,18 @@ MILD = DegradeConfig(
                        resize=ResizeConfig(probs=(0.1, 0.3, 0.6), up=(1.0, 1.2), down=(0.6, 1.0)),
                        noise=NoiseConfig(gaussian_sigma=(0.5, 4.0), poisson_scale=(0.05, 0.5)),
                        jpeg_quality=(70, 95), bitrate=(100_000, 400_000)))
-PROFILES: dict[str, DegradeConfig] = {"full": FULL, "light": LIGHT, "mild": MILD}
+# Ours, for nano on archive footage: light blur and noise, a downscale kernel that is not always bicubic,
+# then JPEG and a real codec on the LR clip itself (H.264 at CRF 18-34, MPEG-2 and MPEG-4 part 2 at
+# 0.3-1.5 bits per pixel), which is what `jobs/evaluate.py`'s compressed condition and real archives
+# hold; the official order compresses before the downscale, which hides most of the artefacts.
+ARCHIVE = DegradeConfig(
+    usm_weight=0.0, profile="light", per="clip", compress="lr",
+    stage1=StageConfig(blur=BlurConfig(prob=0.4, sigma=(0.2, 1.5)),
+                       resize=ResizeConfig(probs=(0.0, 0.3, 0.7), down=(0.7, 1.0)),
+                       noise=NoiseConfig(gaussian_sigma=(0.5, 5.0), poisson_scale=(0.05, 0.8)),
+                       jpeg_quality=(60, 98), codecs=("libx264", "h264", "mpeg2video", "mpeg4"),
+                       crf=(18, 34), bits_per_pixel=(0.3, 1.5)))
+PROFILES: dict[str, DegradeConfig] = {"full": FULL, "light": LIGHT, "mild": MILD, "archive": ARCHIVE}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -220,6 +250,8 @@ class StageParams:
     jpeg_quality: int
     codec: str
     bitrate: int
+    crf: int | None = None  # H.264 at this rate factor instead of `bitrate` (StageConfig.crf)
+    bits_per_pixel: float | None = None  # the other codecs' rate, instead of `bitrate`
 
 
 @dataclass(frozen=True)

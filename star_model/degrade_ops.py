@@ -134,9 +134,11 @@ def jpeg_round_trip(x_bchw: Tensor, quality: int) -> Tensor:
     return from_u8(np.stack(out))
 
 
-def compress_video(frames_fhwc_u8: np.ndarray, codec: str, bitrate: int) -> np.ndarray:
+def compress_video(frames_fhwc_u8: np.ndarray, codec: str, bitrate: int, crf: int | None = None) -> np.ndarray:
     """Encodes the frames as one yuv420p video at 1 frame/s (so `bitrate` is bits per frame) into an
-    in-memory MP4 and decodes it back; (F, H, W, 3) uint8 in and out.
+    in-memory MP4 and decodes it back; (F, H, W, 3) uint8 in and out. `crf` (H.264 only): a constant
+    rate factor instead of the bitrate. MPEG-2 knows only the broadcast frame rates: it is encoded at
+    25 frames/s with 25 times the bitrate, the same bits per frame.
 
     Bit-identical for the same input: single-threaded, and for multi-frame H.264 without x264's
     macroblock tree. With mbtree on, a multi-frame encode of small frames (e.g. 4 frames of 48×6) varies
@@ -147,13 +149,20 @@ def compress_video(frames_fhwc_u8: np.ndarray, codec: str, bitrate: int) -> np.n
     """
     f, h, w, _ = frames_fhwc_u8.shape
     padded = np.pad(frames_fhwc_u8, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    options = {"x264-params": "mbtree=0"} if f > 1 and codec in ("libx264", "h264") else {}
+    h264 = codec in ("libx264", "h264")
+    if crf is not None and not h264:
+        raise ValueError(f"crf is an H.264 setting; codec {codec!r} takes a bitrate")
+    options = {"x264-params": "mbtree=0"} if f > 1 and h264 else {}
+    if crf is not None:
+        options["crf"] = str(crf)
+    rate = 25 if codec == "mpeg2video" else 1
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=1, options=options)
+        stream = container.add_stream(codec, rate=rate, options=options)
         stream.width, stream.height = padded.shape[2], padded.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.bit_rate = bitrate
+        if crf is None:
+            stream.bit_rate = bitrate * rate
         # One thread: x264's frame threading changes its decisions with the thread count, which would
         # make the pairs depend on the machine's core count.
         stream.codec_context.thread_count = 1

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from helpers import media
 from pipelines.media.frames import read_frames
 from star_model.degrade import degrade_clip, draw_params, upscale_lq
-from star_model.degrade_config import FULL, LIGHT, DegradeConfig, KernelParams, StageConfig
+from star_model.degrade_config import ARCHIVE, FULL, LIGHT, DegradeConfig, KernelParams, StageConfig
 from star_model.degrade_ops import compress_video, make_kernel, usm_sharpen
 
 FULL_CLIP = dataclasses.replace(FULL, per="clip")
@@ -264,3 +264,39 @@ def test_multi_frame_h264_is_repeatable_across_sizes() -> None:
     for _ in range(3):
         for clip, expected in zip(clips, first):
             np.testing.assert_array_equal(compress_video(clip, "libx264", 20_000), expected)
+
+
+def test_compress_video_crf_and_mpeg2(real_clip: np.ndarray) -> None:
+    clip = np.ascontiguousarray(real_clip[:, :48, :64])
+    fine, coarse = (compress_video(clip, "libx264", 0, crf=crf) for crf in (18, 40))
+    assert _psnr(fine, clip) > _psnr(coarse, clip) + 3  # the rate factor rules, not the (ignored) bitrate
+    mpeg2 = compress_video(clip, "mpeg2video", int(0.4 * 48 * 64))
+    assert mpeg2.shape == clip.shape and np.array_equal(mpeg2, compress_video(clip, "mpeg2video", int(0.4 * 48 * 64)))
+    assert 15 < _psnr(mpeg2, clip) < 60
+    with pytest.raises(ValueError, match="H.264 setting"):
+        compress_video(clip, "mpeg4", 20_000, crf=23)
+
+
+def test_archive_profile_compresses_the_lr_clip_itself(real_clip: np.ndarray) -> None:
+    """The archive profile (nano's training for archive input) draws H.264 rate factors, MPEG-2 and MPEG-4
+    and compresses the clip at the LR size, after the downscale: its artefacts reach the LR pixels."""
+    config = dataclasses.replace(ARCHIVE, scale=2)
+    draws = [draw_params(config, seed, 1)[0].stage1 for seed in range(40)]
+    assert {d.codec for d in draws} == {"libx264", "h264", "mpeg2video", "mpeg4"}
+    assert all(18 <= d.crf <= 34 and 0.3 <= d.bits_per_pixel <= 1.5 for d in draws)
+    clip = real_clip[:4, :96, :128]
+    gt, lq = degrade_clip(clip, config, 5)
+    np.testing.assert_array_equal(gt, clip)  # no USM: the GT is the real picture
+    assert lq.shape == (4, 48, 64, 3)
+    np.testing.assert_array_equal(lq, degrade_clip(clip, config, 5)[1])
+    # the same draw compressed in stage 1 (before the downscale, the official order) keeps the LR closer to
+    # the uncompressed path: compressing at the LR size leaves more of the codec's loss in it
+    stage = dataclasses.replace(config, compress="stage")
+    plain = dataclasses.replace(config, stage1=dataclasses.replace(config.stage1, jpeg_quality=(100, 100),
+                                                                   crf=(0, 0), bits_per_pixel=(50.0, 50.0)))
+    lossless = np.stack([degrade_clip(clip, plain, s)[1] for s in range(6)])
+    at_lr = np.stack([degrade_clip(clip, config, s)[1] for s in range(6)])
+    in_stage = np.stack([degrade_clip(clip, stage, s)[1] for s in range(6)])
+    assert _psnr(at_lr, lossless) < _psnr(in_stage, lossless)
+    with pytest.raises(ValueError, match="compress"):
+        DegradeConfig(compress="lr")  # the full profile has no single place for it

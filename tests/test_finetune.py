@@ -320,3 +320,20 @@ def test_the_moving_average_follows_the_weights_and_resumes(data_dir, tmp_path):
     resumed.load_ema(None)  # a checkpoint without an average: it restarts from the current weights
     current = dict(resumed.denoiser.named_parameters())
     assert all(torch.equal(t, current[n].detach()) for n, t in resumed.ema_state().items())
+
+
+def test_a_from_scratch_run_can_start_from_a_shipped_file_and_train_everything(tmp_path):
+    """--init: the whole denoiser trains (as from scratch), starting from a shipped-layout file (how nano was
+    trained on for archive input), not from the seed's random weights nor only the control branch."""
+    from star_model.checkpoint import read_state_dict
+    from star_model.presets import DENOISER_PREFIX, NANO_WEIGHTS
+
+    cfg = _config(tmp_path, tmp_path, preset="nano", from_scratch=True, init=str(NANO_WEIGHTS[4]))
+    step = FinetuneStep(cfg, torch.device("cpu"))
+    state = read_state_dict(NANO_WEIGHTS[4])
+    assert all(torch.equal(v, state[DENOISER_PREFIX + k].float()) for k, v in step.denoiser.state_dict().items())
+    assert len(step.trainable) == len(list(step.denoiser.parameters()))
+    with pytest.raises(ValueError, match="add from_scratch"):
+        _config(tmp_path, tmp_path, preset="nano", init=str(NANO_WEIGHTS[4]))
+    with pytest.raises(ValueError, match="--init"):
+        check_config(_config(tmp_path, tmp_path, preset="nano", from_scratch=True, init=str(tmp_path / "none")))

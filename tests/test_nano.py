@@ -30,7 +30,7 @@ def test_untrained_nano_restores_exactly_as_bicubic():
     preset = get_preset("nano")
     denoiser, text, codec = build_models(preset, None, device=torch.device("cpu"), dtype=torch.float32, fresh=True)
     for scale in (2, 4):
-        lq = make_lq(hr, scale, None, 0)
+        lq = make_lq(hr, scale, "clean", 0)
         restored = StarRestorer(denoiser, text, codec, restore_settings("nano", scale).replace(color_fix="none"))(lq)
         assert np.abs(restored.astype(int) - interpolate(lq, scale, "bicubic")).max() <= 1
 
@@ -55,7 +55,7 @@ def scores() -> dict[int, dict[str, float]]:
     out = {}
     for scale in (2, 4):
         hr = crop_to_scale(np.ascontiguousarray(frames[:, 120:208, 200:360]), scale)
-        lq = make_lq(hr, scale, None, 0)
+        lq = make_lq(hr, scale, "clean", 0)
         restored = load_restorer("nano", config=restore_settings("nano", scale), device="cpu")(lq)
         assert restored.shape == hr.shape
         out[scale] = {"nano": psnr_y(restored, hr, scale),

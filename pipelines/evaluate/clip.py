@@ -1,5 +1,5 @@
-"""The evaluation job's actor: one reference clip in, its scores out (one row per scale and method), and a
-side-by-side crop picture per scale written beside the report."""
+"""The evaluation job's actor: one reference clip in, its scores out (one row per scale, input condition
+and method), and a side-by-side crop picture per scale and condition written beside the report."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from pipelines import storage
 from pipelines.evaluate.methods import INTERPOLATIONS, REALESRGAN, RealEsrgan, crop_to_scale, interpolate, make_lq
-from pipelines.evaluate.quality import ReferenceFlow, psnr_y, ssim_y
+from pipelines.evaluate.quality import ReferenceFlow, Vmaf, psnr_y, ssim_y
 from pipelines.evaluate.report import REFERENCE
 from pipelines.media.frames import read_first_frames
 from pipelines.weights import local_copy
@@ -40,6 +40,7 @@ class ScoreClips:
         self.weights = local_copy(job["weights"]) if job["weights"] is not None else None
         self.restorers: dict[Path | None, StarRestorer | BicubicRestorer] = {}
         self.realesrgan = RealEsrgan() if job["realesrgan"] else None
+        self.vmaf = Vmaf()
 
     def restorer(self, scale: int) -> StarRestorer | BicubicRestorer:
         """The restorer set up for `scale`, loaded on first use; one per weights file it loads."""
@@ -60,7 +61,7 @@ class ScoreClips:
                 rows += self.score(clip[CLIP], clip[REL])
             except Exception as e:  # noqa: BLE001 - reported in the table, the other clips go on
                 log.warning("clip %s could not be scored", clip[REL], exc_info=True)
-                rows.append(_row(clip[REL], 0, "-", error=f"{type(e).__name__}: {e}"))
+                rows.append(_row(clip[REL], 0, "-", "-", error=f"{type(e).__name__}: {e}"))
         return pd.DataFrame(rows)
 
     def score(self, url: str, rel: str) -> list[dict[str, Any]]:
@@ -69,32 +70,47 @@ class ScoreClips:
         rows = []
         for scale in job["scales"]:
             hr = crop_to_scale(reference, scale)
-            lq = make_lq(hr, scale, None if job["degrade"] == "none" else job["degrade"], job["seed"])
             flow = ReferenceFlow(hr)
             # the reference's own warping error: what a perfect restoration scores (flow and occlusions
             # are not perfect), the scale for the methods' figures; no PSNR/SSIM, it is the reference
-            rows.append(_row(rel, scale, REFERENCE, warp=flow.warping_error(hr), size=f"{hr.shape[2]}x{hr.shape[1]}",
-                             frames=len(hr)))
-            outputs: dict[str, np.ndarray] = {}
-            for mode in INTERPOLATIONS:
-                outputs[mode], seconds = _timed(lambda: interpolate(lq, scale, mode))
-                rows.append(_scores(rel, scale, mode, outputs[mode], hr, flow, seconds))
-            if self.realesrgan is not None:
-                outputs[REALESRGAN], seconds = _timed(lambda: self.realesrgan(lq, scale))
-                rows.append(_scores(rel, scale, REALESRGAN, outputs[REALESRGAN], hr, flow, seconds))
-            restorer = self.restorer(scale)
-            restored, seconds = _timed(lambda: restorer(lq, "", seed=job["seed"]))
-            outputs[job["preset"]] = restored
-            rows.append(_scores(rel, scale, job["preset"], restored, hr, flow, seconds))
-            picture = crop_picture(lq, outputs, hr, scale)
-            storage.write_bytes_atomic(storage.join(job["output"], "crops", crop_name(rel, scale)), picture)
+            own_warp = flow.warping_error(hr)
+            for condition in job["conditions"]:
+                rows += self.score_condition(rel, scale, condition, hr, flow)
+                rows.append(_row(rel, scale, condition, REFERENCE, warp=own_warp,
+                                 size=f"{hr.shape[2]}x{hr.shape[1]}", frames=len(hr)))
         return rows
 
+    def score_condition(self, rel: str, scale: int, condition: str, hr: np.ndarray,
+                        flow: ReferenceFlow) -> list[dict[str, Any]]:
+        """Every method's rows for one scale and input condition, and that condition's crop picture."""
+        job = self.job
+        lq = make_lq(hr, scale, condition, job["seed"])
+        methods = {mode: (lambda mode=mode: interpolate(lq, scale, mode)) for mode in INTERPOLATIONS}
+        if self.realesrgan is not None:
+            methods[REALESRGAN] = lambda: self.realesrgan(lq, scale)
+        restorer = self.restorer(scale)
+        methods[job["preset"]] = lambda: restorer(lq, "", seed=job["seed"])
+        rows, outputs = [], {}
+        for method, make in methods.items():
+            outputs[method], seconds = _timed(make)
+            rows.append(self._scores(rel, scale, condition, method, outputs[method], hr, flow, seconds))
+        picture = crop_picture(lq, outputs, hr, scale)
+        storage.write_bytes_atomic(storage.join(job["output"], "crops", crop_name(rel, scale, condition)), picture)
+        return rows
 
-def crop_name(rel: str, scale: int) -> str:
+    def _scores(self, rel: str, scale: int, condition: str, method: str, frames: np.ndarray, hr: np.ndarray,
+                flow: ReferenceFlow, seconds: float) -> dict[str, Any]:
+        # The SR convention: a border of `scale` pixels is left out of PSNR and SSIM (VMAF: whole frames).
+        vmaf, vmaf_neg = self.vmaf(frames, hr)
+        return _row(rel, scale, condition, method, psnr=psnr_y(frames, hr, scale), ssim=ssim_y(frames, hr, scale),
+                    vmaf=vmaf, vmaf_neg=vmaf_neg, warp=flow.warping_error(frames),
+                    seconds_per_frame=seconds / len(frames), size=f"{hr.shape[2]}x{hr.shape[1]}", frames=len(frames))
+
+
+def crop_name(rel: str, scale: int, condition: str) -> str:
     """crops/<name>: the clip's path flattened to one safe file name (no folders, no '..')."""
     flat = re.sub(r"[^A-Za-z0-9._-]+", "_", rel.replace("/", "__")).lstrip(".")
-    return f"{flat}_x{scale}.png"
+    return f"{flat}_x{scale}_{condition}.png"
 
 
 def crop_picture(lq: np.ndarray, outputs: dict[str, np.ndarray], hr: np.ndarray, scale: int) -> bytes:
@@ -141,16 +157,9 @@ def _timed(make):
     return out, time.perf_counter() - started
 
 
-def _scores(rel: str, scale: int, method: str, frames: np.ndarray, hr: np.ndarray, flow: ReferenceFlow,
-            seconds: float) -> dict[str, Any]:
-    # The SR convention: a border of `scale` pixels is left out of PSNR and SSIM.
-    return _row(rel, scale, method, psnr=psnr_y(frames, hr, scale), ssim=ssim_y(frames, hr, scale),
-                warp=flow.warping_error(frames), seconds_per_frame=seconds / len(frames),
-                size=f"{hr.shape[2]}x{hr.shape[1]}", frames=len(frames))
-
-
-def _row(rel: str, scale: int, method: str, **values: Any) -> dict[str, Any]:
-    row = {REL: rel, "scale": scale, "method": method, "psnr": np.nan, "ssim": np.nan, "warp": np.nan,
-           "seconds_per_frame": np.nan, "size": "", "frames": 0, "error": ""}
+def _row(rel: str, scale: int, condition: str, method: str, **values: Any) -> dict[str, Any]:
+    row = {REL: rel, "scale": scale, "condition": condition, "method": method, "psnr": np.nan, "ssim": np.nan,
+           "vmaf": np.nan, "vmaf_neg": np.nan, "warp": np.nan, "seconds_per_frame": np.nan, "size": "", "frames": 0,
+           "error": ""}
     row.update(values)
     return row

@@ -14,7 +14,7 @@ import ray
 from pipelines import storage
 from pipelines.actors import actor_pool
 from pipelines.evaluate.clip import CLIP, REL, ScoreClips
-from pipelines.evaluate.methods import realesrgan_available
+from pipelines.evaluate.methods import CONDITIONS, realesrgan_available
 from pipelines.evaluate.report import write_report
 from pipelines.reachable import check_reachable
 from pipelines.restore.job import ConfigError
@@ -37,9 +37,10 @@ class EvaluateJob:
     weights: str | None = None  # folder or bucket with star/, text/ and vae/ (jobs/fetch_weights.py writes one)
     checkpoint: str = "light_deg"  # light_deg or heavy_deg
     scales: tuple[int, ...] = (2, 4)  # upscaling factors; each clip is scored at each
-    # How each clip's low-quality input is made: a bicubic downscale by the scale (none), or the project's
-    # degradation profile (mild, light, full) at --seed, ending in the same downscale
-    degrade: Literal["none", "mild", "light", "full"] = "none"
+    # The input conditions, each scored and reported separately (default: all): clean (antialiased bicubic
+    # downscale), crf23 and crf30 (area downscale, then H.264), mpeg2 (area downscale, then MPEG-2 at a
+    # broadcast rate), mild and full (the project's degradation profiles at --seed)
+    conditions: tuple[str, ...] = tuple(CONDITIONS)
     seed: int = 0  # the degradation's and the sampler's seed
     frames: int = 8  # frames from the start of each clip (the warping error needs 2)
     crop: tuple[int, int] | None = None  # HxW centre crop of each reference (default: whole frames)
@@ -61,6 +62,9 @@ def validate(job: EvaluateJob) -> list[storage.SourceFile]:
             raise ValueError(f"--scales {job.scales}: need distinct factors >= 1")
         for scale in job.scales:
             restore_settings(job.preset, scale, job.steps)  # the restore settings must be valid too
+        unknown = [c for c in job.conditions if c not in CONDITIONS]
+        if not job.conditions or unknown or len(set(job.conditions)) != len(job.conditions):
+            raise ValueError(f"--conditions {','.join(job.conditions)}: need distinct names from {', '.join(CONDITIONS)}")
         if job.frames < 2:
             raise ValueError(f"--frames {job.frames}: need at least 2 (the warping error compares frame pairs)")
         if job.crop is not None and (len(job.crop) != 2 or min(job.crop) < max(job.scales)):

@@ -1,19 +1,34 @@
-"""What is compared: the low-quality input made from a reference clip, and the upscalers that are not
-the preset under test (plain interpolation, and Real-ESRGAN where its package is installed)."""
+"""What is compared: the low-quality input made from a reference clip under each named condition, and
+the upscalers that are not the preset under test (PyTorch's bicubic and bilinear, FFmpeg's Lanczos, and
+Real-ESRGAN where its package is installed)."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from star_model.degrade import degrade_clip, downscale_clip
 from star_model.degrade_config import PROFILES
+from star_model.degrade_ops import compress_video
 
-INTERPOLATIONS = ("bicubic", "bilinear")
+INTERPOLATIONS = ("bicubic", "bilinear", "lanczos")
 REALESRGAN = "realesrgan"
+
+# The input conditions, each scored separately: name -> (group, what the low-quality input is).
+CONDITIONS: dict[str, tuple[str, str]] = {
+    "clean": ("clean", "antialiased bicubic downscale"),
+    "crf23": ("compressed", "area downscale, then H.264 (x264) at CRF 23"),
+    "crf30": ("compressed", "area downscale, then H.264 (x264) at CRF 30"),
+    "mpeg2": ("compressed", "area downscale, then MPEG-2 at 0.4 bits per pixel (4 Mbit/s at 720x576, 25 frames/s: "
+                            "a broadcast SD rate)"),
+    "mild": ("degraded", "the `mild` degradation profile at the job's seed"),
+    "full": ("degraded", "the `full` degradation profile (two stages, official ranges) at the job's seed"),
+}
+MPEG2_BITS_PER_PIXEL = 0.4
 
 
 def crop_to_scale(frames_fhwc_u8: np.ndarray, scale: int) -> np.ndarray:
@@ -29,22 +44,44 @@ def resize(frames_fhwc_u8: np.ndarray, size: tuple[int, int], mode: str) -> np.n
     """(F, h, w, 3) uint8 -> (F, H, W, 3) uint8 with PyTorch's interpolation (antialiased when shrinking,
     as MATLAB's imresize the SR literature uses), rounded and clamped."""
     x = torch.from_numpy(frames_fhwc_u8).permute(0, 3, 1, 2).float()
-    shrink = size[0] < x.shape[2]
-    y = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrink)
+    if mode == "area":  # an exact box filter for integer factors; it knows no antialias switch
+        y = F.interpolate(x, size=size, mode="area")
+    else:
+        shrink = size[0] < x.shape[2]
+        y = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrink)
     return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def make_lq(hr_fhwc_u8: np.ndarray, scale: int, degrade: str | None, seed: int) -> np.ndarray:
-    """The low-quality input of a reference clip: a bicubic downscale by `scale`, or the project's
-    degradation profile `degrade` ("mild", "light", "full") at a fixed seed."""
-    if degrade is None:
+def make_lq(hr_fhwc_u8: np.ndarray, scale: int, condition: str, seed: int) -> np.ndarray:
+    """The low-quality input of a reference clip under `condition` (a key of CONDITIONS), at 1/scale of
+    its size. The compressed conditions encode the whole clip as one video (the codec sees its motion);
+    the degraded ones draw from `seed`, so every method and run gets the same input."""
+    group = CONDITIONS[condition][0] if condition in CONDITIONS else None
+    if group is None:
+        raise ValueError(f"unknown condition {condition!r}; choose from {sorted(CONDITIONS)}")
+    if condition == "clean":
         return downscale_clip(hr_fhwc_u8, scale)
-    config = PROFILES[degrade]
-    return degrade_clip(hr_fhwc_u8, dataclasses.replace(config, scale=scale, usm_weight=0.0), seed)[1]
+    if group == "degraded":
+        config = PROFILES[condition]
+        return degrade_clip(hr_fhwc_u8, dataclasses.replace(config, scale=scale, usm_weight=0.0), seed)[1]
+    # the area filter, not the bicubic kernel the clean input (and nano's clean training pairs) use
+    lr = resize(hr_fhwc_u8, (hr_fhwc_u8.shape[1] // scale, hr_fhwc_u8.shape[2] // scale), "area")
+    if condition == "mpeg2":
+        return compress_video(lr, "mpeg2video", int(MPEG2_BITS_PER_PIXEL * lr.shape[1] * lr.shape[2]))
+    return compress_video(lr, "libx264", 0, crf=int(condition.removeprefix("crf")))
 
 
 def interpolate(lq_fhwc_u8: np.ndarray, scale: int, mode: str) -> np.ndarray:
-    return resize(lq_fhwc_u8, (lq_fhwc_u8.shape[1] * scale, lq_fhwc_u8.shape[2] * scale), mode)
+    size = (lq_fhwc_u8.shape[1] * scale, lq_fhwc_u8.shape[2] * scale)
+    return lanczos(lq_fhwc_u8, size) if mode == "lanczos" else resize(lq_fhwc_u8, size, mode)
+
+
+def lanczos(frames_fhwc_u8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """FFmpeg's Lanczos resize (swscale, what `ffmpeg -vf scale=W:H:flags=lanczos` runs), on the RGB frames."""
+    height, width = size
+    return np.stack([av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+                     .reformat(width=width, height=height, interpolation="LANCZOS").to_ndarray(format="rgb24")
+                     for f in frames_fhwc_u8])
 
 
 def realesrgan_available() -> bool:

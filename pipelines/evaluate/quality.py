@@ -1,4 +1,5 @@
-"""Full-reference quality of a restored clip: PSNR and SSIM on luma, and a flow-based warping error.
+"""Full-reference quality of a restored clip: PSNR and SSIM on luma, VMAF and VMAF-NEG, and a flow-based
+warping error.
 
 Conventions follow the video super-resolution literature (the STAR paper's tables among them): luma is
 BT.601 Y in 16..235 (MATLAB's rgb2ycbcr), a border of `scale` pixels is shaved before PSNR and SSIM,
@@ -6,13 +7,18 @@ and SSIM is Wang et al.'s Gaussian-window form (scikit-image with gaussian_weigh
 sample covariance). The warping error is Lai et al. 2018's E_warp: the mean squared difference between
 a frame and the next one warped back onto it, over pixels that the flow sees in both frames. The flow
 is computed once on the reference (OpenCV's Farneback), so every method is judged on the same motion.
+VMAF is Netflix's v0.6.1 model through the `vmaf-torch` package (a PyTorch port of libvmaf's features and
+SVM, on the CPU), on the same luma of whole frames; VMAF-NEG is its "no enhancement gain" variant, which
+does not reward sharpening or contrast added beyond the reference. Scores are not clipped to 0..100.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 from skimage.metrics import structural_similarity
+from vmaf_torch import VMAF
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 
@@ -38,6 +44,19 @@ def ssim_y(restored_fhwc_u8: np.ndarray, reference_fhwc_u8: np.ndarray, border: 
     a, b = (_shave(luma(x), border) for x in (restored_fhwc_u8, reference_fhwc_u8))
     return float(np.mean([structural_similarity(x, y, data_range=255.0, gaussian_weights=True, sigma=1.5,
                                                 use_sample_covariance=False) for x, y in zip(a, b)]))
+
+
+class Vmaf:
+    """VMAF and VMAF-NEG of restored clips against one reference clip, the mean over its frames."""
+
+    def __init__(self) -> None:
+        self.models = {neg: VMAF(temporal_pooling=True, NEG=neg, clip_score=False) for neg in (False, True)}
+
+    @torch.no_grad()
+    def __call__(self, restored_fhwc_u8: np.ndarray, reference_fhwc_u8: np.ndarray) -> tuple[float, float]:
+        """(VMAF, VMAF-NEG); libvmaf's order of arguments: the reference first."""
+        ref, dist = (torch.from_numpy(luma(x)).float()[:, None] for x in (reference_fhwc_u8, restored_fhwc_u8))
+        return float(self.models[False](ref, dist)), float(self.models[True](ref, dist))
 
 
 class ReferenceFlow:

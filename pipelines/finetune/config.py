@@ -37,6 +37,9 @@ class FinetuneConfig:
     # Train the whole denoiser from a random start drawn from --seed (nano is trained so), instead of the
     # control branch and LIEM gates of a pretrained one; the text tower and the VAE/codec stay frozen.
     from_scratch: bool = False
+    # With from_scratch: the whole denoiser trains from this file of the preset's shipped layout (nano's
+    # shipped files, or one --export wrote) instead of a random start; a resumed run still resumes.
+    init: str | None = None
     name: str = "star-finetune"  # run name: a run with the same storage and name resumes
     workers: int = 1  # training workers (one GPU each with --use-gpu)
     use_gpu: bool = False  # one GPU per worker, NCCL, bf16 autocast
@@ -77,6 +80,8 @@ class FinetuneConfig:
         if self.clips.scales and len(self.clips.scales) > 1 and self.batch_size != 1:
             raise ValueError(f"clips of several scales {self.clips.scales} have LR clips of different sizes: "
                              f"use batch_size 1 (got {self.batch_size})")
+        if self.init is not None and not self.from_scratch:
+            raise ValueError("init starts a from-scratch run (the whole denoiser trains) from a file: add from_scratch")
         if self.from_scratch and (self.weights is not None or self.venhancer is not None):
             raise ValueError("from_scratch starts from random weights: drop weights/venhancer")
         if len(self.timesteps) != 2 or not 0 <= self.timesteps[0] <= self.timesteps[1] <= 999:
@@ -103,6 +108,8 @@ def check_config(cfg: FinetuneConfig) -> None:
     if not preset.has_model:
         raise ValueError(f"preset {cfg.preset!r} has no model to fine-tune; choose nano, official or tiny")
     check_finetune_weights(preset, cfg)
+    if cfg.init is not None and (preset.shipped is None or not Path(cfg.init).is_file()):
+        raise ValueError(f"--init {cfg.init}: not a file, or preset {cfg.preset!r} has no shipped layout to load it as")
     height, width = cfg.clips.crop
     down = preset.downsample
     if height % down or width % down:

@@ -30,7 +30,7 @@ from pipelines.weights import local_copy
 from star_model.diffusion import diffuse, velocity
 from star_model.finetuning import freeze_for_finetune, load_venhancer
 from star_model.losses import star_loss
-from star_model.presets import Vae, WeightPaths, build_models, get_preset, resolve_weights
+from star_model.presets import Vae, WeightPaths, build_models, get_preset, load_shipped, resolve_weights
 from star_model.restore import pre_upscale
 from star_model.schedule import build_schedule
 from star_model.text import TextEncoder
@@ -47,6 +47,8 @@ def build_finetune_models(cfg: FinetuneConfig, device: torch.device) -> tuple[St
     if cfg.weights is not None:
         paths = resolve_weights(preset, local_copy(cfg.weights), None if cfg.venhancer else cfg.checkpoint)
     # fine-tuning nano's shipped weights starts from the file for the largest scale trained
+    if cfg.init is not None:  # a from-scratch run that starts from a shipped-layout file
+        return load_shipped(preset, device=device, dtype=torch.float32, path=cfg.init)
     denoiser, text, vae = build_models(preset, paths, device=device, dtype=torch.float32, seed=cfg.seed,
                                        fresh=cfg.from_scratch or cfg.venhancer is not None,
                                        scale=max(cfg.clips.scale_factors))
