@@ -2,9 +2,11 @@
 
     python jobs/benchmark.py                  # GPU: official preset at 480p->x4 and 1080p->x2
     python jobs/benchmark.py --preset tiny    # CPU: the same comparison on the TINY preset
+    python jobs/benchmark.py --preset nano    # CPU: nano's shipped weights at 360p->x4 and 480p->x2
 
-Random weights (a forward costs the same whatever the weights). Each case runs in a fresh process, so
-peak memory does not leak from one case into the next.
+Random weights (a forward costs the same whatever the weights), except nano, which runs its shipped
+weights with its own settings only (the official settings are not nano's). Each case runs in a fresh
+process, so peak memory does not leak from one case into the next.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from star_model import vae as vae_configs  # noqa: E402
-from star_model.presets import build_models, get_preset  # noqa: E402
+from star_model.presets import build_models, get_preset, load_restorer, restore_settings  # noqa: E402
 from star_model.restore import RestoreConfig, StarRestorer  # noqa: E402
 
 
@@ -46,11 +48,14 @@ class Measurement(NamedTuple):
 
 GPU_CASES = [Case("480p x4", 480, 854, 4, 32), Case("1080p x2", 1080, 1920, 2, 32)]
 CPU_CASES = [Case("64p x4", 64, 112, 4, 4), Case("128p x2", 128, 224, 2, 4)]
+NANO_CASES = [Case("360p x4", 360, 640, 4, 4), Case("480p x2", 480, 854, 2, 4)]
 
 
 def restorer_for(preset_name: str, settings: str, scale: int, steps: int | None, device: torch.device) -> StarRestorer:
     """Random weights with the settings of the official inference (fp16 as its `.half()`, whole-canvas
     VAE, 32-frame hard-cut windows) or of ours (bf16, tiled VAE, planner-chosen windows and tiles)."""
+    if preset_name == "nano":
+        return load_restorer("nano", config=restore_settings("nano", scale, steps), device=device)
     sampler = {} if steps is None else dict(solver_mode="normal", steps=steps)
     gpu = device.type == "cuda"
     if settings == "official":
@@ -88,10 +93,10 @@ def measure(preset_name: str, case: Case, settings: str, steps: int | None, devi
 
 
 def run(preset_name: str, cases: list[Case], device_name: str, steps: int | None) -> list[Measurement]:
-    """Every case with official and our settings, each in a fresh spawned process."""
+    """Every case with official and our settings (nano: its own only), each in a fresh spawned process."""
     context, results = mp.get_context("spawn"), []
     for case in cases:
-        for settings in ("official", "ours"):
+        for settings in ("ours",) if preset_name == "nano" else ("official", "ours"):
             queue = context.Queue()
             process = context.Process(target=measure, args=(preset_name, case, settings, steps, device_name, queue))
             process.start()
@@ -111,7 +116,7 @@ def ratio_line(official: Measurement, ours: Measurement) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["official", "tiny"], default=None,
+    parser.add_argument("--preset", choices=["official", "tiny", "nano"], default=None,
                         help="default: official on a GPU, tiny on CPU")
     parser.add_argument("--frames", type=int, default=None, help="frames per clip (default 32 GPU, 4 CPU)")
     parser.add_argument("--steps", type=int, default=None,
@@ -119,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     preset = args.preset or ("official" if device == "cuda" else "tiny")
-    cases = GPU_CASES if device == "cuda" else CPU_CASES
+    cases = NANO_CASES if preset == "nano" else GPU_CASES if device == "cuda" else CPU_CASES
     if args.frames:
         cases = [c._replace(frames=args.frames) for c in cases]
 
-    print(f"preset {preset} (random weights) on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, "
+    weights = "shipped" if preset == "nano" else "random"
+    print(f"preset {preset} ({weights} weights) on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, "
           f"torch {torch.__version__}")
     results = run(preset, cases, device, args.steps)
     print(f"{'case':10s} {'settings':9s} {'s/frame':>9s} {'peak GiB':>9s}  plan")
@@ -131,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         spf = f"{r.seconds_per_frame:9.3f}" if r.seconds_per_frame is not None else f"{'-':>9s}"
         peak = f"{r.peak_bytes / 2**30:9.2f}" if r.peak_bytes is not None else f"{'-':>9s}"
         print(f"{r.case:10s} {r.settings:9s} {spf} {peak}  {r.note}")
-    for official, ours in zip(results[::2], results[1::2]):
-        print(ratio_line(official, ours))
+    if preset != "nano":
+        for official, ours in zip(results[::2], results[1::2]):
+            print(ratio_line(official, ours))
     return 0
 
 

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: step {result.step}, loss {result.metrics.get('loss', float('nan')):.4f}, "
           f"checkpoint {result.checkpoint}")
     if args.export is not None:
-        metadata = export_shipped(result.checkpoint, args.export)
+        metadata = export_shipped(result.checkpoint, args.export, init=cfg.init)
         print(f"exported step {metadata['step']} (seed {metadata['seed']}) to {args.export}")
     return 0
 

@@ -283,7 +283,7 @@ def test_archive_profile_compresses_the_lr_clip_itself(real_clip: np.ndarray) ->
     config = dataclasses.replace(ARCHIVE, scale=2)
     draws = [draw_params(config, seed, 1)[0].stage1 for seed in range(40)]
     assert {d.codec for d in draws} == {"libx264", "h264", "mpeg2video", "mpeg4"}
-    assert all(18 <= d.crf <= 34 and 0.3 <= d.bits_per_pixel <= 1.5 for d in draws)
+    assert all(18 <= d.crf <= 32 and 0.3 <= d.bits_per_pixel <= 1.5 for d in draws)
     clip = real_clip[:4, :96, :128]
     gt, lq = degrade_clip(clip, config, 5)
     np.testing.assert_array_equal(gt, clip)  # no USM: the GT is the real picture

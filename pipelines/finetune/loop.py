@@ -68,7 +68,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 print(f"step {step}/{cfg.steps} loss {metrics['loss']:.4f} (v {metrics['loss_v']:.4f}, "
                       f"df {metrics['loss_df']:.4f}) {metrics['clips_per_s']:.2f} clips/s", flush=True)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                state = {"step": step, "preset": cfg.preset, "seed": cfg.seed, "history": history, "resumed_at": resumed_at}
+                state = {"step": step, "preset": cfg.preset, "seed": cfg.seed, "init": cfg.init, "history": history,
+                         "resumed_at": resumed_at}
                 _report_with_checkpoint(trainer, metrics, state, rank)
             else:
                 ray.train.report(metrics)
