@@ -14,6 +14,21 @@ from torch import nn
 from star_model.blocks import GroupNorm32
 from star_model.liem import SpatialLIEM, TemporalLIEM
 
+# CUDA's fused attention kernels put the batch on a grid dimension of at most 65,535 blocks; beyond it
+# they fail to launch or PyTorch falls back to the math kernel (memory quadratic in the tokens).
+# Temporal attention has one batch row per latent pixel (209,088 at 480p x4), so larger batches are
+# cut into slices of this many rows: rows are independent, the numbers are the same.
+KERNEL_MAX_BATCH = 65535
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v (SDPA's default scale, as xformers) on (B, heads, N, d), in slices of
+    at most KERNEL_MAX_BATCH batch rows."""
+    if q.shape[0] <= KERNEL_MAX_BATCH:
+        return F.scaled_dot_product_attention(q, k, v)
+    return torch.cat([F.scaled_dot_product_attention(*(t[i:i + KERNEL_MAX_BATCH] for t in (q, k, v)))
+                      for i in range(0, q.shape[0], KERNEL_MAX_BATCH)])
+
 
 class Attention(nn.Module):
     """Multi-head attention; q/k/v without bias, output projection with bias (official layout)."""
@@ -33,7 +48,7 @@ class Attention(nn.Module):
         # (B, N, heads*d) -> (B, heads, N, d)
         q, k, v = (proj(src).unflatten(-1, (self.heads, -1)).transpose(1, 2)
                    for proj, src in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
-        out = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(d), as xformers
+        out = attend(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 

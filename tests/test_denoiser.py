@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import REPO, shared
+from star_model import attention
 from star_model.config import OFFICIAL, TINY, DenoiserConfig
 from star_model.unet import StarDenoiser, load_denoiser
 
@@ -204,3 +205,22 @@ def test_load_denoiser_builds_in_place_without_random_init(parity_dir):
     state = load_file(parity_dir / "tiny_state_dict.safetensors")
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[name]), name
+
+
+def test_attention_beyond_the_cuda_kernels_batch_limit_runs_in_slices_with_the_same_numbers(monkeypatch):
+    """Temporal attention has a batch row per latent pixel; CUDA's fused kernels launch at most 65,535
+    of them. Over the limit (shrunk here to 5) every SDPA call stays within it and the output is the
+    whole-batch attention's."""
+    torch.manual_seed(0)
+    layer = attention.Attention(16, heads=2, head_dim=8).eval()
+    x = torch.randn(12, 3, 16)
+    with torch.no_grad():
+        whole = layer(x)
+        batches = []
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                            lambda q, k, v: batches.append(q.shape[0]) or sdpa(q, k, v))
+        monkeypatch.setattr(attention, "KERNEL_MAX_BATCH", 5)
+        sliced = layer(x)
+    assert batches == [5, 5, 2]
+    assert torch.equal(sliced, whole)
