@@ -19,7 +19,7 @@ from typing import Any
 from filelock import FileLock
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines import storage
+from pipelines import listing, storage
 from pipelines.reachable import check_reachable
 from star_model.checkpoint import CheckpointError, sha256_of
 from star_model.presets import StarPreset, incomplete_message, missing_weights, resolve_weights
@@ -85,13 +85,13 @@ def digest(preset: StarPreset, url: str | None, checkpoint: str | None = "light_
         files = {rel: entry for rel, entry in read_manifest(url)["files"].items() if rel.startswith(used)}
     else:
         files = {rel: [info["size"], info.get("mtime")]
-                 for rel, info in storage.list_files(url).items() if rel.startswith(used)}
+                 for rel, info in listing.list_files(url).items() if rel.startswith(used)}
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def file_sizes(url: str) -> dict[str, int]:
     """{posix path below url: size} of every file, hidden ones (temporaries, .cache/) left out."""
-    return {rel: int(info["size"]) for rel, info in storage.list_files(url).items()}
+    return {rel: int(info["size"]) for rel, info in listing.list_files(url).items()}
 
 
 def read_manifest(url: str, raw: bytes | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
 from pipelines.media.probe import VideoInfo, probe_timestamps
 from pipelines.restore import ledger
+from pipelines.restore.context import RestoreRun
+from pipelines.restore.layout import OutputLayout
 from star_model.text import TINY as TINY_TEXT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,7 +215,13 @@ def read_summary(output: Path) -> dict:
 
 
 def latest_rows(output: Path) -> dict[str, dict]:
-    return ledger.state_rows(str(output))
+    return ledger.state_rows(OutputLayout(str(output)))
+
+
+def restore_run(output: str | Path, run_id: str = "r", settings: str = "s", read_at: datetime | None = None
+                ) -> RestoreRun:
+    """A run of the restore job over `output` as its driver makes one (`read_at`: now by default)."""
+    return RestoreRun(OutputLayout(str(output)), run_id, settings, read_at or datetime.now(timezone.utc))
 
 
 def load_job(name: str):

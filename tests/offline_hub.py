@@ -22,6 +22,7 @@ from transformers import CLIPTokenizer
 from helpers import save_tiny_clip_model
 from pipelines import storage
 from pipelines.hub import TEXT_FILES, fetch
+from pipelines.listing import list_files
 from star_model import vae as vae_configs
 from star_model.checkpoint import sha256_of
 from star_model.config import TINY
@@ -91,7 +92,7 @@ def fetched(hub, tmp_path_factory):
 
 
 def listing(folder: str | Path) -> set[str]:
-    return set(storage.list_files(str(folder)))
+    return set(list_files(str(folder)))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import ray
 
-from pipelines import storage
+from pipelines import listing, storage
 from pipelines.actors import actor_pool
 from pipelines.evaluate.clip import CLIP, REL, ScoreClips
 from pipelines.evaluate.methods import CONDITIONS, realesrgan_available
@@ -54,7 +54,7 @@ class EvaluateJob:
             object.__setattr__(self, "preset", default_preset(self.weights))
 
 
-def validate(job: EvaluateJob) -> list[storage.SourceFile]:
+def validate(job: EvaluateJob) -> list[listing.SourceFile]:
     """Every check that can fail without a GPU; returns the reference clips. Raises ConfigError."""
     try:
         check_weights(get_preset(job.preset), job.weights, job.checkpoint)
@@ -76,7 +76,7 @@ def validate(job: EvaluateJob) -> list[storage.SourceFile]:
                              "Debian libvulkan1, libomp5) is not installed")
         check_reachable(storage.canonical(job.input))
         check_reachable(storage.canonical(job.output), writable=True)
-        clips = storage.list_videos(storage.canonical(job.input))
+        clips = listing.list_videos(storage.canonical(job.input))
         if not clips:
             raise ValueError(f"no video under {job.input}")
         return clips
