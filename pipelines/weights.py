@@ -1,5 +1,5 @@
-"""Weights folders on local disk or in a bucket (layout in star_model/presets.py): check one before a
-job starts, and copy a bucket folder once per node (hub.py fetches the released weights into one).
+"""Weights folders on local disk or in a bucket (layout in star_model/weights_folder.py): check one before
+a job starts, and copy a bucket folder once per node (hub.py fetches the released weights into one).
 
 A folder with `manifest.json` is complete (hub.py writes it last: every file's size and SHA-256, the
 source repositories and their resolved commits). `check` compares sizes only (cheap: it runs on the
@@ -22,7 +22,8 @@ from fsspec.implementations.local import LocalFileSystem
 from pipelines import listing, storage
 from pipelines.reachable import check_reachable
 from star_model.checkpoint import CheckpointError, sha256_of
-from star_model.presets import StarPreset, incomplete_message, missing_weights, resolve_weights
+from star_model.presets import StarPreset, resolve_weights
+from star_model.weights_folder import incomplete_message, missing_weights
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from torch import nn
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
-from pipelines.media.probe import VideoInfo, probe_timestamps
+from pipelines.media.probe import probe_timestamps
+from pipelines.media.video_info import VideoInfo
 from pipelines.restore import ledger
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.layout import OutputLayout

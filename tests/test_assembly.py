@@ -20,8 +20,9 @@ from helpers import assert_same_timing, decode_all, grey_frames, make_clip, medi
 from pipelines.listing import SourceFile
 from pipelines.media.frames import read_frames, write_segment
 from pipelines.media.mux import choose_container, transcoded_audio
-from pipelines.media.probe import StreamInfo, VideoInfo, probe, probe_timestamps
+from pipelines.media.probe import probe, probe_timestamps
 from pipelines.media.scenes import detect_scenes
+from pipelines.media.video_info import StreamInfo, VideoInfo
 from pipelines.restore.assemble_stage import DamagedSegment, assemble, finish_video, preview_still
 from pipelines.restore.lease import Leases
 from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FPS, FRAMES,

@@ -17,7 +17,8 @@ from pipelines.listing import SourceFile
 from pipelines.media.frames import read_frames
 from pipelines.media.interlace import decode_start_pts, deinterlace, picture_timeline, read_pictures
 from pipelines.media.mux import choose_container, transcoded_audio
-from pipelines.media.probe import BadVideo, check_restorable, probe_timestamps
+from pipelines.media.probe import probe_timestamps
+from pipelines.media.video_info import BadVideo, check_restorable
 from pipelines.restore.assemble_stage import finish_video
 from pipelines.restore.lease import Leases
 from pipelines.restore.plan_stage import plan_video

@@ -134,7 +134,8 @@ def check_finetune_weights(preset: StarPreset, cfg: FinetuneConfig) -> None:
         return
     if cfg.venhancer is not None:
         if cfg.weights is None:
-            raise ValueError("--venhancer needs --weights DIR with text/ and vae/ too; see star_model/presets.py")
+            raise ValueError("--venhancer needs --weights DIR with text/ and vae/ too; see "
+                             "star_model/weights_folder.py")
         if not Path(cfg.venhancer).is_file():
             raise ValueError(f"no VEnhancer checkpoint at {cfg.venhancer}; download venhancer_v2.pt from "
                              "huggingface.co/jwhejwhe/VEnhancer")

@@ -21,7 +21,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipelines import listing
 from pipelines.media.frames import read_frames
-from pipelines.media.probe import BadVideo, probe_timestamps
+from pipelines.media.probe import probe_timestamps
+from pipelines.media.video_info import BadVideo
 from star_model.degrade import degrade_clip, downscale_clip
 from star_model.degrade_config import FULL, DegradeConfig
 

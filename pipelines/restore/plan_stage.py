@@ -10,8 +10,9 @@ from typing import Any
 from pipelines import storage
 from pipelines.media.interlace import Deinterlace, decode_start_pts, picture_scenes, picture_timeline
 from pipelines.media.mux import choose_container
-from pipelines.media.probe import BadVideo, PacketLog, check_restorable, has_alpha
+from pipelines.media.probe import PacketLog
 from pipelines.media.scenes import probe_scenes
+from pipelines.media.video_info import BadVideo, check_restorable, has_alpha
 from pipelines.restore import metrics
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, read_limit, time_limit

@@ -16,7 +16,7 @@ import torch
 from pipelines import storage
 from pipelines.media.frames import write_segment
 from pipelines.media.interlace import read_pictures
-from pipelines.media.probe import BadVideo
+from pipelines.media.video_info import BadVideo
 from pipelines.restore import metrics
 from pipelines.restore.faults import DECODE_SECONDS_PER_FRAME, READ_BASE_SECONDS, run_with_limit
 from pipelines.restore.layout import segment_url
