@@ -14,12 +14,14 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from torch import nn
@@ -215,8 +217,14 @@ def read_summary(output: Path) -> dict:
     return json.loads((output / "_ledger" / "summary.json").read_text())
 
 
-def latest_rows(output: Path) -> dict[str, dict]:
-    return ledger.state_rows(OutputLayout(str(output)))
+def latest_rows(output: str | Path) -> dict[str, dict]:
+    """{rel: latest row} of the ledger under `output` (`ledger.read_state` as Python rows)."""
+    return {row["rel"]: row for row in ledger.read_state(OutputLayout(str(output))).to_pylist()}
+
+
+def latest_by_rel(rows: Iterable[dict]) -> pa.Table:
+    """`ledger.latest` of Python rows (oldest first for equal times): a state to `select` against."""
+    return ledger.latest(ledger._table(list(rows), ledger.VIDEO_SCHEMA))
 
 
 def restore_run(output: str | Path, run_id: str = "r", settings: str = "s", read_at: datetime | None = None

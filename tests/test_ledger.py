@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from helpers import read_summary, restore_run, run_job, small_archive
+from helpers import latest_by_rel, latest_rows, read_summary, restore_run, run_job, small_archive
 from pipelines.listing import SourceFile
 from pipelines.restore import ledger
 from pipelines.restore.assemble_stage import finish_video
@@ -62,7 +62,7 @@ def row(rel: str, fingerprint: str, *, checksum: str | None = None, content: str
 def test_the_stores_checksum_decides_without_reading():
     sources = [SourceFile(url="gs://b/a.mp4", rel="a.mp4", size=10, version="gen2", checksum="crc32c:AAA="),
                SourceFile(url="gs://b/b.mp4", rel="b.mp4", size=10, version="gen2", checksum="crc32c:BBB=")]
-    latest = ledger.latest_by_rel([row("a.mp4", "10:gen1", checksum="crc32c:AAA="),
+    latest = latest_by_rel([row("a.mp4", "10:gen1", checksum="crc32c:AAA="),
                                    row("b.mp4", "10:gen1", checksum="crc32c:OLD=")])
 
     def no_reads(_sources):
@@ -81,7 +81,7 @@ def test_content_is_read_only_for_same_size_sources_with_a_new_fingerprint():
                SourceFile(url="/new/edited.mp4", rel="edited.mp4", size=10, version="2"),
                SourceFile(url="/new/longer.mp4", rel="longer.mp4", size=11, version="2"),
                SourceFile(url="/new/untouched.mp4", rel="untouched.mp4", size=10, version="1")]
-    latest = ledger.latest_by_rel(row(s.rel, "10:1", content=f"sha256:{s.rel}") for s in sources)
+    latest = latest_by_rel(row(s.rel, "10:1", content=f"sha256:{s.rel}") for s in sources)
     asked = []
 
     def digests(unsure):
@@ -104,17 +104,17 @@ def test_a_corrupt_ledger_file_is_set_aside_and_the_run_starts(tmp_path, caplog)
     videos = tmp_path / "out" / "_ledger" / "videos"
     (videos / "r1-vb.parquet").write_bytes(b"PAR1 cut short by a full disk")
     with caplog.at_level("WARNING"):
-        rows = ledger.state_rows(layout)
+        rows = latest_rows(output)
     assert list(rows) == ["a.mp4"]
     assert "r1-vb.parquet cannot be read" in caplog.text
     assert (tmp_path / "out" / "_ledger" / "_corrupt" / "r1-vb.parquet").exists()
     assert [p.name for p in videos.iterdir()] == ["r1-va.parquet"]
-    assert list(ledger.state_rows(layout)) == ["a.mp4"]  # and the next read is the fast one
+    assert list(latest_rows(output)) == ["a.mp4"]  # and the next read is the fast one
     # a restored video whose input folder was named _ledger/videos is the user's: never read, never moved
     (videos / "clip.mp4").write_bytes(b"restored video")
     (videos / "nested").mkdir()
     (videos / "nested" / "other.mp4").write_bytes(b"restored video")
-    assert list(ledger.state_rows(layout)) == ["a.mp4"]
+    assert list(latest_rows(output)) == ["a.mp4"]
     assert (videos / "clip.mp4").exists() and (videos / "nested" / "other.mp4").exists()
 
 
@@ -126,7 +126,7 @@ def test_the_same_failure_three_runs_in_a_row_stops_being_retried(tmp_path):
                                        "finished_at": ledger.now()}
                for i, (reason, repeats) in enumerate([("out of memory", 1), ("ValueError: bad shape", 1),
                                                       ("ValueError: bad shape", 2)])]
-    selection = select([source], ledger.latest_by_rel(history), "s")
+    selection = select([source], latest_by_rel(history), "s")
     assert selection.todo == [source] and selection.failed_before == {"a.mp4": ("ValueError: bad shape", 2)}
 
     staging = tmp_path / "out" / "_staging" / "va" / "x"
@@ -158,11 +158,11 @@ def test_compaction_keeps_the_latest_row_per_video_in_one_file_and_the_rest_as_h
                                                                            "finished_at": ledger.now()})
             written += 1
     assert len(list(videos.iterdir())) == 6
-    before = ledger.state_rows(layout)
+    before = latest_rows(output)
 
     assert ledger.compact(restore_run(output, "r2")) == {"video_files": 6, "rows": 4}
     (part,) = videos.iterdir()
-    assert part.name.startswith("part-") and ledger.state_rows(layout) == before
+    assert part.name.startswith("part-") and latest_rows(output) == before
     assert before["a.mp4"][FINGERPRINT] == "10:2"
     kept = pads.dataset(videos).to_table().num_rows  # any Parquet reader sees the current state
     replaced = pads.dataset(history).to_table().to_pylist()
@@ -171,9 +171,9 @@ def test_compaction_keeps_the_latest_row_per_video_in_one_file_and_the_rest_as_h
 
     # Two runs that compacted at once leave the same rows twice: read once, merged by the next one.
     shutil.copy(part, videos / "part-0-other-run.parquet")
-    assert ledger.state_rows(layout) == before
+    assert latest_rows(output) == before
     ledger.compact(restore_run(output, "r3"))
-    assert len(list(videos.iterdir())) == 1 and ledger.state_rows(layout) == before
+    assert len(list(videos.iterdir())) == 1 and latest_rows(output) == before
     assert pads.dataset(history).to_table().num_rows == 2  # exact duplicates are not history
 
 
@@ -185,7 +185,7 @@ def test_a_deleted_or_replaced_output_is_noticed_without_listing_the_output(tmp_
         (output / rel).write_bytes(b"restored")
         rows.append(row(rel, "10:1") | {OUTPUT: f"/elsewhere/{rel}", OUTPUT_SIZE: 8})  # URL from another mount
     sources = [SourceFile(url=f"/in/{r[REL]}", rel=r[REL], size=10, version="1") for r in rows]
-    state = ledger.latest_by_rel(rows)
+    state = latest_by_rel(rows)
     check = missing_outputs(OutputLayout(str(output)))
     assert select(sources, state, "s", missing_outputs=check).todo == []
     (output / "b.mp4").unlink()
@@ -213,4 +213,4 @@ def test_a_long_run_merges_its_rows_as_it_goes(tmp_path):
     assert ledger.merge_journals(restore_run(output, "r1")) == 5
     names = sorted(p.name for p in videos.iterdir())
     assert len(names) == 2 and names[0].startswith("part-") and "-r1-" in names[0] and names[1] == "r0-other.parquet"
-    assert sorted(ledger.state_rows(layout)) == ["0.mp4", "1.mp4", "2.mp4", "3.mp4", "4.mp4", "x.mp4"]
+    assert sorted(latest_rows(output)) == ["0.mp4", "1.mp4", "2.mp4", "3.mp4", "4.mp4", "x.mp4"]

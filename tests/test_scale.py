@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from helpers import load_job
+from helpers import latest_rows, load_job
 from pipelines.restore import ledger
 from pipelines.restore.layout import OutputLayout
 from pipelines.restore.pipeline import plan_run
@@ -45,5 +45,5 @@ def test_planning_reads_the_ledger_state_and_a_batch_of_outputs_never_the_output
     monkeypatch.undo()
     assert ledger.compact(run)["rows"] == 3000
     assert len(os.listdir(layout.videos)) == 1
-    state = ledger.state_rows(layout)
+    state = latest_rows(output)
     assert all(state[s.rel]["fingerprint"] == s.fingerprint for s in sources)

@@ -1,7 +1,6 @@
 """The run ledger under `<output>/_ledger/`: Parquet rows per video and per window. It is the resume
-point, the nightly diff and the audit trail.
-
-Its folders (layout.py names them):
+point, the nightly diff and the audit trail (which sources a run restores, decided from it: selection.py).
+Its files (layout.py names every path):
 
     _ledger/videos/<run>-<video id>.parquet    a finished video's row, written whole when it finishes
     _ledger/videos/part-<time>-<run>.parquet   compacted: the latest row of every video (`compact`)
@@ -28,7 +27,7 @@ import json
 import logging
 import posixpath
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -122,11 +121,6 @@ def read_state(layout: OutputLayout) -> pa.Table:
     return latest(_read(layout, _names(layout.videos), VIDEO_SCHEMA))
 
 
-def state_rows(layout: OutputLayout) -> dict[str, dict[str, Any]]:
-    """{rel: latest row}: `read_state` as Python rows, for small ledgers (tests, tools)."""
-    return {row[REL]: row for row in read_state(layout).to_pylist()}
-
-
 def latest(table: pa.Table) -> pa.Table:
     """The newest row (by `finished_at`, then `run_id`, then position) of each `rel` in `table`,
     sorted by `rel`. Sorted by index on the key columns: the table is copied once, to the result."""
@@ -142,11 +136,6 @@ def latest(table: pa.Table) -> pa.Table:
     if len(keep) == table.num_rows and pc.all(pc.equal(keep, pa.array(np.arange(table.num_rows)))).as_py():
         return table  # already one row per video, in order: a compacted file read alone (no copy)
     return table.take(keep)
-
-
-def latest_by_rel(rows: Iterable[dict[str, Any]]) -> pa.Table:
-    """`latest` of Python rows (oldest first for equal times): a state to `select` against."""
-    return latest(_table(list(rows), VIDEO_SCHEMA))
 
 
 def _names(folder: str) -> list[str]:

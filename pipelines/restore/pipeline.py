@@ -24,6 +24,7 @@ import ray
 
 from pipelines import listing, storage, waits
 from pipelines.actors import actor_pool, gpu_actor_resources
+from pipelines.job_support import ray_started
 from pipelines.listing import SourceFile
 from pipelines.restore import ledger, metrics
 from pipelines.restore.context import RestoreRun, new_run_id
@@ -131,28 +132,22 @@ def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[Source
             log.info(stats.add(video))
     if not todo:
         return
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
-    try:
-        with stop_on_signals():  # again: ray.init() sets a SIGTERM handler of its own (a bare exit)
-            metrics.videos_queued(len(todo))
-            # GPU actors asked for before any GPU exists: a line every minute while the autoscaler adds one.
-            gpus = job.device == "gpu" or job.accelerator_type is not None
-            with waits.waiting_lines(gpu_actor_resources(job.accelerator_type) if gpus else {}, "the restore actors"):
-                dataset = build_dataset(job, run, source_tables(todo, selection.failed_before))
-                for video in gather(dataset, run, todo, selection.failed_before):
-                    if video[STATUS] in (LEASED, DONE_ELSEWHERE):
-                        stats.skip(video)
-                    else:
-                        log.info(stats.add(video))
-                        metrics.video_finished(video[STATUS])
-                        if (stats.done + stats.failed) % ledger.JOURNAL_BATCH == 0:
-                            _merge_journals(run)
-                    metrics.videos_queued(stats.to_restore - stats.finished)
-    finally:
-        if started_ray:
-            ray.shutdown()
+    # stop_on_signals after ray_started: ray.init() sets a SIGTERM handler of its own (a bare exit)
+    with ray_started(), stop_on_signals():
+        metrics.videos_queued(len(todo))
+        # GPU actors asked for before any GPU exists: a line every minute while the autoscaler adds one.
+        gpus = job.device == "gpu" or job.accelerator_type is not None
+        with waits.waiting_lines(gpu_actor_resources(job.accelerator_type) if gpus else {}, "the restore actors"):
+            dataset = build_dataset(job, run, source_tables(todo, selection.failed_before))
+            for video in gather(dataset, run, todo, selection.failed_before):
+                if video[STATUS] in (LEASED, DONE_ELSEWHERE):
+                    stats.skip(video)
+                else:
+                    log.info(stats.add(video))
+                    metrics.video_finished(video[STATUS])
+                    if (stats.done + stats.failed) % ledger.JOURNAL_BATCH == 0:
+                        _merge_journals(run)
+                metrics.videos_queued(stats.to_restore - stats.finished)
     storage.remove_empty_folders(run.layout.staging)  # never a folder another live run is filling
 
 
