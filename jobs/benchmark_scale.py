@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines import storage  # noqa: E402
 from pipelines.restore import ledger  # noqa: E402
 from pipelines.restore.job import ArchiveJob  # noqa: E402
+from pipelines.restore.layout import OutputLayout  # noqa: E402
 from pipelines.restore.rows import (DONE, FINGERPRINT, FINISHED_AT, OUTPUT, OUTPUT_SIZE, PERMANENT, REL,  # noqa: E402
                                     RUN_ID, SETTINGS, SOURCE, STATUS, video_id)
 
@@ -86,7 +87,7 @@ def build(input_root: str, output_root: str, videos: int, changed: int) -> None:
     table = pa.table({name: table[name] if name in table.column_names else pa.nulls(known, type_)
                       for name, type_ in zip(ledger.VIDEO_SCHEMA.names, ledger.VIDEO_SCHEMA.types)},
                      schema=ledger.VIDEO_SCHEMA)
-    with storage.atomic_output(storage.join(output_root, ledger.VIDEOS, "part-setup.parquet")) as tmp:
+    with storage.atomic_output(storage.join(OutputLayout(output_root).videos, "part-setup.parquet")) as tmp:
         pq.write_table(table, tmp)
 
 
@@ -115,7 +116,8 @@ def measure(input_root: str, output_root: str) -> dict:
 
     counts = _count_requests()
     start = time.perf_counter()
-    sources, _, selection, _ = plan_run(job_for(input_root, output_root), input_root, output_root)
+    layout = OutputLayout(output_root)
+    sources, _, selection, run = plan_run(job_for(input_root, output_root), input_root, layout, "benchmark")
     seconds = time.perf_counter() - start
     requests = dict(counts)
     start = time.perf_counter()  # the tables the chosen videos enter Ray Data as
@@ -128,11 +130,11 @@ def measure(input_root: str, output_root: str) -> dict:
                 "plan_seconds": seconds, "peak_rss": peak, "requests": requests, "source_rows_seconds": row_seconds}
     # The run's end: its K videos' rows (one file each, as its tasks write them) merged into the state.
     for source in selection.todo:
-        ledger.write_video(output_root, video_id(source.url), {SOURCE: source.url, REL: source.rel, STATUS: DONE,
-                                                                FINGERPRINT: source.fingerprint, RUN_ID: "benchmark",
-                                                                FINISHED_AT: ledger.now()})
+        ledger.write_video(layout, video_id(source.url), {SOURCE: source.url, REL: source.rel, STATUS: DONE,
+                                                           FINGERPRINT: source.fingerprint, RUN_ID: "benchmark",
+                                                           FINISHED_AT: ledger.now()})
     start = time.perf_counter()
-    ledger.compact(output_root, "benchmark")
+    ledger.compact(run)
     return {"listed": len(sources), "to_restore": len(selection.todo), "done": len(selection.done),
             "plan_seconds": seconds, "peak_rss": peak, "requests": requests, "source_rows_seconds": row_seconds,
             "compact_seconds": time.perf_counter() - start}
@@ -146,9 +148,9 @@ def _count_requests() -> collections.Counter:
 
     read = ledger._read
 
-    def read_counted(output_root, names, schema):
+    def read_counted(layout, names, schema):
         counts["ledger files read"] += len(names)
-        return read(output_root, names, schema)
+        return read(layout, names, schema)
 
     ledger._read = read_counted  # pyarrow opens local files itself, past fsspec
 

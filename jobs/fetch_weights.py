@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout or a 
 
 from pipelines.hub import VAE_VARIANTS, fetch  # noqa: E402
 from star_model.checkpoint import DTYPES  # noqa: E402
-from star_model.presets import CHECKPOINT_NAMES  # noqa: E402
+from star_model.weights_folder import CHECKPOINT_NAMES  # noqa: E402
 
 
 def revision(text: str) -> tuple[str, str]:

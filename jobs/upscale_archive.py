@@ -22,8 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout or a Ray working_dir, uninstalled
 
 from jobs.flags import add_options, values  # noqa: E402
+from pipelines.job_support import ConfigError  # noqa: E402
 from pipelines.restore.faults import Stopped  # noqa: E402
-from pipelines.restore.job import ArchiveJob, ConfigError  # noqa: E402
+from pipelines.restore.job import ArchiveJob  # noqa: E402
 from pipelines.restore.pipeline import run  # noqa: E402
 
 FLAGS = ("input", "output", "preset", "weights", "checkpoint", "scale", "prompt", "steps", "window", "overlap",

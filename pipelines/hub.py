@@ -22,7 +22,7 @@ from pipelines import storage
 from pipelines.reachable import check_reachable
 from pipelines.weights import MANIFEST, file_sizes, read_manifest
 from star_model.checkpoint import DTYPES, PUBLISHED_SHA256, CheckpointError, convert_to_safetensors, sha256_of
-from star_model.presets import CHECKPOINT_NAMES, STAR_REPO, TEXT_REPO, VAE_REPO
+from star_model.weights_folder import CHECKPOINT_NAMES, STAR_REPO, TEXT_REPO, VAE_REPO
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Weights folders on local disk or in a bucket (layout in star_model/presets.py): check one before a
-job starts, and copy a bucket folder once per node (hub.py fetches the released weights into one).
+"""Weights folders on local disk or in a bucket (layout in star_model/weights_folder.py): check one before
+a job starts, and copy a bucket folder once per node (hub.py fetches the released weights into one).
 
 A folder with `manifest.json` is complete (hub.py writes it last: every file's size and SHA-256, the
 source repositories and their resolved commits). `check` compares sizes only (cheap: it runs on the
@@ -19,10 +19,11 @@ from typing import Any
 from filelock import FileLock
 from fsspec.implementations.local import LocalFileSystem
 
-from pipelines import storage
+from pipelines import listing, storage
 from pipelines.reachable import check_reachable
 from star_model.checkpoint import CheckpointError, sha256_of
-from star_model.presets import StarPreset, incomplete_message, missing_weights, resolve_weights
+from star_model.presets import StarPreset, resolve_weights
+from star_model.weights_folder import incomplete_message, missing_weights
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,13 @@ def digest(preset: StarPreset, url: str | None, checkpoint: str | None = "light_
         files = {rel: entry for rel, entry in read_manifest(url)["files"].items() if rel.startswith(used)}
     else:
         files = {rel: [info["size"], info.get("mtime")]
-                 for rel, info in storage.list_files(url).items() if rel.startswith(used)}
+                 for rel, info in listing.list_files(url).items() if rel.startswith(used)}
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def file_sizes(url: str) -> dict[str, int]:
     """{posix path below url: size} of every file, hidden ones (temporaries, .cache/) left out."""
-    return {rel: int(info["size"]) for rel, info in storage.list_files(url).items()}
+    return {rel: int(info["size"]) for rel, info in listing.list_files(url).items()}
 
 
 def read_manifest(url: str, raw: bytes | None = None) -> dict[str, Any]:

@@ -1,14 +1,5 @@
 """Whole-model presets (denoiser + text encoder + VAE) and the loader that turns a preset and a
-weights folder into a ready `StarRestorer`.
-
-Weights folder layout (what `jobs/fetch_weights.py` writes; nothing is fetched here):
-
-    WEIGHTS/star/light_deg.safetensors   (or heavy_deg; or the released .pt)   SherryX/STAR
-    WEIGHTS/text/                        laion/CLIP-ViT-H-14-laion2B-s32B-b79K: config.json,
-                                         model.safetensors, tokenizer files
-    WEIGHTS/vae/                         stabilityai/stable-video-diffusion-img2vid, subfolder vae:
-                                         config.json, diffusion_pytorch_model[.fp16].safetensors
-    WEIGHTS/manifest.json                optional: sizes and SHA-256 of every file (pipelines/weights.py)
+weights folder (its layout: weights_folder.py) into a ready `StarRestorer`.
 
 The `tiny` preset runs with random weights when no folder is given (smoke tests), or loads TINY-shaped
 weights from a folder of the same layout with the same strict loaders (tests of the loading path).
@@ -18,7 +9,7 @@ The `bicubic` preset has no model and takes no weights: `load_restorer` gives a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +26,9 @@ from star_model.restore import RestoreConfig, StarRestorer
 from star_model.text import TextEncoder, build_text_model, load_text_encoder, tiny_tokenizer
 from star_model.unet import StarDenoiser, load_denoiser
 from star_model.vae import VideoVae, build_vae, load_vae
+from star_model.weights_folder import WeightPaths, folder_paths
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_NAMES = ("light_deg", "heavy_deg")
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt")  # a converted safetensors file is preferred (mmap, half)
-STAR_REPO = "SherryX/STAR"
-TEXT_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-VAE_REPO = "stabilityai/stable-video-diffusion-img2vid"  # gated: accept the licence, then use HF_TOKEN
-
 
 @dataclass(frozen=True)
 class StarPreset:
@@ -116,33 +101,11 @@ PRESETS: dict[str, StarPreset] = {
 }
 
 
-@dataclass(frozen=True)
-class WeightPaths:
-    checkpoint: Path | None  # None when no STAR checkpoint was asked for; a shipped-layout file for nano
-    text: Path | None  # None for a shipped-layout file (it holds the text tower; nano has no VAE)
-    vae: Path | None
-
-
 def get_preset(name: str) -> StarPreset:
     try:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
-
-
-# The pieces of a weights folder besides the STAR checkpoint: what each is, alternative file sets
-# (any one complete set will do, as the loaders accept each) and where it comes from.
-_VAE_WEIGHTS = tuple((f"vae/diffusion_pytorch_model{variant}.{suffix}",)
-                     for variant in ("", ".fp16") for suffix in ("safetensors", "bin"))
-_PIECES: tuple[tuple[str, tuple[tuple[str, ...], ...], str], ...] = (
-    ("text encoder config", (("text/config.json",),), TEXT_REPO),
-    ("text encoder weights", (("text/model.safetensors",), ("text/pytorch_model.bin",)), TEXT_REPO),
-    ("tokenizer", (("text/tokenizer.json",), ("text/vocab.json", "text/merges.txt"),
-                   ("text/tokenizer/tokenizer.json",), ("text/tokenizer/vocab.json", "text/tokenizer/merges.txt")),
-     TEXT_REPO),
-    ("VAE config", (("vae/config.json",),), f"{VAE_REPO}, subfolder vae"),
-    ("VAE weights", _VAE_WEIGHTS, f"{VAE_REPO}, subfolder vae"),
-)
 
 
 def default_preset(weights: str | Path | None) -> str:
@@ -156,30 +119,6 @@ def restore_settings(preset_name: str, scale: int, steps: int | None = None) -> 
     evaluations (None: the preset's own schedule)."""
     sampler = {} if steps is None else dict(solver_mode="normal", steps=steps)
     return get_preset(preset_name).restore_config(scale=scale, **sampler)
-
-
-def missing_weights(files: Collection[str], checkpoint: str | None = "light_deg") -> list[str]:
-    """Every piece a weights folder holding `files` (posix paths relative to it) lacks, one line each:
-    what it is, which files would do and where they come from. Both presets share the layout.
-    `checkpoint=None`: no STAR checkpoint is needed (fine-tuning from VEnhancer)."""
-    pieces = list(_PIECES)
-    if checkpoint is not None:
-        if checkpoint not in CHECKPOINT_NAMES:
-            raise ValueError(f"checkpoint {checkpoint!r}: choose one of {CHECKPOINT_NAMES}")
-        star = tuple((f"star/{checkpoint}{suffix}",) for suffix in CHECKPOINT_SUFFIXES)
-        pieces.insert(0, ("STAR checkpoint", star, f"{STAR_REPO}, file I2VGen-XL-based/{checkpoint}.pt"))
-    present = set(files)
-    lines = []
-    for what, alternatives, source in pieces:
-        if not any(present.issuperset(option) for option in alternatives):
-            wanted = " or ".join(" + ".join(option) for option in alternatives)
-            lines.append(f"no {what}: {wanted} (from huggingface.co/{source})")
-    return lines
-
-
-def incomplete_message(where: str, problems: list[str]) -> str:
-    return (f"weights folder {where} is incomplete; `python jobs/fetch_weights.py --dest {where}` writes a "
-            "complete one:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def resolve_weights(preset: StarPreset, weights: str | Path | None,
@@ -208,16 +147,8 @@ def resolve_weights(preset: StarPreset, weights: str | Path | None,
         if preset.weights_optional:
             return None
         raise ValueError(f"preset {preset.name!r} needs --weights DIR holding star/, text/ and vae/ "
-                         f"(see star_model/presets.py for the layout)")
-    root = Path(weights)
-    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    missing = missing_weights(files, checkpoint)
-    if missing:
-        raise ValueError(incomplete_message(str(root), missing))
-    found = None
-    if checkpoint is not None:
-        found = next(c for c in (root / "star" / f"{checkpoint}{s}" for s in CHECKPOINT_SUFFIXES) if c.is_file())
-    return WeightPaths(found, root / "text", root / "vae")
+                         f"(see star_model/weights_folder.py for the layout)")
+    return folder_paths(Path(weights), checkpoint)
 
 
 def default_device() -> torch.device:

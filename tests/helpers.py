@@ -14,19 +14,25 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
+from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from torch import nn
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
-from pipelines.media.probe import VideoInfo, probe_timestamps
+from pipelines.media.probe import probe_timestamps
+from pipelines.media.video_info import VideoInfo
 from pipelines.restore import ledger
+from pipelines.restore.context import RestoreRun
+from pipelines.restore.layout import OutputLayout
 from star_model.text import TINY as TINY_TEXT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,8 +217,20 @@ def read_summary(output: Path) -> dict:
     return json.loads((output / "_ledger" / "summary.json").read_text())
 
 
-def latest_rows(output: Path) -> dict[str, dict]:
-    return ledger.state_rows(str(output))
+def latest_rows(output: str | Path) -> dict[str, dict]:
+    """{rel: latest row} of the ledger under `output` (`ledger.read_state` as Python rows)."""
+    return {row["rel"]: row for row in ledger.read_state(OutputLayout(str(output))).to_pylist()}
+
+
+def latest_by_rel(rows: Iterable[dict]) -> pa.Table:
+    """`ledger.latest` of Python rows (oldest first for equal times): a state to `select` against."""
+    return ledger.latest(ledger._table(list(rows), ledger.VIDEO_SCHEMA))
+
+
+def restore_run(output: str | Path, run_id: str = "r", settings: str = "s", read_at: datetime | None = None
+                ) -> RestoreRun:
+    """A run of the restore job over `output` as its driver makes one (`read_at`: now by default)."""
+    return RestoreRun(OutputLayout(str(output)), run_id, settings, read_at or datetime.now(timezone.utc))
 
 
 def load_job(name: str):

@@ -22,13 +22,14 @@ from transformers import CLIPTokenizer
 from helpers import save_tiny_clip_model
 from pipelines import storage
 from pipelines.hub import TEXT_FILES, fetch
+from pipelines.listing import list_files
 from star_model import vae as vae_configs
 from star_model.checkpoint import sha256_of
 from star_model.config import TINY
-from star_model.presets import STAR_REPO, TEXT_REPO, VAE_REPO
 from star_model.text import write_tiny_tokenizer
 from star_model.unet import load_denoiser
 from star_model.vae import build_vae
+from star_model.weights_folder import STAR_REPO, TEXT_REPO, VAE_REPO
 
 COMMITS = {STAR_REPO: "1" * 40, TEXT_REPO: "2" * 40, VAE_REPO: "3" * 40}
 FETCHED = {"star/light_deg.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
@@ -91,7 +92,7 @@ def fetched(hub, tmp_path_factory):
 
 
 def listing(folder: str | Path) -> set[str]:
-    return set(storage.list_files(str(folder)))
+    return set(list_files(str(folder)))
 
 
 @pytest.fixture

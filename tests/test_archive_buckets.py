@@ -11,10 +11,12 @@ import pyarrow.dataset as pads
 import pytest
 
 from helpers import run_job, small_archive
-from pipelines import storage
+from pipelines import listing, storage
 from pipelines.media.probe import probe
 from pipelines.restore import ledger
+from pipelines.restore.layout import OutputLayout
 from pipelines.restore.outputs import missing_outputs
+from pipelines.restore.selection import select
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,7 +59,8 @@ def test_gs_into_gs(gcs_server, tmp_path):
     check_bucket_output(output, tmp_path)
     # The ledger in the bucket is the resume point too: read back, it leaves nothing to restore.
     summary = json.loads(storage.read_bytes(f"{output}/_ledger/summary.json"))
-    selection = ledger.select(storage.list_videos(archive), ledger.read_state(output), summary["settings_key"],
-                              missing_outputs=missing_outputs(output))
+    layout = OutputLayout(output)
+    selection = select(listing.list_videos(archive), ledger.read_state(layout), summary["settings_key"],
+                       missing_outputs=missing_outputs(layout))
     assert (selection.todo, [s.rel for s in selection.done], [s.rel for s, _ in selection.bad]) == (
         [], ["faces/eyes.mp4"], ["notes.mp4"])

@@ -16,18 +16,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_same_timing, decode_all, grey_frames, make_clip, media, noisy_frames
+from helpers import assert_same_timing, decode_all, grey_frames, make_clip, media, noisy_frames, restore_run
+from pipelines.listing import SourceFile
 from pipelines.media.frames import read_frames, write_segment
 from pipelines.media.mux import choose_container, transcoded_audio
-from pipelines.media.probe import StreamInfo, VideoInfo, probe, probe_timestamps
+from pipelines.media.probe import probe, probe_timestamps
 from pipelines.media.scenes import detect_scenes
+from pipelines.media.video_info import StreamInfo, VideoInfo
 from pipelines.restore.assemble_stage import DamagedSegment, assemble, finish_video, preview_still
 from pipelines.restore.lease import Leases
 from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FPS, FRAMES,
                                     OUTPUT, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START_PTS,
                                     STATUS, VIDEO_ID, WINDOWS, window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
-from pipelines.storage import SourceFile
 
 
 def stream_packets(path: Path | str, kind: str) -> list[tuple[bytes, Fraction, Fraction]]:
@@ -268,7 +269,7 @@ def test_preview_still(tmp_path):
 def test_a_damaged_staging_segment_fails_the_video_for_a_retry_not_for_good(tmp_path):
     (tmp_path / "in").mkdir()
     src = make_clip(tmp_path / "in" / "clip.mp4", noisy_frames(14, size=(32, 24)))
-    output, run = str(tmp_path / "out"), "run-1"
+    output, run = str(tmp_path / "out"), restore_run(tmp_path / "out", "run-1")
     info, timestamps = probe_timestamps(src)
     source = SourceFile(url=str(src), rel="clip.mp4", size=src.stat().st_size, version="1")
     rows = []
@@ -282,9 +283,9 @@ def test_a_damaged_staging_segment_fails_the_video_for_a_retry_not_for_good(tmp_
                      DEINTERLACE: "", FIELD_ORDER: ""})
     torn = Path(rows[1][SEGMENT])
     torn.write_bytes(torn.read_bytes()[:300])  # a torn upload of the second window
-    with Leases(output, run) as leases:
+    with Leases(run) as leases:
         leases.claim([source])
-        video = finish_video(rows, output_root=output, run_id=run, settings="s")
+        video = finish_video(rows, run=run)
     assert (video[STATUS], video[PERMANENT]) == (FAILED, False)  # retried by the next run
     assert "window_00001.mkv is damaged" in video[ERROR]
     assert not torn.exists() and Path(rows[0][SEGMENT]).exists()  # only that window is restored again

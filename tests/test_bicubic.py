@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from formats import moving_bar
 from helpers import decode_all, latest_rows, load_job, make_clip, psnr, read_summary, run_job
+from pipelines.job_support import ConfigError
 from pipelines.media.probe import probe
-from pipelines.restore.job import ArchiveJob, ConfigError, validate
+from pipelines.restore.job import ArchiveJob, validate
 from star_model.bicubic import BicubicRestorer
 from star_model.presets import load_restorer, restore_settings
 

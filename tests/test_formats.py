@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 
 from formats import moving_bar, telecined, woven, write
-from helpers import assert_same_timing, decode_all
+from helpers import assert_same_timing, decode_all, restore_run
+from pipelines.listing import SourceFile
 from pipelines.media.frames import read_frames
 from pipelines.media.interlace import decode_start_pts, deinterlace, picture_timeline, read_pictures
 from pipelines.media.mux import choose_container, transcoded_audio
-from pipelines.media.probe import BadVideo, check_restorable, probe_timestamps
+from pipelines.media.probe import probe_timestamps
+from pipelines.media.video_info import BadVideo, check_restorable
 from pipelines.restore.assemble_stage import finish_video
 from pipelines.restore.lease import Leases
 from pipelines.restore.plan_stage import plan_video
 from pipelines.restore.restore_stage import RestoreWindows
 from pipelines.restore.rows import (DEINTERLACE, DEINTERLACED, FINGERPRINT, FRAMES, OUTPUT, OUTPUT_STEM, REL, SOURCE,
-                                    STAGING, STATUS, VIDEO_ID, output_stem, staging_folder, video_id)
-from pipelines.storage import SourceFile
+                                    STAGING, STATUS, VIDEO_ID, video_id)
 from star_model.presets import restore_settings
 from test_assembly import restore_video, stream_packets
 
@@ -198,15 +199,15 @@ def test_interlaced_tape_restores_progressive_at_field_rate_without_combing(tmp_
     src = write(tmp_path / "in" / "tape.mpg", woven(6), codec="mpeg2video", fmt="mpeg",
                 options={"flags": "+ildct+ilme"}, field_order="tff", audio=(("mp2", 48000, "eng", {}),))
     info, timestamps = probe_timestamps(src)
-    out_root = str(tmp_path / "out")
+    run = restore_run(tmp_path / "out")
     row = {SOURCE: str(src), REL: "tape.mpg", FINGERPRINT: "f", VIDEO_ID: video_id(str(src)),
-           OUTPUT_STEM: output_stem(out_root, "tape"), STAGING: staging_folder(out_root, str(src), "f", "s")}
+           OUTPUT_STEM: run.layout.output_stem("tape"), STAGING: run.staging_folder(str(src), "f")}
     windows = plan_video(row, window=8, overlap=2, detector="content")
     assert {w[DEINTERLACE] for w in windows} == {"field"} and windows[0][FRAMES] == 12 and len(windows) == 2
     actor = RestoreWindows("nano", None, restore_settings("nano", 2), "light_deg", "")
-    with Leases(out_root, "r") as leases:  # finish_video publishes only for the run holding the video
+    with Leases(run) as leases:  # finish_video publishes only for the run holding the video
         assert leases.claim([SourceFile(str(src), "tape.mpg", 1, "f")]).mine
-        video = finish_video([actor.restore(w) for w in windows], output_root=out_root, run_id="r", settings="s")
+        video = finish_video([actor.restore(w) for w in windows], run=run)
     assert (video[STATUS], video[DEINTERLACED], video[FRAMES]) == ("done", "bwdif, field rate, tff", 12)
 
     out = Path(video[OUTPUT])

@@ -23,7 +23,8 @@ from pipelines import storage, weights
 from pipelines.hub import fetch
 from pipelines.weights import MANIFEST, check, local_copy
 from star_model.checkpoint import CheckpointError, sha256_of
-from star_model.presets import STAR_REPO, TEXT_REPO, VAE_REPO, get_preset
+from star_model.presets import get_preset
+from star_model.weights_folder import STAR_REPO, TEXT_REPO, VAE_REPO
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import media, run_job, shrink
-from pipelines import storage
-from pipelines.restore import ledger
+from helpers import latest_rows, media, run_job, shrink
+from pipelines import listing, storage
+from pipelines.listing import SourceFile
 from pipelines.restore.pipeline import _split_clashes
-from pipelines.storage import SourceFile
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -19,12 +18,12 @@ HOSTILE = ["../escape.mp4", "sub/../../up.mp4", "./dot.mp4", "/lead.mp4", "faces
 
 @pytest.mark.parametrize("rel", HOSTILE + ["a\x00b.mp4"])
 def test_unsafe_keys_are_named(rel):
-    assert storage.unsafe_key(rel)
+    assert listing.unsafe_key(rel)
 
 
 @pytest.mark.parametrize("rel", ["faces/eyes.mp4", "Ünïcode [1] (copy).mp4", "a..b.mp4", "x/...mp4"])
 def test_ordinary_keys_are_safe(rel):
-    assert storage.unsafe_key(rel) is None
+    assert listing.unsafe_key(rel) is None
 
 
 def test_keys_that_climb_out_are_failed_rows_and_nothing_is_written_outside(s3_server, tmp_path):
@@ -46,7 +45,7 @@ def test_keys_that_climb_out_are_failed_rows_and_nothing_is_written_outside(s3_s
     out_prefix = storage.split_url(output)[1] + "/"
     assert written and all(key.startswith(out_prefix) for key in written), sorted(written)
     assert not [key for key in written if "/../" in key or "/./" in key or "//" in key[len(bucket) + 2:]]
-    latest = ledger.state_rows(output)
+    latest = latest_rows(output)
     assert latest["faces/eyes.mp4"]["status"] == "done"
     for rel in HOSTILE:
         row = latest[rel]
@@ -60,7 +59,7 @@ def test_names_differing_in_case_clash_only_where_the_output_folds_case(tmp_path
     sources = [SourceFile(url=f"/in/{rel}", rel=rel, size=1, version="1") for rel in ("Take.mp4", "take.mp4", "b.mp4")]
     keep, refused = _split_clashes(sources, sources, str(tmp_path))
     assert [s.rel for s in keep] == ["Take.mp4", "take.mp4", "b.mp4"] and not refused  # Linux disks keep case
-    monkeypatch.setattr(storage, "case_insensitive", lambda root: True)
+    monkeypatch.setattr(listing, "case_insensitive", lambda root: True)
     keep, refused = _split_clashes(sources, sources, str(tmp_path))
     assert [s.rel for s in keep] == ["b.mp4"]
     assert [(s.rel, permanent) for s, _, permanent in refused] == [("Take.mp4", False), ("take.mp4", False)]

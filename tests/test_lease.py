@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import restore_run
 from pipelines import storage
+from pipelines.listing import SourceFile
 from pipelines.restore.assemble_stage import finish_video
-from pipelines.restore.lease import (LEASES, LeaseLost, Leases, check_held, claim_video, lease_key, record_finished,
-                                     run_url)
+from pipelines.restore.layout import OutputLayout
+from pipelines.restore.lease import LeaseLost, Leases, check_held, claim_video, record_finished
 from pipelines.restore.plan_stage import failed_row
-from pipelines.storage import SourceFile, atomic_output, create_exclusive, join, remove_empty_folders
+from pipelines.storage import atomic_output, create_exclusive, join, remove_empty_folders
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
 TTL = timedelta(minutes=10)
@@ -53,7 +55,7 @@ class Clock:
 
 def started(root: str, run_id: str, clock: Clock) -> Leases:
     """A run whose heartbeat is written but not renewed: what a crashed run leaves behind."""
-    leases = Leases(root, run_id, TTL, clock)
+    leases = Leases(restore_run(root, run_id), TTL, clock)
     leases._beat(finished=False)
     return leases
 
@@ -112,7 +114,7 @@ def test_a_live_run_keeps_its_videos_and_a_finished_run_frees_them(root):
     first._beat(finished=True)
     claims = second.claim(SOURCES)
     assert claims.mine == SOURCES and claims.taken_over
-    assert json.loads(storage.read_bytes(run_url(root, "run-a")))["finished"] is True
+    assert json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))["finished"] is True
 
 
 def test_a_crashed_run_holds_its_videos_until_its_heartbeat_expires(root):
@@ -132,8 +134,9 @@ def test_a_dead_process_on_this_machine_frees_its_videos_at_once(tmp_path):
     started(root, "run-a", clock).claim(SOURCES)
     exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                             text=True, check=True)
-    record = json.loads(storage.read_bytes(run_url(root, "run-a")))
-    storage.write_bytes_atomic(run_url(root, "run-a"), json.dumps({**record, "pid": int(exited.stdout)}).encode())
+    record = json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))
+    storage.write_bytes_atomic(OutputLayout(root).run_file("run-a"),
+                               json.dumps({**record, "pid": int(exited.stdout)}).encode())
     assert started(root, "run-b", clock).claim(SOURCES).mine == SOURCES
 
 
@@ -141,8 +144,8 @@ def test_a_run_on_another_machine_is_trusted_until_expiry(tmp_path):
     root = str(tmp_path / "out")
     clock = Clock()
     started(root, "run-a", clock).claim(SOURCES)
-    record = json.loads(storage.read_bytes(run_url(root, "run-a")))
-    storage.write_bytes_atomic(run_url(root, "run-a"),
+    record = json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))
+    storage.write_bytes_atomic(OutputLayout(root).run_file("run-a"),
                                json.dumps({**record, "host": "elsewhere/pid:[1]", "pid": 999_999_999}).encode())
     assert started(root, "run-b", clock).claim(SOURCES).mine == []
 
@@ -151,14 +154,14 @@ def test_deleting_a_run_file_frees_its_leases(tmp_path):
     root = str(tmp_path / "out")
     clock = Clock()
     started(root, "run-a", clock).claim(SOURCES)
-    storage.remove(run_url(root, "run-a"))
+    storage.remove(OutputLayout(root).run_file("run-a"))
     assert started(root, "run-b", clock).claim(SOURCES).mine == SOURCES
 
 
 def test_generations_only_grow_and_old_ones_are_removed(tmp_path):
     root = str(tmp_path / "out")
     clock = Clock()
-    folder = tmp_path / "out" / LEASES / lease_key(SOURCES[0].rel)
+    folder = Path(OutputLayout(root).lease_folder(SOURCES[0].rel))
     for n, run in enumerate(["run-a", "run-b", "run-c"]):
         leases = started(root, run, clock)
         assert leases.claim(SOURCES[:1]).mine == SOURCES[:1]
@@ -189,26 +192,26 @@ def test_racing_runs_split_the_videos_without_overlap(atomic_root):
 
 def test_the_heartbeat_is_renewed_and_finished_on_exit(tmp_path):
     root = str(tmp_path / "out")
-    with Leases(root, "run-a", timedelta(seconds=0.5)) as leases:
-        first = json.loads(storage.read_bytes(run_url(root, "run-a")))["expires_at"]
+    with Leases(restore_run(root, "run-a"), timedelta(seconds=0.5)) as leases:
+        first = json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))["expires_at"]
         time.sleep(0.35)
-        renewed = json.loads(storage.read_bytes(run_url(root, "run-a")))
+        renewed = json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))
         assert renewed["expires_at"] > first and renewed["finished"] is False
         leases.claim(SOURCES)
-    assert json.loads(storage.read_bytes(run_url(root, "run-a")))["finished"] is True
+    assert json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))["finished"] is True
 
 
 def test_an_exception_still_finishes_the_run(tmp_path):
     root = str(tmp_path / "out")
     with pytest.raises(RuntimeError):
-        with Leases(root, "run-a"):
+        with Leases(restore_run(root, "run-a")):
             raise RuntimeError("restore failed")
-    assert json.loads(storage.read_bytes(run_url(root, "run-a")))["finished"] is True
+    assert json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))["finished"] is True
 
 
 def test_a_zero_lease_time_is_refused(tmp_path):
     with pytest.raises(ValueError, match="must be positive"):
-        Leases(str(tmp_path), "run-a", timedelta(0))
+        Leases(restore_run(tmp_path, "run-a"), timedelta(0))
 
 
 # -- the fence ---------------------------------------------------------------------------------------
@@ -230,20 +233,19 @@ def test_a_stalled_run_that_lost_its_lease_publishes_and_records_nothing(tmp_pat
     assert started(root, "run-b", clock).claim(SOURCES[:1]).mine == SOURCES[:1]
 
     # a permanent failure would clear the video's staging: not from the run that lost the lease
-    row = finish_video([failed_window(root, SOURCES[0], permanent=True)], output_root=root, run_id="run-a",
-                       settings="s")
+    row = finish_video([failed_window(root, SOURCES[0], permanent=True)], run=restore_run(root, "run-a"))
     assert row["status"] == "failed" and "lost the lease" in row["error"] and "run-b" in row["error"]
     assert not (tmp_path / "out" / "_ledger" / "videos").exists()  # no ledger row from run a
     assert (tmp_path / "out" / "_staging" / "va" / "window_00000.mkv").exists()
     with pytest.raises(LeaseLost):
-        check_held(root, "run-a", SOURCES[0].rel)
+        check_held(stalled.run, SOURCES[0].rel)
     with pytest.raises(LeaseLost), atomic_output(str(tmp_path / "out" / "a.mp4"),
-                                                 lambda: check_held(root, "run-a", SOURCES[0].rel)) as tmp:
+                                                 lambda: check_held(stalled.run, SOURCES[0].rel)) as tmp:
         Path(tmp).write_bytes(b"restored by the stalled run")
     assert not (tmp_path / "out" / "a.mp4").exists()  # the publish is fenced too
 
     # the run that holds the lease records it; staging is only ever cleared by the holder
-    row = finish_video([failed_window(root, SOURCES[0])], output_root=root, run_id="run-b", settings="s")
+    row = finish_video([failed_window(root, SOURCES[0])], run=restore_run(root, "run-b"))
     assert "lost the lease" not in row["error"]
     assert len(list((tmp_path / "out" / "_ledger" / "videos").glob("*.parquet"))) == 1
 
@@ -262,12 +264,12 @@ def test_a_video_finished_by_another_run_since_the_ledger_was_read_is_not_claime
     clock = Clock()
     first = started(root, "run-a", clock)
     read_at = T0 + timedelta(seconds=1)  # the second run reads the ledger; then the first finishes the video
-    assert claim_video(root, "run-a", "reel/a.mp4", clock=clock).mine
-    record_finished(root, "run-a", "reel/a.mp4", "10:1|s")
+    assert claim_video(first.run, "reel/a.mp4", clock=clock).mine
+    record_finished(first.run, "reel/a.mp4", "10:1")
     first._beat(finished=True)
 
-    claim = claim_video(root, "run-b", "reel/a.mp4", "10:1|s", read_at, clock=clock)
+    claim = claim_video(restore_run(root, "run-b", read_at=read_at), "reel/a.mp4", "10:1", clock=clock)
     assert (claim.mine, claim.done, claim.holder) == (False, True, "run-a")
     # Finished before this run read the ledger (so its output was found gone), or for other settings: taken.
-    assert claim_video(root, "run-b", "reel/a.mp4", "10:1|s", datetime.now(timezone.utc), clock=clock).mine
-    assert claim_video(root, "run-c", "reel/b.mp4", "10:1|s", read_at, clock=clock).mine
+    assert claim_video(restore_run(root, "run-b"), "reel/a.mp4", "10:1", clock=clock).mine
+    assert claim_video(restore_run(root, "run-c", read_at=read_at), "reel/b.mp4", "10:1", clock=clock).mine

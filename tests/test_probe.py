@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from helpers import audio_only, media, mux_silence
-from pipelines.media.probe import BadVideo, probe, probe_timestamps
+from pipelines.media.probe import probe, probe_timestamps
+from pipelines.media.video_info import BadVideo
 
 
 def write_clip(path: Path, count: int = 12, size: tuple[int, int] = (32, 24), *, pts: list[int] | None = None,

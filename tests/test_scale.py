@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from helpers import load_job
+from helpers import latest_rows, load_job
 from pipelines.restore import ledger
+from pipelines.restore.layout import OutputLayout
 from pipelines.restore.pipeline import plan_run
 
 pytestmark = pytest.mark.timeout(300)
@@ -26,22 +27,23 @@ def test_planning_reads_the_ledger_state_and_a_batch_of_outputs_never_the_output
     monkeypatch.setattr(os, "scandir", lambda path=".": scanned.append(os.fspath(path)) or scandir(path))
     monkeypatch.setattr(os, "stat", lambda path, *a, **k: stats.append(os.fspath(path)) or stat(path, *a, **k))
 
-    sources, _, selection, _ = plan_run(job, archive, output)
+    layout = OutputLayout(output)
+    sources, _, selection, run = plan_run(job, archive, layout, "r1")
 
     assert (len(sources), len(selection.todo), len(selection.done)) == (3000, 20, 2980)
     assert sorted(s.rel for s in selection.todo) == [bench.rel_of(i) for i in range(2980, 3000)]  # modified, new
     in_output = [path for path in scanned if path.startswith(output)]
-    assert in_output == [os.path.join(output, ledger.VIDEOS)], in_output  # the ledger's folder, nothing else
+    assert in_output == [layout.videos], in_output  # the ledger's folder, nothing else
     checked = [path for path in stats if path.startswith(output) and path.endswith(".mp4")]
     assert 400 < len(checked) < 600  # one batch of the 2980 done outputs, about 500 (a hash slot), another next run
 
     # The run's end: its rows, one file per video, merged with the state into one file.
     for source in selection.todo:
-        ledger.write_video(output, source.rel.replace("/", "-"), {"rel": source.rel, "status": "done",
+        ledger.write_video(layout, source.rel.replace("/", "-"), {"rel": source.rel, "status": "done",
                                                                   "fingerprint": source.fingerprint,
                                                                   "run_id": "r1", "finished_at": ledger.now()})
     monkeypatch.undo()
-    assert ledger.compact(output, "r1")["rows"] == 3000
-    assert len(os.listdir(os.path.join(output, ledger.VIDEOS))) == 1
-    state = ledger.state_rows(output)
+    assert ledger.compact(run)["rows"] == 3000
+    assert len(os.listdir(layout.videos)) == 1
+    state = latest_rows(output)
     assert all(state[s.rel]["fingerprint"] == s.fingerprint for s in sources)

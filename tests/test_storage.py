@@ -1,5 +1,5 @@
-"""Tests of pipelines.storage and pipelines.reachable on local disk and on real S3 (moto) and GCS (emulator)
-servers."""
+"""Tests of pipelines.storage, pipelines.listing and pipelines.reachable on local disk and on real S3 (moto)
+and GCS (emulator) servers."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from helpers import media
+from pipelines.listing import VIDEO_EXTENSIONS, SourceFile, list_sources, list_videos
 from pipelines.media.probe import probe
 from pipelines.reachable import check_reachable
-from pipelines.storage import (VIDEO_EXTENSIONS, SourceFile, atomic_output, create_exclusive, exists, filesystem, join,
-                               list_sources, list_videos, open_input, read_bytes, relative, remove,
-                               write_bytes_atomic)
+from pipelines.storage import (atomic_output, create_exclusive, exists, filesystem, join, open_input, read_bytes,
+                               relative, remove, write_bytes_atomic)
 
 STORES = ["local", "s3", "gs"]
 

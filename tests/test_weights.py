@@ -17,8 +17,9 @@ from offline_hub import FETCHED, listing
 from pipelines import storage, weights
 from pipelines.weights import MANIFEST, check, local_copy
 from star_model.checkpoint import CheckpointError
-from star_model.presets import get_preset, load_restorer, missing_weights, resolve_weights
+from star_model.presets import get_preset, load_restorer, resolve_weights
 from star_model.restore import RestoreConfig
+from star_model.weights_folder import missing_weights
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,13 +11,13 @@ from typing import Any, Literal
 
 import ray
 
-from pipelines import storage
+from pipelines import listing, storage
 from pipelines.actors import actor_pool
 from pipelines.evaluate.clip import CLIP, REL, ScoreClips
 from pipelines.evaluate.methods import CONDITIONS, realesrgan_available
 from pipelines.evaluate.report import write_report
+from pipelines.job_support import config_errors, ray_started
 from pipelines.reachable import check_reachable
-from pipelines.restore.job import ConfigError
 from pipelines.weights import check as check_weights
 from star_model.presets import default_preset, get_preset, restore_settings
 
@@ -54,9 +54,9 @@ class EvaluateJob:
             object.__setattr__(self, "preset", default_preset(self.weights))
 
 
-def validate(job: EvaluateJob) -> list[storage.SourceFile]:
+def validate(job: EvaluateJob) -> list[listing.SourceFile]:
     """Every check that can fail without a GPU; returns the reference clips. Raises ConfigError."""
-    try:
+    with config_errors():
         check_weights(get_preset(job.preset), job.weights, job.checkpoint)
         if not job.scales or any(s < 1 for s in job.scales) or len(set(job.scales)) != len(job.scales):
             raise ValueError(f"--scales {job.scales}: need distinct factors >= 1")
@@ -76,23 +76,16 @@ def validate(job: EvaluateJob) -> list[storage.SourceFile]:
                              "Debian libvulkan1, libomp5) is not installed")
         check_reachable(storage.canonical(job.input))
         check_reachable(storage.canonical(job.output), writable=True)
-        clips = storage.list_videos(storage.canonical(job.input))
+        clips = listing.list_videos(storage.canonical(job.input))
         if not clips:
             raise ValueError(f"no video under {job.input}")
         return clips
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
 
 
 def run(job: EvaluateJob) -> dict[str, Any]:
     """Score every clip and write the report; returns it (the content of results.json)."""
     clips = validate(job)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
-    try:
+    with ray_started():
         use_gpu, actors = actor_pool(job.device, job.actors)
         # One row per clip, each its own block, so that the actors share the clips out.
         ds = ray.data.from_items([{CLIP: c.url, REL: c.rel} for c in clips], override_num_blocks=len(clips))
@@ -107,7 +100,4 @@ def run(job: EvaluateJob) -> dict[str, Any]:
             num_cpus=1,
         )
         rows = [dict(r) for r in ds.iter_rows()]
-    finally:
-        if started_ray:
-            ray.shutdown()
     return write_report(job.output, dataclasses.asdict(job), rows)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import storage
+from pipelines import listing
 from pipelines.finetune.data import ClipConfig
 from pipelines.reachable import check_reachable
 from pipelines.weights import check as check_weights
@@ -123,8 +123,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         log.warning("paper-mode DF decodes the whole %dx%d crop with gradient; set LossConfig.df_crop "
                     "if the GPU runs out of memory", height, width)
     check_reachable(cfg.data)
-    if not storage.list_videos(cfg.data):
-        raise ValueError(f"no videos under {cfg.data} (extensions {sorted(storage.VIDEO_EXTENSIONS)})")
+    if not listing.list_videos(cfg.data):
+        raise ValueError(f"no videos under {cfg.data} (extensions {sorted(listing.VIDEO_EXTENSIONS)})")
     check_reachable(cfg.storage, writable=True)
 
 
@@ -134,7 +134,8 @@ def check_finetune_weights(preset: StarPreset, cfg: FinetuneConfig) -> None:
         return
     if cfg.venhancer is not None:
         if cfg.weights is None:
-            raise ValueError("--venhancer needs --weights DIR with text/ and vae/ too; see star_model/presets.py")
+            raise ValueError("--venhancer needs --weights DIR with text/ and vae/ too; see "
+                             "star_model/weights_folder.py")
         if not Path(cfg.venhancer).is_file():
             raise ValueError(f"no VEnhancer checkpoint at {cfg.venhancer}; download venhancer_v2.pt from "
                              "huggingface.co/jwhejwhe/VEnhancer")

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from pipelines import storage
+from pipelines import listing
 from pipelines.media.frames import read_frames
-from pipelines.media.probe import BadVideo, probe_timestamps
+from pipelines.media.probe import probe_timestamps
+from pipelines.media.video_info import BadVideo
 from star_model.degrade import degrade_clip, downscale_clip
 from star_model.degrade_config import FULL, DegradeConfig
 
@@ -99,7 +100,7 @@ def derive_seed(*parts: object) -> int:
 def list_clips(data_url: str, config: ClipConfig) -> list[dict[str, Any]]:
     """One small row per clip to cut (source URL and clip seed), `clips_per_video` per video."""
     rows = []
-    for source in storage.list_videos(data_url):
+    for source in listing.list_videos(data_url):
         for k in range(config.clips_per_video):
             rows.append({SOURCE: source.url, CLIP_SEED: derive_seed(config.seed, source.rel, k)})
     return rows

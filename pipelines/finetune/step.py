@@ -30,11 +30,12 @@ from pipelines.weights import local_copy
 from star_model.diffusion import diffuse, velocity
 from star_model.finetuning import freeze_for_finetune, load_venhancer
 from star_model.losses import star_loss
-from star_model.presets import Vae, WeightPaths, build_models, get_preset, load_shipped, resolve_weights
+from star_model.presets import Vae, build_models, get_preset, load_shipped, resolve_weights
 from star_model.restore import pre_upscale
 from star_model.schedule import build_schedule
 from star_model.text import TextEncoder
 from star_model.unet import StarDenoiser
+from star_model.weights_folder import WeightPaths
 
 
 def build_finetune_models(cfg: FinetuneConfig, device: torch.device) -> tuple[StarDenoiser, TextEncoder, Vae]:

@@ -23,6 +23,7 @@ from pipelines import storage, waits
 from pipelines.finetune.config import FinetuneConfig, FinetuneResult, check_config
 from pipelines.finetune.data import build_pairs, list_clips
 from pipelines.finetune.loop import train_loop
+from pipelines.job_support import ray_started
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +31,11 @@ log = logging.getLogger(__name__)
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Check the config, build the pairs dataset and train to `cfg.steps`, resuming if the run's
     storage folder holds checkpoints of an earlier run with the same name."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     check_config(cfg)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init()  # local Ray, or the cluster of `ray job submit` (RAY_ADDRESS)
-    try:
+    with ray_started():
         need = _resources_needed(cfg)
         what = f"fine-tuning with {cfg.workers} worker(s)"
         waits.check_can_start(need, what, f"pass fewer --workers or a smaller --cpus-per-worker (the {cfg.workers} "
@@ -61,9 +58,6 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
         )
         with waits.waiting_lines(need, what):
             result = trainer.fit()
-    finally:
-        if started_ray:
-            ray.shutdown()
     metrics = dict(result.metrics or {})
     return FinetuneResult(step=int(metrics.get("step", 0)),
                           checkpoint=result.checkpoint.path if result.checkpoint else None, metrics=metrics)

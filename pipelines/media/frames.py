@@ -13,7 +13,8 @@ from typing import BinaryIO, Literal
 import av
 import numpy as np
 
-from pipelines.media.probe import BadVideo, display_rotation, open_container, probe_timestamps, video_stream
+from pipelines.media.probe import display_rotation, open_container, probe_timestamps, video_stream
+from pipelines.media.video_info import BadVideo
 from pipelines.storage import Source, atomic_output, open_input
 
 log = logging.getLogger(__name__)

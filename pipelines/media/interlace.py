@@ -27,8 +27,8 @@ import av.filter
 import numpy as np
 
 from pipelines.media.frames import read_frames
-from pipelines.media.probe import VideoInfo
 from pipelines.media.scenes import Scene
+from pipelines.media.video_info import VideoInfo
 from pipelines.storage import Source
 
 Deinterlace = Literal["field", "frame", "film"]

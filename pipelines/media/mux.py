@@ -15,7 +15,8 @@ from typing import Literal
 import av
 import numpy as np
 
-from pipelines.media.probe import BadVideo, VideoInfo, has_alpha, open_container
+from pipelines.media.probe import open_container
+from pipelines.media.video_info import BadVideo, VideoInfo, has_alpha
 from pipelines.storage import Source, atomic_output, open_input
 
 log = logging.getLogger(__name__)

@@ -1,22 +1,21 @@
 """Probe a source video with PyAV: streams, timing, an exact frame count, rotation, and a clear
-`BadVideo` reason for inputs that cannot be restored (the first thing the scenes stage runs)."""
+`BadVideo` reason for inputs that cannot be restored (the first thing the scenes stage runs). What it
+finds is a `VideoInfo` (video_info.py); the field order of an interlaced source is field_order.py's."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import re
-from dataclasses import dataclass
-from fractions import Fraction
 from collections.abc import Iterator
+from fractions import Fraction
 from typing import Any, BinaryIO
 
 import av
-import av.filter
 import numpy as np
 
 from pipelines.media.diagnose import diagnose
+from pipelines.media.field_order import interlacing
+from pipelines.media.video_info import BadVideo, StreamInfo, VideoInfo
 from pipelines.storage import Source, open_input
 
 log = logging.getLogger(__name__)
@@ -27,97 +26,7 @@ log = logging.getLogger(__name__)
 # other playlist likewise), and raw elementary streams (h264, hevc, m2v) carry no timestamps.
 VIDEO_DEMUXERS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpeg", "mpegts", "asf", "flv", "dv", "mxf",
                   "gxf", "ogg", "rm", "nut", "ivf", "wtv")
-# FFmpeg's AVFieldOrder by the field shown first: TT and BT show the top field first (BT codes the
-# bottom one first), BB and TB the bottom one; 0 is "unknown".
-_FIELD_ORDERS = {1: "progressive", 2: "tff", 5: "tff", 3: "bff", 4: "bff"}
-IDET_FRAMES = 24  # frames idet looks at, for the field order where the codec states none, and for telecine
-TELECINE_REPEATS = 0.2  # share of frames with a repeated field above which an interlaced source is telecine
-_ALPHA_FORMATS = re.compile(r"^(yuva|gbrap|ya\d|rgba|bgra|argb|abgr)")  # FFmpeg pixel formats with alpha
-_HDR_TRANSFERS = {16: "PQ (SMPTE ST 2084)", 18: "HLG (ARIB STD-B67)"}  # FFmpeg's AVColorTransferCharacteristic
 _PLAYLISTS = {b"ffconcat": "an FFmpeg concat playlist", b"#EXTM3U": "an HLS/M3U playlist"}
-
-
-class BadVideo(ValueError):
-    """The input cannot be restored; `reason` is the one-line text that goes into the ledger."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """An audio, subtitle or attachment stream that the assembler keeps in the output (copied
-    unchanged, or audio transcoded losslessly to FLAC where the output container cannot carry it)."""
-
-    index: int  # stream index in the source container
-    kind: str  # "audio" | "subtitle" | "attachment"
-    codec: str  # FFmpeg codec name, e.g. "aac", "subrip", "mov_text"; an attachment's MIME type
-    language: str | None
-    title: str | None = None
-    disposition: int = 0  # FFmpeg's AV_DISPOSITION_* flags (default, comment, forced, ...)
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the pipeline needs to know about a source, all from one demux pass."""
-
-    container: str  # FFmpeg demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "matroska,webm"
-    codec: str  # video codec, e.g. "h264"
-    width: int  # coded size, before the display rotation is applied
-    height: int
-    rotation: int  # degrees counter-clockwise that turn a decoded frame upright: 0, 90, 180, 270
-    fps: Fraction  # average frame rate
-    time_base: Fraction  # of the video stream; frame pts are in these units
-    frame_count: int  # counted from demuxed packets, not read from the header
-    start_pts: int  # pts of the first frame (presentation order)
-    end_pts: int  # pts at which the last frame stops being shown
-    duration: Fraction  # seconds, (end_pts - start_pts) * time_base
-    variable_frame_rate: bool
-    pix_fmt: str | None
-    # FFmpeg's colour enums as the first frame carries them (2 = unspecified for all but range,
-    # 0 = unspecified range); the assembler encodes back with the same matrix and tags.
-    colorspace: int
-    color_range: int
-    color_primaries: int
-    color_trc: int
-    video_index: int  # stream index of the video stream in the source container
-    audio: tuple[StreamInfo, ...]
-    subtitles: tuple[StreamInfo, ...]
-    attachments: tuple[StreamInfo, ...] = ()  # fonts of styled subtitles, cover images (Matroska)
-    # "progressive", or the field shown first of an interlaced source: "tff" | "bff" (see _field_order)
-    field_order: str = "progressive"
-    telecine: bool = False  # interlaced by 3:2 pulldown of progressive film (idet's repeated fields)
-
-    @property
-    def display_size(self) -> tuple[int, int]:
-        """(width, height) after rotation: the size of the frames `read_frames` returns."""
-        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
-
-
-def check_restorable(info: VideoInfo) -> None:
-    """Raise `BadVideo` for a source the pipeline would damage without saying so; call before any GPU
-    time is spent. What it refuses, and why:
-
-    - alpha on an interlaced source: the alpha plane is carried past the model progressive only;
-    - HDR (PQ or HLG transfer): the model was trained on SDR frames and sees 8-bit RGB; restoring
-      would clip highlights and still tag the result HDR (or silently tag it SDR);
-    - interlaced with rotation metadata: fields are rows of the coded picture, which the decoded,
-      turned-upright frames no longer have.
-    """
-    if has_alpha(info) and info.field_order != "progressive":
-        raise BadVideo(f"interlaced video with an alpha channel ({info.pix_fmt}): not supported")
-    if info.color_trc in _HDR_TRANSFERS:
-        raise BadVideo(f"HDR video ({_HDR_TRANSFERS[info.color_trc]} transfer): the model restores SDR "
-                       f"pictures only; an HDR source would lose its highlights")
-    if info.field_order != "progressive" and info.rotation:
-        raise BadVideo(f"interlaced ({info.field_order}) and rotated {info.rotation} degrees by metadata: "
-                       f"deinterlacing a rotated picture is not supported")
-
-
-def has_alpha(info: VideoInfo) -> bool:
-    """Whether the source's pixel format has an alpha plane (ProRes 4444, FFV1, PNG, QuickTime Animation)."""
-    return bool(info.pix_fmt and _ALPHA_FORMATS.match(info.pix_fmt))
 
 
 def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
@@ -306,69 +215,11 @@ def _describe(container: av.container.InputContainer, stream: av.video.stream.Vi
         audio=tuple(_stream_info(s, "audio") for s in container.streams.audio),
         subtitles=tuple(_stream_info(s, "subtitle") for s in container.streams.subtitles),
         attachments=tuple(_stream_info(s, "attachment") for s in container.streams.attachments),
-        **_interlacing(container, stream, first_frame, coded["field_order"]),
+        **interlacing(container, stream, first_frame, coded["field_order"], _codec_name(stream)),
     )
     if info.width <= 0 or info.height <= 0:
         raise BadVideo(f"video stream has no picture size ({info.width}x{info.height})")
     return info, ts
-
-
-def _interlacing(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                 first_frame: av.VideoFrame, coded_order: int) -> dict[str, Any]:
-    """{"field_order": ..., "telecine": ...} (VideoInfo's fields) for the video stream, whose decoder
-    stated `coded_order` (FFmpeg's AVFieldOrder) at its first frame."""
-    stated = _FIELD_ORDERS.get(coded_order)
-    if stated == "progressive":
-        return {"field_order": stated, "telecine": False}
-    votes = _idet_votes(container, stream)
-    order = stated or _field_order(votes, stream, first_frame)
-    if order == "progressive":
-        return {"field_order": order, "telecine": False}
-    # 3:2 pulldown repeats a field in 2 frames of every 5 (idet counts 0.4 of them); interlaced video
-    # repeats none. Half that rate is the line.
-    repeated = votes["repeated_top"] + votes["repeated_bottom"]
-    telecine = repeated > 0 and repeated >= TELECINE_REPEATS * (repeated + votes["repeated_neither"])
-    return {"field_order": order, "telecine": telecine}
-
-
-def _field_order(votes: dict[str, float], stream: av.video.stream.VideoStream, first_frame: av.VideoFrame) -> str:
-    """"progressive", "tff" or "bff" where the codec states no order (DV in AVI, MPEG-4 Part 2, MJPEG):
-    FFmpeg's idet on the first frames (the codecs that state one: MPEG-2, H.264, HEVC with SEI,
-    ProRes, are taken at their word, as FFmpeg does). A frame flagged interlaced whose fields idet
-    finds alike (no motion yet) keeps the flag, with the order DV uses (bottom first) or else top first.
-    """
-    interlaced = votes["tff"] + votes["bff"]
-    if not first_frame.interlaced_frame and interlaced <= votes["progressive"]:
-        return "progressive"
-    if not interlaced:
-        return "bff" if _codec_name(stream) == "dvvideo" else "tff"
-    return "tff" if votes["tff"] >= votes["bff"] else "bff"
-
-
-def _idet_votes(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> dict[str, float]:
-    """FFmpeg's idet over the first `IDET_FRAMES` frames: frames it calls tff, bff and progressive, and
-    frames with a repeated top, bottom or neither field."""
-    votes = {"tff": 0.0, "bff": 0.0, "progressive": 0.0, "repeated_top": 0.0, "repeated_bottom": 0.0,
-             "repeated_neither": 0.0}
-    try:
-        container.seek(0, stream=stream, backward=True, any_frame=False)
-        graph = av.filter.Graph()
-        graph.link_nodes(graph.add_buffer(template=stream), graph.add("idet"), graph.add("buffersink")).configure()
-        last = None
-        for i, frame in enumerate(container.decode(stream)):
-            if i == IDET_FRAMES:
-                break
-            graph.push(frame)
-            with contextlib.suppress(av.error.BlockingIOError):
-                last = graph.pull()
-    except av.error.FFmpegError as e:  # an undecodable frame early on: no verdict from idet
-        log.debug("idet could not run: %s", e)
-        return votes
-    if last is not None:
-        for kind in votes:
-            key = f"lavfi.idet.repeated.{kind[9:]}" if kind.startswith("repeated_") else f"lavfi.idet.multiple.{kind}"
-            votes[kind] = float(last.metadata.get(key, 0))
-    return votes
 
 
 def _end_pts(stream: av.video.stream.VideoStream, last_pts: int, packet_end: int | None, typical: int) -> int:

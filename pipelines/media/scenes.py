@@ -15,7 +15,8 @@ from scenedetect.backends.pyav import VideoStreamAv
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
-from pipelines.media.probe import BadVideo, PacketLog, VideoInfo, checked_stream, open_container, video_stream
+from pipelines.media.probe import PacketLog, checked_stream, open_container, video_stream
+from pipelines.media.video_info import BadVideo, VideoInfo
 from pipelines.storage import Source, open_input
 
 Scene = tuple[int, int]

@@ -1,6 +1,6 @@
 """Assemble stage of the restore job (CPU, one task per video): once all of a video's windows are
 restored, join their segments into the final file (blending the overlaps), save a before/after still,
-write the video's ledger rows and clear its staging folder. A failed window fails the video, never the run."""
+and record the video (outcome.py). A failed window fails the video, never the run."""
 
 from __future__ import annotations
 
@@ -16,30 +16,24 @@ from PIL import Image
 
 from pipelines import storage
 from pipelines.media.frames import iter_alpha, iter_segment, upscale_plane
-from pipelines.media.interlace import decode_start_pts, describe, picture_timeline, read_pictures
+from pipelines.media.interlace import decode_start_pts, picture_timeline, read_pictures
 from pipelines.media.mux import write_video
-from pipelines.media.probe import BadVideo, VideoInfo, has_alpha, probe_timestamps
-from pipelines.restore import ledger, metrics
-from pipelines.restore.lease import LeaseLost, check_held, record_finished
-from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END,
-                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, OUTPUT_SIZE,
-                                    PERMANENT, PREVIOUS_ERROR, REL, REPEATS,
-                                    RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
-                                    VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, done_key, video_staging,
-                                    window_of)
+from pipelines.media.probe import probe_timestamps
+from pipelines.media.video_info import BadVideo, VideoInfo, has_alpha
+from pipelines.restore import metrics
+from pipelines.restore.context import RestoreRun
+from pipelines.restore.lease import LeaseLost, check_held
+from pipelines.restore.outcome import failure, record, video_row
+from pipelines.restore.rows import (DEINTERLACE, DONE, END, ERROR, FAILED, FIELD_ORDER, OUTPUT, PERMANENT, REL, REPEATS,
+                                    SEGMENT, SOURCE, START, STATUS, WINDOW, window_of)
 from pipelines.restore.scene_windows import SceneWindow
 from pipelines.storage import Source, atomic_output
 from star_model.windows import blend_ramp
 
 log = logging.getLogger(__name__)
 
-GIVE_UP_AFTER = 3  # runs in a row that fail an unchanged source the same way before it counts as a bad input
 
-# Columns a window row carries into the ledger's window rows.
-_WINDOW_LEDGER = (SOURCE, FINGERPRINT, WINDOW, START, END, SEGMENT, STATUS, ERROR, SECONDS, REUSED, DEVICE)
-
-
-def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: str, settings: str) -> dict[str, Any]:
+def finish_video(rows: Sequence[dict[str, Any]], *, run: RestoreRun) -> dict[str, Any]:
     """All window rows of one video -> its ledger row (also written to the ledger here, so a killed
     driver loses no finished video). Done: the output is in place, whole; failed: nothing new is.
 
@@ -49,16 +43,16 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
     rows = sorted(rows, key=lambda r: r[WINDOW])
     first = rows[0]
     started = time.perf_counter()
-    fence = functools.partial(check_held, output_root, run_id, first[REL])
+    fence = functools.partial(check_held, run, first[REL])
     try:
         fence()
-        status, error, permanent = DONE, None, False
+        status, error, permanent, repeats = DONE, None, False, 0
         failed = [r for r in rows if r[STATUS] != DONE]
         if failed:
             status, error, permanent = FAILED, _reason(failed), all(r[PERMANENT] for r in failed)
         else:
             try:
-                _assemble(first, rows, ledger.preview_url(output_root, first[REL]), fence)
+                _assemble(first, rows, run.layout.preview(first[REL]), fence)
             except LeaseLost:
                 raise
             except DamagedSegment as e:  # our own file, not the source: redo that window next run
@@ -72,63 +66,14 @@ def finish_video(rows: Sequence[dict[str, Any]], *, output_root: str, run_id: st
                 status, error = FAILED, f"assembly: {type(e).__name__}: {e}"
             if status == FAILED:
                 metrics.failure("assemble", permanent)
-        repeats = _repeats(status, error, first)
-        if status == FAILED and not permanent:
-            error, permanent = _give_up_on_repeats(error, repeats)
+        if status == FAILED:
+            error, permanent, repeats = failure(error, permanent, first)
         fence()  # again: assembly takes minutes, and a failed video published nothing to fence
     except LeaseLost as e:
-        return _video_row(first, rows, settings, run_id, FAILED, str(e), False, started)
-    video = _video_row(first, rows, settings, run_id, status, error, permanent, started) | {REPEATS: repeats}
-    restored = [r for r in rows if r[WINDOW] >= 0]
-    ledger.write_windows(output_root, first[VIDEO_ID], run_id, [
-        {**{column: r[column] for column in _WINDOW_LEDGER}, RUN_ID: run_id,
-         SEGMENT: r[SEGMENT] or None, ERROR: r[ERROR] or None} for r in restored])
-    ledger.write_video(output_root, first[VIDEO_ID], video)
-    if status == DONE or permanent:
-        # Runs that read the ledger before this row was written skip the video at their claim.
-        record_finished(output_root, run_id, first[REL], done_key(first[FINGERPRINT], settings))
-        # A video that failed for another reason (out of memory, storage) keeps its segments: the
-        # next run retries only the windows that failed. A bad source changes before it is retried,
-        # which makes its staging folder a new one anyway.
-        storage.remove(video_staging(output_root, first[VIDEO_ID]), recursive=True)
+        return video_row(first, rows, run, FAILED, str(e), False, started)
+    video = video_row(first, rows, run, status, error, permanent, started) | {REPEATS: repeats}
+    record(run, first, rows, video)
     return video
-
-
-def _repeats(status: str, error: str | None, video: dict[str, Any]) -> int:
-    """Runs in a row, this one included, that failed the unchanged source with this very reason (the
-    scenes stage passes the last run's reason and count in the row); 0 when done."""
-    if status != FAILED:
-        return 0
-    return int(video.get(REPEATS) or 0) + 1 if error == video.get(PREVIOUS_ERROR) else 1
-
-
-def _give_up_on_repeats(error: str, repeats: int) -> tuple[str, bool]:
-    """(reason, permanent) of a failure that was not known to be permanent: one that repeats what the
-    last runs said of the unchanged source, `GIVE_UP_AFTER` runs in a row, is deterministic (a bug
-    or an input the model cannot take), so it stops being retried every night, and its staging goes."""
-    if repeats < GIVE_UP_AFTER:
-        return error, False
-    return (f"{error} (the same failure {GIVE_UP_AFTER} runs in a row on the unchanged source: no longer retried; "
-            f"--retry-failed tries it again)"), True
-
-
-def _video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], settings: str, run_id: str, status: str,
-               error: str | None, permanent: bool, started: float) -> dict[str, Any]:
-    restored = [r for r in rows if r[WINDOW] >= 0]
-    return {
-        SOURCE: first[SOURCE], REL: first[REL], FINGERPRINT: first[FINGERPRINT], SETTINGS: settings,
-        CHECKSUM: first.get(CHECKSUM) or None, CONTENT: first.get(CONTENT) or None,
-        OUTPUT: first[OUTPUT] if status == DONE else None,
-        OUTPUT_SIZE: storage.size(first[OUTPUT]) if status == DONE else None,
-        STATUS: status, ERROR: error, PERMANENT: permanent,
-        FRAMES: int(first[FRAMES]), WINDOWS: len(restored),
-        DEINTERLACED: describe(first[DEINTERLACE], first[FIELD_ORDER]) if first[DEINTERLACE] else "",
-        WINDOWS_REUSED: sum(bool(r[REUSED]) for r in restored),
-        RESTORE_SECONDS: float(sum(r[SECONDS] for r in restored if not r[REUSED])),
-        ASSEMBLE_SECONDS: time.perf_counter() - started,
-        DEVICE: next((r[DEVICE] for r in restored if r[DEVICE]), ""),
-        RUN_ID: run_id, FINISHED_AT: ledger.now(),
-    }
 
 
 def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output_url: str | os.PathLike, *,

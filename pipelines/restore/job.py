@@ -8,11 +8,16 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 from pipelines import storage
+# ConfigError is imported from here by jobs/evaluate.py (until that file takes it from job_support)
+from pipelines.job_support import ConfigError, config_errors  # noqa: F401
 from pipelines.media.scenes import DETECTORS
 from pipelines.reachable import check_reachable
+from pipelines.restore.lease import DEFAULT_TTL
+from pipelines.restore.outputs import CHECKS_PER_RUN
 from pipelines.weights import check as check_weights
 from pipelines.weights import digest as weights_digest
 from star_model.presets import PRESETS, default_preset, get_preset, restore_settings
@@ -54,10 +59,10 @@ class ArchiveJob:
     accelerator_type: str | None = None
     # Runs over the same output skip the videos another live run holds; a crashed run's videos are free
     # after this long.
-    lease_minutes: float = 10.0
+    lease_minutes: float = DEFAULT_TTL / timedelta(minutes=1)
     # About this many done videos' outputs are checked (exist, same size) per run, another batch each run; the
     # output tree is never listed. 0: trust the ledger.
-    check_outputs: int = 10_000
+    check_outputs: int = CHECKS_PER_RUN
 
     def __post_init__(self) -> None:
         if self.preset is None:
@@ -108,19 +113,10 @@ RUN_ONLY = frozenset({"input", "output", "weights", "actors", "device", "acceler
 FORMER_BEHAVIOUR = {"upscale": "bilinear"}
 
 
-class ConfigError(ValueError):
-    """The job cannot start: bad arguments, missing weights or unreachable storage. Raised before Ray
-    starts; the message says what to fix."""
-
-
 def validate(job: ArchiveJob) -> RestoreConfig:
-    """Every check that can fail without a GPU, in the order a user fixes them."""
-    try:
+    """Every check that can fail without a GPU, in the order a user fixes them (ConfigError)."""
+    with config_errors():
         return _validate(job)
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
 
 
 def _validate(job: ArchiveJob) -> RestoreConfig:

@@ -26,7 +26,6 @@ To free the leases of a run you know is dead before they expire, delete its `_ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,12 +39,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pipelines import storage
-from pipelines.storage import LEDGER_FOLDER, SourceFile
+from pipelines.listing import SourceFile
+from pipelines.restore.context import RestoreRun
+from pipelines.restore.layout import OutputLayout
 
 log = logging.getLogger(__name__)
 
-RUNS = f"{LEDGER_FOLDER}/_runs"
-LEASES = f"{LEDGER_FOLDER}/_leases"
 DEFAULT_TTL = timedelta(minutes=10)
 _CLAIM_THREADS = 16  # claims are small round trips to the store: overlap them
 _CLAIM_TRIES = 3
@@ -55,12 +54,6 @@ Clock = Callable[[], datetime]
 
 def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def lease_key(rel: str) -> str:
-    """A lease's folder name: by `rel`, like the ledger, so runs that name the archive by other URLs
-    (another mount, a copied bucket) still meet on the same lease."""
-    return hashlib.sha1(rel.encode()).hexdigest()[:20]
 
 
 @dataclass(frozen=True)
@@ -75,7 +68,7 @@ class Claims:
 class Leases:
     """This run's heartbeat and its claims. Use as a context manager around the work:
 
-        with Leases(output_root, run_id) as leases:
+        with Leases(run) as leases:
             claims = leases.claim(sources)
             ...restore claims.mine...
 
@@ -83,10 +76,10 @@ class Leases:
     marks the run finished, which frees every lease it holds.
     """
 
-    def __init__(self, output_root: str, run_id: str, ttl: timedelta = DEFAULT_TTL, clock: Clock = _utc_now):
+    def __init__(self, run: RestoreRun, ttl: timedelta = DEFAULT_TTL, clock: Clock = _utc_now):
         if ttl <= timedelta(0):
             raise ValueError(f"lease time {ttl} must be positive")
-        self.root, self.run_id, self.ttl, self.clock = output_root, run_id, ttl, clock
+        self.run, self.run_id, self.ttl, self.clock = run, run.run_id, ttl, clock
         self.started_at = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,17 +109,16 @@ class Leases:
         now = self.clock()
         record = {"run": self.run_id, **_this_process(), "started_at": self.started_at.isoformat(),
                   "expires_at": (now + self.ttl).isoformat(), "finished": finished}
-        storage.write_bytes_atomic(run_url(self.root, self.run_id), json.dumps(record).encode())
+        storage.write_bytes_atomic(self.run.layout.run_file(self.run_id), json.dumps(record).encode())
 
     # -- claims ------------------------------------------------------------------------------------
 
     def claim(self, sources: Sequence[SourceFile]) -> Claims:
         """Claim every source that no other live run holds (in parallel: one listing, a read or two
         and one conditional put per source)."""
-        alive = _AliveCache(self.root, self.clock)
+        alive = _AliveCache(self.run.layout, self.clock)
         with ThreadPoolExecutor(max_workers=_CLAIM_THREADS) as pool:
-            outcomes = list(pool.map(lambda s: claim_video(self.root, self.run_id, s.rel, clock=self.clock,
-                                                           alive=alive), sources))
+            outcomes = list(pool.map(lambda s: claim_video(self.run, s.rel, clock=self.clock, alive=alive), sources))
         mine = [s for s, claim in zip(sources, outcomes) if claim.mine]
         held = [(s, claim.holder) for s, claim in zip(sources, outcomes) if not claim.mine]
         return Claims(mine, held, taken_over=any(claim.taken_over for claim in outcomes))
@@ -142,15 +134,16 @@ class Claim:
     taken_over: bool = False  # mine, from a run that has ended or died since
 
 
-def claim_video(output_root: str, run_id: str, rel: str, done_key: str = "", read_at: datetime | None = None, *,
-                clock: Clock = _utc_now, alive: Callable[[str], bool] | None = None) -> Claim:
-    """Claim one video for `run_id`, as the run starts on it (so runs share a backlog): a listing, a
+def claim_video(run: RestoreRun, rel: str, fingerprint: str = "", *, clock: Clock = _utc_now,
+                alive: Callable[[str], bool] | None = None) -> Claim:
+    """Claim one video for `run`, as the run starts on it (so runs share a backlog): a listing, a
     read or two and one conditional put. A video whose newest lease record says it was finished for
-    `done_key` (its fingerprint and settings, `record_finished`) after `read_at` (when this run read the
-    ledger) is not claimed: another run did it since. (One finished before is in the ledger: if this
-    run restores it anyway, its output was found gone.)"""
-    alive = alive or _AliveCache(output_root, clock)
-    folder = storage.join(output_root, LEASES, lease_key(rel))
+    this `fingerprint` and the run's settings (`record_finished`) after `run.read_at` (when this run
+    read the ledger) is not claimed: another run did it since. (One finished before is in the ledger:
+    if this run restores it anyway, its output was found gone.)"""
+    alive = alive or _AliveCache(run.layout, clock)
+    run_id, done_key = run.run_id, run.done_key(fingerprint) if fingerprint else ""
+    folder = run.layout.lease_folder(rel)
     for _ in range(_CLAIM_TRIES):
         generations = _generations(folder)
         taken_over = False
@@ -159,7 +152,7 @@ def claim_video(output_root: str, run_id: str, rel: str, done_key: str = "", rea
             holder = newest.get("run", "")
             if holder == run_id:
                 return Claim(mine=True)
-            if done_key and newest.get("done") == done_key and read_at and _time(newest) > read_at:
+            if done_key and newest.get("done") == done_key and _time(newest) > run.read_at:
                 return Claim(mine=False, holder=holder, done=True)
             if alive(holder):
                 return Claim(mine=False, holder=holder)
@@ -171,13 +164,14 @@ def claim_video(output_root: str, run_id: str, rel: str, done_key: str = "", rea
     return Claim(mine=False, holder="another run (the lease kept changing while claiming it)")
 
 
-def record_finished(output_root: str, run_id: str, rel: str, done_key: str) -> None:
-    """Note in the video's lease that `run_id` finished it for `done_key`, so a run that read the
-    ledger before does not restore it again. Only while `run_id` holds the lease."""
-    folder = storage.join(output_root, LEASES, lease_key(rel))
+def record_finished(run: RestoreRun, rel: str, fingerprint: str) -> None:
+    """Note in the video's lease that `run` finished it for `fingerprint` and its settings, so a run that
+    read the ledger before does not restore it again. Only while `run` holds the lease."""
+    folder = run.layout.lease_folder(rel)
     generations = _generations(folder)
-    if generations and _read_json(_generation_url(folder, generations[-1])).get("run") == run_id:
-        _put_next(folder, generations, {"run": run_id, "rel": rel, "at": _utc_now().isoformat(), "done": done_key})
+    if generations and _read_json(_generation_url(folder, generations[-1])).get("run") == run.run_id:
+        _put_next(folder, generations, {"run": run.run_id, "rel": rel, "at": _utc_now().isoformat(),
+                                        "done": run.done_key(fingerprint)})
 
 
 def _time(record: dict[str, Any]) -> datetime:
@@ -199,33 +193,29 @@ class LeaseLost(Exception):
     the video over. It must not publish the output nor write a ledger row for it."""
 
 
-def check_held(output_root: str, run_id: str, rel: str) -> None:
-    """Raise LeaseLost unless run `run_id` holds the lease of `rel` (wrote its newest generation).
+def check_held(run: RestoreRun, rel: str) -> None:
+    """Raise LeaseLost unless `run` holds the lease of `rel` (wrote its newest generation).
     The fence a run passes before each write that makes a video's outcome visible."""
-    folder = storage.join(output_root, LEASES, lease_key(rel))
+    folder = run.layout.lease_folder(rel)
     generations = _generations(folder)
     holder = _read_json(_generation_url(folder, generations[-1])).get("run") if generations else None
-    if holder != run_id:
-        raise LeaseLost(f"run {run_id} lost the lease of {rel} to {holder or 'nobody'} (it stalled past the lease "
+    if holder != run.run_id:
+        raise LeaseLost(f"run {run.run_id} lost the lease of {rel} to {holder or 'nobody'} (it stalled past the lease "
                         f"time); that run restores it")
-
-
-def run_url(output_root: str, run_id: str) -> str:
-    return storage.join(output_root, RUNS, f"{run_id}.json")
 
 
 class _AliveCache:
     """Is a run alive? Read once per run per claim pass: thousands of leases share a few runs."""
 
-    def __init__(self, output_root: str, clock: Clock):
-        self.root, self.clock = output_root, clock
+    def __init__(self, layout: OutputLayout, clock: Clock):
+        self.layout, self.clock = layout, clock
         self.known: dict[str, bool] = {}
         self.lock = threading.Lock()
 
     def __call__(self, run_id: str) -> bool:
         with self.lock:
             if run_id not in self.known:
-                self.known[run_id] = _alive(_read_json(run_url(self.root, run_id)), self.clock())
+                self.known[run_id] = _alive(_read_json(self.layout.run_file(run_id)), self.clock())
             return self.known[run_id]
 
 

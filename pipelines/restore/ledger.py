@@ -1,5 +1,6 @@
 """The run ledger under `<output>/_ledger/`: Parquet rows per video and per window. It is the resume
-point, the nightly diff and the audit trail.
+point, the nightly diff and the audit trail (which sources a run restores, decided from it: selection.py).
+Its files (layout.py names every path):
 
     _ledger/videos/<run>-<video id>.parquet    a finished video's row, written whole when it finishes
     _ledger/videos/part-<time>-<run>.parquet   compacted: the latest row of every video (`compact`)
@@ -26,8 +27,7 @@ import json
 import logging
 import posixpath
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -38,20 +38,15 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACED, DEVICE, DONE, END, ERROR,
-                                    FAILED, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, OUTPUT_SIZE, PERMANENT, REL,
-                                    REPEATS, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START,
-                                    STATUS, WINDOW, WINDOWS, WINDOWS_REUSED)
-from pipelines.storage import LEDGER_FOLDER, SourceFile
+from pipelines.restore.context import RestoreRun
+from pipelines.restore.layout import OutputLayout
+from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACED, DEVICE, END, ERROR, FINGERPRINT,
+                                    FINISHED_AT, FRAMES, OUTPUT, OUTPUT_SIZE, PERMANENT, REL, REPEATS, RESTORE_SECONDS,
+                                    REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS,
+                                    WINDOWS_REUSED)
 
 log = logging.getLogger(__name__)
 
-VIDEOS = f"{LEDGER_FOLDER}/videos"
-HISTORY = f"{LEDGER_FOLDER}/_history"
-WINDOW_ROWS = f"{LEDGER_FOLDER}/_windows"
-PREVIEWS = f"{LEDGER_FOLDER}/_previews"
-SUMMARY = f"{LEDGER_FOLDER}/summary.json"
-CORRUPT = f"{LEDGER_FOLDER}/_corrupt"  # ledger files that could not be read, set aside
 PART = "part-"  # compacted files start so; the others hold one video's row (or a run's copies)
 JOURNAL_BATCH = 1000  # a running run merges its videos' row files every this many videos
 
@@ -99,36 +94,31 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def write_video(output_root: str, video_id: str, row: dict[str, Any]) -> None:
-    write_videos(output_root, f"{row[RUN_ID]}-{video_id}", [row])
+def write_video(layout: OutputLayout, video_id: str, row: dict[str, Any]) -> None:
+    write_videos(layout, f"{row[RUN_ID]}-{video_id}", [row])
 
 
-def write_videos(output_root: str, name: str, rows: Sequence[dict[str, Any]]) -> None:
+def write_videos(layout: OutputLayout, name: str, rows: Sequence[dict[str, Any]]) -> None:
     """Several video rows in one file (`name`.parquet under videos/)."""
     if rows:
-        _write(storage.join(output_root, VIDEOS, f"{name}.parquet"), _table(rows, VIDEO_SCHEMA))
+        _write(storage.join(layout.videos, f"{name}.parquet"), _table(rows, VIDEO_SCHEMA))
 
 
-def write_windows(output_root: str, video_id: str, run_id: str, rows: Sequence[dict[str, Any]]) -> None:
+def write_windows(run: RestoreRun, video_id: str, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        _write(storage.join(output_root, WINDOW_ROWS, f"{run_id}-{video_id}.parquet"), _table(rows, WINDOW_SCHEMA))
+        _write(storage.join(run.layout.window_rows, f"{run.run_id}-{video_id}.parquet"), _table(rows, WINDOW_SCHEMA))
 
 
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def read_state(output_root: str) -> pa.Table:
-    """The latest row of every video under `output_root` (VIDEO_SCHEMA, sorted by `rel`): the
+def read_state(layout: OutputLayout) -> pa.Table:
+    """The latest row of every video under the output (VIDEO_SCHEMA, sorted by `rel`): the
     compacted file and the rows written since. Only the ledger's own files are read (`*.parquet`
     directly in videos/: an input folder named `_ledger/videos` restores to outputs beside them,
     which are left alone). A file that cannot be read (truncated by a full disk, damaged) is set
     aside under `_ledger/_corrupt/` with a warning: its videos are restored again, and the run starts."""
-    return latest(_read(output_root, _names(output_root, VIDEOS), VIDEO_SCHEMA))
-
-
-def state_rows(output_root: str) -> dict[str, dict[str, Any]]:
-    """{rel: latest row}: `read_state` as Python rows, for small ledgers (tests, tools)."""
-    return {row[REL]: row for row in read_state(output_root).to_pylist()}
+    return latest(_read(layout, _names(layout.videos), VIDEO_SCHEMA))
 
 
 def latest(table: pa.Table) -> pa.Table:
@@ -148,13 +138,8 @@ def latest(table: pa.Table) -> pa.Table:
     return table.take(keep)
 
 
-def latest_by_rel(rows: Iterable[dict[str, Any]]) -> pa.Table:
-    """`latest` of Python rows (oldest first for equal times): a state to `select` against."""
-    return latest(_table(list(rows), VIDEO_SCHEMA))
-
-
-def _names(output_root: str, folder: str) -> list[str]:
-    fs, path = storage.filesystem(storage.join(output_root, folder))
+def _names(folder: str) -> list[str]:
+    fs, path = storage.filesystem(folder)
     try:
         return sorted(name for name in fs.ls(path, detail=False) if name.endswith(".parquet")
                       and not posixpath.basename(name).startswith((".", "_")))  # temporaries
@@ -162,10 +147,10 @@ def _names(output_root: str, folder: str) -> list[str]:
         return []
 
 
-def _read(output_root: str, names: Sequence[str], schema: pa.Schema) -> pa.Table:
+def _read(layout: OutputLayout, names: Sequence[str], schema: pa.Schema) -> pa.Table:
     """The rows of the files `names` (paths in the output's filesystem), in `schema` (older files lack
     newer columns: null). One dataset scan; if a file is damaged, file by file, setting it aside."""
-    fs, _ = storage.filesystem(output_root)
+    fs, _ = storage.filesystem(layout.root)
     if not names:
         return schema.empty_table()
     try:
@@ -179,7 +164,7 @@ def _read(output_root: str, names: Sequence[str], schema: pa.Schema) -> pa.Table
         except FileNotFoundError:
             continue  # compacted by another run meanwhile: its rows are in that run's part
         except (pa.ArrowException, OSError) as e:
-            aside = storage.join(output_root, CORRUPT, posixpath.basename(name))
+            aside = storage.join(layout.corrupt, posixpath.basename(name))
             log.warning("ledger file %s cannot be read (%s): moved to %s; its videos will be restored again",
                         name, e, aside)
             target = storage.split_url(aside)[1]
@@ -191,48 +176,49 @@ def _read(output_root: str, names: Sequence[str], schema: pa.Schema) -> pa.Table
 # -- compaction --------------------------------------------------------------------------------------
 
 
-def merge_journals(output_root: str, run_id: str) -> int:
+def merge_journals(run: RestoreRun) -> int:
     """Merge this run's per-video row files (video and window rows) into one file each, as a long run
     goes (every `JOURNAL_BATCH` videos): the ledger never holds more than about that many small files
     of a live run, and a run killed after a million videos leaves a few large files, not a million.
     Returns how many video row files were merged."""
     merged = 0
-    for folder, schema in ((VIDEOS, VIDEO_SCHEMA), (WINDOW_ROWS, WINDOW_SCHEMA)):
-        names = [n for n in _names(output_root, folder) if posixpath.basename(n).startswith(f"{run_id}-")]
+    for folder, schema in ((run.layout.videos, VIDEO_SCHEMA), (run.layout.window_rows, WINDOW_SCHEMA)):
+        names = [n for n in _names(folder) if posixpath.basename(n).startswith(f"{run.run_id}-")]
         if len(names) > 1:
-            _merge(output_root, folder, names, schema, run_id)
-            merged += len(names) if folder == VIDEOS else 0
+            _merge(run, folder, names, schema)
+            merged += len(names) if folder == run.layout.videos else 0
     return merged
 
 
-def _merge(output_root: str, folder: str, names: Sequence[str], schema: pa.Schema, run_id: str) -> None:
+def _merge(run: RestoreRun, folder: str, names: Sequence[str], schema: pa.Schema) -> None:
     """The rows of files `names` into one new file of `folder`; then the files go."""
-    _write(storage.join(output_root, folder, _part_name(run_id)), _read(output_root, names, schema))
-    _remove(output_root, names)
+    _write(storage.join(folder, _part_name(run.run_id)), _read(run.layout, names, schema))
+    _remove(run.layout, names)
 
 
 def _part_name(run_id: str) -> str:
     return f"{PART}{now():%Y%m%dT%H%M%S%fZ}-{run_id}-{uuid.uuid4().hex[:6]}.parquet"
 
 
-def compact(output_root: str, run_id: str) -> dict[str, int]:
+def compact(run: RestoreRun) -> dict[str, int]:
     """Merge the ledger's files: videos/ into one file of the latest row per video (the replaced rows
     to _history/), and the window rows' per-video files into one file for the run. Safe beside other
     runs (they only add files; one compacting at once leaves duplicates the next one merges).
     Returns {"video_files": merged, "rows": latest rows kept}."""
-    windows = [n for n in _names(output_root, WINDOW_ROWS) if not posixpath.basename(n).startswith(PART)]
+    layout = run.layout
+    windows = [n for n in _names(layout.window_rows) if not posixpath.basename(n).startswith(PART)]
     if len(windows) > 1:
-        _merge(output_root, WINDOW_ROWS, windows, WINDOW_SCHEMA, run_id)
-    names = _names(output_root, VIDEOS)
+        _merge(run, layout.window_rows, windows, WINDOW_SCHEMA)
+    names = _names(layout.videos)
     if len(names) < 2:
         return {"video_files": 0, "rows": 0}
-    rows = _read(output_root, names, VIDEO_SCHEMA)
+    rows = _read(layout, names, VIDEO_SCHEMA)
     keep = latest(rows)
-    stamp = _part_name(run_id)
+    stamp = _part_name(run.run_id)
     if rows.num_rows > keep.num_rows:
-        _write(storage.join(output_root, HISTORY, stamp), _replaced(rows, keep))
-    _write(storage.join(output_root, VIDEOS, stamp), keep)
-    _remove(output_root, names)
+        _write(storage.join(layout.history, stamp), _replaced(rows, keep))
+    _write(storage.join(layout.videos, stamp), keep)
+    _remove(layout, names)
     return {"video_files": len(names), "rows": keep.num_rows}
 
 
@@ -244,8 +230,8 @@ def _replaced(rows: pa.Table, keep: pa.Table) -> pa.Table:
     return marked.filter(pc.is_null(marked["_kept"])).drop_columns(["_kept"]).select(VIDEO_SCHEMA.names)
 
 
-def _remove(output_root: str, names: Sequence[str]) -> None:
-    fs, _ = storage.filesystem(output_root)
+def _remove(layout: OutputLayout, names: Sequence[str]) -> None:
+    fs, _ = storage.filesystem(layout.root)
     for name in names:
         try:
             fs.rm(name)
@@ -253,123 +239,9 @@ def _remove(output_root: str, names: Sequence[str]) -> None:
             pass  # another run's compaction merged it first
 
 
-# -- deciding ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Selection:
-    todo: list[SourceFile]
-    done: list[SourceFile]  # restored before with these settings, output still there
-    bad: list[tuple[SourceFile, str]]  # unchanged sources that failed for good before, with the reason
-    copied: Sequence[tuple[SourceFile, dict[str, Any]]] = ()  # done or bad, known by content under a new fingerprint
-    # {rel: (reason, runs in a row)} of `todo` sources the last run failed, unchanged since
-    failed_before: dict[str, tuple[str, int]] = field(default_factory=dict)
-
-
-Digests = Callable[[Sequence[SourceFile]], dict[str, str]]
-"""{rel: "sha256:..."} of the given sources' content (read on the driver)."""
-
-MissingOutputs = Callable[[pa.Table, np.ndarray], set[str]]
-"""Of the done videos a run would skip (the state and their rows in it), the rels whose output is gone
-or was replaced."""
-
-
-def select(sources: Sequence[SourceFile], state: pa.Table, settings: str, *, retry_failed: bool = False,
-           digests: Digests | None = None, missing_outputs: MissingOutputs | None = None) -> Selection:
-    """Which sources this run restores: those never done for their content and these settings.
-    Resume and nightly incremental runs are the same rule. A done video whose output was deleted
-    or replaced since (`missing_outputs`, asked about the done ones only) is restored again; a source
-    that failed for good (`permanent`: not a video, truncated, ...) is retried only when it changes,
-    or with `retry_failed`; other failures (out of memory, storage errors) are always retried.
-
-    A source is known by its fingerprint (size and etag or mtime: free to list); when that changed
-    but the size did not, by its content: the store's checksum if both sides have one of a kind,
-    else its SHA-256 (`digests`, read only for these). So a copied archive (`cp -r`, another bucket
-    or part size) is recognised instead of restored again; the caller records the new fingerprint
-    (`copied`) so the next run knows it for free.
-
-    Columnar (`state` is `read_state`'s table): a million known videos are decided in seconds, and
-    only the few that changed become Python rows.
-    """
-    # The state's row of each source (a hash lookup, no join: only the deciding columns are taken, for
-    # the known sources; whole rows only for the few that need them).
-    at = pc.index_in(pa.array([s.rel for s in sources], pa.string()), value_set=state[REL])
-    index = np.flatnonzero(pc.is_valid(at).to_numpy(zero_copy_only=False))
-    at = pc.drop_null(at).to_numpy(zero_copy_only=False).astype(np.int64)
-    ours = pc.fill_null(pc.equal(state[SETTINGS].take(at), settings), False).to_numpy(zero_copy_only=False)
-    index, at = index[ours], at[ours]
-    listed = pc.binary_join_element_wise(pc.cast(pa.array([sources[i].size for i in index]), pa.string()),
-                                         pa.array([sources[i].version for i in index], pa.string()), ":")
-    unchanged = pc.fill_null(pc.equal(listed, state[FINGERPRINT].take(at)), False).to_numpy(zero_copy_only=False)
-    del listed
-    same = unchanged.copy()  # unchanged, or a copy of what was recorded
-    moved = np.flatnonzero(~unchanged)
-    copies = _copies([sources[i] for i in index[moved]], _rows(state, at[moved]), digests)
-    if copies:
-        same[moved] = [sources[i].rel in copies for i in index[moved]]
-    status = state[STATUS].take(at)
-    done = same & pc.equal(status, DONE).to_numpy(zero_copy_only=False)
-    failed = same & pc.equal(status, FAILED).to_numpy(zero_copy_only=False)
-    permanent = pc.fill_null(state[PERMANENT].take(at), False).to_numpy(zero_copy_only=False)
-    del status
-    if missing_outputs is not None and done.any():
-        done_at = np.flatnonzero(done)
-        gone = missing_outputs(state, at[done_at])
-        if gone:
-            done[done_at] = [sources[i].rel not in gone for i in index[done_at]]
-    bad = failed & permanent & (not retry_failed)
-    retried = np.flatnonzero(failed & ~bad)
-    failed_before = {row[REL]: (row[ERROR], row[REPEATS] or 1) for row in _rows(state, at[retried])}
-    decided = np.zeros(len(sources), bool)
-    decided[index[done | bad]] = True
-    bad_at = np.flatnonzero(bad)
-    copied_at = np.flatnonzero((done | bad) & ~unchanged)
-    return Selection(todo=[s for s, skip in zip(sources, decided) if not skip],
-                     done=[sources[i] for i in index[done]],
-                     bad=[(sources[i], row[ERROR]) for i, row in zip(index[bad_at], _rows(state, at[bad_at]))],
-                     copied=[(sources[i], row) for i, row in zip(index[copied_at], _rows(state, at[copied_at]))],
-                     failed_before=failed_before)
-
-
-def _rows(state: pa.Table, at: np.ndarray) -> list[dict[str, Any]]:
-    """Rows `at` of the state, as Python rows."""
-    return state.take(pa.array(at, type=pa.int64())).to_pylist()
-
-
-def _copies(moved: Sequence[SourceFile], rows: Sequence[dict[str, Any]], digests: Digests | None) -> set[str]:
-    """The rels of `moved` sources (new fingerprint; `rows` their ledger rows) whose content is still
-    the recorded one."""
-    same, unsure = set(), []
-    recorded = {row[REL]: row for row in rows}
-    for source in moved:
-        row = recorded[source.rel]
-        if row[FINGERPRINT].split(":", 1)[0] != str(source.size):
-            continue  # another size: changed
-        kind = source.checksum.split(":", 1)[0]
-        if source.checksum and (row[CHECKSUM] or "").startswith(f"{kind}:"):
-            if row[CHECKSUM] == source.checksum:
-                same.add(source.rel)
-        elif row[CONTENT] and digests is not None:
-            unsure.append(source)
-    if unsure:
-        contents = digests(unsure)
-        same.update(s.rel for s in unsure if contents[s.rel] == recorded[s.rel][CONTENT])
-    return same
-
-
-def recognised_rows(copied: Sequence[tuple[SourceFile, dict[str, Any]]], run_id: str) -> list[dict[str, Any]]:
-    """The ledger rows that record copies under their new fingerprints (same outcome, this run)."""
-    return [{**row, SOURCE: source.url, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum or row.get(CHECKSUM),
-             RUN_ID: run_id, FINISHED_AT: now()} for source, row in copied]
-
-
-def write_summary(output_root: str, summary: dict[str, Any]) -> None:
+def write_summary(layout: OutputLayout, summary: dict[str, Any]) -> None:
     data = json.dumps(summary, indent=2, default=str).encode()
-    storage.write_bytes_atomic(storage.join(output_root, SUMMARY), data)
-
-
-def preview_url(output_root: str, rel: str) -> str:
-    return storage.join(output_root, PREVIEWS, posixpath.splitext(rel)[0] + ".png")
+    storage.write_bytes_atomic(layout.summary, data)
 
 
 def _table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -17,23 +17,22 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage
-from pipelines.restore.rows import OUTPUT, OUTPUT_SIZE, REL, output_stem
-from pipelines.storage import LEDGER_FOLDER
+from pipelines.restore.layout import OutputLayout
+from pipelines.restore.rows import OUTPUT, OUTPUT_SIZE, REL
 
 log = logging.getLogger(__name__)
 
 CHECKS_PER_RUN = 10_000  # about this many stat/HEAD requests (a hash slot of the done videos): a second or two on a local disk, seconds on a bucket
-CURSOR = f"{LEDGER_FOLDER}/_outputs_checked.json"  # {"next": the batch the next run checks}
 _THREADS = 16
 
 
-def missing_outputs(output_root: str, per_run: int = CHECKS_PER_RUN):
-    """A `ledger.MissingOutputs` for `output_root`, checking about `per_run` outputs (0: none)."""
+def missing_outputs(layout: OutputLayout, per_run: int = CHECKS_PER_RUN):
+    """A `selection.MissingOutputs` for the output of `layout`, checking about `per_run` outputs (0: none)."""
 
     def missing(state: pa.Table, done: np.ndarray) -> set[str]:
-        rows = _batch(output_root, state, done, per_run)
+        rows = _batch(layout, state, done, per_run)
         # Requests to a bucket overlap; a local disk answers a stat faster than a thread starts.
-        local = storage.split_url(output_root)[0] == "file"
+        local = storage.split_url(layout.root)[0] == "file"
         with ThreadPoolExecutor(max_workers=_THREADS) as pool:
             intact = (map if local else pool.map)(lambda row: _intact(*row[1:]), rows)
             gone = {row[0] for row, ok in zip(rows, intact) if not ok}
@@ -43,7 +42,7 @@ def missing_outputs(output_root: str, per_run: int = CHECKS_PER_RUN):
     return missing
 
 
-def _batch(output_root: str, state: pa.Table, done: np.ndarray, per_run: int) -> list[tuple[str, str, int | None]]:
+def _batch(layout: OutputLayout, state: pa.Table, done: np.ndarray, per_run: int) -> list[tuple[str, str, int | None]]:
     """(rel, output URL, recorded size) of this run's batch of the `done` rows of `state`: all when they
     fit, else those whose rel hashes to this run's slot of ceil(done / per_run) slots (the slot
     advances every run)."""
@@ -51,12 +50,12 @@ def _batch(output_root: str, state: pa.Table, done: np.ndarray, per_run: int) ->
         return []
     slots = math.ceil(len(done) / per_run)
     if slots > 1:
-        slot = _next_slot(output_root) % slots
+        slot = _next_slot(layout) % slots
         done = done[_slots(state[REL], slots)[done] == slot]
     chosen = state.select([REL, OUTPUT, OUTPUT_SIZE]).take(pa.array(done, type=pa.int64()))
     rels, outputs, sizes = (chosen[c].to_pylist() for c in (REL, OUTPUT, OUTPUT_SIZE))
     # The output under this output root (the ledger may have been copied with the outputs).
-    return [(rel, output_stem(output_root, rel) + posixpath.splitext(output or "")[1], size)
+    return [(rel, layout.output_stem(rel) + posixpath.splitext(output or "")[1], size)
             for rel, output, size in zip(rels, outputs, sizes)]
 
 
@@ -77,9 +76,9 @@ def _intact(url: str, size: int | None) -> bool:
     return size is None or int(info["size"]) == size  # rows before sizes were recorded: exists is enough
 
 
-def _next_slot(output_root: str) -> int:
-    """The slot this run checks; the next run checks the following one."""
-    url = storage.join(output_root, CURSOR)
+def _next_slot(layout: OutputLayout) -> int:
+    """The slot this run checks; the next run checks the following one (`{"next": slot}` in the cursor file)."""
+    url = layout.outputs_cursor
     try:
         slot = int(json.loads(storage.read_bytes(url)).get("next", 0))
     except (FileNotFoundError, ValueError):

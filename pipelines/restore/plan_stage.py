@@ -5,35 +5,35 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime
 from typing import Any
 
 from pipelines import storage
 from pipelines.media.interlace import Deinterlace, decode_start_pts, picture_scenes, picture_timeline
 from pipelines.media.mux import choose_container
-from pipelines.media.probe import BadVideo, PacketLog, check_restorable, has_alpha
+from pipelines.media.probe import PacketLog
 from pipelines.media.scenes import probe_scenes
+from pipelines.media.video_info import BadVideo, check_restorable, has_alpha
 from pipelines.restore import metrics
+from pipelines.restore.context import RestoreRun
 from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, read_limit, time_limit
 from pipelines.restore.lease import claim_video
 from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, DONE_ELSEWHERE, ERROR, FAILED, FIELD_ORDER,
                                     FINGERPRINT, FPS, FRAMES, LEASED, LOSSLESS, OUTPUT, OUTPUT_STEM, PENDING,
                                     PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS,
-                                    done_key, video_columns, window_columns)
+                                    video_columns, window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
 
 
-def claim_and_plan(row: dict[str, Any], *, output_root: str, run_id: str, settings: str, read_at: datetime,
-                   **plan: Any) -> list[dict[str, Any]]:
+def claim_and_plan(row: dict[str, Any], *, run: RestoreRun, **plan: Any) -> list[dict[str, Any]]:
     """Claim the video for this run as work on it starts (`lease.claim_video`: so runs share one
     backlog), then `plan_video` it. A video another live run holds, or that another run finished
     since this run read the ledger, is one row saying so (LEASED or DONE_ELSEWHERE, `error` naming
     that run), which the later stages pass by."""
-    row = row | video_columns(row, output_root, settings)
+    row = row | video_columns(row, run)
     try:
-        claim = claim_video(output_root, run_id, row[REL], done_key(row[FINGERPRINT], settings), read_at)
+        claim = claim_video(run, row[REL], row[FINGERPRINT])
     except Exception as e:  # noqa: BLE001 - not claimed: the next run tries again
         log.warning("claiming %s failed", row[SOURCE], exc_info=True)
         return [failed_row(row, f"claiming its lease: {type(e).__name__}: {e}", permanent=False)]

@@ -16,12 +16,13 @@ import torch
 from pipelines import storage
 from pipelines.media.frames import write_segment
 from pipelines.media.interlace import read_pictures
-from pipelines.media.probe import BadVideo
+from pipelines.media.video_info import BadVideo
 from pipelines.restore import metrics
 from pipelines.restore.faults import DECODE_SECONDS_PER_FRAME, READ_BASE_SECONDS, run_with_limit
+from pipelines.restore.layout import segment_url
 from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, END, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, LOSSLESS,
                                     PENDING, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START,
-                                    START_PTS, STATUS, WINDOW, segment_url, window_seed)
+                                    START_PTS, STATUS, WINDOW, window_seed)
 from pipelines.weights import local_copy
 from star_model.presets import load_restorer
 from star_model.restore import RestoreConfig

@@ -1,22 +1,22 @@
 """Column names of the restore job's rows, those that flow through its stages and those its ledger keeps,
-and the deterministic ids and paths derived from them (a retried or resumed window finds the same seed
-and the same staging segment).
+and the deterministic ids derived from them (a retried or resumed window finds the same seed and, through
+layout.py, the same staging segment).
 
 Rows stay small: URLs, frame indices and timings. Frames never travel in a row.
 """
 
 from __future__ import annotations
 
-import hashlib
-import posixpath
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipelines import storage
 from pipelines.restore.scene_windows import SceneWindow
 
+if TYPE_CHECKING:
+    from pipelines.restore.context import RestoreRun
+
 # -- a source video (driver -> scenes stage) ---------------------------------------------------------
-SOURCE = "source"  # URL of the source video, as storage.list_videos gives it
+SOURCE = "source"  # URL of the source video, as listing.list_videos gives it
 REL = "rel"  # its path below the input root; the output keeps this layout
 FINGERPRINT = "fingerprint"  # size + etag/mtime: changes when the content does (and when it is copied)
 CHECKSUM = "checksum"  # the store's own checksum of the content ("crc32c:...", "md5:..."), "" when none
@@ -76,28 +76,8 @@ _NAMESPACE = uuid.UUID("5d0c7f4e-3b7a-4c55-9a53-2f7d3a1b8e01")  # this project's
 
 
 def video_id(source_url: str) -> str:
+    """uuid5 of the source URL: names the video's staging folder and its ledger row files."""
     return uuid.uuid5(_NAMESPACE, source_url).hex[:16]
-
-
-def staging_root(output_root: str) -> str:
-    """<output>/_staging: the restored windows of every video not yet assembled."""
-    return storage.join(output_root, storage.STAGING_FOLDER)
-
-
-def video_staging(output_root: str, video: str) -> str:
-    """<output>/_staging/<video id>: every staging folder of one video, whatever its version."""
-    return storage.join(staging_root(output_root), video)
-
-
-def staging_folder(output_root: str, source_url: str, fingerprint: str, settings_key: str) -> str:
-    """<output>/_staging/<video id>/<hash of fingerprint and settings>: a changed source or changed
-    settings never reuse segments restored from the old ones."""
-    version = hashlib.sha1(f"{fingerprint}|{settings_key}".encode()).hexdigest()[:16]
-    return storage.join(video_staging(output_root, video_id(source_url)), version)
-
-
-def segment_url(staging: str, window_index: int) -> str:
-    return storage.join(staging, f"window_{window_index:05d}.mkv")
 
 
 def window_seed(rel: str, start: int, end: int, base_seed: int) -> int:
@@ -115,16 +95,7 @@ def window_of(row: dict[str, Any]) -> SceneWindow:
     return SceneWindow(**{field: int(row[column]) for column, field in _WINDOW_FIELDS.items()})
 
 
-def output_stem(output_root: str, rel: str) -> str:
-    return storage.join(output_root, posixpath.splitext(rel)[0])
-
-
-def done_key(fingerprint: str, settings: str) -> str:
-    """What a finished video was finished for, in its lease record (`lease.record_finished`)."""
-    return f"{fingerprint}|{settings}"
-
-
-def video_columns(row: dict[str, Any], output_root: str, settings: str) -> dict[str, str]:
+def video_columns(row: dict[str, Any], run: RestoreRun) -> dict[str, str]:
     """The columns a source row's URL, rel and fingerprint determine: video_id, output_stem, staging."""
-    return {VIDEO_ID: video_id(row[SOURCE]), OUTPUT_STEM: output_stem(output_root, row[REL]),
-            STAGING: staging_folder(output_root, row[SOURCE], row[FINGERPRINT], settings)}
+    return {VIDEO_ID: video_id(row[SOURCE]), OUTPUT_STEM: run.layout.output_stem(row[REL]),
+            STAGING: run.staging_folder(row[SOURCE], row[FINGERPRINT])}
