@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout or a 
 from jobs.flags import add_options, int_list, size, values, word_list  # noqa: E402
 from pipelines.evaluate.job import EvaluateJob, run  # noqa: E402
 from pipelines.evaluate.report import markdown  # noqa: E402
-from pipelines.restore.job import ConfigError  # noqa: E402
+from pipelines.job_support import ConfigError  # noqa: E402
 
 FLAGS = ("input", "output", "preset", "weights", "checkpoint", "scales", "conditions", "seed", "frames", "crop", "steps",
          "realesrgan", "actors", "device")

@@ -21,7 +21,7 @@ from pipelines.evaluate.job import EvaluateJob, validate
 from pipelines.evaluate.methods import CONDITIONS, crop_to_scale, interpolate, lanczos, make_lq
 from pipelines.evaluate.quality import ReferenceFlow, Vmaf, psnr_y, ssim_y
 from pipelines.evaluate.report import summarise
-from pipelines.restore.job import ConfigError
+from pipelines.job_support import ConfigError
 
 
 def test_psnr_and_ssim_know_identity_and_a_known_error():

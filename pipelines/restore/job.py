@@ -12,8 +12,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from pipelines import storage
-# ConfigError is imported from here by jobs/evaluate.py (until that file takes it from job_support)
-from pipelines.job_support import ConfigError, config_errors  # noqa: F401
+from pipelines.job_support import config_errors
 from pipelines.media.scenes import DETECTORS
 from pipelines.reachable import check_reachable
 from pipelines.restore.lease import DEFAULT_TTL
