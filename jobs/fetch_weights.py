@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout or a 
 
 from pipelines.hub import VAE_VARIANTS, fetch  # noqa: E402
 from star_model.checkpoint import DTYPES  # noqa: E402
-from star_model.weights_folder import CHECKPOINT_NAMES  # noqa: E402
+from star_model.weights_folder import CHECKPOINT_NAMES, DEFAULT_CHECKPOINT  # noqa: E402
 
 
 def revision(text: str) -> tuple[str, str]:
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", required=True, help="weights folder: a local path, s3://bucket/prefix or gs://...")
-    parser.add_argument("--checkpoint", nargs="+", choices=CHECKPOINT_NAMES, default=["light_deg"],
-                        help="STAR checkpoint(s) to fetch (default light_deg)")
+    parser.add_argument("--checkpoint", nargs="+", choices=CHECKPOINT_NAMES, default=[DEFAULT_CHECKPOINT],
+                        help=f"STAR checkpoint(s) to fetch (default {DEFAULT_CHECKPOINT})")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
                         help="dtype of star/*.safetensors (default fp32, as released; bf16 halves the file)")
     parser.add_argument("--keep-pt", action="store_true", help="also keep the released .pt (8 GB each)")

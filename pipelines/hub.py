@@ -22,7 +22,7 @@ from pipelines import storage
 from pipelines.reachable import check_reachable
 from pipelines.weights import MANIFEST, file_sizes, read_manifest
 from star_model.checkpoint import DTYPES, PUBLISHED_SHA256, CheckpointError, convert_to_safetensors, sha256_of
-from star_model.weights_folder import CHECKPOINT_NAMES, STAR_REPO, TEXT_REPO, VAE_REPO
+from star_model.weights_folder import CHECKPOINT_NAMES, DEFAULT_CHECKPOINT, STAR_REPO, TEXT_REPO, VAE_REPO
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class _Part:
     request: dict[str, Any]  # what a re-run must ask for again to reuse this part
 
 
-def fetch(dest: str, checkpoints: Sequence[str] = ("light_deg",), dtype: str = "fp32", *, keep_pt: bool = False,
+def fetch(dest: str, checkpoints: Sequence[str] = (DEFAULT_CHECKPOINT,), dtype: str = "fp32", *, keep_pt: bool = False,
           vae_variant: str = "fp16", revisions: Mapping[str, str] | None = None,
           expected_sha256: Mapping[str, str] = PUBLISHED_SHA256) -> dict[str, Any]:
     """Download the STAR checkpoint(s), the text encoder and the VAE into the weights folder `dest`

@@ -23,7 +23,7 @@ from pipelines import listing, storage
 from pipelines.reachable import check_reachable
 from star_model.checkpoint import CheckpointError, sha256_of
 from star_model.presets import StarPreset, resolve_weights
-from star_model.weights_folder import incomplete_message, missing_weights
+from star_model.weights_folder import DEFAULT_CHECKPOINT, incomplete_message, missing_weights
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _VERIFIED = ".verified.json"  # in a cache folder: {file: [size, mtime_ns]} when
 # Checking a folder (driver, before Ray)
 
 
-def check(preset: StarPreset, url: str | None, checkpoint: str | None = "light_deg") -> None:
+def check(preset: StarPreset, url: str | None, checkpoint: str | None = DEFAULT_CHECKPOINT) -> None:
     """Raise ValueError listing everything the weights folder `url` (local, s3://, gs://) lacks, and
     every file its manifest lists that is missing or has another size. No download, no hashing.
     `url=None` is fine only for presets that run with random weights."""
@@ -66,7 +66,7 @@ def check(preset: StarPreset, url: str | None, checkpoint: str | None = "light_d
         raise ValueError(incomplete_message(url, problems))
 
 
-def digest(preset: StarPreset, url: str | None, checkpoint: str | None = "light_deg", scale: int = 4) -> str:
+def digest(preset: StarPreset, url: str | None, checkpoint: str | None = DEFAULT_CHECKPOINT, scale: int = 4) -> str:
     """What the restored pixels depend on in the weights, as 16 hex digits: new weights give a new
     digest (and so a new settings key), a copy of the same weights elsewhere the same one.
 

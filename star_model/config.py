@@ -116,11 +116,3 @@ TINY = DenoiserConfig(dim=32, context_dim=40, dim_mult=(1, 1, 1), num_heads=4, h
 NANO = DenoiserConfig(in_channels=48, out_channels=48, dim=64, context_dim=40, dim_mult=(1, 1, 1), num_heads=4,
                       head_dim=32, num_res_blocks=1, attn_scales=(0.25,), dropout=0.0,
                       prediction="residual")
-PRESETS: dict[str, DenoiserConfig] = {"official": OFFICIAL, "nano": NANO, "tiny": TINY}
-
-
-def preset(name: str) -> DenoiserConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown denoiser preset {name!r}; choose one of {sorted(PRESETS)}") from None

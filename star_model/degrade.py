@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from star_model.degrade_config import (SINC_SMALL_KERNEL, BlurConfig, DegradeConfig, DegradeParams, KernelKind,
@@ -180,8 +179,8 @@ def degrade_clip(frames_fhwc_u8: np.ndarray, config: DegradeConfig,
 
     gt is the USM-sharpened clip, (F, H, W, 3): the official saves it as the GT and degrades it.
     lq is the degraded clip at the LR size (F, H // scale, W // scale, 3). The official bicubic-upsamples
-    it back to (H, W) before saving; our trainer takes the LR (the model pipeline upsamples it itself),
-    so that step is the separate `upscale_lq`. The same seed gives bit-identical outputs on CPU;
+    it back to (H, W) before saving; our trainer takes the LR (the model pipeline upsamples it itself).
+    The same seed gives bit-identical outputs on CPU;
     `draw_params(config, seed, F)` lists the parameters used.
     """
     _check_seed(seed)
@@ -194,14 +193,12 @@ def degrade_clip(frames_fhwc_u8: np.ndarray, config: DegradeConfig,
 
     gt_fhwc_u8 = usm_sharpen(frames_fhwc_u8, config.usm_radius, config.usm_weight, config.usm_threshold)
     gt_fchw = from_u8(gt_fhwc_u8)  # the degradation starts from the sharpened GT, as saved
+    params = draw_params(config, seed, num_frames)
     if config.per == "clip":
-        params_rng, gen = _unit_generators(seed, 0)
-        return gt_fhwc_u8, _degrade_unit(gt_fchw, _draw_params(params_rng, config), config, gen)
-    lq = []
-    for i in range(num_frames):  # official: an independent draw, and a one-frame video, per frame
-        params_rng, gen = _unit_generators(seed, i)
-        lq.append(_degrade_unit(gt_fchw[i : i + 1], _draw_params(params_rng, config), config, gen))
-    return gt_fhwc_u8, np.concatenate(lq)
+        return gt_fhwc_u8, _degrade_unit(gt_fchw, params[0], config, _unit_generators(seed, 0)[1])
+    # official: an independent draw, and a one-frame video, per frame
+    return gt_fhwc_u8, np.concatenate([_degrade_unit(gt_fchw[i : i + 1], params[i], config, _unit_generators(seed, i)[1])
+                                       for i in range(num_frames)])
 
 
 def downscale_clip(frames_fhwc_u8: np.ndarray, scale: int) -> np.ndarray:
@@ -210,10 +207,3 @@ def downscale_clip(frames_fhwc_u8: np.ndarray, scale: int) -> np.ndarray:
     frames = from_u8(frames_fhwc_u8)
     return to_u8(resize(frames, (frames.shape[-2] // scale, frames.shape[-1] // scale), "bicubic", antialias=True))
 
-
-def upscale_lq(lq_fhwc_u8: np.ndarray, scale: int) -> np.ndarray:
-    """Bicubic ×scale of an LR clip, (F, h, w, 3) -> (F, h·scale, w·scale, 3) uint8: how the official
-    stores its training LQ (at GT size). For comparisons with the GT and for trainers that expect it."""
-    lq = from_u8(lq_fhwc_u8)
-    size = (lq.shape[-2] * scale, lq.shape[-1] * scale)
-    return to_u8(F.interpolate(lq, size=size, mode="bicubic", align_corners=False))

@@ -26,7 +26,7 @@ from star_model.restore import RestoreConfig, StarRestorer
 from star_model.text import TextEncoder, build_text_model, load_text_encoder, tiny_tokenizer
 from star_model.unet import StarDenoiser, load_denoiser
 from star_model.vae import VideoVae, build_vae, load_vae
-from star_model.weights_folder import WeightPaths, folder_paths
+from star_model.weights_folder import DEFAULT_CHECKPOINT, WeightPaths, folder_paths
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def restore_settings(preset_name: str, scale: int, steps: int | None = None) -> 
 
 
 def resolve_weights(preset: StarPreset, weights: str | Path | None,
-                    checkpoint: str | None = "light_deg") -> WeightPaths | None:
+                    checkpoint: str | None = DEFAULT_CHECKPOINT) -> WeightPaths | None:
     """Check that a local weights folder holds everything the preset needs; cheap, touches no device.
 
     None means random weights (only for presets where weights are optional). Raises ValueError listing
@@ -248,7 +248,7 @@ def load_shipped(preset: StarPreset, *, device: torch.device, dtype: torch.dtype
 
 
 def load_restorer(preset_name: str, weights: str | Path | None = None, *, config: RestoreConfig | None = None,
-                  checkpoint: str = "light_deg", device: str | torch.device | None = None,
+                  checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None, seed: int = 0) -> StarRestorer | BicubicRestorer:
     """Build a StarRestorer for a preset; weights are loaded strictly from the local folder `weights`
     (None: the shipped weights for the config's scale, or random ones for presets where they are

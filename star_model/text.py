@@ -119,7 +119,6 @@ OFFICIAL = TextConfig()
 TINY = TextConfig(vocab_size=TINY_VOCAB_SIZE, hidden_size=40, num_layers=3, num_heads=4,
                   intermediate_size=80, bos_token_id=TINY_VOCAB_SIZE - 2,
                   eos_token_id=TINY_VOCAB_SIZE - 1)
-PRESETS: dict[str, TextConfig] = {"official": OFFICIAL, "tiny": TINY}
 
 
 def build_text_model(config: TextConfig, seed: int = 0) -> CLIPTextModel:

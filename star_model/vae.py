@@ -85,7 +85,6 @@ OFFICIAL = VaeConfig()
 TILED = VaeConfig(encode_tile_px=768, encode_overlap_px=128, decode_tile_latent=96, decode_overlap_latent=16)
 # Four levels so it still downsamples by 8, as the real one; widths are the GroupNorm minimum.
 TINY = VaeConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
-PRESETS: dict[str, VaeConfig] = {"official": OFFICIAL, "tiled": TILED, "tiny": TINY}
 
 
 def build_vae(config: VaeConfig, seed: int = 0) -> AutoencoderKLTemporalDecoder:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINT_NAMES = ("light_deg", "heavy_deg")
+DEFAULT_CHECKPOINT = "light_deg"  # the official inference script's default
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt")  # a converted safetensors file is preferred (mmap, half)
 STAR_REPO = "SherryX/STAR"
 TEXT_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -44,7 +45,7 @@ _PIECES: tuple[tuple[str, tuple[tuple[str, ...], ...], str], ...] = (
 )
 
 
-def missing_weights(files: Collection[str], checkpoint: str | None = "light_deg") -> list[str]:
+def missing_weights(files: Collection[str], checkpoint: str | None = DEFAULT_CHECKPOINT) -> list[str]:
     """Every piece a weights folder holding `files` (posix paths relative to it) lacks, one line each:
     what it is, which files would do and where they come from. Both presets share the layout.
     `checkpoint=None`: no STAR checkpoint is needed (fine-tuning from VEnhancer)."""
@@ -68,7 +69,7 @@ def incomplete_message(where: str, problems: list[str]) -> str:
             "complete one:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def folder_paths(root: Path, checkpoint: str | None = "light_deg") -> WeightPaths:
+def folder_paths(root: Path, checkpoint: str | None = DEFAULT_CHECKPOINT) -> WeightPaths:
     """The paths of a complete local weights folder; ValueError listing every missing piece and where
     to get it (`missing_weights`), so a job fails before asking for a GPU."""
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}

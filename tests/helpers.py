@@ -14,10 +14,11 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -30,9 +31,11 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
 from pipelines.media.probe import probe_timestamps
 from pipelines.media.video_info import VideoInfo
+from pipelines.listing import SourceFile
 from pipelines.restore import ledger
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.layout import OutputLayout
+from pipelines.restore.lease import Leases, claim_video
 from star_model.text import TINY as TINY_TEXT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,3 +273,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Claims(NamedTuple):
+    mine: list[SourceFile]
+    held: list[tuple[SourceFile, str]]  # (source, holder run id)
+    taken_over: bool
+
+
+def claim_all(leases: Leases, sources: Sequence[SourceFile]) -> Claims:
+    """`claim_video` for each source in turn, under the run and clock of `leases` (the job claims one
+    video at a time as it starts on it; tests claim a list)."""
+    got = [(source, claim_video(leases.run, source.rel, clock=leases.clock)) for source in sources]
+    return Claims([s for s, claim in got if claim.mine], [(s, claim.holder) for s, claim in got if not claim.mine],
+                  any(claim.taken_over for _, claim in got))
+

@@ -25,7 +25,7 @@ from helpers import (JOB, REPO, TINY, assert_same_timing, audio_only, decode_all
 from pipelines.media.probe import probe, probe_timestamps
 from pipelines.restore.rows import video_id
 
-pytestmark = pytest.mark.timeout(300)  # each job run is one local Ray start plus seconds of TINY work
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # each job run is one local Ray start plus seconds of TINY work
 
 
 GOOD = {  # rel -> output rel

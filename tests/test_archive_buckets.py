@@ -18,7 +18,7 @@ from pipelines.restore.layout import OutputLayout
 from pipelines.restore.outputs import missing_outputs
 from pipelines.restore.selection import select
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def check_bucket_output(output_url: str, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from formats import moving_bar, woven, write
 from helpers import latest_rows, read_summary, run_job
 from pipelines.media.probe import probe_timestamps
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 LONG = ("Ein sehr langer Titel einer Sendung [1987] (VHS) " * 5).encode()[:250].decode(errors="ignore").strip()
 GOOD = {  # rel -> (output rel, audio codecs in the output, deinterlaced)

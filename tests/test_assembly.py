@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_same_timing, decode_all, grey_frames, make_clip, media, noisy_frames, restore_run
+from helpers import assert_same_timing, claim_all, decode_all, grey_frames, make_clip, media, noisy_frames, restore_run
 from pipelines.listing import SourceFile
 from pipelines.media.frames import read_frames, write_segment
 from pipelines.media.mux import choose_container, transcoded_audio
@@ -284,7 +284,7 @@ def test_a_damaged_staging_segment_fails_the_video_for_a_retry_not_for_good(tmp_
     torn = Path(rows[1][SEGMENT])
     torn.write_bytes(torn.read_bytes()[:300])  # a torn upload of the second window
     with Leases(run) as leases:
-        leases.claim([source])
+        claim_all(leases, [source])
         video = finish_video(rows, run=run)
     assert (video[STATUS], video[PERMANENT]) == (FAILED, False)  # retried by the next run
     assert "window_00001.mkv is damaged" in video[ERROR]

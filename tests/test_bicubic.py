@@ -62,6 +62,7 @@ def test_bicubic_with_weights_exits_2_before_ray(tmp_path, capsys):
     assert "takes no weights" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_whole_job_upscales_with_bicubic(tmp_path):
     """A clip with sound through the whole job: the output is the bicubic upscale of the source, within

@@ -142,6 +142,7 @@ def test_bad_configuration_fails_before_ray(tmp_path, monkeypatch):
             evaluate_job.run(EvaluateJob(**{**ok, **bad}))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_job_writes_the_table_and_crop_pictures(tmp_path):
     shrink(media("lq/seedvr2_Eyes_212x120.mp4"), tmp_path / "in" / "faces" / "eyes.mp4", (96, 64), 3)

@@ -20,7 +20,7 @@ from helpers import JOB, REPO, TINY, job_env, latest_rows, read_summary, real_cl
 from pipelines.restore import plan_stage
 from pipelines.restore.faults import TimeLimit, run_with_limit, time_limit
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 RESTORE_ACTOR = "RestoreWindows"  # Ray names an actor's process after its class: ray::MapWorker(...RestoreWindows)
 
@@ -111,9 +111,10 @@ def test_every_actor_killed_ends_the_run_with_every_video_failed(archive, tmp_pa
 def test_sigterm_frees_the_leases_writes_the_summary_and_exits_non_zero(archive, tmp_path):
     job = start_job(archive, tmp_path)
     deadline = time.monotonic() + 200
-    while not restore_actor_pids(job.pid) and time.monotonic() < deadline:  # Ray is up and restoring
+    leases = tmp_path / "_ledger" / "_leases"
+    # Ray is up and restoring, and the run holds a lease to free
+    while not (restore_actor_pids(job.pid) and any(leases.rglob("*.json"))) and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(2)
     job.send_signal(signal.SIGTERM)
     log, _ = job.communicate(timeout=120)
     assert job.returncode == 128 + signal.SIGTERM, log

@@ -210,6 +210,7 @@ def _same_checkpoint(a: Path, b: Path) -> None:
             assert torch.equal(value, opt_b["state"][i][name]), f"optimizer state {i}.{name} differs"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_train_checkpoint_fail_and_resume(data_dir, tmp_path, ray_address):
     # Three short runs, each worker overfitting its one clip (fixed noise), checkpoints every 4 steps:
@@ -262,6 +263,7 @@ def test_train_checkpoint_fail_and_resume(data_dir, tmp_path, ray_address):
     assert read_checkpoint(run_a / "step_00000012")[2]["resumed_at"] == [8]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_from_scratch_trains_the_whole_nano_denoiser_and_exports_it(data_dir, tmp_path, ray_address):
     """Nano's recipe in miniature: from a seeded random start, every part of the denoiser trains (not

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from formats import moving_bar, telecined, woven, write
-from helpers import assert_same_timing, decode_all, restore_run
+from helpers import assert_same_timing, claim_all, decode_all, restore_run
 from pipelines.listing import SourceFile
 from pipelines.media.frames import read_frames
 from pipelines.media.interlace import decode_start_pts, deinterlace, picture_timeline, read_pictures
@@ -206,7 +206,7 @@ def test_interlaced_tape_restores_progressive_at_field_rate_without_combing(tmp_
     assert {w[DEINTERLACE] for w in windows} == {"field"} and windows[0][FRAMES] == 12 and len(windows) == 2
     actor = RestoreWindows("nano", None, restore_settings("nano", 2), "light_deg", "")
     with Leases(run) as leases:  # finish_video publishes only for the run holding the video
-        assert leases.claim([SourceFile(str(src), "tape.mpg", 1, "f")]).mine
+        assert claim_all(leases, [SourceFile(str(src), "tape.mpg", 1, "f")]).mine
         video = finish_video([actor.restore(w) for w in windows], run=run)
     assert (video[STATUS], video[DEINTERLACED], video[FRAMES]) == ("done", "bwdif, field rate, tff", 12)
 

@@ -14,6 +14,7 @@ GiB = 2**30
 BOUND = 0.75 * GiB
 
 
+@pytest.mark.slow
 def test_peak_rss_of_a_window_is_bounded_by_the_host_chunks():
     # 16 frames of 240x424 at x4: one float32 copy of the window at output size is 0.29 GiB. Measured
     # growth of the peak RSS during the call (2 cores): 0.38 GiB in chunks of 3 frames (4 to encode),

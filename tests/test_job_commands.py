@@ -139,6 +139,7 @@ def parsed_commands():
     return dict(zip([(w, s, tuple(a)) for w, s, a in calls], results)), results[len(calls):]
 
 
+@pytest.mark.slow
 def test_commands_name_real_scripts_and_arguments(parsed_commands):
     by_call, _ = parsed_commands
     wheres = {w.split(" ")[0] for w, _, _ in by_call}

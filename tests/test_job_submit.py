@@ -22,7 +22,7 @@ import pytest
 from helpers import REPO, TINY, free_port, small_archive
 from pipelines.media.probe import probe
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def cluster_env(temp_dir: str) -> dict[str, str]:

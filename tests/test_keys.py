@@ -26,6 +26,7 @@ def test_ordinary_keys_are_safe(rel):
     assert listing.unsafe_key(rel) is None
 
 
+@pytest.mark.slow
 def test_keys_that_climb_out_are_failed_rows_and_nothing_is_written_outside(s3_server, tmp_path):
     clip = shrink(media("lq/seedvr2_Eyes_212x120.mp4"), tmp_path / "eyes.mp4", (64, 36), 8)
     archive = s3_server.fresh("archive")

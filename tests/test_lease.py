@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import restore_run
+from helpers import claim_all, restore_run
 from pipelines import storage
 from pipelines.listing import SourceFile
 from pipelines.restore.assemble_stage import finish_video
@@ -103,27 +103,27 @@ def test_create_exclusive_leaves_no_temporary_files(tmp_path):
 def test_a_live_run_keeps_its_videos_and_a_finished_run_frees_them(root):
     clock = Clock()
     first = started(root, "run-a", clock)
-    assert first.claim(SOURCES).mine == SOURCES
-    assert first.claim(SOURCES).mine == SOURCES  # claiming again is harmless
+    assert claim_all(first, SOURCES).mine == SOURCES
+    assert claim_all(first, SOURCES).mine == SOURCES  # claiming again is harmless
 
     second = started(root, "run-b", clock)
-    claims = second.claim(SOURCES)
+    claims = claim_all(second, SOURCES)
     assert claims.mine == [] and [(s.rel, holder) for s, holder in claims.held] == [
         (s.rel, "run-a") for s in SOURCES]
 
     first._beat(finished=True)
-    claims = second.claim(SOURCES)
+    claims = claim_all(second, SOURCES)
     assert claims.mine == SOURCES and claims.taken_over
     assert json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))["finished"] is True
 
 
 def test_a_crashed_run_holds_its_videos_until_its_heartbeat_expires(root):
     clock = Clock()
-    started(root, "run-a", clock).claim(SOURCES[:2])
+    claim_all(started(root, "run-a", clock), SOURCES[:2])
     clock.now = T0 + TTL - timedelta(seconds=1)
-    assert started(root, "run-b", clock).claim(SOURCES).mine == SOURCES[2:]
+    assert claim_all(started(root, "run-b", clock), SOURCES).mine == SOURCES[2:]
     clock.now = T0 + TTL + timedelta(seconds=1)
-    claims = started(root, "run-c", clock).claim(SOURCES)
+    claims = claim_all(started(root, "run-c", clock), SOURCES)
     # run-b renewed nothing either: its claims (made at T0 + TTL - 1 s) are still live.
     assert claims.mine == SOURCES[:2] and {holder for _, holder in claims.held} == {"run-b"}
 
@@ -131,31 +131,31 @@ def test_a_crashed_run_holds_its_videos_until_its_heartbeat_expires(root):
 def test_a_dead_process_on_this_machine_frees_its_videos_at_once(tmp_path):
     root = str(tmp_path / "out")
     clock = Clock()
-    started(root, "run-a", clock).claim(SOURCES)
+    claim_all(started(root, "run-a", clock), SOURCES)
     exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                             text=True, check=True)
     record = json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))
     storage.write_bytes_atomic(OutputLayout(root).run_file("run-a"),
                                json.dumps({**record, "pid": int(exited.stdout)}).encode())
-    assert started(root, "run-b", clock).claim(SOURCES).mine == SOURCES
+    assert claim_all(started(root, "run-b", clock), SOURCES).mine == SOURCES
 
 
 def test_a_run_on_another_machine_is_trusted_until_expiry(tmp_path):
     root = str(tmp_path / "out")
     clock = Clock()
-    started(root, "run-a", clock).claim(SOURCES)
+    claim_all(started(root, "run-a", clock), SOURCES)
     record = json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))
     storage.write_bytes_atomic(OutputLayout(root).run_file("run-a"),
                                json.dumps({**record, "host": "elsewhere/pid:[1]", "pid": 999_999_999}).encode())
-    assert started(root, "run-b", clock).claim(SOURCES).mine == []
+    assert claim_all(started(root, "run-b", clock), SOURCES).mine == []
 
 
 def test_deleting_a_run_file_frees_its_leases(tmp_path):
     root = str(tmp_path / "out")
     clock = Clock()
-    started(root, "run-a", clock).claim(SOURCES)
+    claim_all(started(root, "run-a", clock), SOURCES)
     storage.remove(OutputLayout(root).run_file("run-a"))
-    assert started(root, "run-b", clock).claim(SOURCES).mine == SOURCES
+    assert claim_all(started(root, "run-b", clock), SOURCES).mine == SOURCES
 
 
 def test_generations_only_grow_and_old_ones_are_removed(tmp_path):
@@ -164,7 +164,7 @@ def test_generations_only_grow_and_old_ones_are_removed(tmp_path):
     folder = Path(OutputLayout(root).lease_folder(SOURCES[0].rel))
     for n, run in enumerate(["run-a", "run-b", "run-c"]):
         leases = started(root, run, clock)
-        assert leases.claim(SOURCES[:1]).mine == SOURCES[:1]
+        assert claim_all(leases, SOURCES[:1]).mine == SOURCES[:1]
         leases._beat(finished=True)
         assert [p.name for p in folder.iterdir()] == [f"{n:012d}.json"]
     assert json.loads((folder / "000000000002.json").read_text())["run"] == "run-c"
@@ -179,7 +179,7 @@ def test_racing_runs_split_the_videos_without_overlap(atomic_root):
 
     def claim(leases: Leases) -> None:
         barrier.wait()
-        got[leases.run_id] = [s.rel for s in leases.claim(SOURCES).mine]
+        got[leases.run_id] = [s.rel for s in claim_all(leases, SOURCES).mine]
 
     threads = [threading.Thread(target=claim, args=(leases,)) for leases in runs]
     for t in threads:
@@ -194,10 +194,12 @@ def test_the_heartbeat_is_renewed_and_finished_on_exit(tmp_path):
     root = str(tmp_path / "out")
     with Leases(restore_run(root, "run-a"), timedelta(seconds=0.5)) as leases:
         first = json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))["expires_at"]
-        time.sleep(0.35)
-        renewed = json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))
+        deadline = time.monotonic() + 5
+        while (renewed := json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a"))))["expires_at"] == first:
+            assert time.monotonic() < deadline, "the heartbeat was not renewed"
+            time.sleep(0.02)
         assert renewed["expires_at"] > first and renewed["finished"] is False
-        leases.claim(SOURCES)
+        claim_all(leases, SOURCES)
     assert json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))["finished"] is True
 
 
@@ -226,11 +228,11 @@ def failed_window(root: str, source: SourceFile, permanent: bool = False) -> dic
 def test_a_stalled_run_that_lost_its_lease_publishes_and_records_nothing(tmp_path):
     root, clock = str(tmp_path / "out"), Clock()
     stalled = started(root, "run-a", clock)
-    assert stalled.claim(SOURCES[:1]).mine == SOURCES[:1]
+    assert claim_all(stalled, SOURCES[:1]).mine == SOURCES[:1]
     (tmp_path / "out" / "_staging" / "va").mkdir(parents=True)
     (tmp_path / "out" / "_staging" / "va" / "window_00000.mkv").write_bytes(b"segment of run b")
     clock.now += TTL * 2  # run a stalls past its lease time; run b takes the video over
-    assert started(root, "run-b", clock).claim(SOURCES[:1]).mine == SOURCES[:1]
+    assert claim_all(started(root, "run-b", clock), SOURCES[:1]).mine == SOURCES[:1]
 
     # a permanent failure would clear the video's staging: not from the run that lost the lease
     row = finish_video([failed_window(root, SOURCES[0], permanent=True)], run=restore_run(root, "run-a"))

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from helpers import latest_by_rel, latest_rows, read_summary, restore_run, run_job, small_archive
+from helpers import claim_all, latest_by_rel, latest_rows, read_summary, restore_run, run_job, small_archive
 from pipelines.listing import SourceFile
 from pipelines.restore import ledger
 from pipelines.restore.assemble_stage import finish_video
@@ -36,6 +36,7 @@ def copy_like_cp_r(src: Path, dst: Path) -> None:
         os.utime(path, (later, later))
 
 
+@pytest.mark.slow
 def test_an_archive_copied_with_cp_r_is_recognised_as_done(tmp_path):
     archive, output = small_archive(tmp_path / "in"), tmp_path / "out"
     first = run_job(archive, output)
@@ -137,7 +138,7 @@ def test_the_same_failure_three_runs_in_a_row_stops_being_retried(tmp_path):
                          REPEATS: 2}, "ValueError: bad shape", permanent=False)
     run = restore_run(output, "r3")
     with Leases(run) as leases:
-        leases.claim([source])
+        claim_all(leases, [source])
         video = finish_video([window], run=run)
     assert video[PERMANENT] and "the same failure 3 runs in a row" in video[ERROR]
     assert not staging.exists()  # its segments go with it

@@ -20,7 +20,7 @@ from helpers import (JOB, REPO, TINY, free_port, job_env, latest_rows, make_clip
 from pipelines.restore.job import ArchiveJob
 from pipelines.restore.pipeline import run
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def start_job(archive: Path, output: Path) -> subprocess.Popen:

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import ray
 
 from helpers import REPO
 from pipelines import waits
 
 
+@pytest.mark.slow
 def test_finetune_with_more_workers_than_cpus_fails_at_once(tmp_path):
     """64 workers (65 CPUs with the pairs tasks) on a local Ray: before, the run waited for ever after a
     warning; the timeout turns that into a failure instead of a hang."""
@@ -26,6 +28,7 @@ def test_finetune_with_more_workers_than_cpus_fails_at_once(tmp_path):
     assert "fewer --workers" in done.stderr and "65 CPU" in done.stderr
 
 
+@pytest.mark.slow
 def test_waiting_on_a_cluster_is_reported(caplog):
     ray.init(num_cpus=1, include_dashboard=False)
     try:

@@ -187,6 +187,7 @@ def test_finetune_checks_and_loads_weights_from_a_bucket(hub, bucket_weights, tm
 # -- the archive job with weights in a bucket ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_archive_job_restores_with_weights_from_a_bucket(bucket_weights, tmp_path, monkeypatch):
     from pipelines.restore.job import ArchiveJob

@@ -20,6 +20,7 @@ from pipelines.job_support import config_errors, ray_started
 from pipelines.reachable import check_reachable
 from pipelines.weights import check as check_weights
 from star_model.presets import default_preset, get_preset, restore_settings
+from star_model.weights_folder import DEFAULT_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class EvaluateJob:
     # default with them) or tiny (random weights: tests only)
     preset: str | None = None
     weights: str | None = None  # folder or bucket with star/, text/ and vae/ (jobs/fetch_weights.py writes one)
-    checkpoint: str = "light_deg"  # light_deg or heavy_deg
+    checkpoint: str = DEFAULT_CHECKPOINT  # light_deg or heavy_deg
     scales: tuple[int, ...] = (2, 4)  # upscaling factors; each clip is scored at each
     # The input conditions, each scored and reported separately (default: all): clean (antialiased bicubic
     # downscale), crf23 and crf30 (area downscale, then H.264), mpeg2 (area downscale, then MPEG-2 at a

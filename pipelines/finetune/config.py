@@ -19,6 +19,7 @@ from pipelines.weights import check as check_weights
 from star_model.losses import LossConfig
 from star_model.padding import latent_size_ok, min_padded_latent
 from star_model.presets import StarPreset, get_preset
+from star_model.weights_folder import DEFAULT_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class FinetuneConfig:
     preset: str = "official"  # official (needs --weights), nano, or tiny (random weights without --weights; tests)
     weights: str | None = None  # folder or bucket with star/, text/, vae/ (jobs/fetch_weights.py)
     venhancer: str | None = None  # start the denoiser from venhancer_v2.pt instead of a STAR checkpoint (as the paper)
-    checkpoint: str = "light_deg"  # which STAR checkpoint in weights/star/ to start from
+    checkpoint: str = DEFAULT_CHECKPOINT  # which STAR checkpoint in weights/star/ to start from
     # Train the whole denoiser from a random start drawn from --seed (nano is trained so), instead of the
     # control branch and LIEM gates of a pretrained one; the text tower and the VAE/codec stay frozen.
     from_scratch: bool = False

@@ -21,6 +21,7 @@ from pipelines.weights import check as check_weights
 from pipelines.weights import digest as weights_digest
 from star_model.presets import PRESETS, default_preset, get_preset, restore_settings
 from star_model.restore import RestoreConfig
+from star_model.weights_folder import DEFAULT_CHECKPOINT
 
 TINY_WARNING = "preset 'tiny' has RANDOM weights: its outputs are NOT restorations (pipeline smoke tests only)"
 BICUBIC_WARNING = "preset 'bicubic' upscales with plain bicubic interpolation: a dry run, its outputs are NOT restorations"
@@ -38,7 +39,7 @@ class ArchiveJob:
     # bicubic (no model, no weights, CPUs only: a dry run of the archive, NOT a restoration)
     preset: str | None = None
     weights: str | None = None  # folder or bucket with star/, text/ and vae/ (jobs/fetch_weights.py writes one)
-    checkpoint: str = "light_deg"  # light_deg or heavy_deg
+    checkpoint: str = DEFAULT_CHECKPOINT  # light_deg or heavy_deg
     scale: int = 4  # upscaling factor
     steps: int | None = None  # sampler evaluations ('normal' mode); default: the official fast schedule (14)
     prompt: str = ""  # text prompt for every video

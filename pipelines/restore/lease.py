@@ -33,20 +33,17 @@ import posixpath
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pipelines import storage
-from pipelines.listing import SourceFile
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.layout import OutputLayout
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = timedelta(minutes=10)
-_CLAIM_THREADS = 16  # claims are small round trips to the store: overlap them
 _CLAIM_TRIES = 3
 
 Clock = Callable[[], datetime]
@@ -56,21 +53,12 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-@dataclass(frozen=True)
-class Claims:
-    """What `Leases.claim` got: the sources this run now holds, and the ones other live runs hold."""
-
-    mine: list[SourceFile]
-    held: list[tuple[SourceFile, str]]  # (source, holder run id)
-    taken_over: bool  # some lease was taken from a run that has ended or died since
-
-
 class Leases:
-    """This run's heartbeat and its claims. Use as a context manager around the work:
+    """This run's heartbeat, which keeps its claims (`claim_video`) alive. Use as a context manager
+    around the work:
 
         with Leases(run) as leases:
-            claims = leases.claim(sources)
-            ...restore claims.mine...
+            ...claim_video(run, rel) as the run starts on each video, restore what it got...
 
     Entering writes the heartbeat and starts renewing it; leaving (normally or by an exception)
     marks the run finished, which frees every lease it holds.
@@ -110,18 +98,6 @@ class Leases:
         record = {"run": self.run_id, **_this_process(), "started_at": self.started_at.isoformat(),
                   "expires_at": (now + self.ttl).isoformat(), "finished": finished}
         storage.write_bytes_atomic(self.run.layout.run_file(self.run_id), json.dumps(record).encode())
-
-    # -- claims ------------------------------------------------------------------------------------
-
-    def claim(self, sources: Sequence[SourceFile]) -> Claims:
-        """Claim every source that no other live run holds (in parallel: one listing, a read or two
-        and one conditional put per source)."""
-        alive = _AliveCache(self.run.layout, self.clock)
-        with ThreadPoolExecutor(max_workers=_CLAIM_THREADS) as pool:
-            outcomes = list(pool.map(lambda s: claim_video(self.run, s.rel, clock=self.clock, alive=alive), sources))
-        mine = [s for s, claim in zip(sources, outcomes) if claim.mine]
-        held = [(s, claim.holder) for s, claim in zip(sources, outcomes) if not claim.mine]
-        return Claims(mine, held, taken_over=any(claim.taken_over for claim in outcomes))
 
 
 @dataclass(frozen=True)
