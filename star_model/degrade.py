@@ -180,8 +180,8 @@ def degrade_clip(frames_fhwc_u8: np.ndarray, config: DegradeConfig,
     gt is the USM-sharpened clip, (F, H, W, 3): the official saves it as the GT and degrades it.
     lq is the degraded clip at the LR size (F, H // scale, W // scale, 3). The official bicubic-upsamples
     it back to (H, W) before saving; our trainer takes the LR (the model pipeline upsamples it itself).
-    The same seed gives bit-identical outputs on CPU;
-    `draw_params(config, seed, F)` lists the parameters used.
+    The same seed gives bit-identical outputs on CPU; `draw_params(config, seed, F)` lists the
+    parameters used (they are drawn through it).
     """
     _check_seed(seed)
     if frames_fhwc_u8.dtype != np.uint8 or frames_fhwc_u8.ndim != 4 or frames_fhwc_u8.shape[-1] != 3:
@@ -197,8 +197,8 @@ def degrade_clip(frames_fhwc_u8: np.ndarray, config: DegradeConfig,
     if config.per == "clip":
         return gt_fhwc_u8, _degrade_unit(gt_fchw, params[0], config, _unit_generators(seed, 0)[1])
     # official: an independent draw, and a one-frame video, per frame
-    return gt_fhwc_u8, np.concatenate([_degrade_unit(gt_fchw[i : i + 1], params[i], config, _unit_generators(seed, i)[1])
-                                       for i in range(num_frames)])
+    lq = [_degrade_unit(gt_fchw[i : i + 1], params[i], config, _unit_generators(seed, i)[1]) for i in range(num_frames)]
+    return gt_fhwc_u8, np.concatenate(lq)
 
 
 def downscale_clip(frames_fhwc_u8: np.ndarray, scale: int) -> np.ndarray:

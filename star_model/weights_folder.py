@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHECKPOINT_NAMES = ("light_deg", "heavy_deg")
-DEFAULT_CHECKPOINT = "light_deg"  # the official inference script's default
+DEFAULT_CHECKPOINT = CHECKPOINT_NAMES[0]  # light_deg: the official inference script's default
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt")  # a converted safetensors file is preferred (mmap, half)
 STAR_REPO = "SherryX/STAR"
 TEXT_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
