@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psutil
 import torch
 
-from star_model.config import DenoiserConfig
+from star_model.denoiser_config import DenoiserConfig
 from star_model.padding import min_padded_latent
 
 log = logging.getLogger(__name__)

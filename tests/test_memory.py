@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from star_model.config import OFFICIAL
+from star_model.denoiser_config import OFFICIAL
 from star_model.memory import estimate_bytes, plan_host, plan_memory
 from star_model.padding import latent_size_ok
 
