@@ -20,7 +20,7 @@ from star_model.parity.sampling import official_schedule
 from star_model.parity.denoiser import build_fixture_denoiser
 from star_model.sampler import replayed_noise, sample_dpmpp_2m_sde, sdedit_start, seeded_noise
 from star_model.schedule import solver_sigmas
-from star_model.windows import official_chunks, windowed_denoiser
+from star_model.latent_windows import latent_window_denoiser, official_chunks
 
 # The fixture's own tables: our build of them differs in the last float32 bit on some machines, which the
 # v-maths at t = 0 amplifies beyond these tolerances; tests/test_schedule.py compares the tables.
@@ -99,7 +99,7 @@ def test_sampler_replays_official_run(name: str) -> None:
         calls.append((xt, t, x0))
         return x0
 
-    denoise = denoise_part if windows is None else windowed_denoiser(denoise_part, [tuple(w) for w in windows],
+    denoise = denoise_part if windows is None else latent_window_denoiser(denoise_part, [tuple(w) for w in windows],
                                                                      mode="hard_cut")
     start = sdedit_start(SCHEDULE, ref["latent_lr"], ref["diffuse_noise"], meta["total_noise_levels"] - 1)
     torch.testing.assert_close(start, ref["noised_lr"], atol=2e-5, rtol=0)

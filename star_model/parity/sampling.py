@@ -18,7 +18,7 @@ from star_model.parity import Check, compare, compare_scaled
 from star_model.sampler import replayed_noise, sample_dpmpp_2m_sde, sdedit_start
 from star_model.schedule import NoiseSchedule, ScheduleConfig, build_schedule, solver_sigmas
 from star_model.padding import official_pad_to_fit
-from star_model.windows import official_chunks, windowed_denoiser
+from star_model.latent_windows import latent_window_denoiser, official_chunks
 
 TOLERANCE = 2e-5
 SAMPLER_TOLERANCE = 2e-4  # multi-step: float error grows through CFG 7.5 (README: 1e-4 between thread counts)
@@ -223,7 +223,7 @@ def _run_sampler(folder: Path, name: str, schedule: NoiseSchedule, model: Callab
     else:
         recorder = _Recorder(lambda xt, t, frames_: guided_x0(model, schedule, xt, t, y, negative_y,
                                                               hint[:, :, frames_], scale, rescale))
-        denoise = windowed_denoiser(recorder, windows, mode="hard_cut")
+        denoise = latent_window_denoiser(recorder, windows, mode="hard_cut")
 
     start = sdedit_start(schedule, ref["latent_lr"], ref["diffuse_noise"], t_start)
     sigmas = solver_sigmas(schedule, meta["solver_mode"], meta["steps_arg"], meta["t_max"])
