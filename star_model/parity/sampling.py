@@ -173,7 +173,7 @@ class _Recorder:
         return x0
 
 
-def _replay_model(ref: dict[str, Tensor], meta: dict) -> tuple[Callable[..., Tensor], list[str]]:
+def replay_model(ref: dict[str, Tensor], meta: dict) -> tuple[Callable[..., Tensor], list[str]]:
     """A stand-in network returning the recorded outputs in call order; logs calls whose t or frames
     differ from the recorded ones."""
     outputs: Iterator[Tensor] = iter(ref[f"model_call.{i:03d}.out"] for i in range(len(meta["model_calls"])))
@@ -205,7 +205,7 @@ def _run_sampler(folder: Path, name: str, schedule: NoiseSchedule, model: Callab
                          f"{meta['discretization']}, t_min={meta['t_min']}")
     mismatches: list[str] = []
     if model is None:
-        model, mismatches = _replay_model(ref, meta)
+        model, mismatches = replay_model(ref, meta)
     y, negative_y, hint = ref["y"], ref["negative_y"], ref["latent_lr"]
     scale, rescale = meta["guide_scale"], meta["guide_rescale"]
     t_start = meta["total_noise_levels"] - 1
