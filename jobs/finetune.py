@@ -28,8 +28,8 @@ from pipelines.finetune.config import FinetuneConfig, check_config  # noqa: E402
 from pipelines.finetune.data import ClipConfig  # noqa: E402
 from pipelines.finetune.export import export_shipped  # noqa: E402
 from pipelines.finetune.trainer import run_finetune  # noqa: E402
-from star_model.degrade_config import PROFILES  # noqa: E402
-from star_model.losses import LossConfig  # noqa: E402
+from star_model.training.degrade_config import PROFILES  # noqa: E402
+from star_model.training.losses import LossConfig  # noqa: E402
 
 RUN = ("data", "storage", "preset", "weights", "venhancer", "checkpoint", "from_scratch", "init", "name", "workers",
        "use_gpu", "cpus_per_worker", "steps", "batch_size", "lr", "checkpoint_every", "seed", "timesteps", "ema",

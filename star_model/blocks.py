@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from star_model.config import GROUP_NORM_GROUPS
+from star_model.denoiser_config import GROUP_NORM_GROUPS
 
 
 class GroupNorm32(nn.GroupNorm):

@@ -2,7 +2,7 @@
 
 A (F, 3, H, W) clip becomes (F, 3·f², H/f, W/f) latents: each f x f block of pixels is folded into
 channels, so nothing is lost and nothing is learnt (decode o encode is the identity up to float
-rounding). Chosen by measurement (`jobs/measure_codec.py`, held-out clips at 312x168, this 2-core
+rounding). Chosen by measurement (`jobs/measure/codec.py`, held-out clips at 312x168, this 2-core
 CPU): pixel-unshuffle gives the uint8 frames back identically at 1.9 ms/frame; a small diffusers
 AutoencoderKL (x4, 4 latent channels, 0.95 M parameters) trained here for 172 s reached 20.2 dB luma
 PSNR at 467 ms/frame. A codec's loss caps what the restorer can reach (bicubic alone scores ~34 dB at

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from star_model.config import DenoiserConfig
+from star_model.denoiser_config import DenoiserConfig
 from star_model.diffusion import sinusoidal_embedding
-from star_model.encoder import build_encoder, build_middle_block, build_time_embed, run_block
+from star_model.unet_parts import build_encoder, build_middle_block, build_time_embed, run_block
 
 
 class ControlBranch(nn.Module):

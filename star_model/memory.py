@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import psutil
 import torch
 
-from star_model.config import DenoiserConfig
+from star_model.denoiser_config import DenoiserConfig
 from star_model.padding import min_padded_latent
 
 log = logging.getLogger(__name__)
 
 SAFETY = 0.7  # fraction of the free memory the plan may use (allocator fragmentation, VAE, workspace)
-OFFICIAL_WINDOW = 32  # the official max_chunk_len: the temporal context the model was trained with
-MIN_WINDOW = 8
+OFFICIAL_LATENT_WINDOW = 32  # the official max_chunk_len: the temporal context the model was trained with
+MIN_LATENT_WINDOW = 8
 MIN_TILE = 32  # latent pixels; smaller tiles lose too much context for the spatial attention
 # Host memory: float32 frames at output resolution exist one chunk at a time, at most this much of them
 # per chunk whatever the free memory (1 GiB is 1.7 frames of 4K in the decode copies below).
@@ -37,14 +37,14 @@ DECODE_FLOAT_COPIES = 6
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    window: int  # latent frames per temporal window
+    latent_window: int  # latent frames per temporal window of the sampler
     tile: tuple[int, int] | None  # latent (h, w) of a spatial tile, None = the whole frame
     estimated_bytes: int  # activations of one guided forward of one window and tile
     budget_bytes: int
 
     def describe(self) -> str:
         tile = "whole frame" if self.tile is None else f"{self.tile[0]}x{self.tile[1]} latent tiles"
-        return (f"window {self.window} frames, {tile}, ~{self.estimated_bytes / 2**30:.2f} GiB of "
+        return (f"latent window {self.latent_window} frames, {tile}, ~{self.estimated_bytes / 2**30:.2f} GiB of "
                 f"{self.budget_bytes / 2**30:.2f} GiB budget")
 
 
@@ -66,37 +66,38 @@ def bytes_per_latent_pixel(cfg: DenoiserConfig, dtype: torch.dtype, guidance_bat
     return 1.5 * element * guidance_batch * (2 * skips + working)
 
 
-def estimate_bytes(cfg: DenoiserConfig, dtype: torch.dtype, window: int, tile: tuple[int, int]) -> int:
-    return int(bytes_per_latent_pixel(cfg, dtype) * window * tile[0] * tile[1])
+def estimate_bytes(cfg: DenoiserConfig, dtype: torch.dtype, latent_window: int, tile: tuple[int, int]) -> int:
+    return int(bytes_per_latent_pixel(cfg, dtype) * latent_window * tile[0] * tile[1])
 
 
 def plan_memory(cfg: DenoiserConfig, latent_hw: tuple[int, int], frames: int, free_bytes: int,
-                dtype: torch.dtype, *, window: int | None = None,
+                dtype: torch.dtype, *, latent_window: int | None = None,
                 tile: tuple[int, int] | None = None) -> MemoryPlan:
-    """Choose window and tile for frames of latent size `latent_hw` with `free_bytes` available.
+    """Choose the sampler's latent window and tile for frames of latent size `latent_hw` with `free_bytes`
+    available.
 
-    Prefers the longest window (up to the official 32 frames, the clip length if shorter), then the
-    largest tile; shortens the window only when even a minimal tile does not fit. `window` or `tile`
+    Prefers the longest latent window (up to the official 32 frames, the clip length if shorter), then the
+    largest tile; shortens the window only when even a minimal tile does not fit. `latent_window` or `tile`
     given explicitly are kept as they are (and only logged if they look too big).
     """
     budget = int(free_bytes * SAFETY)
     h, w = latent_hw
     whole = (h, w)
-    windows = [window] if window else _window_candidates(frames)
-    for length in windows:
+    lengths = [latent_window] if latent_window else _latent_window_candidates(frames)
+    for length in lengths:
         tiles = [tile] if tile else _tile_candidates(cfg, h, w)
         for candidate in tiles:
             need = estimate_bytes(cfg, dtype, length, candidate)
-            if need <= budget or (window and tile):
+            if need <= budget or (latent_window and tile):
                 plan = MemoryPlan(length, None if candidate == whole else candidate, need, budget)
                 log.info("memory plan: %s", plan.describe())
                 if need > budget:
-                    log.warning("explicit window/tile need ~%.2f GiB, more than the %.2f GiB budget",
+                    log.warning("explicit latent window/tile need ~%.2f GiB, more than the %.2f GiB budget",
                                 need / 2**30, budget / 2**30)
                 return plan
-    smallest = (windows[-1], (tile or _tile_candidates(cfg, h, w)[-1]))
+    smallest = (lengths[-1], (tile or _tile_candidates(cfg, h, w)[-1]))
     need = estimate_bytes(cfg, dtype, smallest[0], smallest[1])
-    raise ValueError(f"not enough device memory: even a {smallest[0]}-frame window of "
+    raise ValueError(f"not enough device memory: even a {smallest[0]}-frame latent window of "
                      f"{smallest[1][0]}x{smallest[1][1]} latent tiles needs ~{need / 2**30:.2f} GiB and "
                      f"{budget / 2**30:.2f} GiB are available; free memory or set window/tile explicitly")
 
@@ -143,10 +144,10 @@ def plan_host(frames: int, input_hw: tuple[int, int], output_hw: tuple[int, int]
     return plan
 
 
-def _window_candidates(frames: int) -> list[int]:
-    longest = min(frames, OFFICIAL_WINDOW)
+def _latent_window_candidates(frames: int) -> list[int]:
+    longest = min(frames, OFFICIAL_LATENT_WINDOW)
     candidates = [longest]
-    while candidates[-1] // 2 >= MIN_WINDOW:
+    while candidates[-1] // 2 >= MIN_LATENT_WINDOW:
         candidates.append(candidates[-1] // 2)
     return candidates
 

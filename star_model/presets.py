@@ -19,7 +19,7 @@ import torch
 from star_model import codec as codec_configs
 from star_model.bicubic import BicubicRestorer
 from star_model.codec import CodecConfig, PixelCodec
-from star_model import config as denoiser_configs
+from star_model import denoiser_config as denoiser_configs
 from star_model import text as text_configs
 from star_model import vae as vae_configs
 from star_model.restore import RestoreConfig, StarRestorer

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from star_model.colorfix import adain_color_fix, wavelet_color_fix
 from star_model.diffusion import guided_x0
-from star_model.memory import (OFFICIAL_WINDOW, HostPlan, MemoryPlan, free_device_memory, free_host_memory,
+from star_model.memory import (OFFICIAL_LATENT_WINDOW, HostPlan, MemoryPlan, free_device_memory, free_host_memory,
                                plan_host, plan_memory)
 from star_model.padding import latent_size_ok, minimal_pad, official_pad_to_fit
 from star_model.sampler import sample_dpmpp_2m_sde, sdedit_start, seeded_noise
@@ -30,7 +30,8 @@ from star_model.text import TextEncoder
 from star_model.tiles import Tile, plan_tiles, tiled_denoiser
 from star_model.unet import StarDenoiser
 from star_model.vae import VideoVae
-from star_model.windows import Span, WindowDenoiser, official_chunks, plan_spans, windowed_denoiser
+from star_model.latent_windows import (LatentWindowDenoiser, Span, latent_window_denoiser, official_chunks,
+                                       plan_spans)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ class RestoreConfig:
     guide_scale: float = 7.5
     guide_rescale: float = 0.2
     padding: Literal["minimal", "official"] = "minimal"
+    # The sampler's temporal window, in latent frames (not the job's window of video frames, which is the
+    # clip this restorer is given). The field names stay `window`: they are part of the job's settings key.
     window: int | None = None  # None: the memory planner decides (at most 32)
-    window_overlap: int | None = None  # None: half the window (official)
+    window_overlap: int | None = None  # None: half the latent window (official)
     temporal_merge: Literal["weighted", "hard_cut"] = "weighted"
     official_chunking: bool = False  # windows by the official make_chunks rule (only with hard_cut)
     tile: tuple[int, int] | None = None  # None: the memory planner decides (whole frame if it fits)
@@ -94,7 +97,7 @@ class RestoreConfig:
     @classmethod
     def official(cls, **overrides) -> "RestoreConfig":
         """The official inference: canvas padding, hard-cut windows of 32, whole frames, truncation."""
-        values = dict(padding="official", window=OFFICIAL_WINDOW, temporal_merge="hard_cut",
+        values = dict(padding="official", window=OFFICIAL_LATENT_WINDOW, temporal_merge="hard_cut",
                       official_chunking=True, rounding="truncate")
         values.update(overrides)
         return cls(**values)
@@ -150,8 +153,8 @@ class StarRestorer:
         # 2. text contexts (computed once per prompt by the encoder's cache), (1, 77, ctx)
         y_cond, y_uncond = (y.to(self.device, self.dtype) for y in self.text.context_for(prompt))
 
-        # 3. temporal windows and spatial tiles from the memory plan (explicit settings win)
-        windows, tiles = self._plan(z_lr.shape)
+        # 3. latent windows and spatial tiles from the memory plan (explicit settings win)
+        latent_windows, tiles = self._plan(z_lr.shape)
 
         # 4. SDEdit start from the LR latent at t_start, then the guided SDE sampler
         noise_shape = z_lr.shape if cfg.start_noise == "per_frame" else (*z_lr.shape[:2], 1, *z_lr.shape[3:])
@@ -160,8 +163,8 @@ class StarRestorer:
         x_start = sdedit_start(self.schedule, z_lr, eps, cfg.t_start)
         sigmas = solver_sigmas(self.schedule, cfg.solver_mode, cfg.steps, t_max=cfg.t_start)
 
-        denoise_window = self._window_denoiser(z_lr, y_cond, y_uncond, tiles)
-        denoise = windowed_denoiser(denoise_window, windows, cfg.temporal_merge)
+        denoise_latent_window = self._latent_window_denoiser(z_lr, y_cond, y_uncond, tiles)
+        denoise = latent_window_denoiser(denoise_latent_window, latent_windows, cfg.temporal_merge)
         z0 = sample_dpmpp_2m_sde(denoise, x_start, sigmas, self.schedule, seeded_noise(seed + 2))
 
         # 5. per chunk (whole decode groups): decode, crop, colour fix, uint8 (uint16 for deep colour)
@@ -221,30 +224,31 @@ class StarRestorer:
     def _plan(self, latent_shape: torch.Size) -> tuple[list[Span], list[Tile]]:
         cfg = self.config
         _, _, num_frames, lat_h, lat_w = latent_shape
-        window, tile = cfg.window, cfg.tile
-        if window is None or tile is None:
+        latent_window, tile = cfg.window, cfg.tile
+        if latent_window is None or tile is None:
             plan = plan_memory(self.denoiser.cfg, (lat_h, lat_w), num_frames, free_device_memory(self.device),
-                               self.dtype, window=window, tile=tile)
+                               self.dtype, latent_window=latent_window, tile=tile)
             self.last_plan = plan
-            window = window or plan.window
+            latent_window = latent_window or plan.latent_window
             tile = tile or plan.tile
         if cfg.official_chunking:
-            windows = official_chunks(num_frames, window)  # one window when F <= window
+            windows = official_chunks(num_frames, latent_window)  # one window when F <= latent_window
         else:
-            overlap = cfg.window_overlap if cfg.window_overlap is not None else window // 2
-            windows = plan_spans(num_frames, window, min(overlap, window - 1))
+            overlap = cfg.window_overlap if cfg.window_overlap is not None else latent_window // 2
+            windows = plan_spans(num_frames, latent_window, min(overlap, latent_window - 1))
         tile_h, tile_w = (min(tile[0], lat_h), min(tile[1], lat_w)) if tile else (lat_h, lat_w)
         tiles = plan_tiles(lat_h, lat_w, tile_h, tile_w, min(cfg.tile_overlap, tile_h - 1, tile_w - 1),
                            self.denoiser.cfg.num_downsamples)
-        log.info("restoring %d latent frames of %dx%d in %d window(s) x %d tile(s)",
+        log.info("restoring %d latent frames of %dx%d in %d latent window(s) x %d tile(s)",
                  num_frames, lat_h, lat_w, len(windows), len(tiles))
         return windows, tiles
 
-    def _window_denoiser(self, z_lr: Tensor, y_cond: Tensor, y_uncond: Tensor, tiles: list[Tile]) -> WindowDenoiser:
+    def _latent_window_denoiser(self, z_lr: Tensor, y_cond: Tensor, y_uncond: Tensor,
+                                tiles: list[Tile]) -> LatentWindowDenoiser:
         """Guided x0 of one temporal window, tile by tile with feathered blending when tiled."""
         cfg = self.config
 
-        def denoise_window(xt: Tensor, t: Tensor, frames: slice) -> Tensor:
+        def denoise_latent_window(xt: Tensor, t: Tensor, frames: slice) -> Tensor:
             hint = z_lr[:, :, frames]  # (1, 4, f, H, W): the clean LR latent of this window
 
             def denoise_tile(xt_tile: Tensor, t: Tensor, tile: Tile) -> Tensor:
@@ -256,7 +260,7 @@ class StarRestorer:
                 return denoise_tile(xt, t, tiles[0])
             return tiled_denoiser(denoise_tile, tiles)(xt, t)
 
-        return denoise_window
+        return denoise_latent_window
 
 
 def pre_upscale(lr: Tensor, scale: int, mode: str = "bilinear") -> Tensor:

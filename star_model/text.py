@@ -114,7 +114,7 @@ class TextConfig:
 
 
 OFFICIAL = TextConfig()
-# hidden_size 40 = the tiny denoiser's context_dim (star_model.config.TINY); the vocabulary is the one
+# hidden_size 40 = the tiny denoiser's context_dim (star_model.denoiser_config.TINY); the vocabulary is the one
 # `write_tiny_tokenizer` writes, so its start/end ids are the last two.
 TINY = TextConfig(vocab_size=TINY_VOCAB_SIZE, hidden_size=40, num_layers=3, num_heads=4,
                   intermediate_size=80, bos_token_id=TINY_VOCAB_SIZE - 2,

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from star_model.diffusion import Denoiser
 from star_model.padding import latent_size_ok
-from star_model.windows import Ramp, blend_weights, plan_spans
+from star_model.latent_windows import Ramp, blend_weights, plan_spans
 
 Tile = tuple[int, int, int, int]  # latent rows [y0, y1), columns [x0, x1)
 # (x_t of one tile (B, C, F, h, w), t (B,), the tile) -> x̂0 of the tile.

@@ -13,11 +13,11 @@ from torch import nn
 
 from star_model.blocks import GroupNorm32, ResBlock, Upsample
 from star_model.checkpoint import load_checkpoint
-from star_model.config import DenoiserConfig
+from star_model.denoiser_config import DenoiserConfig
 from star_model.control import ControlBranch
 from star_model.diffusion import sinusoidal_embedding
 from star_model.padding import latent_size_ok, min_padded_latent
-from star_model.encoder import attention_layers, build_encoder, build_middle_block, build_time_embed, run_block
+from star_model.unet_parts import attention_layers, build_encoder, build_middle_block, build_time_embed, run_block
 
 
 def build_decoder(cfg: DenoiserConfig, skips: list[int]) -> nn.ModuleList:

@@ -23,7 +23,7 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder
 from torch import Tensor
 
-from star_model.config import GROUP_NORM_GROUPS  # diffusers hard-codes 32 groups in this VAE too
+from star_model.denoiser_config import GROUP_NORM_GROUPS  # diffusers hard-codes 32 groups in this VAE too
 from star_model.tiles import Tile, plan_tiles, scale_tiles, tile_weights
 
 _VAE_CLASS = "AutoencoderKLTemporalDecoder"

@@ -1,15 +1,17 @@
 """Shared test fixtures: the S3 and GCS test servers (servers.py), the offline Hugging Face hub and the
-weights folders fetched from it (offline_hub.py), the parity fixture folder; plain helpers several test
-files use are in helpers.py."""
+weights folders fetched from it (offline_hub.py), the parity fixture folder, and a guard that fails a
+test on an unexpected ERROR log line of ours; plain helpers several test files use are in helpers.py."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from torch import nn
 
-from helpers import parity, tiny_model
+from helpers import REPO, parity, tiny_model
 from offline_hub import bucket_weights, fetched, hub  # noqa: F401 - fixtures
 from servers import gcs_server, s3_server  # noqa: F401 - fixtures
 
@@ -25,3 +27,34 @@ def parity_dir() -> Path:
 def source() -> nn.Module:
     """A tiny seeded module (Linear + GroupNorm, every value distinctive) to write checkpoints from."""
     return tiny_model(seed=1)
+
+
+OUR_CODE = tuple(str(REPO / package) for package in ("star_model", "pipelines", "jobs"))
+
+
+class _ErrorLines(logging.Handler):
+    """Keeps the ERROR (and worse) records logged from this project's own code in this process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.pathname.startswith(OUR_CODE):  # by file: jobs/ scripts log under their own names
+            self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test during which our code logged an ERROR it did not expect. A test that provokes
+    one on purpose says so with `@pytest.mark.expect_errors`. (Jobs run in subprocesses or on Ray
+    workers log elsewhere: their tests check exit codes and ledgers.)"""
+    handler = _ErrorLines()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    if handler.lines and request.node.get_closest_marker("expect_errors") is None:
+        pytest.fail("unexpected ERROR log lines:\n" + "\n".join(handler.lines), pytrace=False)

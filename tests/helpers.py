@@ -237,8 +237,9 @@ def restore_run(output: str | Path, run_id: str = "r", settings: str = "s", read
 
 
 def load_job(name: str):
-    """jobs/<name>.py as a module, so that a test calls its main(argv) in this process."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
+    """jobs/<name>.py as a module (`name` may name a folder: "measure/memory"), so that a test calls its
+    main(argv) in this process."""
+    spec = importlib.util.spec_from_file_location(name.replace("/", "."), REPO / "jobs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -25,7 +25,7 @@ from pipelines.hub import TEXT_FILES, fetch
 from pipelines.listing import list_files
 from star_model import vae as vae_configs
 from star_model.checkpoint import sha256_of
-from star_model.config import TINY
+from star_model.denoiser_config import TINY
 from star_model.text import write_tiny_tokenizer
 from star_model.unet import load_denoiser
 from star_model.vae import build_vae

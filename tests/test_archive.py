@@ -92,18 +92,21 @@ def archive(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(archive, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
+def first_run(archive, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float, dict]:
+    """The output, the process, the seconds and the summary of the first run (read here: a rerun
+    writes its own summary over it)."""
     output = tmp_path_factory.mktemp("restored")
     started = time.perf_counter()
     result = run_job(archive, output)
-    return output, result, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return output, result, seconds, read_summary(output) if result.returncode == 0 else {}
 
 
 # -- one run over the archive ----------------------------------------------------------------------
 
 
 def test_run_restores_the_good_videos_and_reaches_its_end(first_run, archive):
-    output, result, seconds = first_run
+    output, result, seconds, _ = first_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     print(f"first run: {seconds:.1f} s")
     for rel, out_rel in GOOD.items():
@@ -119,7 +122,7 @@ def test_run_restores_the_good_videos_and_reaches_its_end(first_run, archive):
 
 
 def test_ledger_has_a_row_per_video_with_reasons(first_run):
-    output, result, _ = first_run
+    output, result, _, _ = first_run
     rows = latest_rows(output)
     assert set(rows) == set(GOOD) | set(BAD)
     for rel, out_rel in GOOD.items():
@@ -143,8 +146,7 @@ def test_ledger_has_a_row_per_video_with_reasons(first_run):
 
 
 def test_summary_previews_and_no_leftovers(first_run, archive):
-    output, result, _ = first_run
-    summary = read_summary(output)
+    output, result, _, summary = first_run
     assert (summary["done"], summary["failed"], summary["listed"]) == (len(GOOD), len(BAD), len(GOOD) + len(BAD))
     assert summary["frames"] == 32 + 16 + 12 + 10 + 1
     assert summary["frames_per_second"] > 0 and summary["actor_device"] == "cpu" and summary["gpu_seconds"] is None
@@ -168,7 +170,7 @@ def test_summary_previews_and_no_leftovers(first_run, archive):
 
 @pytest.mark.timeout(120)
 def test_rerun_over_an_unchanged_archive_restores_nothing(first_run, archive):
-    output, first, _ = first_run
+    output, first, _, _ = first_run
     assert first.returncode == 0
     before = output_files(output)
     started = time.perf_counter()
@@ -181,13 +183,19 @@ def test_rerun_over_an_unchanged_archive_restores_nothing(first_run, archive):
     print(f"rerun with nothing to do: {time.perf_counter() - started:.1f} s")
 
 
-def test_changed_sources_are_restored_and_a_killed_run_resumes(first_run, archive):
+def test_changed_sources_are_restored_and_a_killed_run_resumes(tmp_path):
     """Change one source, rewrite another with the same pixels, add a third; SIGKILL the driver once a
     window of the rewritten one is in staging, rerun. Exactly those three are restored, the rerun
     reuses the staged window, and the rewritten video (same pixels, same seeds) comes out as the
-    uninterrupted first run made it. (A file only touched is known by its content: not redone.)"""
-    output, first, _ = first_run
-    assert first.returncode == 0
+    uninterrupted first run made it. (A file only touched is known by its content: not redone.)
+    The test changes its archive and output, so it has its own (the module's stay as its first run
+    left them, for the tests that read them, in any order)."""
+    archive, output = tmp_path / "archive", tmp_path / "restored"
+    real_clips(archive)
+    (archive / "phone").mkdir()
+    make_clip(archive / "phone/rotated.mp4", noisy_frames(10, size=(32, 24), seed=1), rotation=90)
+    first = run_job(archive, output)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     before = output_files(output)
     uninterrupted = decode_all(output / "reels/dove_002.mp4")
     make_clip(archive / "phone/rotated.mp4", noisy_frames(6, size=(32, 24), seed=3), rotation=90)

@@ -17,7 +17,7 @@ from torch import nn
 from helpers import parity, tiny_model
 from star_model.checkpoint import (PUBLISHED_SHA256, CheckpointError, load_checkpoint, read_state_dict, sha256_of,
                                    verify_sha256)
-from star_model.config import TINY, DenoiserConfig
+from star_model.denoiser_config import TINY, DenoiserConfig
 from star_model.unet import StarDenoiser
 
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from helpers import media
 from pipelines.media.frames import read_frames
-from star_model.degrade import degrade_clip, draw_params
-from star_model.degrade_config import ARCHIVE, FULL, LIGHT, DegradeConfig, KernelParams, StageConfig
-from star_model.degrade_ops import compress_video, from_u8, make_kernel, resize, to_u8, usm_sharpen
+from star_model.training.degrade import degrade_clip, draw_params
+from star_model.training.degrade_config import ARCHIVE, FULL, LIGHT, DegradeConfig, KernelParams, StageConfig
+from star_model.training.degrade_ops import compress_video, from_u8, make_kernel, resize, to_u8, usm_sharpen
 
 FULL_CLIP = dataclasses.replace(FULL, per="clip")
 LIGHT_CLIP = dataclasses.replace(LIGHT, per="clip")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import REPO, shared
 from star_model import attention
-from star_model.config import OFFICIAL, TINY, DenoiserConfig
+from star_model.denoiser_config import OFFICIAL, TINY, DenoiserConfig
 from star_model.unet import StarDenoiser, load_denoiser
 
 

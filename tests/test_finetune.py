@@ -25,9 +25,9 @@ from pipelines.finetune.config import FinetuneConfig, check_config
 from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, ClipConfig, list_clips, make_pair
 from pipelines.finetune.step import FinetuneStep, build_finetune_models
 from star_model.checkpoint import CheckpointError
-from star_model.config import TINY
-from star_model.degrade import downscale_clip
-from star_model.finetuning import VENHANCER_ONLY_PREFIXES, is_trainable, load_venhancer
+from star_model.denoiser_config import TINY
+from star_model.training.degrade import downscale_clip
+from star_model.training.trainable import VENHANCER_ONLY_PREFIXES, is_trainable, load_venhancer
 from star_model.unet import StarDenoiser
 CLIPS = ("dove_002.mp4", "dove_007.mp4")  # 32 and 33 frames, 318x180 and 316x178
 TINY_CLIPS = ClipConfig(frames=4, crop=(48, 32), seed=1)  # 4 frames of 48x32 HR -> 12x8 LR at scale 4

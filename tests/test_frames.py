@@ -160,7 +160,7 @@ def test_segment_round_trip_is_exact_where_lossless(tmp_path, size):
 @pytest.mark.parametrize("size", [(17, 9), (64, 48)])
 def test_8_bit_segments_are_visually_lossless_h264(tmp_path, size):
     """8-bit windows are staged as H.264 4:4:4 at crf 12: a picture's detail comes back at PSNR far
-    above the final encode's (hard synthetic edges 40 dB, real detail 48-50 dB: jobs/measure_staging.py);
+    above the final encode's (hard synthetic edges 40 dB, real detail 48-50 dB: jobs/measure/staging.py);
     even uniform noise, the worst case for any lossy codec, keeps 35 dB."""
     bars = np.stack([moving_bar(i, size) for i in range(5)])
     noise = noisy_frames(5, size=size)

@@ -1,6 +1,6 @@
 """Host memory of one restore call is bounded by the chunked streaming (pre-upscale and encode; decode,
 colour fix and uint8 per chunk of frames), measured as peak RSS in a fresh process with the stand-in
-networks of jobs/measure_memory.py (their activations are device memory in production)."""
+networks of jobs/measure/memory.py (their activations are device memory in production)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_peak_rss_of_a_window_is_bounded_by_the_host_chunks():
     # 16 frames of 240x424 at x4: one float32 copy of the window at output size is 0.29 GiB. Measured
     # growth of the peak RSS during the call (2 cores): 0.38 GiB in chunks of 3 frames (4 to encode),
     # 1.50 GiB in one chunk of 16 (no streaming), so the bound fails without the streaming.
-    result = load_job("measure_memory").measure(240, 424, 4, 16, chunk=3)
+    result = load_job("measure/memory").measure(240, 424, 4, 16, chunk=3)
     assert "stopped" not in result, result
     assert result["out"] == [16, 960, 1696, 3]
     assert result["peak"] - result["before"] < BOUND

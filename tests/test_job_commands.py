@@ -27,7 +27,7 @@ def job_calls(words: list[str]) -> list[tuple[str, list[str]]]:
     calls = []
     for i, word in enumerate(words[:-1]):
         script = words[i + 1]
-        if re.fullmatch(r"python3?", word) and re.search(r"(^|/)jobs/\w+\.py$", script):
+        if re.fullmatch(r"python3?", word) and re.search(r"(^|/)jobs/(\w+/)?\w+\.py$", script):
             argv = []
             for w in words[i + 2:]:
                 if re.fullmatch(r"[;&|<>]+", w):

@@ -280,7 +280,7 @@ def test_a_broken_pod_template_or_core_object_fails_strict_validation():
 
 def test_the_readme_names_files_that_exist():
     text = README.read_text()
-    named = set(re.findall(r"(?<![\w/])(cluster/[\w./-]*\w|jobs/\w+\.py|tests/\w+\.py)", text))
+    named = set(re.findall(r"(?<![\w/])(cluster/[\w./-]*\w|jobs/(?:\w+/)?\w+\.py|tests/\w+\.py)", text))
     for row in re.findall(r"^\| (`.*?) \|", text, re.M):  # the file table: names relative to cluster/
         named |= {f"cluster/{m}" for m in re.findall(r"`([^`]+)`", row)}
     assert named, "no file names found"

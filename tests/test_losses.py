@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from helpers import parity
-from star_model import config as denoiser_configs
+from star_model import denoiser_config as denoiser_configs
 from star_model.diffusion import diffuse
-from star_model.losses import (LossConfig, df_weight, low_weight, official_df_loss, paper_df_loss,
-                               radial_lowpass, star_loss)
+from star_model.training.losses import (LossConfig, df_weight, low_weight, official_df_loss, paper_df_loss,
+                                        radial_lowpass, star_loss)
 from star_model.parity import losses as loss_parity
 from star_model.schedule import build_schedule
 from star_model.unet import load_denoiser

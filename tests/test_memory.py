@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from star_model.config import OFFICIAL
+from star_model.denoiser_config import OFFICIAL
 from star_model.memory import estimate_bytes, plan_host, plan_memory
 from star_model.padding import latent_size_ok
 
@@ -14,14 +14,14 @@ GiB = 2**30
 
 def test_whole_frame_and_official_window_when_memory_allows():
     plan = plan_memory(OFFICIAL, (90, 160), 100, 80 * GiB, torch.bfloat16)
-    assert plan.window == 32 and plan.tile is None
+    assert plan.latent_window == 32 and plan.tile is None
     assert plan.estimated_bytes <= plan.budget_bytes
 
 
 def test_large_frames_get_tiles_before_shorter_windows():
     # 1080p x2 = 2160x3840 output: latent 270x480
     plan = plan_memory(OFFICIAL, (270, 480), 100, 80 * GiB, torch.bfloat16)
-    assert plan.window == 32 and plan.tile is not None
+    assert plan.latent_window == 32 and plan.tile is not None
     assert latent_size_ok(*plan.tile, OFFICIAL.num_downsamples)
     assert plan.estimated_bytes <= plan.budget_bytes
     assert estimate_bytes(OFFICIAL, torch.bfloat16, 32, (270, 480)) > plan.budget_bytes
@@ -35,12 +35,12 @@ def test_less_memory_gives_smaller_plans():
 
 
 def test_short_clips_use_their_length_as_window():
-    assert plan_memory(OFFICIAL, (34, 64), 5, 80 * GiB, torch.bfloat16).window == 5
+    assert plan_memory(OFFICIAL, (34, 64), 5, 80 * GiB, torch.bfloat16).latent_window == 5
 
 
 def test_explicit_settings_win_even_over_budget(caplog):
-    plan = plan_memory(OFFICIAL, (270, 480), 100, 1 * GiB, torch.bfloat16, window=16, tile=(66, 128))
-    assert (plan.window, plan.tile) == (16, (66, 128))
+    plan = plan_memory(OFFICIAL, (270, 480), 100, 1 * GiB, torch.bfloat16, latent_window=16, tile=(66, 128))
+    assert (plan.latent_window, plan.tile) == (16, (66, 128))
     assert "more than" in caplog.text
 
 

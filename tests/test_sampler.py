@@ -1,6 +1,6 @@
 """The v-prediction maths, guidance and DPM-Solver++(2M) SDE against the official fixtures: the solver is
 driven by the recorded network outputs (a replay of the official run) and, when it builds, by the tiny
-fixture network itself."""
+fixture network itself; both through star_model.parity.sampling, the one replay."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from star_model.diffusion import diffuse, get_velocity, guide, guided_x0, sinuso
 from star_model.parity import sampling
 from star_model.parity.sampling import official_schedule
 from star_model.parity.denoiser import build_fixture_denoiser
-from star_model.sampler import replayed_noise, sample_dpmpp_2m_sde, sdedit_start, seeded_noise
+from star_model.sampler import replayed_noise, sample_dpmpp_2m_sde, seeded_noise
 from star_model.schedule import solver_sigmas
-from star_model.windows import official_chunks, windowed_denoiser
 
 # The fixture's own tables: our build of them differs in the last float32 bit on some machines, which the
 # v-maths at t = 0 amplifies beyond these tolerances; tests/test_schedule.py compares the tables.
@@ -68,59 +67,11 @@ def test_guidance_limits() -> None:
     torch.testing.assert_close(rescaled.flatten(1).std(1), cond.flatten(1).std(1), atol=1e-5, rtol=1e-5)
 
 
-def replay_model(ref: dict[str, Tensor], meta: dict):
-    """The recorded official network outputs, in call order (cond, then uncond)."""
-    outputs = iter(ref[f"model_call.{i:03d}.out"] for i in range(len(meta["model_calls"])))
-    seen_t: list[int] = []
-
-    def model(x: Tensor, t: Tensor, y: Tensor, *, hint: Tensor) -> Tensor:
-        seen_t.extend(t.tolist())
-        return torch.cat([next(outputs) for _ in range(x.shape[0])])
-
-    return model, seen_t
-
-
-@pytest.mark.parametrize("name", SAMPLER_FIXTURES)
-def test_sampler_replays_official_run(name: str) -> None:
-    ref = load_file(parity(f"{name}.safetensors"))
-    meta = json.loads((parity(f"{name}.json")).read_text())
-    model, seen_t = replay_model(ref, meta)
-    y, negative_y, hint = ref["y"], ref["negative_y"], ref["latent_lr"]
-    scale, rescale = meta["guide_scale"], meta["guide_rescale"]
-    windows = meta["chunk_inds"]
-    frames, max_len = hint.shape[2], meta["max_chunk_len"]
-    assert (official_chunks(frames, max_len) if frames > max_len else None) == (
-        [tuple(w) for w in windows] if windows else None)
-
-    calls: list[tuple[Tensor, Tensor, Tensor]] = []
-
-    def denoise_part(xt: Tensor, t: Tensor, frames_: slice = slice(None)) -> Tensor:
-        x0 = guided_x0(model, SCHEDULE, xt, t, y, negative_y, hint[:, :, frames_], scale, rescale)
-        calls.append((xt, t, x0))
-        return x0
-
-    denoise = denoise_part if windows is None else windowed_denoiser(denoise_part, [tuple(w) for w in windows],
-                                                                     mode="hard_cut")
-    start = sdedit_start(SCHEDULE, ref["latent_lr"], ref["diffuse_noise"], meta["total_noise_levels"] - 1)
-    torch.testing.assert_close(start, ref["noised_lr"], atol=2e-5, rtol=0)
-    sigmas = solver_sigmas(SCHEDULE, meta["solver_mode"], meta["steps_arg"], meta["t_max"])
-    draws = [ref[f"sde_noise.{i:02d}"] for i in range(len(meta["sde_noise_draws"]))]
-    output = sample_dpmpp_2m_sde(denoise, start, sigmas, SCHEDULE, replayed_noise(draws))
-
-    assert seen_t == [c["t"][0] for c in meta["model_calls"]]
-    assert len(calls) == len(meta["denoise_calls"])
-    for i, (xt, t, x0) in enumerate(calls):
-        assert torch.equal(t, ref[f"denoise.{i:02d}.t"])
-        torch.testing.assert_close(xt, ref[f"denoise.{i:02d}.xt"], atol=2e-4, rtol=0)
-        torch.testing.assert_close(x0, ref[f"denoise.{i:02d}.x0"], atol=2e-4, rtol=0)
-    torch.testing.assert_close(output, ref["output"], atol=2e-4, rtol=0)
-
-
 def test_replay_detects_a_wrong_noise_draw() -> None:
     # The comparison is sharp enough to see one stochastic draw replaced.
     ref = load_file(parity("sampler_fast.safetensors"))
     meta = json.loads((parity("sampler_fast.json")).read_text())
-    model, _ = replay_model(ref, meta)
+    model, _ = sampling.replay_model(ref, meta)
     draws = [ref[f"sde_noise.{i:02d}"] for i in range(len(meta["sde_noise_draws"]))]
     draws[5] = -draws[5]
     denoise = lambda xt, t: guided_x0(model, SCHEDULE, xt, t, ref["y"], ref["negative_y"], ref["latent_lr"])

@@ -1,4 +1,4 @@
-"""A run's planning at archive scale (jobs/benchmark_scale.py builds the state): it decides from the
+"""A run's planning at archive scale (jobs/measure/scale.py builds the state): it decides from the
 input's listing and the ledger's compacted state, checks a bounded batch of outputs, and never lists
 the output tree; the closing compaction leaves one ledger file."""
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_planning_reads_the_ledger_state_and_a_batch_of_outputs_never_the_output_tree(tmp_path, monkeypatch):
-    bench = load_job("benchmark_scale")
+    bench = load_job("measure/scale")
     archive, output = str(tmp_path / "archive"), str(tmp_path / "restored")
     bench.build(archive, output, videos=3000, changed=20)
     job = bench.job_for(archive, output)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from transformers import CLIPTokenizer
 
 from helpers import save_tiny_clip_model
-from star_model import config as denoiser_config
+from star_model import denoiser_config
 from star_model import text
 from star_model.text import NEGATIVE_PROMPT, POSITIVE_PROMPT, TextEncoder
 

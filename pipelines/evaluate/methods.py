@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from star_model.degrade import degrade_clip, downscale_clip
-from star_model.degrade_config import PROFILES
-from star_model.degrade_ops import compress_video
+from star_model.training.degrade import degrade_clip, downscale_clip
+from star_model.training.degrade_config import PROFILES
+from star_model.training.degrade_ops import compress_video
 
 INTERPOLATIONS = ("bicubic", "bilinear", "lanczos")
 REALESRGAN = "realesrgan"

@@ -16,7 +16,7 @@ from pipelines import listing
 from pipelines.finetune.data import ClipConfig
 from pipelines.reachable import check_reachable
 from pipelines.weights import check as check_weights
-from star_model.losses import LossConfig
+from star_model.training.losses import LossConfig
 from star_model.padding import latent_size_ok, min_padded_latent
 from star_model.presets import StarPreset, get_preset
 from star_model.weights_folder import DEFAULT_CHECKPOINT

@@ -23,8 +23,8 @@ from pipelines import listing
 from pipelines.media.frames import read_frames
 from pipelines.media.probe import probe_timestamps
 from pipelines.media.video_info import BadVideo
-from star_model.degrade import degrade_clip, downscale_clip
-from star_model.degrade_config import FULL, DegradeConfig
+from star_model.training.degrade import degrade_clip, downscale_clip
+from star_model.training.degrade_config import FULL, DegradeConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ClipConfig:
     frame_step: int = 1  # take every n-th frame (the official loader used 2; 1 = what inference sees)
     clips_per_video: int = 1  # clips cut from each video per epoch (different starts and crops)
     seed: int = 0
-    degrade: DegradeConfig = field(default=FULL)  # how LR clips are made: a profile of star_model/degrade_config.py
+    degrade: DegradeConfig = field(default=FULL)  # how LR clips are made: a profile of training/degrade_config.py
     # Scale factors drawn per clip (seeded), e.g. 2,4, instead of `degrade.scale`: one model for x2 and
     # x4, as a pipeline that pre-upscales LR bilinearly can be. LR clips of different scales differ in
     # size, so a trainer batches them one at a time (batch size 1; FinetuneConfig checks it).

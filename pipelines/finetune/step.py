@@ -28,8 +28,8 @@ from pipelines.finetune.config import FinetuneConfig
 from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, derive_seed
 from pipelines.weights import local_copy
 from star_model.diffusion import diffuse, velocity
-from star_model.finetuning import freeze_for_finetune, load_venhancer
-from star_model.losses import star_loss
+from star_model.training.trainable import freeze_for_finetune, load_venhancer
+from star_model.training.losses import star_loss
 from star_model.presets import Vae, build_models, get_preset, load_shipped, resolve_weights
 from star_model.restore import pre_upscale
 from star_model.schedule import build_schedule

@@ -252,7 +252,7 @@ def write_segment(frames_fhwc: np.ndarray, url: str | os.PathLike, fps: Fraction
     8-bit frames, lossless FFV1 for 16-bit ones (a deep-colour source) or where `lossless` (an output
     that is itself lossless: a source with alpha).
 
-    Why H.264 4:4:4 crf 12 (measured by jobs/measure_staging.py on a real clip upscaled with bicubic):
+    Why H.264 4:4:4 crf 12 (measured by jobs/measure/staging.py on a real clip upscaled with bicubic):
     about a sixth of FFV1's bytes per frame (0.10 against 0.59 MiB at 1080p, 0.34 against 1.89 MiB at
     4K), as fast to encode and faster to decode, at 48-50 dB PSNR to the restored frames: far below
     what the final encode (H.264 4:2:0, crf 16) loses, and no chroma subsampling before the windows are

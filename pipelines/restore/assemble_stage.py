@@ -25,10 +25,10 @@ from pipelines.restore.context import RestoreRun
 from pipelines.restore.lease import LeaseLost, check_held
 from pipelines.restore.outcome import failure, record, video_row
 from pipelines.restore.rows import (DEINTERLACE, DONE, END, ERROR, FAILED, FIELD_ORDER, OUTPUT, PERMANENT, REL, REPEATS,
-                                    SEGMENT, SOURCE, START, STATUS, WINDOW, window_of)
+                                    SEGMENT, SOURCE, START, STATUS, WINDOW_INDEX, window_of)
 from pipelines.restore.scene_windows import SceneWindow
 from pipelines.storage import Source, atomic_output
-from star_model.windows import blend_ramp
+from star_model.latent_windows import blend_ramp
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def finish_video(rows: Sequence[dict[str, Any]], *, run: RestoreRun) -> dict[str
     Fenced: a run that lost the video's lease (it stalled, another run took the video over) publishes
     nothing, writes no ledger row and clears no staging; its row says so, for the summary only.
     """
-    rows = sorted(rows, key=lambda r: r[WINDOW])
+    rows = sorted(rows, key=lambda r: r[WINDOW_INDEX])
     first = rows[0]
     started = time.perf_counter()
     fence = functools.partial(check_held, run, first[REL])
@@ -196,7 +196,8 @@ def _restored_frame(segments: Sequence[tuple[SceneWindow, str]], index: int) -> 
 def _reason(failed: Sequence[dict[str, Any]]) -> str:
     """One line for the ledger: the first failure, and how many more there were."""
     first = failed[0]
-    where = "" if first[WINDOW] < 0 else f"window {first[WINDOW]} (frames {first[START]}-{first[END] - 1}): "
+    index = first[WINDOW_INDEX]
+    where = "" if index < 0 else f"window {index} (frames {first[START]}-{first[END] - 1}): "
     more = f" (and {len(failed) - 1} more failed windows)" if len(failed) > 1 else ""
     return f"{where}{first[ERROR]}{more}"
 

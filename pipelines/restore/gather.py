@@ -21,7 +21,7 @@ from pipelines.restore.outcome import record_failure
 from pipelines.restore.plan_stage import failed_row
 from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, FRAMES, LEASED, OUTPUT_STEM,
                                     PREVIOUS_ERROR, REL, REPEATS, RESTORE_SECONDS, SETTINGS, SOURCE, STAGING, STATUS,
-                                    VIDEO_ID, WINDOW, WINDOWS, WINDOWS_REUSED, video_columns, video_id)
+                                    VIDEO_ID, WINDOW_INDEX, WINDOWS, WINDOWS_REUSED, video_columns, video_id)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceF
         if vid in arrived:
             continue
         got = waiting.get(vid, [])
-        reason = stream_error or lost_windows(got[0][WINDOWS] if got else None, [r[WINDOW] for r in got])
+        reason = stream_error or lost_windows(got[0][WINDOWS] if got else None, [r[WINDOW_INDEX] for r in got])
         row = failed_video(source_row(source, failed_before, run), reason, run)
         if row is not None:
             yield row

@@ -42,8 +42,8 @@ from pipelines.restore.context import RestoreRun
 from pipelines.restore.layout import OutputLayout
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACED, DEVICE, END, ERROR, FINGERPRINT,
                                     FINISHED_AT, FRAMES, OUTPUT, OUTPUT_SIZE, PERMANENT, REL, REPEATS, RESTORE_SECONDS,
-                                    REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, WINDOW, WINDOWS,
-                                    WINDOWS_REUSED)
+                                    REUSED, RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, WINDOW_INDEX,
+                                    WINDOWS, WINDOWS_REUSED)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ WINDOW_SCHEMA = pa.schema([
     (SOURCE, pa.string()),
     (FINGERPRINT, pa.string()),
     (RUN_ID, pa.string()),
-    (WINDOW, pa.int64()),
+    (WINDOW_INDEX, pa.int64()),
     (START, pa.int64()),
     (END, pa.int64()),
     (SEGMENT, pa.string()),

@@ -17,13 +17,13 @@ from pipelines.restore.lease import LeaseLost, check_held, record_finished
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END,
                                     ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, OUTPUT_SIZE,
                                     PERMANENT, PREVIOUS_ERROR, REL, REPEATS, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS,
-                                    SEGMENT, SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW, WINDOWS,
+                                    SEGMENT, SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW_INDEX, WINDOWS,
                                     WINDOWS_REUSED)
 
 GIVE_UP_AFTER = 3  # runs in a row that fail an unchanged source the same way before it counts as a bad input
 
 # Columns a window row carries into the ledger's window rows.
-_WINDOW_LEDGER = (SOURCE, FINGERPRINT, WINDOW, START, END, SEGMENT, STATUS, ERROR, SECONDS, REUSED, DEVICE)
+_WINDOW_LEDGER = (SOURCE, FINGERPRINT, WINDOW_INDEX, START, END, SEGMENT, STATUS, ERROR, SECONDS, REUSED, DEVICE)
 
 
 def failure(error: str, permanent: bool, video: dict[str, Any]) -> tuple[str, bool, int]:
@@ -42,7 +42,7 @@ def failure(error: str, permanent: bool, video: dict[str, Any]) -> tuple[str, bo
 def video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], run: RestoreRun, status: str,
               error: str | None, permanent: bool, started: float) -> dict[str, Any]:
     """The ledger row of a video (`first` its first window row, `rows` all of them) finished so."""
-    restored = [r for r in rows if r[WINDOW] >= 0]
+    restored = [r for r in rows if r[WINDOW_INDEX] >= 0]
     return {
         SOURCE: first[SOURCE], REL: first[REL], FINGERPRINT: first[FINGERPRINT], SETTINGS: run.settings,
         CHECKSUM: first.get(CHECKSUM) or None, CONTENT: first.get(CONTENT) or None,
@@ -67,7 +67,7 @@ def record(run: RestoreRun, first: dict[str, Any], rows: Sequence[dict[str, Any]
     retried, which makes its staging folder a new one anyway."""
     ledger.write_windows(run, first[VIDEO_ID], [
         {**{column: r[column] for column in _WINDOW_LEDGER}, RUN_ID: run.run_id,
-         SEGMENT: r[SEGMENT] or None, ERROR: r[ERROR] or None} for r in rows if r[WINDOW] >= 0])
+         SEGMENT: r[SEGMENT] or None, ERROR: r[ERROR] or None} for r in rows if r[WINDOW_INDEX] >= 0])
     ledger.write_video(run.layout, first[VIDEO_ID], video)
     if video[STATUS] == DONE or video[PERMANENT]:
         record_finished(run, first[REL], first[FINGERPRINT])

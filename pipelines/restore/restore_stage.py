@@ -22,7 +22,7 @@ from pipelines.restore.faults import DECODE_SECONDS_PER_FRAME, READ_BASE_SECONDS
 from pipelines.restore.layout import segment_url
 from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, END, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, LOSSLESS,
                                     PENDING, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START,
-                                    START_PTS, STATUS, WINDOW, window_seed)
+                                    START_PTS, STATUS, WINDOW_INDEX, window_seed)
 from pipelines.weights import local_copy
 from star_model.presets import load_restorer
 from star_model.restore import RestoreConfig
@@ -54,7 +54,7 @@ class RestoreWindows:
     def restore(self, row: dict[str, Any]) -> dict[str, Any]:
         if row[STATUS] != PENDING:
             return row
-        segment = segment_url(row[STAGING], int(row[WINDOW]))
+        segment = segment_url(row[STAGING], int(row[WINDOW_INDEX]))
         row = {**row, SEGMENT: segment, DEVICE: self.device}
         # A segment is written atomically, so one that exists is whole: an earlier run that was
         # killed (or a retried task) already restored this window with the same seed.
@@ -64,7 +64,7 @@ class RestoreWindows:
         started = time.perf_counter()
         try:
             limit = READ_BASE_SECONDS + DECODE_SECONDS_PER_FRAME * (int(row[END]) - int(row[START]))
-            frames_fhwc_u8 = run_with_limit(limit, f"decoding window {row[WINDOW]}", _read_window, row)
+            frames_fhwc_u8 = run_with_limit(limit, f"decoding window {row[WINDOW_INDEX]}", _read_window, row)
             seed = window_seed(row[REL], int(row[START]), int(row[END]), self.base_seed)
             restored_fhwc_u8 = self.restorer(frames_fhwc_u8, self.prompt, seed=seed)
             del frames_fhwc_u8
@@ -76,7 +76,7 @@ class RestoreWindows:
             torch.cuda.empty_cache()  # the next window must not inherit the fragments
             outcome = {STATUS: FAILED, ERROR: f"out of GPU memory ({e}); set a smaller window or tile"}
         except Exception as e:  # noqa: BLE001 - recorded in the ledger, the other windows go on
-            log.warning("window %s of %s failed", row[WINDOW], row[SOURCE], exc_info=True)
+            log.warning("window %s of %s failed", row[WINDOW_INDEX], row[SOURCE], exc_info=True)
             outcome = {STATUS: FAILED, ERROR: f"{type(e).__name__}: {e}"}
         seconds = time.perf_counter() - started
         if outcome[STATUS] == DONE:

@@ -39,7 +39,10 @@ FPS = "fps"  # the video's average rate as "num/den" (the staging segments are t
 DEINTERLACE = "deinterlace"
 FIELD_ORDER = "field_order"  # "progressive" | "tff" | "bff", as probed
 LOSSLESS = "lossless"  # the output is lossless (a source with alpha: FFV1), so its staging segments are too
-WINDOW = "window"  # the `SceneWindow` fields, flat
+# The `SceneWindow` fields, flat. First the window's index in its video (0 .. windows - 1; -1 on the one
+# row of a video that never reaches the restore actors): the ledger's column keeps the name "window",
+# so that the window rows of every earlier run read unchanged.
+WINDOW_INDEX = "window"
 SCENE = "scene"
 START = "start"
 END = "end"
@@ -70,7 +73,7 @@ PENDING, DONE, FAILED = "pending", "done", "failed"
 # run finished it since this run read the ledger. They pass the restore stage untouched.
 LEASED, DONE_ELSEWHERE = "leased", "done_elsewhere"
 
-_WINDOW_FIELDS = {WINDOW: "index", SCENE: "scene", START: "start", END: "end", KEEP_START: "keep_start",
+_WINDOW_FIELDS = {WINDOW_INDEX: "index", SCENE: "scene", START: "start", END: "end", KEEP_START: "keep_start",
                   KEEP_END: "keep_end", FADE_IN: "fade_in", FADE_OUT: "fade_out"}
 _NAMESPACE = uuid.UUID("5d0c7f4e-3b7a-4c55-9a53-2f7d3a1b8e01")  # this project's uuid5 namespace
 

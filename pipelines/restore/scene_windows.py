@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.media.scenes import Scene
-from star_model.windows import blend_ramp
+from star_model.latent_windows import blend_ramp
 
 
 @dataclass(frozen=True)

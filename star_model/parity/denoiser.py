@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from star_model.blocks import frames_last
 from star_model.checkpoint import load_checkpoint
-from star_model.config import OFFICIAL, DenoiserConfig
+from star_model.denoiser_config import OFFICIAL, DenoiserConfig
 from star_model.parity import Check, compare
 from star_model.unet import StarDenoiser
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from star_model.diffusion import diffuse, get_velocity, x0_from_v
-from star_model.losses import (LossConfig, df_weight, low_weight, official_df_loss, official_frequencies,
-                               v_loss)
+from star_model.training.losses import (LossConfig, df_weight, low_weight, official_df_loss, official_frequencies,
+                                        v_loss)
 from star_model.parity import Check, compare
 from star_model.schedule import build_schedule
 

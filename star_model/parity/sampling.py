@@ -18,7 +18,7 @@ from star_model.parity import Check, compare, compare_scaled
 from star_model.sampler import replayed_noise, sample_dpmpp_2m_sde, sdedit_start
 from star_model.schedule import NoiseSchedule, ScheduleConfig, build_schedule, solver_sigmas
 from star_model.padding import official_pad_to_fit
-from star_model.windows import official_chunks, windowed_denoiser
+from star_model.latent_windows import latent_window_denoiser, official_chunks
 
 TOLERANCE = 2e-5
 SAMPLER_TOLERANCE = 2e-4  # multi-step: float error grows through CFG 7.5 (README: 1e-4 between thread counts)
@@ -173,7 +173,7 @@ class _Recorder:
         return x0
 
 
-def _replay_model(ref: dict[str, Tensor], meta: dict) -> tuple[Callable[..., Tensor], list[str]]:
+def replay_model(ref: dict[str, Tensor], meta: dict) -> tuple[Callable[..., Tensor], list[str]]:
     """A stand-in network returning the recorded outputs in call order; logs calls whose t or frames
     differ from the recorded ones."""
     outputs: Iterator[Tensor] = iter(ref[f"model_call.{i:03d}.out"] for i in range(len(meta["model_calls"])))
@@ -205,7 +205,7 @@ def _run_sampler(folder: Path, name: str, schedule: NoiseSchedule, model: Callab
                          f"{meta['discretization']}, t_min={meta['t_min']}")
     mismatches: list[str] = []
     if model is None:
-        model, mismatches = _replay_model(ref, meta)
+        model, mismatches = replay_model(ref, meta)
     y, negative_y, hint = ref["y"], ref["negative_y"], ref["latent_lr"]
     scale, rescale = meta["guide_scale"], meta["guide_rescale"]
     t_start = meta["total_noise_levels"] - 1
@@ -223,7 +223,7 @@ def _run_sampler(folder: Path, name: str, schedule: NoiseSchedule, model: Callab
     else:
         recorder = _Recorder(lambda xt, t, frames_: guided_x0(model, schedule, xt, t, y, negative_y,
                                                               hint[:, :, frames_], scale, rescale))
-        denoise = windowed_denoiser(recorder, windows, mode="hard_cut")
+        denoise = latent_window_denoiser(recorder, windows, mode="hard_cut")
 
     start = sdedit_start(schedule, ref["latent_lr"], ref["diffuse_noise"], t_start)
     sigmas = solver_sigmas(schedule, meta["solver_mode"], meta["steps_arg"], meta["t_max"])

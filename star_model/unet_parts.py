@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from star_model.attention import SpatialTransformer, TemporalTransformer
 from star_model.blocks import Downsample, ResBlock, frames_first, frames_last
-from star_model.config import DenoiserConfig
+from star_model.denoiser_config import DenoiserConfig
 
 
 def build_time_embed(cfg: DenoiserConfig) -> nn.Sequential:

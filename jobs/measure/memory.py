@@ -1,8 +1,8 @@
 """Measure the host memory (peak RSS) of restoring one 32-frame window, and print it.
 
-    python jobs/measure_memory.py                 # 480p x4 and 1080p x2, stand-in networks
-    python jobs/measure_memory.py --case 1080p-x2 --chunk 32   # one chunk: no streaming
-    python jobs/measure_memory.py --real-vae --frames 8 --divide 4   # the real tiny networks, input sides / 4
+    python jobs/measure/memory.py                 # 480p x4 and 1080p x2, stand-in networks
+    python jobs/measure/memory.py --case 1080p-x2 --chunk 32   # one chunk: no streaming
+    python jobs/measure/memory.py --real-vae --frames 8 --divide 4   # the real tiny networks, input sides / 4
 
 What is measured is the restorer's frame buffers at output resolution (pre-upscale, padding, VAE
 tiles and groups, float copies, colour fix, uint8), which are the same for every preset, on the
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402

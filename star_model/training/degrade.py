@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from star_model.degrade_config import (SINC_SMALL_KERNEL, BlurConfig, DegradeConfig, DegradeParams, KernelKind,
-                                       KernelParams, NoiseKind, ResizeMode, StageConfig, StageParams)
-from star_model.degrade_ops import (add_noise, compress_video, filter2d, from_u8, jpeg_round_trip, make_kernel, resize,
-                                    to_u8, usm_sharpen)
+from star_model.training.degrade_config import (SINC_SMALL_KERNEL, BlurConfig, DegradeConfig, DegradeParams, KernelKind,
+                                                KernelParams, NoiseKind, ResizeMode, StageConfig, StageParams)
+from star_model.training.degrade_ops import (add_noise, compress_video, filter2d, from_u8, jpeg_round_trip, make_kernel,
+                                             resize, to_u8, usm_sharpen)
 
 # Written from the maths of reference §5.1, not from the official code. Where we differ (each marked
 # where it happens): the stage-2 width bug is fixed; odd sizes are edge-padded for 4:2:0 codecs; JPEG is

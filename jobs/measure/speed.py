@@ -1,8 +1,8 @@
 """Benchmark restoration, official-faithful settings against ours, and print measured ratios.
 
-    python jobs/benchmark.py                  # GPU: official preset at 480p->x4 and 1080p->x2
-    python jobs/benchmark.py --preset tiny    # CPU: the same comparison on the TINY preset
-    python jobs/benchmark.py --preset nano    # CPU: nano's shipped weights at 360p->x4 and 480p->x2
+    python jobs/measure/speed.py                  # GPU: official preset at 480p->x4 and 1080p->x2
+    python jobs/measure/speed.py --preset tiny    # CPU: the same comparison on the TINY preset
+    python jobs/measure/speed.py --preset nano    # CPU: nano's shipped weights at 360p->x4 and 480p->x2
 
 Random weights (a forward costs the same whatever the weights), except nano, which runs its shipped
 weights with its own settings only (the official settings are not nano's). Each case runs in a fresh
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -17,7 +17,7 @@ Span = tuple[int, int]  # [start, stop) along one axis: latent frames of a windo
 MergeMode = Literal["weighted", "hard_cut"]
 Ramp = Literal["linear", "cosine"]
 # (x_t of one window (B, C, f, H, W), t (B,), the window's frames) -> x̂0 of the window.
-WindowDenoiser = Callable[[Tensor, Tensor, slice], Tensor]
+LatentWindowDenoiser = Callable[[Tensor, Tensor, slice], Tensor]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def blend_weights(windows: Sequence[Span], num_frames: int, ramp: Ramp = "linear
     return (weights / weights.sum(0, keepdim=True)).to(torch.float32)
 
 
-def merge_windows(
+def merge_latent_windows(
     outputs: Sequence[Tensor],
     windows: Sequence[Span],
     mode: MergeMode = "weighted",
@@ -161,8 +161,8 @@ def merge_windows(
     return merged
 
 
-def windowed_denoiser(
-    denoise_window: WindowDenoiser,
+def latent_window_denoiser(
+    denoise_latent_window: LatentWindowDenoiser,
     windows: Sequence[Span],
     mode: MergeMode = "weighted",
     ramp: Ramp = "linear",
@@ -171,7 +171,7 @@ def windowed_denoiser(
     the official chunked sampler does (it slices the latent and the hint per window)."""
 
     def denoise(xt: Tensor, t: Tensor) -> Tensor:
-        outputs = [denoise_window(xt[:, :, start:stop], t, slice(start, stop)) for start, stop in windows]
-        return merge_windows(outputs, windows, mode, ramp)
+        outputs = [denoise_latent_window(xt[:, :, start:stop], t, slice(start, stop)) for start, stop in windows]
+        return merge_latent_windows(outputs, windows, mode, ramp)
 
     return denoise

@@ -10,8 +10,8 @@ import torch
 from helpers import parity
 from star_model.padding import latent_size_ok, min_padded_latent, minimal_pad, official_pad_to_fit
 from star_model.tiles import merge_tiles, plan_tiles, tile_weights, tiled_denoiser
-from star_model.windows import (blend_weights, hard_cut_keeps, merge_windows, official_chunks, official_merge_fails,
-                                official_overlap, plan_spans, windowed_denoiser)
+from star_model.latent_windows import (blend_weights, hard_cut_keeps, latent_window_denoiser, merge_latent_windows,
+                                       official_chunks, official_merge_fails, official_overlap, plan_spans)
 
 
 def test_official_chunks_match_make_chunks() -> None:
@@ -109,27 +109,27 @@ def test_merge_of_consistent_windows_is_the_clip(mode: str) -> None:
     clip = torch.randn(2, 4, 45, 3, 5)
     for windows in (plan_spans(45, 16, 6), official_chunks(45, 16), [(0, 45)]):
         parts = [clip[:, :, a:b] for a, b in windows]
-        torch.testing.assert_close(merge_windows(parts, windows, mode), clip)  # type: ignore[arg-type]
+        torch.testing.assert_close(merge_latent_windows(parts, windows, mode), clip)  # type: ignore[arg-type]
 
 
 def test_hard_cut_takes_each_frame_from_one_window() -> None:
     windows = official_chunks(10, 4)  # (0,4) (2,6) (4,8) (6,10)
     parts = [torch.full((1, 1, b - a, 1, 1), float(k)) for k, (a, b) in enumerate(windows)]
-    merged = merge_windows(parts, windows, "hard_cut").flatten().tolist()
+    merged = merge_latent_windows(parts, windows, "hard_cut").flatten().tolist()
     assert merged == [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
 
 
 def test_windowed_denoiser_passes_frame_slices() -> None:
     seen: list[slice] = []
 
-    def denoise_window(xt: torch.Tensor, t: torch.Tensor, frames: slice) -> torch.Tensor:
+    def denoise_latent_window(xt: torch.Tensor, t: torch.Tensor, frames: slice) -> torch.Tensor:
         seen.append(frames)
         assert xt.shape[2] == frames.stop - frames.start
         return xt * 2
 
     xt = torch.randn(1, 4, 20, 2, 2)
     windows = plan_spans(20, 8, 4)
-    out = windowed_denoiser(denoise_window, windows)(xt, torch.tensor([899]))
+    out = latent_window_denoiser(denoise_latent_window, windows)(xt, torch.tensor([899]))
     torch.testing.assert_close(out, xt * 2)
     assert [(s.start, s.stop) for s in seen] == windows
 

@@ -2,7 +2,7 @@
 per frame, encode and decode milliseconds per frame, and PSNR against the frames for the lossy ones.
 The frames are a real clip upscaled with bicubic to 1080p and 4K, so their detail is realistic.
 
-    python jobs/measure_staging.py --clip ../shared/media/lq/seedvr2_Mustache_640x360.mp4 --frames 8
+    python jobs/measure/staging.py --clip ../shared/media/lq/seedvr2_Mustache_640x360.mp4 --frames 8
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout, uninstalled
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # a checkout, uninstalled
 
 from pipelines.media.frames import read_frames  # noqa: E402
 from star_model.bicubic import BicubicRestorer  # noqa: E402
@@ -50,7 +50,7 @@ CANDIDATES = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clip", default=str(Path(__file__).resolve().parents[2] / "shared/media/lq/"
+    parser.add_argument("--clip", default=str(Path(__file__).resolve().parents[3] / "shared/media/lq/"
                                                "seedvr2_Mustache_640x360.mp4"))
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--heights", default="1080,2160", help="output heights, comma separated")

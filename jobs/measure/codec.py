@@ -1,7 +1,7 @@
 """Measure nano's latent codec candidates on the held-out clips: pixel-unshuffle (what nano uses) against
 a small diffusers AutoencoderKL trained here for a few minutes, by reconstruction PSNR and speed.
 
-    python jobs/measure_codec.py --train data/nano-train --media ../shared/media --steps 300
+    python jobs/measure/codec.py --train data/nano-train --media ../shared/media --steps 300
 
 Prints one line per codec: parameters, luma PSNR of decode(encode(x)) on the held-out clips (first
 --frames frames, centre crop 168x320; inf where the uint8 frames come back identical), and
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

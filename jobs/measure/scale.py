@@ -3,15 +3,15 @@
 of N videos the ledger knows as done, K of them changed (half new, half modified). No video bytes:
 planning never decodes what the ledger already knows, and the K changed files are only listed.
 
-    PYTHONPATH=. python jobs/benchmark_scale.py --videos 1000000 --changed 1000
+    PYTHONPATH=. python jobs/measure/scale.py --videos 1000000 --changed 1000
     python -m moto.server -H 127.0.0.1 -p 5077 &      # an S3 server on this machine
-    PYTHONPATH=. python jobs/benchmark_scale.py --videos 100000 --changed 1000 --s3-endpoint http://127.0.0.1:5077
+    PYTHONPATH=. python jobs/measure/scale.py --videos 100000 --changed 1000 --s3-endpoint http://127.0.0.1:5077
 
 And the pipeline's own rate, through the whole job (Ray Data, scenes, restore, assembly, ledger) on
 an archive of small clips, with the `bicubic` preset by default (what a large archive of short clips
 pays per video beyond the model):
 
-    PYTHONPATH=. python jobs/benchmark_scale.py --rate 2000
+    PYTHONPATH=. python jobs/measure/scale.py --rate 2000
 
 Prints, per store: the planning seconds, the driver's peak RSS (a fresh process does the planning),
 the requests it made (listings, object reads, stats or HEADs), the videos it chose (must be K), and
@@ -36,7 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipelines import storage  # noqa: E402
 from pipelines.restore import ledger  # noqa: E402
@@ -223,7 +223,8 @@ def pipeline_rate(clips: int, preset: str, work: str) -> dict:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
     started = time.perf_counter()
-    job = subprocess.run([sys.executable, str(Path(__file__).parent / "upscale_archive.py"), "--input", str(archive),
+    job_script = Path(__file__).resolve().parents[1] / "upscale_archive.py"
+    job = subprocess.run([sys.executable, str(job_script), "--input", str(archive),
                           "--output", str(output), "--preset", preset], capture_output=True, text=True)
     wall = time.perf_counter() - started
     if job.returncode:

@@ -1,5 +1,5 @@
 """What the training degradation may draw (blur, resize, noise, JPEG and codec ranges; the full, light
-and mild profiles) and what one draw holds: the configuration side of `star_model.degrade`."""
+and mild profiles) and what one draw holds: the configuration side of `star_model.training.degrade`."""
 
 from __future__ import annotations
 

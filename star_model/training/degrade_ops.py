@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image  # Pillow is a dependency of diffusers, which we require
 from torch import Tensor
 
-from star_model.degrade_config import MIXED_KINDS, KernelParams, NoiseKind, ResizeMode
+from star_model.training.degrade_config import MIXED_KINDS, KernelParams, NoiseKind, ResizeMode
 
 # ---------------------------------------------------------------------------------------------------
 # Kernels and filtering
