@@ -167,13 +167,13 @@ class FusedAttention(TorchFunctionMode):
         q, k, v = args[:3]
         *batch_dims, queries, head_dim = q.shape
         batch, heads = (int(np.prod(batch_dims[:-1])), batch_dims[-1]) if len(batch_dims) > 1 else (batch_dims[0], 1)
-        call = AttentionCall(batch, heads, queries, k.shape[-2], head_dim)
-        self.report.attention[call] = self.report.attention.get(call, 0) + 1
         # Flash (grid: blocks, batch, heads) and memory-efficient (blocks, heads, batch) kernels both
         # launch the batch and the heads on grid dimensions of at most 65,535.
         if batch > KERNEL_MAX_BATCH or heads > KERNEL_MAX_BATCH:
             raise DeviceFault(f"attention with batch {batch} and {heads} heads: CUDA's fused kernels launch at "
                               f"most {KERNEL_MAX_BATCH} of each")
+        call = AttentionCall(batch, heads, queries, k.shape[-2], head_dim)
+        self.report.attention[call] = self.report.attention.get(call, 0) + 1
         if len(batch_dims) == 1:  # (B, N, d): no head dimension
             q, k, v = (t.unsqueeze(1) for t in (q, k, v))
         mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
@@ -234,8 +234,8 @@ def planned_config(restorer: StarRestorer, frames: int, height: int, width: int,
     f = restorer.vae.downsample
     latent = ((height * config.scale + top + bottom) // f, (width * config.scale + left + right) // f)
     plan = plan_memory(restorer.denoiser.cfg, latent, frames, budget_bytes, restorer.dtype,
-                       window=config.window, tile=config.tile)
-    return config.replace(window=plan.window, tile=plan.tile or latent)
+                       latent_window=config.window, tile=config.tile)
+    return config.replace(window=plan.latent_window, tile=plan.tile or latent)
 
 
 def run_on_meta(restorer: StarRestorer, frames: int, height: int, width: int,
