@@ -20,7 +20,6 @@ FLOPs come from `torch.utils.flop_counter.FlopCounterMode` over the same run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import weakref
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from star_model.attention import KERNEL_MAX_BATCH
-from star_model.memory import plan_memory
+from star_model.memory import MemoryPlan, plan_memory
 from star_model.restore import RestoreConfig, StarRestorer
 
 aten = torch.ops.aten
@@ -226,16 +225,17 @@ def device_bytes(modules: list[torch.nn.Module]) -> int:
     return sum(storages.values())
 
 
-def planned_config(restorer: StarRestorer, frames: int, height: int, width: int, budget_bytes: int) -> RestoreConfig:
+def planned_config(restorer: StarRestorer, frames: int, height: int, width: int,
+                   budget_bytes: int) -> tuple[RestoreConfig, MemoryPlan]:
     """The restorer's config with the window and tile the memory planner picks for `budget_bytes` of free
-    device memory (a meta device has no free memory to ask for)."""
+    device memory (a meta device has no free memory to ask for), and that plan."""
     config = restorer.config
     left, right, top, bottom = restorer._padding(height * config.scale, width * config.scale)
     f = restorer.vae.downsample
     latent = ((height * config.scale + top + bottom) // f, (width * config.scale + left + right) // f)
     plan = plan_memory(restorer.denoiser.cfg, latent, frames, budget_bytes, restorer.dtype,
                        latent_window=config.window, tile=config.tile)
-    return config.replace(window=plan.latent_window, tile=plan.tile or latent)
+    return config.replace(window=plan.latent_window, tile=plan.tile or latent), plan
 
 
 def run_on_meta(restorer: StarRestorer, frames: int, height: int, width: int,
@@ -259,8 +259,3 @@ def run_on_meta(restorer: StarRestorer, frames: int, height: int, width: int,
     report.flops += counter.get_total_flops()
     return out, report
 
-
-def with_settings(restorer: StarRestorer, **changes) -> StarRestorer:
-    """A second restorer over the same models with other restore settings."""
-    return StarRestorer(restorer.denoiser, restorer.text, restorer.vae, dataclasses.replace(restorer.config, **changes),
-                        restorer.schedule)

@@ -21,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 
 import torch  # noqa: E402
 
-from star_model.memory import plan_memory  # noqa: E402
-from star_model.meta_run import META, PHASES, DeviceFault, planned_config, run_on_meta  # noqa: E402
+from star_model.meta_run import META, PHASES, DeviceFault, device_bytes, planned_config, run_on_meta  # noqa: E402
 from star_model.presets import build_models, get_preset  # noqa: E402
 from star_model.restore import StarRestorer  # noqa: E402
 
@@ -32,17 +31,15 @@ GIB = 2**30
 
 def run_case(name: str, frames: int, budget: int) -> tuple[bool, str]:
     height, width, scale = CASES[name]
-    with torch.device(META):
-        models = build_models(get_preset("official"), None, device=META, dtype=torch.bfloat16)
     preset = get_preset("official")
-    restorer = StarRestorer(*models, preset.restore_config(scale=scale))
-    weights = sum(p.numel() * p.element_size() for m in (models[0], models[1].model, models[2].model)
-                  for p in [*m.parameters(), *m.buffers()])
-    config = planned_config(restorer, frames, height, width, budget - weights)
+    with torch.device(META):
+        models = build_models(preset, None, device=META, dtype=torch.bfloat16)
+    denoiser, text, vae = models
+    weights = device_bytes([denoiser, text.model, vae.model])
+    config, plan = planned_config(StarRestorer(*models, preset.restore_config(scale=scale)), frames, height, width,
+                                  budget - weights)
     restorer = StarRestorer(*models, config)
-    latent_tile = config.tile
-    estimate = plan_memory(restorer.denoiser.cfg, latent_tile, frames, budget - weights, restorer.dtype,
-                           latent_window=config.window, tile=latent_tile).estimated_bytes
+    latent_tile, estimate = config.tile, plan.estimated_bytes
     started = time.perf_counter()
     try:
         _, report = run_on_meta(restorer, frames, height, width)
