@@ -28,8 +28,8 @@ from pipelines.restore.job import ArchiveJob  # noqa: E402
 from pipelines.restore.pipeline import run  # noqa: E402
 
 FLAGS = ("input", "output", "preset", "weights", "checkpoint", "scale", "prompt", "steps", "window", "overlap",
-         "actors", "device", "accelerator_type", "lease_minutes", "retry_failed", "deinterlace", "max_frame_pixels",
-         "check_outputs")
+         "actors", "device", "accelerator_type", "lease_minutes", "retry_failed", "deinterlace", "square_pixels",
+         "max_frame_pixels", "check_outputs")
 
 
 def main(argv: list[str] | None = None) -> int:

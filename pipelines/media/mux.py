@@ -1,12 +1,14 @@
-"""Write a video with a source's timing: encode frames at the source's own timestamps, keep its audio,
-subtitles, chapters and attachments in a container that can carry them (audio it cannot carry becomes
-FLAC), and publish the file atomically."""
+"""Write a video with a source's timing: encode frames at the source's own timestamps (its clock moved
+to start at zero), keep its aspect ratio, audio, subtitles, chapters, attachments, cover art, timecode,
+tags and further video streams in a container that can carry them (audio it cannot carry becomes
+FLAC; what no container here carries is named in notes), and publish the file atomically."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -16,7 +18,7 @@ import av
 import numpy as np
 
 from pipelines.media.probe import open_container
-from pipelines.media.video_info import BadVideo, VideoInfo, has_alpha
+from pipelines.media.video_info import BadVideo, StreamInfo, VideoInfo, has_alpha
 from pipelines.storage import Source, atomic_output, open_input
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,9 @@ MKV_AUDIO = MP4_AUDIO | frozenset({"vorbis", "dts", "truehd", "wavpack", "tta", 
                                    "pcm_s32le", "pcm_f32le", "pcm_u8", "pcm_s16be", "pcm_alaw", "pcm_mulaw"})
 MKV_SUBTITLES = frozenset({"subrip", "ass", "webvtt", "text", "dvd_subtitle", "hdmv_pgs_subtitle",
                            "dvb_subtitle"})
+# Further video streams (copied unchanged, not restored) and cover art MP4 carries; Matroska takes any.
+MP4_VIDEO = frozenset({"h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg", "av1", "vp9"})
+MP4_COVERS = frozenset({"mjpeg", "png", "bmp"})
 LOSSLESS_AUDIO = "flac"  # what an audio track the output container cannot carry becomes
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mp4", ".mkv": "matroska"}
 # PyAV's reformatter knows these colour matrices; SMPTE 170M is BT.601 under another name.
@@ -36,6 +41,9 @@ _MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
 # Stream tags the muxer writes itself (Matroska's statistics): copying them would state old values.
 _DERIVED_TAGS = ("DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STATISTICS_", "ENCODER", "HANDLER_NAME",
                  "VENDOR_ID")
+# Container tags that describe the old file's format, not its content; the timecode goes on the video
+# stream (MP4 writes it as a tmcd track from there).
+_FORMAT_TAGS = ("major_brand", "minor_version", "compatible_brands", "encoder", "timecode")
 
 
 def choose_container(info: VideoInfo) -> Literal["mp4", "mkv"]:
@@ -50,10 +58,49 @@ def choose_container(info: VideoInfo) -> Literal["mp4", "mkv"]:
     if has_alpha(info):
         return "mkv"  # FFV1 with its alpha plane (see write_video)
     audio = {s.codec for s in info.audio}
-    subtitles = {s.codec for s in info.subtitles}
-    if subtitles <= MP4_SUBTITLES and (audio <= MP4_AUDIO and not info.attachments or not subtitles <= MKV_SUBTITLES):
+    subtitles = {s.codec for s in info.subtitles} & (MP4_SUBTITLES | MKV_SUBTITLES)  # others go in notes
+    videos = {s.codec for s in info.others if s.kind == "video" and s.codec != "unknown"}
+    covers = {s.codec for s in info.others if s.kind == "cover"}
+    fits = audio <= MP4_AUDIO and not info.attachments and videos <= MP4_VIDEO and covers <= MP4_COVERS
+    if subtitles <= MP4_SUBTITLES and (fits or not subtitles <= MKV_SUBTITLES):
         return "mp4"
     return "mkv"
+
+
+def kept_streams(info: VideoInfo, container: Literal["mp4", "mkv"]) -> tuple[tuple[StreamInfo, ...], tuple[str, ...]]:
+    """(the source's streams `container` keeps besides the restored picture, a note for each one it
+    does not). Kept: every audio stream; the subtitles it carries; further video streams, copied
+    unchanged (only the first video stream is restored: a second program or camera angle is kept as
+    it was, and a note says so); cover art. Not kept, each with a note: subtitles and data tracks no
+    container here carries (teletext, KLV, SCTE-35: FFmpeg has no muxer support for them in MP4 or
+    Matroska), and a timecode track, whose timecode the restored stream carries instead."""
+    subtitles = MP4_SUBTITLES if container == "mp4" else MKV_SUBTITLES
+    videos = MP4_VIDEO if container == "mp4" else None
+    covers = MP4_COVERS if container == "mp4" else None
+    kept, notes = list(info.audio), []
+    for s in info.subtitles:
+        if s.codec in subtitles:
+            kept.append(s)
+        else:
+            notes.append(f"{_named(s)} not carried: {container.upper()} has no place for it")
+    for s in info.others:
+        allowed = videos if s.kind == "video" else covers if s.kind == "cover" else frozenset()
+        if s.codec != "unknown" and (allowed is None or s.codec in allowed):
+            kept.append(s)
+            if s.kind == "video":
+                notes.append(f"{_named(s)} copied unchanged, not restored: only the first video stream is")
+        elif s.codec == "timecode":
+            notes.append(f"{_named(s)} not copied: the output's timecode ({info.timecode}) comes from it")
+        else:
+            notes.append(f"{_named(s)} not carried: {container.upper()} has no place for it")
+    return tuple(kept), tuple(notes)
+
+
+def _named(stream: StreamInfo) -> str:
+    """"subtitle stream #3 (dvb_teletext, deu)": how notes name a source stream."""
+    details = ", ".join(x for x in (stream.codec if stream.codec != "unknown" else "a codec FFmpeg cannot decode",
+                                    stream.language, stream.title) if x)
+    return f"{stream.kind} stream #{stream.index} ({details})"
 
 
 def transcoded_audio(info: VideoInfo, container: Literal["mp4", "mkv"]) -> frozenset[int]:
@@ -73,21 +120,30 @@ def write_video(
     *,
     crf: int = 16,
     preset: str = "medium",
+    square_pixels: bool = False,
     fence: Callable[[], None] | None = None,
-) -> None:
+) -> tuple[str, ...]:
     """Write `frames` ((H, W, 3) uint8, or uint16 from a deep-colour source, one per source frame) to
-    `output_url` (".mp4" or ".mkv": see `choose_container`) with every audio and subtitle stream of
-    `source`, its chapters and (in Matroska) its attachments.
+    `output_url` (".mp4" or ".mkv": see `choose_container`) with the streams of `source` that
+    `kept_streams` keeps, its chapters, container tags, timecode and (in Matroska) attachments; return
+    the notes on the streams left out.
 
-    Frame i is shown at the source's pts of frame i (`timestamps`) in the source's time_base, so
-    variable frame rates and the duration carry over (Matroska rounds them to its millisecond clock).
-    The video is H.264 yuv420p (yuv420p10le for uint16 frames), or FFV1 yuva444p in Matroska for
-    (H, W, 4) RGBA frames (a source with alpha), tagged with the source's colour primaries, transfer
-    and matrix; an odd size is padded by one row or column repeating the edge (no
-    pixel is dropped). Frames are upright, so no rotation is written. Audio and subtitles are copied
-    packet for packet with their languages, titles and dispositions; audio the container cannot carry
-    is transcoded to FLAC (`transcoded_audio`). Nothing appears at `output_url` unless the whole file
-    was written (and `fence`, called just before, raised nothing: see `storage.atomic_output`).
+    Timing: frame i is shown at the source's pts of frame i (`timestamps`) in the source's time_base,
+    so variable frame rates and the duration carry over (Matroska rounds them to its millisecond
+    clock). Every stream's clock is moved by the same amount so that the earliest of them (picture,
+    sound or subtitles) starts at 0: a broadcast capture whose clock stood at 10 hours, or one cut
+    just before its 33-bit clock wraps (negative timestamps), plays from 0 for as long as the source,
+    with the audio's lead or lag over the picture kept.
+
+    Picture: H.264 yuv420p (yuv420p10le for uint16 frames), or FFV1 yuva444p in Matroska for (H, W, 4)
+    RGBA frames (a source with alpha), tagged with the source's colour primaries, transfer and matrix
+    and its sample aspect ratio (anamorphic PAL and NTSC keep their display shape); `square_pixels`
+    instead resamples each frame (Lanczos) to square pixels at the same height. An odd size is padded
+    by one row or column repeating the edge (no pixel is dropped). Frames are upright, so no rotation
+    is written. Audio and subtitles are copied packet for packet with their languages, titles and
+    dispositions; audio the container cannot carry is transcoded to FLAC (`transcoded_audio`). Nothing
+    appears at `output_url` unless the whole file was written (and `fence`, called just before, raised
+    nothing: see `storage.atomic_output`).
     """
     fmt = _FORMATS.get(os.path.splitext(os.fspath(output_url))[1].lower())
     if fmt is None:
@@ -95,34 +151,69 @@ def write_video(
     if fmt == "mp4" and choose_container(info) == "mkv":
         raise ValueError(f"the source's streams ({[s.codec for s in info.audio + info.subtitles + info.attachments]}) "
                          f"do not fit in MP4; name the output by choose_container(info), here '.mkv'")
-    flac = transcoded_audio(info, "mp4" if fmt == "mp4" else "mkv")
-    # MP4 rounds its edit list to the movie clock (1 ms by default): use the video's own clock.
+    container = "mp4" if fmt == "mp4" else "mkv"
+    flac = transcoded_audio(info, container)
+    streams, notes = kept_streams(info, container)
     options = {}
-    if fmt == "mp4" and info.time_base.numerator == 1:
-        options["movie_timescale"] = str(info.time_base.denominator)
+    if fmt == "mp4":
+        # mdta keys keep every tag (archive ids, custom fields); plain MP4 drops all but a dozen names
+        options["movflags"] = "use_metadata_tags"
+        if info.time_base.numerator == 1:  # MP4 rounds its edit list to the movie clock (1 ms by default)
+            options["movie_timescale"] = str(info.time_base.denominator)
 
     with atomic_output(output_url, fence) as tmp, open_input(source) as f:
         src = open_container(f)
         try:
             with av.open(tmp, "w", format=fmt, options=options) as out:
+                out.metadata.update({k: v for k, v in src.metadata.items() if k.lower() not in _FORMAT_TAGS})
                 first = next(frames)
-                height, width = first.shape[0] + first.shape[0] % 2, first.shape[1] + first.shape[1] % 2
-                video = _add_video_stream(out, info, width, height, crf, preset, deep=first.dtype == np.uint16,
-                                          alpha=first.shape[-1] == 4)
+                video = _add_video_stream(out, info, _encoded_size(first, info, square_pixels), crf, preset,
+                                          deep=first.dtype == np.uint16, alpha=first.shape[-1] == 4)
+                video.codec_context.sample_aspect_ratio = Fraction(1) if square_pixels else info.upright_sar
                 _keep_tags(src.streams[info.video_index], video)
-                kept = {s.index: _add_kept_stream(out, src.streams[s.index], s.index in flac)
-                        for s in info.audio + info.subtitles}
+                if info.timecode:
+                    video.metadata["timecode"] = info.timecode
+                kept = {s.index: _add_kept_stream(out, src.streams[s.index], s.index in flac) for s in streams}
                 if fmt == "matroska":
                     for a in info.attachments:
                         attachment = src.streams[a.index]
                         out.add_attachment(attachment.name, attachment.mimetype, bytes(attachment.data))
-                out.set_chapters(src.chapters())
-                encoded = _encode(video, itertools.chain([first], frames), timestamps, info, fmt)
+                origin = _origin(src, info, kept)
+                out.set_chapters([_moved_chapter(c, origin) for c in src.chapters()])
+                encoded = _encode(video, itertools.chain([first], frames), timestamps, info, fmt,
+                                  shift=math.floor(origin / info.time_base))
                 # Interleave by time, so the muxer never has to buffer a whole audio track.
-                for packet in heapq.merge(encoded, _kept_packets(src, kept, flac), key=_seconds):
+                for packet in heapq.merge(encoded, _kept_packets(src, kept, flac, origin), key=_seconds):
                     out.mux(packet)
         finally:
             src.close()
+    return notes
+
+
+def _encoded_size(first: np.ndarray, info: VideoInfo, square_pixels: bool) -> tuple[int, int]:
+    """(width, height) of the encoded picture: the frames' size made even, widened or narrowed by the
+    sample aspect ratio for square pixels (kept even: 4:2:0 needs it)."""
+    height, width = first.shape[0] + first.shape[0] % 2, first.shape[1] + first.shape[1] % 2
+    if square_pixels and info.upright_sar != 1:
+        width = max(2, 2 * round(width * info.upright_sar / 2))
+    return width, height
+
+
+def _origin(src: av.container.InputContainer, info: VideoInfo, kept: dict[int, av.stream.Stream]) -> Fraction:
+    """The source time, in seconds, that becomes the output's 0: the earliest start of the picture and
+    of the streams kept beside it (their own `start_time`s, as the demuxer unwrapped them)."""
+    starts = [info.start_pts * info.time_base]
+    for index in kept:
+        stream = src.streams[index]
+        if stream.start_time is not None and not stream.disposition & av.stream.Disposition.attached_pic:
+            starts.append(stream.start_time * Fraction(stream.time_base))
+    return min(starts)
+
+
+def _moved_chapter(chapter: dict, origin: Fraction) -> dict:
+    """A source chapter on the output's clock (see `_origin`)."""
+    shift = math.floor(origin / Fraction(chapter["time_base"]))
+    return chapter | {"start": max(0, chapter["start"] - shift), "end": max(0, chapter["end"] - shift)}
 
 
 def _add_kept_stream(out: av.container.OutputContainer, template: av.stream.Stream, to_flac: bool
@@ -152,16 +243,19 @@ def _keep_tags(template: av.stream.Stream, stream: av.stream.Stream) -> None:
 
 
 def _encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], timestamps: np.ndarray,
-            info: VideoInfo, fmt: str) -> Iterator[av.Packet]:
-    """Encode frame i at the source's pts of frame i; packets carry the source frame durations."""
+            info: VideoInfo, fmt: str, shift: int) -> Iterator[av.Packet]:
+    """Encode frame i at the source's pts of frame i less `shift` (the output's clock starts at the
+    source's `shift`); packets carry the source frame durations."""
     time_base = info.time_base  # kept apart: the muxer rewrites video.time_base at the header
-    ends = np.append(timestamps[1:], info.end_pts)
+    timestamps = timestamps - shift
+    ends = np.append(timestamps[1:], info.end_pts - shift)
     durations = {int(p): int(e - p) for p, e in zip(timestamps, ends)}
 
     def packets() -> Iterator[av.Packet]:
-        count = 0
+        count, size = 0, None
         for pts, rgb in zip(timestamps.tolist(), frames):
-            frame = _yuv_frame(_pad_even(rgb, video.height, video.width), info, video.pix_fmt)
+            size = size or (rgb.shape[0] + rgb.shape[0] % 2, rgb.shape[1] + rgb.shape[1] % 2)
+            frame = _yuv_frame(_pad_even(rgb, size), info, video)
             frame.pts, frame.time_base, frame.duration = pts, time_base, durations[pts]
             count += 1
             yield from video.encode(frame)
@@ -180,12 +274,12 @@ def _encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], ti
         # MP4 stores sample durations as dts steps and takes only the last one from a packet.
         # With B-frames the dts run ahead of the pts, so the last packet's duration is what makes
         # the track end exactly where the source's last frame ends.
-        held.duration = (info.end_pts - int(timestamps[0])) - (held.dts - first_dts)
+        held.duration = (info.end_pts - shift - int(timestamps[0])) - (held.dts - first_dts)
     if held is not None:
         yield held
 
 
-def _add_video_stream(out: av.container.OutputContainer, info: VideoInfo, width: int, height: int,
+def _add_video_stream(out: av.container.OutputContainer, info: VideoInfo, size: tuple[int, int],
                       crf: int, preset: str, deep: bool, alpha: bool) -> av.video.stream.VideoStream:
     if alpha:
         # H.264 has no alpha: FFV1 (lossless, 4:4:4 with alpha) in Matroska keeps it; crf does not apply.
@@ -197,7 +291,7 @@ def _add_video_stream(out: av.container.OutputContainer, info: VideoInfo, width:
         # A source of more than 8 bits is written 10-bit (x264's High 10 profile), 4:2:0 like the rest.
         video.pix_fmt = "yuv420p10le" if deep else "yuv420p"
         video.options = {"crf": str(crf), "preset": preset}
-    video.width, video.height = width, height
+    video.width, video.height = size
     # The encoder must count in the source's time_base too: by default PyAV gives it 1/rate,
     # which rounds variable-rate pts onto a constant grid (and collides them).
     video.codec_context.time_base = info.time_base
@@ -210,46 +304,52 @@ def _add_video_stream(out: av.container.OutputContainer, info: VideoInfo, width:
     return video
 
 
-def _yuv_frame(rgb: np.ndarray, info: VideoInfo, pix_fmt: str) -> av.VideoFrame:
-    """RGB or RGBA (uint8, or uint16 for deep colour) -> `pix_fmt` with the source's matrix and range:
-    decoding used them to make the RGB."""
+def _yuv_frame(rgb: np.ndarray, info: VideoInfo, video: av.video.stream.VideoStream) -> av.VideoFrame:
+    """RGB or RGBA (uint8, or uint16 for deep colour) -> the stream's pixel format and size, with the
+    source's matrix and range (decoding used them to make the RGB). A change of size is the resampling
+    to square pixels: Lanczos, in the same swscale pass."""
     layout = ("rgba64le", "rgba") if rgb.shape[-1] == 4 else ("rgb48le", "rgb24")
     frame = av.VideoFrame.from_ndarray(rgb, format=layout[0] if rgb.dtype == np.uint16 else layout[1])
-    return frame.reformat(format=pix_fmt, dst_colorspace=_MATRICES.get(info.colorspace),
-                          dst_color_range=info.color_range or None)
+    return frame.reformat(width=video.width, height=video.height, format=video.pix_fmt, interpolation="LANCZOS",
+                          dst_colorspace=_MATRICES.get(info.colorspace), dst_color_range=info.color_range or None)
 
 
-def _pad_even(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    pad = ((0, height - rgb.shape[0]), (0, width - rgb.shape[1]), (0, 0))
+def _pad_even(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`rgb` padded to `size` (height, width: the first frame's, made even) by repeating the last row
+    or column; a frame of another size is a source whose resolution changed."""
+    pad = ((0, size[0] - rgb.shape[0]), (0, size[1] - rgb.shape[1]), (0, 0))
     if min(pad[0][1], pad[1][1]) < 0 or max(pad[0][1], pad[1][1]) > 1:
         raise BadVideo(f"resolution changes mid-stream (restored frames of {rgb.shape[1]}x{rgb.shape[0]} after "
-                       f"{width}x{height}): not restored; split the file where the size changes")
-    return np.pad(rgb, pad, mode="edge")
+                       f"{size[1]}x{size[0]}): not restored; split the file where the size changes")
+    return rgb if not (pad[0][1] or pad[1][1]) else np.pad(rgb, pad, mode="edge")
 
 
 def _kept_packets(src: av.container.InputContainer, kept: dict[int, av.stream.Stream],
-                  flac: frozenset[int]) -> Iterator[av.Packet]:
-    """The source's audio and subtitle packets, re-addressed to their output streams unchanged, or
-    (streams in `flac`) decoded and encoded again as FLAC."""
+                  flac: frozenset[int], origin: Fraction) -> Iterator[av.Packet]:
+    """The source's kept packets, re-addressed to their output streams unchanged but for the clock
+    moved by `origin` seconds, or (streams in `flac`) decoded and encoded again as FLAC."""
     if not kept:
         return
+    shifts = {i: math.floor(origin / Fraction(src.streams[i].time_base)) for i in kept}
     for packet in src.demux(*[src.streams[i] for i in kept]):
         index = packet.stream.index  # the flush packet at the end has no stream_index of its own
         stream = kept[index]
         if index in flac:
-            yield from _flac_packets(packet, stream)
+            yield from _flac_packets(packet, stream, shifts[index])
         elif packet.dts is not None or packet.pts is not None:  # not the empty flush packet at the end
+            if packet.pts is not None:
+                packet.pts -= shifts[index]
+            if packet.dts is not None:
+                packet.dts -= shifts[index]
             packet.stream = stream  # keeps its time_base; mux rescales
             yield packet
 
 
-def _flac_packets(packet: av.Packet, stream: av.audio.stream.AudioStream) -> Iterator[av.Packet]:
+def _flac_packets(packet: av.Packet, stream: av.audio.stream.AudioStream, shift: int) -> Iterator[av.Packet]:
     """Decode one source packet (the empty one at the end flushes) and encode its samples as FLAC.
 
     PyAV's encoder re-chunks the samples to FLAC's frame size and converts the sample format; the
-    frames keep their pts, so the track starts where the source's did. A packet the decoder rejects
+    frames keep their pts less `shift` (the output's clock), so the track starts where the source's did. A packet the decoder rejects
     is skipped with a warning (a gap of one packet): damaged sound never fails the picture.
     """
     flush = packet.dts is None and packet.pts is None
@@ -260,6 +360,8 @@ def _flac_packets(packet: av.Packet, stream: av.audio.stream.AudioStream) -> Ite
                     packet.stream_index, e)
         frames = []
     for frame in frames:
+        if frame.pts is not None:
+            frame.pts -= shift
         yield from stream.encode(frame)
     if flush:
         yield from stream.encode(None)

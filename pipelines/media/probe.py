@@ -4,6 +4,7 @@ finds is a `VideoInfo` (video_info.py); the field order of an interlaced source 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -192,7 +193,12 @@ def _describe(container: av.container.InputContainer, stream: av.video.stream.Vi
     # at a constant rate, so only a spread beyond that (and beyond 1% of a frame) means VFR.
     spread = int(deltas.max() - deltas.min()) if len(deltas) else 0
     vfr = spread > max(1, typical // 100)
-    fps = Fraction(stream.average_rate) if stream.average_rate else Fraction(len(ts)) / duration
+    # The demuxer's average rate, unless the timestamps contradict it (DV written by some tools states its
+    # clock, 60000, as its rate): a rate off by more than 5% from frames / duration is not the video's.
+    measured = Fraction(len(ts)) / duration
+    fps = Fraction(stream.average_rate) if stream.average_rate else measured
+    if abs(fps - measured) > measured / 20:
+        fps = measured
     info = VideoInfo(
         container=container.format.name,
         codec=_codec_name(stream),
@@ -215,6 +221,9 @@ def _describe(container: av.container.InputContainer, stream: av.video.stream.Vi
         audio=tuple(_stream_info(s, "audio") for s in container.streams.audio),
         subtitles=tuple(_stream_info(s, "subtitle") for s in container.streams.subtitles),
         attachments=tuple(_stream_info(s, "attachment") for s in container.streams.attachments),
+        others=_other_streams(container, stream),
+        sar=sample_aspect_ratio(stream),
+        timecode=_timecode(container, stream),
         **interlacing(container, stream, first_frame, coded["field_order"], _codec_name(stream)),
     )
     if info.width <= 0 or info.height <= 0:
@@ -260,6 +269,37 @@ def display_rotation(stream: av.video.stream.VideoStream, frame: av.VideoFrame) 
     return int(round(degrees / 90.0)) % 4 * 90
 
 
+def sample_aspect_ratio(stream: av.video.stream.VideoStream) -> Fraction:
+    """The pixels' aspect ratio the container (or else the bitstream) states; 1 when neither does
+    (FFmpeg's 0/1, "unknown", is taken as square, as players do)."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar:
+            return Fraction(sar)
+    return Fraction(1)
+
+
+def _timecode(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> str | None:
+    """The first frame's timecode: a tag on the video stream (MOV/MP4 with a tmcd track, MXF), on the
+    container (DV, MXF), or on a timecode data track."""
+    candidates = [stream.metadata, container.metadata, *(s.metadata for s in container.streams.data)]
+    return next((tags["timecode"] for tags in candidates if tags.get("timecode")), None)
+
+
+def _other_streams(container: av.container.InputContainer, restored: av.video.stream.VideoStream
+                   ) -> tuple[StreamInfo, ...]:
+    """The streams that are neither the restored video nor audio, subtitles or attachments: video
+    streams past the first, cover art, data tracks (a timecode track, KLV, SCTE-35)."""
+    others = []
+    for s in container.streams:
+        if s.type == "video" and s.index != restored.index:
+            cover = bool(s.disposition & av.stream.Disposition.attached_pic)
+            others.append(_stream_info(s, "cover" if cover else "video"))
+        elif s.type == "data":
+            data = _stream_info(s, "data")  # a timecode track has no codec PyAV can name: say what it is
+            others.append(dataclasses.replace(data, codec="timecode") if s.metadata.get("timecode") else data)
+    return tuple(others)
+
+
 def _stream_info(stream: av.stream.Stream, kind: str) -> StreamInfo:
     codec = stream.mimetype or "" if kind == "attachment" else _codec_name(stream)
     return StreamInfo(index=stream.index, kind=kind, codec=codec, language=stream.language,
@@ -267,7 +307,8 @@ def _stream_info(stream: av.stream.Stream, kind: str) -> StreamInfo:
 
 
 def _codec_name(stream: av.stream.Stream) -> str:
-    """The codec's canonical FFmpeg name ("subrip", "mp3"), not the decoder's ("srt", "mp3float")."""
+    """The codec's canonical FFmpeg name ("subrip", "mp3"), not the decoder's ("srt", "mp3float");
+    "unknown" where FFmpeg has no decoder (teletext, KLV, a timecode track): PyAV then shows none."""
     context = stream.codec_context
     return context.codec.canonical_name if context is not None and context.codec is not None else "unknown"
 

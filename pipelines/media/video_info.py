@@ -22,11 +22,14 @@ class BadVideo(ValueError):
 
 @dataclass(frozen=True)
 class StreamInfo:
-    """An audio, subtitle or attachment stream that the assembler keeps in the output (copied
-    unchanged, or audio transcoded losslessly to FLAC where the output container cannot carry it)."""
+    """A stream of the source besides the one restored: what the assembler keeps in the output (copied
+    unchanged, or audio transcoded losslessly to FLAC where the output container cannot carry it), or
+    names in the ledger row's notes when no output container can carry it (media.mux.kept_streams)."""
 
     index: int  # stream index in the source container
-    kind: str  # "audio" | "subtitle" | "attachment"
+    # "audio" | "subtitle" | "attachment" | "data" (KLV, SCTE-35, a timecode track) | "video" (a second
+    # program or video track) | "cover" (cover art, an attached picture)
+    kind: str
     codec: str  # FFmpeg codec name, e.g. "aac", "subrip", "mov_text"; an attachment's MIME type
     language: str | None
     title: str | None = None
@@ -60,9 +63,21 @@ class VideoInfo:
     audio: tuple[StreamInfo, ...]
     subtitles: tuple[StreamInfo, ...]
     attachments: tuple[StreamInfo, ...] = ()  # fonts of styled subtitles, cover images (Matroska)
+    # Every other stream: data tracks, video streams past the first, cover art (attached pictures)
+    others: tuple[StreamInfo, ...] = ()
+    # Sample (pixel) aspect ratio of the coded picture, 1 when the source states none: 64/45 for PAL
+    # 16:9 (720x576 shown as 1024x576), 8/9 for NTSC 4:3 in 720x480.
+    sar: Fraction = Fraction(1)
+    timecode: str | None = None  # of the first frame, "HH:MM:SS:FF" (";" before FF: drop-frame), if stated
     # "progressive", or the field shown first of an interlaced source: "tff" | "bff" (see field_order.py)
     field_order: str = "progressive"
     telecine: bool = False  # interlaced by 3:2 pulldown of progressive film (idet's repeated fields)
+
+    @property
+    def upright_sar(self) -> Fraction:
+        """The sample aspect ratio of the frames `read_frames` returns: a quarter turn swaps a pixel's
+        width and height."""
+        return 1 / self.sar if self.rotation in (90, 270) else self.sar
 
     @property
     def display_size(self) -> tuple[int, int]:

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
@@ -24,8 +25,8 @@ from pipelines.restore import metrics
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.lease import LeaseLost, check_held
 from pipelines.restore.outcome import failure, record, video_row
-from pipelines.restore.rows import (DEINTERLACE, DONE, END, ERROR, FAILED, FIELD_ORDER, OUTPUT, PERMANENT, REL, REPEATS,
-                                    SEGMENT, SOURCE, START, STATUS, WINDOW_INDEX, window_of)
+from pipelines.restore.rows import (DEINTERLACE, DONE, END, ERROR, FAILED, FIELD_ORDER, NOTES, OUTPUT, PERMANENT, REL,
+                                    REPEATS, SAR, SEGMENT, SOURCE, START, STATUS, WINDOW_INDEX, window_of)
 from pipelines.restore.scene_windows import SceneWindow
 from pipelines.storage import Source, atomic_output
 from star_model.latent_windows import blend_ramp
@@ -46,13 +47,13 @@ def finish_video(rows: Sequence[dict[str, Any]], *, run: RestoreRun) -> dict[str
     fence = functools.partial(check_held, run, first[REL])
     try:
         fence()
-        status, error, permanent, repeats = DONE, None, False, 0
+        status, error, permanent, repeats, written = DONE, None, False, 0, {}
         failed = [r for r in rows if r[STATUS] != DONE]
         if failed:
             status, error, permanent = FAILED, _reason(failed), all(r[PERMANENT] for r in failed)
         else:
             try:
-                _assemble(first, rows, run.layout.preview(first[REL]), fence)
+                written = _assemble(first, rows, run.layout.preview(first[REL]), fence, run.square_pixels)
             except LeaseLost:
                 raise
             except DamagedSegment as e:  # our own file, not the source: redo that window next run
@@ -72,15 +73,18 @@ def finish_video(rows: Sequence[dict[str, Any]], *, run: RestoreRun) -> dict[str
     except LeaseLost as e:
         return video_row(first, rows, run, FAILED, str(e), False, started)
     video = video_row(first, rows, run, status, error, permanent, started) | {REPEATS: repeats}
+    if status == DONE:
+        video |= written
     record(run, first, rows, video)
     return video
 
 
 def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output_url: str | os.PathLike, *,
              info: VideoInfo | None = None, timestamps: np.ndarray | None = None,
-             fence: Callable[[], None] | None = None, **encode: Any) -> None:
+             fence: Callable[[], None] | None = None, **encode: Any) -> tuple[str, ...]:
     """Join the restored segments of a video into `output_url` (see `media.mux.write_video`; `encode`:
-    its crf and preset), cross-fading the frames consecutive windows share.
+    its crf, preset and square_pixels), cross-fading the frames consecutive windows share; return the
+    notes on the source's streams the output does not carry as they were.
 
     `segments` are (window, staging segment URL) for every window `plan_scene_windows` made for the
     video. Nothing appears at `output_url` unless the whole file was written.
@@ -91,7 +95,7 @@ def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output
     frames = _blended_frames(windows, len(timestamps))
     if has_alpha(info):
         frames = _with_alpha(frames, iter_alpha(source))
-    write_video(source, frames, output_url, info, timestamps, fence=fence, **encode)
+    return write_video(source, frames, output_url, info, timestamps, fence=fence, **encode)
 
 
 def _with_alpha(frames: Iterator[np.ndarray], alphas: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -108,7 +112,9 @@ def _with_alpha(frames: Iterator[np.ndarray], alphas: Iterator[np.ndarray]) -> I
         yield np.concatenate([rgb, plane[..., None]], axis=-1)
 
 
-def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: str, fence: Callable[[], None]) -> None:
+def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: str, fence: Callable[[], None],
+              square_pixels: bool) -> dict[str, str]:
+    """Write the video's output and its preview still; the ledger columns only the writing knows."""
     mode = video[DEINTERLACE] or None
     with storage.open_input(video[SOURCE]) as f:
         source_info, source_timestamps = probe_timestamps(f)
@@ -116,7 +122,8 @@ def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: st
         info, timestamps = picture_timeline(source_info, source_timestamps, mode)
         segments = [(window_of(r), r[SEGMENT]) for r in rows]
         # by URL: an alpha source is read twice at once (colour for the muxer's streams, alpha planes)
-        assemble(video[SOURCE], segments, video[OUTPUT], info=info, timestamps=timestamps, fence=fence)
+        notes = assemble(video[SOURCE], segments, video[OUTPUT], info=info, timestamps=timestamps, fence=fence,
+                         square_pixels=square_pixels)
         # Before/after still of the middle frame: the source frame beside its restored version.
         # Only a convenience: a still that cannot be made does not fail a restored video.
         try:
@@ -127,6 +134,8 @@ def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: st
             preview_still(lq_frame, _restored_frame(segments, middle), preview)
         except Exception:  # noqa: BLE001
             log.warning("no preview still for %s", video[SOURCE], exc_info=True)
+    sar = Fraction(1) if square_pixels else info.upright_sar
+    return {SAR: f"{sar.numerator}:{sar.denominator}", NOTES: "; ".join(notes)}
 
 
 def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int) -> Iterator[np.ndarray]:

@@ -24,6 +24,7 @@ class RestoreRun:
     run_id: str
     settings: str  # the settings key (`ArchiveJob.settings_key`): the ledger's `settings` column
     read_at: datetime  # when the run read the ledger: a video finished elsewhere since is not claimed
+    square_pixels: bool = False  # outputs resampled to square pixels (the job's --square-pixels)
 
     def done_key(self, fingerprint: str) -> str:
         """What a finished video was finished for, in its lease record (`lease.record_finished`)."""

@@ -53,6 +53,9 @@ class ArchiveJob:
     # Interlaced sources are deinterlaced with FFmpeg's bwdif to one picture per field (50i -> 50p, smooth
     # motion) or per frame (50i -> 25p)
     deinterlace: Literal["field", "frame"] = "field"
+    # Anamorphic sources (PAL/NTSC 4:3 and 16:9, CIF) keep their pixel aspect ratio by default, so they display
+    # as before; this resamples them to square pixels at the output height instead
+    square_pixels: bool = False
     # Sources with more pixels per frame fail before any GPU time (with --retry-failed after raising it)
     max_frame_pixels: int = 4096 * 2304
     # Restore only on this GPU type, as Ray names it (L4, A100, H100, ...); implies GPUs.
@@ -81,9 +84,8 @@ class ArchiveJob:
         in RUN_ONLY, so a new option counts unless it is declared not to. The weights count by name
         (checkpoint) and by their content (`weights_digest`: new weights redo every output), not by
         where they lie: moving or copying the weights folder redoes nothing."""
-        job = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_ONLY}
-        restore = {name: value for name, value in dataclasses.asdict(self.restore_config()).items()
-                   if name not in FORMER_BEHAVIOUR or FORMER_BEHAVIOUR[name] != value}
+        job = _counted({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_ONLY})
+        restore = _counted(dataclasses.asdict(self.restore_config()))
         return {**job, "weights_digest": self.weights_digest, "restore": restore}
 
     @functools.cached_property
@@ -108,9 +110,17 @@ class ArchiveJob:
 RUN_ONLY = frozenset({"input", "output", "weights", "actors", "device", "accelerator_type", "lease_minutes",
                       "retry_failed", "max_frame_pixels", "check_outputs"})
 
-# RestoreConfig fields added after outputs were made without them, with the value that reproduces those
-# outputs: at that value a field stays out of the settings key, so upgrading the project redoes nothing.
-FORMER_BEHAVIOUR = {"upscale": "bilinear"}
+# Fields (of this job or of RestoreConfig) added after outputs were made without them, with the value
+# that reproduces those outputs: at that value a field stays out of the settings key, so upgrading the
+# project redoes nothing. (square_pixels: outputs made before it have square pixels, the source's aspect
+# ratio lost; they are not redone on upgrade, only when their source changes.)
+FORMER_BEHAVIOUR = {"upscale": "bilinear", "square_pixels": False}
+
+
+def _counted(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` without those at their FORMER_BEHAVIOUR value."""
+    return {name: value for name, value in fields.items()
+            if name not in FORMER_BEHAVIOUR or FORMER_BEHAVIOUR[name] != value}
 
 
 def validate(job: ArchiveJob) -> RestoreConfig:

@@ -158,7 +158,7 @@ def plan_run(job: ArchiveJob, input_root: str, layout: OutputLayout, run_id: str
     listing, the ledger's state and a batch of outputs; never lists the output tree."""
     sources, skipped = listing.list_sources(input_root)
     read_at = ledger.now()
-    run = RestoreRun(layout, run_id, job.settings_key(), read_at)
+    run = RestoreRun(layout, run_id, job.settings_key(), read_at, square_pixels=job.square_pixels)
     selection = select(sources, ledger.read_state(layout), run.settings, retry_failed=job.retry_failed,
                        digests=_digests, missing_outputs=missing_outputs(layout, job.check_outputs))
     return sources, skipped, selection, run

@@ -60,6 +60,8 @@ REUSED = "reused"  # the segment was already there (written by an earlier, inter
 DEVICE = "device"  # "cuda" or "cpu": what the actor ran the model on
 
 # -- the ledger's rows (assemble stage -> _ledger/): columns above, and these ----------------------------
+SAR = "sar"  # the output's sample aspect ratio, "64:45" ("1:1" square pixels), as the source's or --square-pixels made it
+NOTES = "notes"  # source streams the output does not carry as they were (copied unrestored, or left out, and why)
 DEINTERLACED = "deinterlaced"  # what was done to an interlaced source, e.g. "bwdif, field rate, tff"; "" if nothing
 SETTINGS = "settings"  # the run's settings key (ArchiveJob.settings_key): what the pixels depend on
 WINDOWS_REUSED = "windows_reused"  # windows an earlier, interrupted run had restored
