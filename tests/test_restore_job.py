@@ -18,7 +18,8 @@ from star_model.restore import RestoreConfig
 JOB = ArchiveJob(input="in", output="out", preset="tiny")
 KEY = JOB.settings_key()
 # A valid other value for the job fields that the restore settings are made from.
-OTHER_VALUES = {"preset": "official", "checkpoint": "heavy_deg", "scale": 2, "steps": 3, "detector": "content"}
+OTHER_VALUES = {"preset": "official", "checkpoint": "heavy_deg", "scale": 2, "steps": 3, "detector": "content",
+                "square_pixels": True}
 
 
 def test_the_key_is_deterministic():
@@ -37,10 +38,12 @@ def test_every_restore_setting_changes_the_key(name, monkeypatch):
 
 def test_a_setting_added_at_its_former_behaviour_keeps_the_key():
     """`upscale` came after outputs were made bilinearly: at "bilinear" it is left out of the key (an
-    upgrade redoes nothing), nano's "bicubic" counts."""
-    assert FORMER_BEHAVIOUR == {"upscale": "bilinear"} and JOB.restore_config().upscale == "bilinear"
-    assert "upscale" not in JOB.settings()["restore"]
+    upgrade redoes nothing), nano's "bicubic" counts. The job's own `square_pixels` likewise."""
+    assert FORMER_BEHAVIOUR == {"upscale": "bilinear", "square_pixels": False}
+    assert JOB.restore_config().upscale == "bilinear" and "upscale" not in JOB.settings()["restore"]
     assert ArchiveJob(input="in", output="out", preset="nano").settings()["restore"]["upscale"] == "bicubic"
+    assert "square_pixels" not in JOB.settings()
+    assert dataclasses.replace(JOB, square_pixels=True).settings()["square_pixels"] is True
 
 
 def test_a_new_restore_setting_changes_the_key(monkeypatch):

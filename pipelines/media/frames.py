@@ -61,11 +61,19 @@ def read_frames(
             window = _decode_window(f, start_pts, count, seek_to=None)
         if window is None:
             raise BadVideo(f"no frame has pts {start_pts} (frame {start}); the timestamp list is stale")
-        if start > 0 and window.before is None and not _usable(window, window.expected[0], on_corrupt):
-            # The window starts on a damaged keyframe: decode from the keyframe before it too, so
-            # there is a previous frame to repeat (rare, so the second decode costs nothing overall).
-            window = _decode_window(f, start_pts, count, seek_to=start_pts - 1) or window
+        for back in _SEEK_BACK:
+            if start == 0 or window.before is not None or _usable(window, window.expected[0], on_corrupt):
+                break
+            # The window's first frame did not decode after the seek: a damaged keyframe (decoding
+            # from the keyframe before it gives a previous frame to repeat), or a stream without
+            # IDR frames (intra refresh) whose decoder shows nothing until a refresh completes.
+            # Seek further back, then from the top (rare, so the extra decodes cost little overall).
+            window = _decode_window(f, start_pts, count, seek_to=None if back is None else start_pts - 1,
+                                    back_seconds=back or 0) or window
     return _fill_window(window, start, end, on_corrupt, max_consecutive_repairs)
+
+
+_SEEK_BACK = (0, 2, 10, None)  # seconds before a window a retried decode starts; None: from the top
 
 
 @dataclass
@@ -89,7 +97,8 @@ def read_first_frames(src: str | os.PathLike, count: int) -> np.ndarray:
     return read_frames(src, 0, min(count, len(timestamps)), start_pts=int(timestamps[0]))
 
 
-def _decode_window(f: BinaryIO, start_pts: int, count: int, *, seek_to: int | None) -> _Window | None:
+def _decode_window(f: BinaryIO, start_pts: int, count: int, *, seek_to: int | None,
+                   back_seconds: float = 0) -> _Window | None:
     f.seek(0)
     container = open_container(f)
     try:
@@ -98,6 +107,7 @@ def _decode_window(f: BinaryIO, start_pts: int, count: int, *, seek_to: int | No
         if seek_to is not None:
             # backward=True lands on the keyframe at or before seek_to (the frames between it and
             # the window are decoded and dropped: they are the references the window needs).
+            seek_to -= int(back_seconds / stream.time_base)
             container.seek(seek_to, stream=stream, backward=True, any_frame=False)
         seen: set[int] = set()
         pictures: dict[int, _Picture] = {}

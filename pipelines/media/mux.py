@@ -44,6 +44,10 @@ _DERIVED_TAGS = ("DURATION", "NUMBER_OF_FRAMES", "NUMBER_OF_BYTES", "BPS", "_STA
 # Container tags that describe the old file's format, not its content; the timecode goes on the video
 # stream (MP4 writes it as a tmcd track from there).
 _FORMAT_TAGS = ("major_brand", "minor_version", "compatible_brands", "encoder", "timecode")
+# The container tags FFmpeg's MP4 muxer writes in its plain (iTunes-style) metadata; it drops any other.
+_MP4_TAGS = frozenset({"title", "artist", "album_artist", "composer", "album", "date", "comment", "genre", "copyright",
+                       "grouping", "lyrics", "description", "synopsis", "show", "episode_id", "network", "keywords",
+                       "track", "disc", "location", "creation_time", "encoding_tool", "author", "media_type"})
 
 
 def choose_container(info: VideoInfo) -> Literal["mp4", "mkv"]:
@@ -154,18 +158,16 @@ def write_video(
     container = "mp4" if fmt == "mp4" else "mkv"
     flac = transcoded_audio(info, container)
     streams, notes = kept_streams(info, container)
-    options = {}
-    if fmt == "mp4":
-        # mdta keys keep every tag (archive ids, custom fields); plain MP4 drops all but a dozen names
-        options["movflags"] = "use_metadata_tags"
-        if info.time_base.numerator == 1:  # MP4 rounds its edit list to the movie clock (1 ms by default)
-            options["movie_timescale"] = str(info.time_base.denominator)
-
     with atomic_output(output_url, fence) as tmp, open_input(source) as f:
         src = open_container(f)
         try:
+            tags = {k: v for k, v in src.metadata.items() if k.lower() not in _FORMAT_TAGS}
+            options, dropped = _mp4_options(info, tags, streams) if fmt == "mp4" else ({}, [])
+            if dropped:
+                notes += (f"container tags {', '.join(sorted(dropped))} not carried: MP4 keeps tags beyond the "
+                          f"standard ones only without cover art",)
             with av.open(tmp, "w", format=fmt, options=options) as out:
-                out.metadata.update({k: v for k, v in src.metadata.items() if k.lower() not in _FORMAT_TAGS})
+                out.metadata.update(tags)
                 first = next(frames)
                 video = _add_video_stream(out, info, _encoded_size(first, info, square_pixels), crf, preset,
                                           deep=first.dtype == np.uint16, alpha=first.shape[-1] == 4)
@@ -188,6 +190,22 @@ def write_video(
         finally:
             src.close()
     return notes
+
+
+def _mp4_options(info: VideoInfo, tags: dict[str, str], streams: tuple[StreamInfo, ...]
+                 ) -> tuple[dict[str, str], list[str]]:
+    """(the MP4 muxer's options for this source, the container tags it will drop). Tags beyond the
+    standard ones (an archive id, a custom field) need mdta metadata (`use_metadata_tags`), which
+    FFmpeg writes without cover art: with cover art the plain metadata is kept, and those tags dropped."""
+    options = {}
+    if info.time_base.numerator == 1:  # MP4 rounds its edit list to the movie clock (1 ms by default)
+        options["movie_timescale"] = str(info.time_base.denominator)
+    custom = [k for k in tags if k.lower() not in _MP4_TAGS]
+    if not custom:
+        return options, []
+    if any(s.kind == "cover" for s in streams):
+        return options, custom
+    return options | {"movflags": "use_metadata_tags"}, []
 
 
 def _encoded_size(first: np.ndarray, info: VideoInfo, square_pixels: bool) -> tuple[int, int]:
@@ -336,7 +354,7 @@ def _kept_packets(src: av.container.InputContainer, kept: dict[int, av.stream.St
         stream = kept[index]
         if index in flac:
             yield from _flac_packets(packet, stream, shifts[index])
-        elif packet.dts is not None or packet.pts is not None:  # not the empty flush packet at the end
+        elif packet.size:  # not the empty flush packet at the end (cover art has no timestamps at all)
             if packet.pts is not None:
                 packet.pts -= shifts[index]
             if packet.dts is not None:
@@ -352,7 +370,7 @@ def _flac_packets(packet: av.Packet, stream: av.audio.stream.AudioStream, shift:
     frames keep their pts less `shift` (the output's clock), so the track starts where the source's did. A packet the decoder rejects
     is skipped with a warning (a gap of one packet): damaged sound never fails the picture.
     """
-    flush = packet.dts is None and packet.pts is None
+    flush = not packet.size
     try:
         frames = packet.decode()
     except av.error.FFmpegError as e:
@@ -368,5 +386,6 @@ def _flac_packets(packet: av.Packet, stream: av.audio.stream.AudioStream, shift:
 
 
 def _seconds(packet: av.Packet) -> Fraction:
+    """When a packet is due in the interleaving; one without timestamps (cover art) goes first."""
     ts = packet.dts if packet.dts is not None else packet.pts
-    return ts * Fraction(packet.time_base)
+    return Fraction(-1) if ts is None else ts * Fraction(packet.time_base)

@@ -182,6 +182,12 @@ def _describe(container: av.container.InputContainer, stream: av.video.stream.Vi
         raise BadVideo(f"no decodable video frames ({len(pts)} packets, none decodes)")
 
     ts = np.sort(np.asarray(pts, dtype=np.int64))
+    # Pictures shown before the first one the decoder makes never decode: the leading B-frames of an
+    # open GOP (a capture that starts mid-stream), the pictures before an intra-refresh stream (no
+    # IDR frames) has refreshed once. Players skip them; so does the output's picture, which starts
+    # where the source's first decodable picture is shown (its sound is kept whole).
+    if first_frame.pts is not None and ts[0] < first_frame.pts <= ts[-1]:
+        ts = ts[ts >= first_frame.pts]
     if len(np.unique(ts)) != len(ts):
         raise BadVideo("duplicate frame timestamps in the video stream; frame order is ambiguous")
     deltas = np.diff(ts)
