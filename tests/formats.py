@@ -57,18 +57,26 @@ def write(path: Path, frames_fhwc_u8: np.ndarray, *, codec: str, fmt: str | None
           audio: tuple[tuple[str, int, str, dict[str, str]], ...] = (), size: tuple[int, int] | None = None,
           subtitles: tuple[tuple[int, int, bytes, str], ...] = (), chapters: int = 0,
           attachment: bytes | None = None, alpha: np.ndarray | None = None,
-          colour: tuple[int, int, int] | None = None, first: int = 0) -> Path:
+          colour: tuple[int, int, int] | None = None, first: int = 0, sar: Fraction | None = None,
+          tags: dict[str, str] | None = None, video_tags: dict[str, str] | None = None,
+          audio_first: float = 0.0) -> Path:
     """Encode `frames_fhwc_u8` with `codec` at `rate` fps; `audio`: (codec, sample rate, language,
     extra tags) per track (a second of a tone); `subtitles`: (start ms, duration ms, text, language);
     `field_order` "tff"/"bff" flags the frames interlaced (through FFmpeg's setfield filter);
     `alpha` `(F, H, W)` uint8 goes into the alpha plane; `colour` (primaries, transfer, matrix);
-    `first`: the first frame's pts (frames count from it), so byte-joined parts follow each other."""
+    `first`: the first frame's pts (frames count from it), so byte-joined parts follow each other;
+    `sar`: the pixels' aspect ratio; `tags`, `video_tags`: container and video stream tags;
+    `audio_first`: the audio's first timestamp in seconds."""
     _, height, width, _ = frames_fhwc_u8.shape
     width, height = size or (width, height)
     with av.open(str(path), "w", format=fmt) as out:
+        out.metadata.update(tags or {})
         video = out.add_stream(codec, rate=rate)
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         video.options = options or {}
+        video.metadata.update(video_tags or {})
+        if sar is not None:
+            video.codec_context.sample_aspect_ratio = sar
         if colour is not None:
             cc = video.codec_context
             cc.color_primaries, cc.color_trc, cc.colorspace = colour
@@ -107,7 +115,7 @@ def write(path: Path, frames_fhwc_u8: np.ndarray, *, codec: str, fmt: str | None
         out.mux(video.encode(None))
         seconds = len(frames_fhwc_u8) / rate
         for stream in tracks:
-            _tone(out, stream, seconds)
+            _tone(out, stream, seconds, audio_first)
         for start_ms, duration_ms, text, _ in subtitles:
             packet = av.Packet(text)
             packet.stream, packet.time_base = subs, Fraction(1, 1000)
@@ -124,12 +132,67 @@ def _field_flags(width: int, height: int, pix_fmt: str, rate: int, order: str) -
     return graph
 
 
-def _tone(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float) -> None:
+def _tone(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float,
+          first: float = 0.0) -> None:
     rate = stream.codec_context.sample_rate
     t = np.arange(int(seconds * rate)) / rate
     wave = (0.3 * np.sin(2 * np.pi * 440 * t))[None].astype(np.float32)  # (1, samples) mono
     frame = av.AudioFrame.from_ndarray(wave, format="flt", layout="mono")
-    frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+    frame.sample_rate, frame.pts, frame.time_base = rate, round(first * rate), Fraction(1, rate)
     for packet in stream.encode(frame):
         out.mux(packet)
     out.mux(stream.encode(None))
+
+
+def cut(path: Path, fraction: float) -> Path:
+    """`path` (a transport stream) without its first `fraction` of bytes, cut on a 188-byte packet:
+    what a capture that started mid-broadcast holds (no first keyframe, a partial first PES)."""
+    data = path.read_bytes()
+    path.write_bytes(data[int(len(data) * fraction) // 188 * 188:])
+    return path
+
+
+def with_streams(path: Path, frames_fhwc_u8: np.ndarray, *, fmt: str, codec: str = "libx264",
+                 cover: bytes | None = None, second_video: str | None = None, teletext: bool = False,
+                 klv: bool = False, rate: int = 25) -> Path:
+    """A video beside the other streams archives hold: `cover` (JPEG bytes) as an attached picture,
+    a `second_video` (codec) at half size (a second program or camera track), DVB teletext and KLV
+    metadata packets (FFmpeg has no decoder for either: they arrive as streams without a codec)."""
+    _, height, width, _ = frames_fhwc_u8.shape
+    with av.open(str(path), "w", format=fmt) as out:
+        videos = [out.add_stream(codec, rate=rate)]
+        videos[0].width, videos[0].height, videos[0].pix_fmt = width, height, "yuv420p"
+        if second_video:
+            videos.append(out.add_stream(second_video, rate=rate))
+            videos[1].width, videos[1].height, videos[1].pix_fmt = width // 2, height // 2, "yuv420p"
+        packets = []
+        if cover is not None:
+            art = out.add_stream("mjpeg")
+            art.width = art.height = 32
+            art.pix_fmt, art.disposition = "yuvj420p", av.stream.Disposition.attached_pic
+            packets.append(_packet(cover, art, None))
+        for stream in videos:
+            for i, rgb in enumerate(frames_fhwc_u8):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(stream.width, stream.height, "yuv420p")
+                frame.pts, frame.time_base = i, Fraction(1, rate)
+                packets += stream.encode(frame)
+            packets += stream.encode(None)
+        data = []
+        if teletext:
+            data.append((out.add_mux_stream("dvb_teletext"), bytes([0x10]) + bytes(45)))
+            data[-1][0].metadata["language"] = "deu"
+        if klv:
+            data.append((out.add_data_stream("klv"), bytes.fromhex("060e2b34") + bytes(12)))
+        for stream, payload in data:
+            packets += [_packet(payload, stream, 126000 + 10800 * i) for i in range(3)]
+        packets.sort(key=lambda p: -1 if p.dts is None else p.dts * p.time_base)
+        for packet in packets:
+            out.mux(packet)
+    return path
+
+
+def _packet(payload: bytes, stream: av.stream.Stream, pts: int | None) -> av.Packet:
+    packet = av.Packet(payload)
+    packet.stream, packet.time_base = stream, Fraction(1, 90000)
+    packet.pts = packet.dts = pts
+    return packet
