@@ -43,6 +43,8 @@ def build(root: Path) -> Path:
               rate=30 if "ntsc" in rel else 25)
     write(root / "web/rotated.mp4", BARS[:4], codec="libx264", fmt="mp4", sar=Fraction(4, 3))
     _rotate(root / "web/rotated.mp4")
+    write(root / "web/logo alpha.webm", BARS[:4], codec="libvpx-vp9", fmt="webm", pix_fmt="yuva420p",
+          alpha=np.full((4, 48, 64), 100, np.uint8))
     mp2 = (("mp2", 48000, "eng", {}),)
     write(root / "ts/10 hours.ts", BARS[:25], codec="mpeg2video", fmt="mpegts", first=10 * 3600 * 25,
           audio=mp2, audio_first=10 * 3600)
@@ -103,7 +105,7 @@ def test_the_run_reaches_its_end_and_restores_every_case(run):
     archive, output, result = run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = latest_rows(output)
-    assert {rel: row["status"] for rel, row in rows.items()} == dict.fromkeys(rows, "done") and len(rows) == 17
+    assert {rel: row["status"] for rel, row in rows.items()} == dict.fromkeys(rows, "done") and len(rows) == 18
 
 
 def test_anamorphic_sources_keep_their_display_aspect_ratio(run):
@@ -116,6 +118,15 @@ def test_anamorphic_sources_keep_their_display_aspect_ratio(run):
         assert rows[rel]["sar"] == f"{sar.numerator}:{sar.denominator}"
     rotated = _video(Path(rows["web/rotated.mp4"]["output"]))  # upright 48x64 -> 96x128 pixels 3:4 wide
     assert rotated["size"] == (96, 128) and rotated["sar"] == Fraction(3, 4) and rows["web/rotated.mp4"]["sar"] == "3:4"
+
+
+def test_vp9_alpha_is_decoded_and_kept(run):
+    _, output, _ = run
+    row = latest_rows(output)["web/logo alpha.webm"]
+    with av.open(row["output"]) as c:  # FFV1 with the alpha plane, in Matroska
+        frame = next(c.decode(video=0))
+        assert (c.streams.video[0].codec_context.codec.name, frame.format.name) == ("ffv1", "yuva444p")
+        assert abs(frame.to_ndarray(format="rgba")[..., 3].mean() - 100) < 3
 
 
 def test_square_pixels_resamples_at_the_output_height(tmp_path):

@@ -13,7 +13,7 @@ from typing import BinaryIO, Literal
 import av
 import numpy as np
 
-from pipelines.media.probe import display_rotation, open_container, probe_timestamps, video_stream
+from pipelines.media.probe import decoder, display_rotation, open_container, probe_timestamps, video_stream
 from pipelines.media.video_info import BadVideo
 from pipelines.storage import Source, atomic_output, open_input
 
@@ -104,6 +104,7 @@ def _decode_window(f: BinaryIO, start_pts: int, count: int, *, seek_to: int | No
     try:
         stream = video_stream(container)
         stream.thread_type = "AUTO"  # frame + slice threads; output stays in presentation order
+        context = decoder(stream)
         if seek_to is not None:
             # backward=True lands on the keyframe at or before seek_to (the frames between it and
             # the window are decoded and dropped: they are the references the window needs).
@@ -120,7 +121,7 @@ def _decode_window(f: BinaryIO, start_pts: int, count: int, *, seek_to: int | No
                 if ts is not None and ts >= start_pts:
                     seen.add(ts)
             try:
-                frames = stream.decode(packet)
+                frames = context.decode(packet)
             except av.error.EOFError:
                 frames = []
             except av.error.FFmpegError as e:
@@ -210,7 +211,9 @@ def iter_alpha(src: str | os.PathLike) -> Iterator[np.ndarray]:
         container = open_container(f)
         try:
             stream = video_stream(container)
-            for frame in container.decode(stream):
+            context = decoder(stream)
+            frames = (frame for packet in container.demux(stream) for frame in context.decode(packet))
+            for frame in frames:
                 deep = rgb_format(frame.format) == "rgb48le"
                 alpha = frame.to_ndarray(format="rgba64le" if deep else "rgba")[..., 3]
                 rotation = display_rotation(stream, frame)

@@ -38,6 +38,19 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
     raise BadVideo("no video stream (audio-only or data-only file)")
 
 
+def decoder(stream: av.video.stream.VideoStream) -> av.codec.context.CodecContext:
+    """What decodes `stream`'s packets: FFmpeg's default decoder, except for VP9 with an alpha channel
+    (WebM's `alpha_mode`), whose alpha only libvpx's decoder reads (from the Matroska BlockAdditional
+    each packet carries; FFmpeg's own vp9 decoder ignores it). Make one per pass: it holds state."""
+    context = stream.codec_context
+    if context.codec.name == "vp9" and stream.metadata.get("alpha_mode") == "1":
+        alpha = av.CodecContext.create("libvpx-vp9", "r")
+        alpha.extradata = context.extradata
+        alpha.thread_type = "AUTO"
+        return alpha
+    return context
+
+
 def open_container(f: BinaryIO) -> av.container.InputContainer:
     """`av.open` with every failure turned into a `BadVideo` that says what is wrong with the file."""
     size = _file_size(f)
@@ -86,8 +99,12 @@ def probe_timestamps(src: Source, *, max_pixels: int | None = None) -> tuple[Vid
 
 
 def checked_stream(container: av.container.InputContainer, max_pixels: int | None) -> av.video.stream.VideoStream:
-    """The video stream, once its header says its frames are within `max_pixels` (width x height)."""
+    """The video stream, once its header says its frames are within `max_pixels` (width x height) and
+    that its alpha channel, if any, can be decoded."""
     stream = video_stream(container)
+    if stream.metadata.get("alpha_mode") == "1" and stream.codec_context.codec.name != "vp9":
+        raise BadVideo(f"{stream.codec_context.codec.name} with an alpha channel (WebM alpha_mode): no decoder here "
+                       f"reads its alpha, and restoring the colour alone would lose the transparency")
     width, height = stream.codec_context.width, stream.codec_context.height
     if max_pixels is not None and width * height > max_pixels:
         # Checked from the headers, before a frame is decoded: a forged 60000x60000 header would
@@ -104,6 +121,7 @@ class PacketLog:
 
     def __init__(self, stream: av.video.stream.VideoStream) -> None:
         self.stream = stream
+        self.decoder = decoder(stream)
         self.pts: list[int] = []
         self.packet_end: int | None = None  # latest pts + duration any packet claims
         self.first_frame: av.VideoFrame | None = None
@@ -118,16 +136,16 @@ class PacketLog:
         if not self.finished:
             for packet in self._packets(container):
                 if self.first_frame is None and _shown(packet):
-                    self._first(_try_decode(self.stream, packet))
+                    self._first(_try_decode(self.decoder, packet))
         if self.first_frame is None:
-            self._first(_try_decode(self.stream, None))  # flush: a one-frame clip may sit in the delay
+            self._first(_try_decode(self.decoder, None))  # flush: a one-frame clip may sit in the delay
 
     def decode(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
         """Demux on from where the last pass stopped and decode every packet, as `container.decode`
         does: a packet that fails to decode raises FFmpegError (it is logged already; a new call goes
         on with the next packet)."""
         for packet in self._packets(container):
-            frames = self.stream.decode(packet)
+            frames = self.decoder.decode(packet)
             if frames and self.first_frame is None:
                 self._first(frames[0])
             yield from frames
@@ -140,7 +158,7 @@ class PacketLog:
 
     def _first(self, frame: av.VideoFrame | None) -> None:
         if frame is not None:
-            context = self.stream.codec_context
+            context = self.decoder
             self.first_frame = frame
             self.coded = dict(width=context.width, height=context.height, pix_fmt=context.pix_fmt,
                               field_order=context.field_order)
@@ -247,10 +265,10 @@ def _end_pts(stream: av.video.stream.VideoStream, last_pts: int, packet_end: int
     return last_pts + (typical or 1)
 
 
-def _try_decode(stream: av.video.stream.VideoStream, packet: av.Packet | None) -> av.VideoFrame | None:
+def _try_decode(context: av.codec.context.CodecContext, packet: av.Packet | None) -> av.VideoFrame | None:
     """The first frame `packet` yields, or None; a damaged packet here is not yet a verdict."""
     try:
-        frames = stream.decode(packet)
+        frames = context.decode(packet)
     except av.error.EOFError:
         return None
     except av.error.FFmpegError as e:
