@@ -196,3 +196,58 @@ def _packet(payload: bytes, stream: av.stream.Stream, pts: int | None) -> av.Pac
     packet.stream, packet.time_base = stream, Fraction(1, 90000)
     packet.pts = packet.dts = pts
     return packet
+
+
+def with_captions(path: Path, frames_fhwc_u8: np.ndarray, text: str, *, shown: tuple[int, int] = (7, 39)) -> Path:
+    """An NTSC-rate H.264 transport stream whose pictures carry an EIA-608 pop-on caption (ATSC A/53
+    cc_data in an SEI before each picture's slices, one byte pair per picture), `text` on screen from
+    picture `shown[0]` to `shown[1]`: what a US broadcast capture holds."""
+    pairs = [(0x14, 0x20)] * 2 + [(0x14, 0x70)] * 2  # resume caption loading, row 15
+    padded = text + "\0" * (len(text) % 2)
+    pairs += [(ord(padded[i]), ord(padded[i + 1])) for i in range(0, len(padded), 2)] + [(0x14, 0x2F)] * 2
+    script = [(0x80, 0x80)] * (shown[0] + 1 - len(pairs)) + pairs  # end of caption (display) at shown[0]
+    script += [(0x80, 0x80)] * (shown[1] - len(script)) + [(0x14, 0x2C)] * 2  # erase at shown[1]
+    rate = Fraction(30000, 1001)
+    _, height, width, _ = frames_fhwc_u8.shape
+    with av.open(str(path), "w", format="mpegts") as out:
+        video = out.add_stream("libx264", rate=rate)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"x264-params": "bframes=0"}  # packets in picture order: pair i rides with picture i
+        packets = []
+        for i, rgb in enumerate(frames_fhwc_u8):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, 1 / rate
+            packets += video.encode(frame)
+        packets += video.encode(None)
+        for i, packet in enumerate(packets):
+            pair = script[i] if i < len(script) else (0x80, 0x80)
+            captioned = av.Packet(_before_slices(bytes(packet), _cc_sei(*pair)))
+            captioned.pts, captioned.dts, captioned.time_base = packet.pts, packet.dts, packet.time_base
+            captioned.stream, captioned.is_keyframe = video, packet.is_keyframe
+            out.mux(captioned)
+    return path
+
+
+def _cc_sei(first: int, second: int) -> bytes:
+    """An H.264 SEI NAL unit holding one EIA-608 byte pair (odd parity) as A/53 cc_data."""
+    odd = [b | 0x80 if bin(b).count("1") % 2 == 0 else b for b in (first, second)]
+    cc_data = bytes([0xB5, 0x00, 0x31, *b"GA94", 0x03, 0x41, 0xFF, 0xFC, *odd, 0xFF])
+    payload, escaped, zeros = bytes([4, len(cc_data)]) + cc_data + b"\x80", bytearray(), 0
+    for byte in payload:  # emulation prevention: no 00 00 0x inside a NAL unit
+        if zeros >= 2 and byte <= 3:
+            escaped.append(3)
+            zeros = 0
+        escaped.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return b"\x00\x00\x00\x01\x06" + bytes(escaped)
+
+
+def _before_slices(access_unit: bytes, nal: bytes) -> bytes:
+    """`nal` inserted into an Annex B access unit just before its first slice."""
+    at = 0
+    while (at := access_unit.find(b"\x00\x00\x01", at)) >= 0:
+        if access_unit[at + 3] & 0x1F in (1, 5):  # a coded slice (non-IDR or IDR)
+            start = at - 1 if at and access_unit[at - 1] == 0 else at
+            return access_unit[:start] + nal + access_unit[start:]
+        at += 3
+    return access_unit + nal

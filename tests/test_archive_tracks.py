@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from formats import cut, moving_bar, with_streams, write
+from formats import cut, moving_bar, with_captions, with_streams, write
 from helpers import latest_rows, run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -62,6 +62,7 @@ def build(root: Path) -> Path:
     with_streams(root / "tracks/cover.mp4", BARS[:6], fmt="mp4", cover=jpeg.getvalue())
     with_streams(root / "tracks/two tracks.mkv", BARS[:6], fmt="matroska", second_video="mpeg2video")
     with_streams(root / "tracks/two programs.ts", BARS[:6], fmt="mpegts", codec="mpeg2video", second_video="mpeg2video")
+    with_captions(root / "tracks/captions.ts", BARS[:60], "HELLO")
     with_streams(root / "tracks/teletext klv.ts", BARS[:6], fmt="mpegts", codec="mpeg2video", teletext=True, klv=True)
     return root
 
@@ -105,7 +106,7 @@ def test_the_run_reaches_its_end_and_restores_every_case(run):
     archive, output, result = run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = latest_rows(output)
-    assert {rel: row["status"] for rel, row in rows.items()} == dict.fromkeys(rows, "done") and len(rows) == 18
+    assert {rel: row["status"] for rel, row in rows.items()} == dict.fromkeys(rows, "done") and len(rows) == 19
 
 
 def test_anamorphic_sources_keep_their_display_aspect_ratio(run):
@@ -175,6 +176,18 @@ def test_timecode_tags_cover_art_and_second_videos_are_kept(run):
                                      "video stream is"
     dv = _video(Path(rows["dv/pal 16x9.dv"]["output"]))
     assert dv["video_tags"]["timecode"] == "00:00:00:00"  # DV's timecode is the output's
+
+
+def test_closed_captions_in_the_picture_become_a_subtitle_track_a_player_lists(run):
+    _, output, _ = run
+    with av.open(latest_rows(output)["tracks/captions.ts"]["output"]) as c:
+        text = c.streams.subtitles[0]
+        assert text.codec_context.codec.name == "mov_text"
+        shown = [(float(p.pts * p.time_base), float(p.duration * p.time_base), sub.ass)
+                 for p in c.demux(text) for sub in text.decode(p)]
+    # on screen from picture 7 to picture 39 at 30000/1001 (the output's clock starts with the picture)
+    assert shown == [(pytest.approx(7 * 1001 / 30000, abs=0.002), pytest.approx(32 * 1001 / 30000, abs=0.002),
+                      b"0,0,Default,,0,0,0,,HELLO")]
 
 
 def test_streams_no_container_carries_are_notes_not_crashes(run):

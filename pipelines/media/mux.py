@@ -17,6 +17,7 @@ from typing import Literal
 import av
 import numpy as np
 
+from pipelines.media.captions import Caption, read_captions
 from pipelines.media.probe import open_container
 from pipelines.media.video_info import BadVideo, StreamInfo, VideoInfo, has_alpha
 from pipelines.storage import Source, atomic_output, open_input
@@ -158,6 +159,7 @@ def write_video(
     container = "mp4" if fmt == "mp4" else "mkv"
     flac = transcoded_audio(info, container)
     streams, notes = kept_streams(info, container)
+    captions = read_captions(source, info.end_pts * info.time_base) if info.captions else []
     with atomic_output(output_url, fence) as tmp, open_input(source) as f:
         src = open_container(f)
         try:
@@ -176,6 +178,7 @@ def write_video(
                 if info.timecode:
                     video.metadata["timecode"] = info.timecode
                 kept = {s.index: _add_kept_stream(out, src.streams[s.index], s.index in flac) for s in streams}
+                text = _caption_packets(out, captions, fmt) if captions else iter(())
                 if fmt == "matroska":
                     for a in info.attachments:
                         attachment = src.streams[a.index]
@@ -185,7 +188,8 @@ def write_video(
                 encoded = _encode(video, itertools.chain([first], frames), timestamps, info, fmt,
                                   shift=math.floor(origin / info.time_base))
                 # Interleave by time, so the muxer never has to buffer a whole audio track.
-                for packet in heapq.merge(encoded, _kept_packets(src, kept, flac, origin), key=_seconds):
+                for packet in heapq.merge(encoded, _kept_packets(src, kept, flac, origin), _moved(text, origin),
+                                          key=_seconds):
                     out.mux(packet)
         finally:
             src.close()
@@ -206,6 +210,30 @@ def _mp4_options(info: VideoInfo, tags: dict[str, str], streams: tuple[StreamInf
     if any(s.kind == "cover" for s in streams):
         return options, custom
     return options | {"movflags": "use_metadata_tags"}, []
+
+
+def _caption_packets(out: av.container.OutputContainer, captions: list[Caption], fmt: str) -> Iterator[av.Packet]:
+    """A subtitle track of the closed captions the source's pictures carried (media.captions): MOV
+    text in MP4, SubRip in Matroska, on the source's clock in milliseconds (`_moved` shifts it)."""
+    stream = out.add_mux_stream("mov_text" if fmt == "mp4" else "subrip")
+    stream.metadata["title"] = "Closed captions (EIA-608 CC1, from the source's picture)"
+    for caption in captions:
+        text = caption.text.encode()
+        # A MOV text sample is its UTF-8 length (16-bit, big-endian) and the text; SubRip is the text.
+        packet = av.Packet(len(text).to_bytes(2, "big") + text if fmt == "mp4" else text)
+        packet.stream, packet.time_base = stream, Fraction(1, 1000)
+        packet.pts = packet.dts = math.floor(caption.start * 1000)
+        packet.duration = max(1, math.floor(caption.end * 1000) - packet.pts)
+        yield packet
+
+
+def _moved(packets: Iterator[av.Packet], origin: Fraction) -> Iterator[av.Packet]:
+    """`packets` on the output's clock, which starts at `origin` seconds of the source's."""
+    for packet in packets:
+        shift = math.floor(origin / Fraction(packet.time_base))
+        packet.pts -= shift
+        packet.dts -= shift
+        yield packet
 
 
 def _encoded_size(first: np.ndarray, info: VideoInfo, square_pixels: bool) -> tuple[int, int]:

@@ -161,7 +161,8 @@ class PacketLog:
             context = self.decoder
             self.first_frame = frame
             self.coded = dict(width=context.width, height=context.height, pix_fmt=context.pix_fmt,
-                              field_order=context.field_order)
+                              field_order=context.field_order,
+                              captions=frame.side_data.get(av.sidedata.sidedata.Type.A53_CC) is not None)
 
     def _packets(self, container: av.container.InputContainer) -> Iterator[av.Packet]:
         """The stream's packets from the demuxer's position, each logged before it is yielded (the
@@ -247,6 +248,7 @@ def _describe(container: av.container.InputContainer, stream: av.video.stream.Vi
         attachments=tuple(_stream_info(s, "attachment") for s in container.streams.attachments),
         others=_other_streams(container, stream),
         sar=sample_aspect_ratio(stream),
+        captions=coded["captions"],
         timecode=_timecode(container, stream),
         **interlacing(container, stream, first_frame, coded["field_order"], _codec_name(stream)),
     )

@@ -69,6 +69,7 @@ class VideoInfo:
     # 16:9 (720x576 shown as 1024x576), 8/9 for NTSC 4:3 in 720x480.
     sar: Fraction = Fraction(1)
     timecode: str | None = None  # of the first frame, "HH:MM:SS:FF" (";" before FF: drop-frame), if stated
+    captions: bool = False  # the pictures carry closed captions (EIA-608/708 as A/53 side data: media.captions)
     # "progressive", or the field shown first of an interlaced source: "tff" | "bff" (see field_order.py)
     field_order: str = "progressive"
     telecine: bool = False  # interlaced by 3:2 pulldown of progressive film (idet's repeated fields)
