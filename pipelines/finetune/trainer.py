@@ -24,6 +24,7 @@ from pipelines.finetune.config import FinetuneConfig, FinetuneResult, check_conf
 from pipelines.finetune.data import build_pairs, list_clips
 from pipelines.finetune.loop import train_loop
 from pipelines.job_support import ray_started
+from pipelines.shared_storage import check_shared
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
 
     check_config(cfg)
     with ray_started():
+        check_shared(cfg.data, "--data")
+        check_shared(cfg.storage, "--storage")  # every worker writes its checkpoint shards there
         need = _resources_needed(cfg)
         what = f"fine-tuning with {cfg.workers} worker(s)"
         waits.check_can_start(need, what, f"pass fewer --workers or a smaller --cpus-per-worker (the {cfg.workers} "

@@ -40,6 +40,7 @@ from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, LEASE
                                     SOURCE, STATUS)
 from pipelines.restore.selection import Selection, recognised_rows, select
 from pipelines.restore.summary import RunStats, format_summary
+from pipelines.shared_storage import check_shared
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[Source
         return
     # stop_on_signals after ray_started: ray.init() sets a SIGTERM handler of its own (a bare exit)
     with ray_started(), stop_on_signals():
+        check_shared(job.input, "--input")  # workers read the sources, stage, assemble and record
+        check_shared(job.output, "--output")
         metrics.videos_queued(len(todo))
         # GPU actors asked for before any GPU exists: a line every minute while the autoscaler adds one.
         gpus = job.device == "gpu" or job.accelerator_type is not None
