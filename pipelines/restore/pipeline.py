@@ -35,7 +35,7 @@ from pipelines.restore.layout import OutputLayout
 from pipelines.restore.lease import Leases
 from pipelines.restore.outputs import missing_outputs
 from pipelines.restore.plan_stage import claim_and_plan
-from pipelines.restore.restore_stage import RestoreWindows
+from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT, RestoreWindows
 from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, LEASED, PREVIOUS_ERROR, REL, REPEATS,
                                     SOURCE, STATUS)
 from pipelines.restore.selection import Selection, recognised_rows, select
@@ -208,12 +208,15 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
 
     # 3. Restore (actor pool, one GPU per actor; model loaded once per actor): decode the window,
     #    run STAR, write the staging segment. in: window rows; out: + status, error, segment,
-    #    seconds, reused, device. batch_size must be an int when GPUs are requested.
+    #    seconds, reused, device. batch_size must be an int when GPUs are requested. Two windows per
+    #    actor at once on threads (true multi-threading: otherwise Ray Data runs one call at a time),
+    #    so decoding and encoding overlap the model's work (restore_stage.py).
     ds = ds.map_batches(
         RestoreWindows,
         fn_constructor_kwargs=dict(preset=job.preset, weights=job.weights, config=job.restore_config(),
                                    checkpoint=job.checkpoint, prompt=job.prompt),
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, max_concurrent_calls_per_actor=WINDOWS_IN_FLIGHT,
+                                           enable_true_multi_threading=True),
         batch_size=1,
         batch_format="pandas",
         num_gpus=1 if use_gpu else 0,

@@ -1,10 +1,16 @@
 """Restore stage of the restore job (one GPU per actor): decode a window from storage, run STAR on it
 and write the restored frames as a segment into the staging area (`media.frames.write_segment`). Only
-a small row leaves the actor; frames never travel through Ray's object store."""
+a small row leaves the actor; frames never travel through Ray's object store.
+
+An actor takes `WINDOWS_IN_FLIGHT` windows at once, each on its own thread (Ray Data's threaded
+actors), and only the model's work is one at a time: while the model restores one window, the next
+is decoded or the last one's segment encoded, so the GPU does not wait for the CPU's media work. At
+most that many windows are in host memory."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from fractions import Fraction
 from typing import Any
@@ -29,6 +35,8 @@ from star_model.restore import RestoreConfig
 
 log = logging.getLogger(__name__)
 
+WINDOWS_IN_FLIGHT = 2  # per actor: one in the model, one being decoded or encoded beside it
+
 
 class RestoreWindows:
     """Ray Data actor: `__init__` loads the model once, `__call__` restores a batch of window rows.
@@ -47,6 +55,8 @@ class RestoreWindows:
         self.prompt = prompt
         self.base_seed = config.seed
         self.device = self.restorer.device.type
+        self.model = threading.Lock()  # one window at a time in the model (its memory plan is for one)
+        self.model_seconds = 0.0  # time in the model, summed over windows (for jobs/measure/overlap.py)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame([self.restore(row) for row in batch.to_dict("records")])
@@ -66,7 +76,10 @@ class RestoreWindows:
             limit = READ_BASE_SECONDS + DECODE_SECONDS_PER_FRAME * (int(row[END]) - int(row[START]))
             frames_fhwc_u8 = run_with_limit(limit, f"decoding window {row[WINDOW_INDEX]}", _read_window, row)
             seed = window_seed(row[REL], int(row[START]), int(row[END]), self.base_seed)
-            restored_fhwc_u8 = self.restorer(frames_fhwc_u8, self.prompt, seed=seed)
+            with self.model:
+                entered = time.perf_counter()
+                restored_fhwc_u8 = self.restorer(frames_fhwc_u8, self.prompt, seed=seed)
+                self.model_seconds += time.perf_counter() - entered
             del frames_fhwc_u8
             write_segment(restored_fhwc_u8, segment, Fraction(row[FPS]), lossless=bool(row[LOSSLESS]))
             outcome = {STATUS: DONE}
