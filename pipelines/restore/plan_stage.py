@@ -15,7 +15,7 @@ from pipelines.media.scenes import probe_scenes
 from pipelines.media.video_info import BadVideo, check_restorable, has_alpha
 from pipelines.restore import metrics
 from pipelines.restore.context import RestoreRun
-from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, read_limit, time_limit
+from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, describe, read_limit, time_limit, unreadable
 from pipelines.restore.lease import claim_video
 from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, DONE_ELSEWHERE, ERROR, FAILED, FIELD_ORDER,
                                     FINGERPRINT, FPS, FRAMES, LEASED, LOSSLESS, OUTPUT, OUTPUT_STEM, PENDING,
@@ -24,6 +24,9 @@ from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, DONE_ELSEWHERE
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
+
+UNREADABLE_REASON = ("the file cannot be demuxed ({}): it is damaged or cut off; copy it again from where it came "
+                     "from, or remux what is left (ffmpeg -i SOURCE -c copy OUT.mkv) and restore that")
 
 
 def claim_and_plan(row: dict[str, Any], *, run: RestoreRun, **plan: Any) -> list[dict[str, Any]]:
@@ -50,8 +53,9 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
     pictures bwdif makes of it (`media.interlace`, at `deinterlace` rate).
 
     Failures are rows, not exceptions: a bad file (`BadVideo`: also frames above `max_pixels`, and
-    what the pipeline cannot restore faithfully, see `check_restorable`) fails for good, anything
-    else (a storage hiccup) is retried by the next run.
+    what the pipeline cannot restore faithfully, see `check_restorable`; or whatever else the demuxer
+    raises on its bytes, `faults.unreadable`) fails for good, anything else (a storage hiccup, a
+    time limit) is retried by the next run.
     """
     try:
         with storage.open_input(row[SOURCE]) as f:
@@ -75,8 +79,10 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
         return [failed_row(row, e.reason, permanent=True)]
     except Exception as e:  # noqa: BLE001 - recorded in the ledger, the run goes on
         log.warning("planning %s failed", row[SOURCE], exc_info=True)
-        metrics.failure("scenes", permanent=False)
-        return [failed_row(row, f"{type(e).__name__}: {e}", permanent=False)]
+        permanent = unreadable(e)
+        metrics.failure("scenes", permanent=permanent)
+        return [failed_row(row, UNREADABLE_REASON.format(describe(e)) if permanent else f"{type(e).__name__}: {e}",
+                           permanent=permanent)]
 
     # telecined film is put back together (inverse telecine), whatever rate video would get
     mode = None if info.field_order == "progressive" else "film" if info.telecine else deinterlace
