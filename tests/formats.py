@@ -25,6 +25,15 @@ def moving_bar(index: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
     return rgb
 
 
+def small_test_pattern(frames: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """FFmpeg's `testsrc` (colour bars, a scrolling gradient, a frame counter), `(F, H, W, 3)` uint8:
+    at this size its lettering is a row or two high, fine vertical detail that idet takes for combing."""
+    graph = av.filter.Graph()
+    source = graph.add("testsrc", f"size={size[0]}x{size[1]}:rate=25")
+    graph.link_nodes(source, graph.add("format", "rgb24"), graph.add("buffersink")).configure()
+    return np.stack([graph.pull().to_ndarray() for _ in range(frames)])
+
+
 def woven(frames: int, size: tuple[int, int] = (64, 48), top_first: bool = True) -> np.ndarray:
     """Interlaced frames from pictures at twice the rate, `(F, H, W, 3)`: the first field in time
     (top rows for top-field-first) from picture 2i, the other from 2i+1. What a 50i camera records."""

@@ -4,6 +4,7 @@ combing, hostile and awkward files failed with a reason."""
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from formats import moving_bar, telecined, woven, write
+from formats import moving_bar, small_test_pattern, telecined, woven, write
 from helpers import assert_same_timing, claim_all, decode_all, restore_run
 from pipelines.listing import SourceFile
 from pipelines.media.frames import read_frames
@@ -134,9 +135,33 @@ def test_field_order_is_found(tmp_path, name):
     codec, fmt, options, flag, expected, size = INTERLACED[name]
     src = write(tmp_path / name, woven(8, size, top_first=expected == "tff"), codec=codec, fmt=fmt,
                 options=options, field_order=flag)
-    assert probe_timestamps(src)[0].field_order == expected
+    info = probe_timestamps(src)[0]
+    assert info.field_order == expected and info.interlacing.startswith(f"{expected}: "), info.interlacing
+    # DV flags every frame interlaced: the pictures say a progressive one is not
     progressive = write(tmp_path / f"progressive_{name}", bars(8, size), codec=codec, fmt=fmt)
-    assert probe_timestamps(progressive)[0].field_order == ("bff" if codec == "dvvideo" else "progressive")
+    assert probe_timestamps(progressive)[0].field_order == "progressive"
+
+
+def test_pictures_overrule_idet_and_flags_on_progressive_sources(tmp_path):
+    """Two signals must agree: a small progressive test pattern that idet calls top field first (fine
+    vertical detail, next to no motion) stays progressive, and a progressive capture flagged
+    interlaced (MPEG-2 coded with interlaced tools, setfield tff) is found progressive on its pictures."""
+    pattern = small_test_pattern(24)
+    for codec, fmt, ext in (("mpeg4", "avi", "avi"), ("wmv2", "asf", "wmv"), ("msmpeg4v3", "avi", "avi")):
+        info = probe_timestamps(write(tmp_path / f"pattern_{codec}.{ext}", pattern, codec=codec, fmt=fmt))[0]
+        assert info.field_order == "progressive", info.interlacing
+        assert "stream flags none, idet tff" in info.interlacing and "pictures cannot tell" in info.interlacing
+    flagged = write(tmp_path / "flagged.mpg", bars(12), codec="mpeg2video", fmt="mpeg",
+                    options={"flags": "+ildct+ilme"}, field_order="tff")
+    info = probe_timestamps(flagged)[0]
+    assert info.field_order == "progressive", info.interlacing
+    assert re.search(r"stream flags tff .*pictures progressive \(field-order asymmetry [+-]0\.0\d", info.interlacing)
+    # the same pictures woven from fields: the measure says which field comes first, at about 0.7
+    for top_first, sign in ((True, "+"), (False, "-")):
+        woven_clip = write(tmp_path / f"woven_{top_first}.avi", woven(12, top_first=top_first), codec="mpeg4", fmt="avi")
+        info = probe_timestamps(woven_clip)[0]
+        assert info.field_order == ("tff" if top_first else "bff"), info.interlacing
+        assert re.search(rf"pictures [tb]ff \(field-order asymmetry \{sign}0\.[6-8]", info.interlacing), info.interlacing
 
 
 def test_bwdif_removes_the_combing_and_doubles_the_rate(tmp_path):

@@ -219,7 +219,8 @@ def _diagnose_ts(f: BinaryIO, size: int) -> str | None:
     short = {pid: n for pid, n in missing.items() if n}
     if short:
         pid, n = min(short.items())
-        return f"truncated MPEG-TS file: the last packet of stream PID {pid:#x} lacks {n} bytes (upload or copy cut off)"
+        return (f"truncated MPEG-TS file: the last packet of stream PID {pid:#x} lacks {n} bytes "
+                f"(upload or copy cut off)")
     return None
 
 

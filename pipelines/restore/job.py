@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pipelines import storage
 from pipelines.job_support import config_errors
+from pipelines.media.interlace import OPTIONS, Option
 from pipelines.media.scenes import DETECTORS
 from pipelines.reachable import check_reachable
 from pipelines.restore.lease import DEFAULT_TTL
@@ -50,9 +51,11 @@ class ArchiveJob:
     device: Literal["auto", "gpu", "cpu"] = "auto"
     detector: str = "adaptive"  # PySceneDetect's detector: adaptive or content
     retry_failed: bool = False  # also retry unchanged sources that failed as bad inputs before
-    # Interlaced sources are deinterlaced with FFmpeg's bwdif to one picture per field (50i -> 50p, smooth
-    # motion) or per frame (50i -> 25p)
-    deinterlace: Literal["field", "frame"] = "field"
+    # auto: each source as found (the stream's flags or idet, confirmed on the pictures): interlaced video is
+    # deinterlaced with FFmpeg's bwdif to one picture per field (50i -> 50p, smooth motion), telecine put back
+    # together; off: every source trusted as progressive; field or frame: every source deinterlaced, one
+    # picture per field (50i -> 50p) or per frame (50i -> 25p)
+    deinterlace: Option = "auto"
     # Sources with more pixels per frame fail before any GPU time (with --retry-failed after raising it)
     max_frame_pixels: int = 4096 * 2304
     # Restore only on this GPU type, as Ray names it (L4, A100, H100, ...); implies GPUs.
@@ -139,8 +142,8 @@ def _validate(job: ArchiveJob) -> RestoreConfig:
         raise ValueError(f"--lease-minutes {job.lease_minutes}: need a positive number of minutes")
     if job.check_outputs < 0:
         raise ValueError(f"--check-outputs {job.check_outputs}: need 0 or more")
-    if job.deinterlace not in ("field", "frame"):
-        raise ValueError(f"--deinterlace {job.deinterlace!r}: choose field or frame")
+    if job.deinterlace not in OPTIONS:
+        raise ValueError(f"--deinterlace {job.deinterlace!r}: choose one of {', '.join(OPTIONS)}")
     if job.max_frame_pixels < 1:
         raise ValueError(f"--max-frame-pixels {job.max_frame_pixels}: need a positive number of pixels")
     if job.detector not in DETECTORS:
