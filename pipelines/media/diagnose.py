@@ -6,6 +6,7 @@ the length of each packet, so the packets at the end show whether the last one i
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import BinaryIO
 
@@ -145,6 +146,8 @@ def _diagnose_ps(f: BinaryIO, size: int) -> str | None:
     a file that ends in padding or junk cannot be told."""
     start = max(0, size - _TAIL)
     tail = _read(f, start, size - start, "its last packets")
+    if not start and not re.search(rb"\x00\x00\x01[\xe0-\xef]", tail):  # the start code of a video PES packet
+        return "truncated MPEG-PS file: it holds its header and no video packet (upload or copy cut off)"
     at = tail.find(_PS_PACK)
     while at >= 0:
         last = _ps_walk(tail, at)
@@ -203,6 +206,7 @@ def _diagnose_ts(f: BinaryIO, size: int) -> str | None:
     start = max(0, size - _TAIL // packet * packet)
     tail = _read(f, start, size - start, "its last packets")
     missing: dict[int, int] = {}  # PID -> bytes its last PES packet still lacks
+    pes = False  # a PES packet starts in the tail
     for at in range(prefix, len(tail), packet):
         ts = tail[at:at + 188]
         if ts[0] != _TS_SYNC:
@@ -212,10 +216,14 @@ def _diagnose_ts(f: BinaryIO, size: int) -> str | None:
             continue  # no payload
         payload = ts[5 + ts[4]:] if adaptation & 2 else ts[4:]
         if ts[1] & 0x40:  # a PES packet (or a table section) starts here
+            pes = pes or payload.startswith(_START_CODE)
             length = int.from_bytes(payload[4:6], "big") if payload.startswith(_START_CODE) else 0
             missing[pid] = 6 + length if length else 0  # 0: open length, or a table
         if missing.get(pid):
             missing[pid] = max(missing[pid] - len(payload), 0)
+    if not start and not pes:
+        return ("truncated MPEG-TS file: it holds its tables (PAT, PMT) and no audio or video packet "
+                "(upload or copy cut off)")
     short = {pid: n for pid, n in missing.items() if n}
     if short:
         pid, n = min(short.items())
