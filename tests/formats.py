@@ -25,6 +25,15 @@ def moving_bar(index: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
     return rgb
 
 
+def small_test_pattern(frames: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """FFmpeg's `testsrc` (colour bars, a scrolling gradient, a frame counter), `(F, H, W, 3)` uint8:
+    at this size its lettering is a row or two high, fine vertical detail that idet takes for combing."""
+    graph = av.filter.Graph()
+    source = graph.add("testsrc", f"size={size[0]}x{size[1]}:rate=25")
+    graph.link_nodes(source, graph.add("format", "rgb24"), graph.add("buffersink")).configure()
+    return np.stack([graph.pull().to_ndarray() for _ in range(frames)])
+
+
 def woven(frames: int, size: tuple[int, int] = (64, 48), top_first: bool = True) -> np.ndarray:
     """Interlaced frames from pictures at twice the rate, `(F, H, W, 3)`: the first field in time
     (top rows for top-field-first) from picture 2i, the other from 2i+1. What a 50i camera records."""
@@ -50,6 +59,38 @@ def telecined(film_frames: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
             frame[1::2] = film[4 * cycle + bottom][1::2]
             out.append(frame)
     return np.stack(out)
+
+
+# One sample of each container whose header-only and truncated copies must fail with a reason (issue 25):
+# name -> (video codec, container, audio codec)
+CONTAINERS = {
+    "film.mkv": ("libx264", "matroska", "mp2"), "clip.mp4": ("libx264", "mp4", "mp2"),
+    "master.mov": ("mpeg4", "mov", "mp2"), "capture.avi": ("mpeg4", "avi", "mp2"),
+    "tape.mpg": ("mpeg2video", "mpeg", "mp2"), "broadcast.ts": ("mpeg2video", "mpegts", "mp2"),
+    "old.wmv": ("wmv2", "asf", "wmav2"),
+}
+
+
+def header_only(name: str, whole: bytes) -> bytes:
+    """The bytes of `whole` (a CONTAINERS sample as `write` makes it) before its first audio or video
+    data: what an upload cut off right after the header leaves."""
+    ext = name.rsplit(".", 1)[1]
+    if ext == "mkv":
+        return whole[:whole.index(b"\x1f\x43\xb6\x75")]  # up to the first Cluster
+    if ext in ("mp4", "mov"):
+        return whole[:int.from_bytes(whole[:4], "big")]  # the 'ftyp' box (the muxer writes 'moov' last)
+    if ext == "avi":
+        return whole[:whole.index(b"movi") + 4]  # the headers, up to the 'movi' list's first chunk
+    if ext == "mpg":
+        return whole[:whole.index(b"\x00\x00\x01\xe0")]  # pack and system headers, before the first video PES
+    if ext == "ts":
+        return whole[:3 * 188]  # FFmpeg's SDT, PAT and PMT packets
+    return whole[:int.from_bytes(whole[16:24], "little")]  # ASF: the header object
+
+
+def truncated(whole: bytes) -> bytes:
+    """The first 60% of `whole`, cut at an odd length (inside a packet of any container)."""
+    return whole[:len(whole) * 6 // 10 | 1]
 
 
 def write(path: Path, frames_fhwc_u8: np.ndarray, *, codec: str, fmt: str | None = None, pix_fmt: str = "yuv420p",

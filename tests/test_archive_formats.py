@@ -13,9 +13,10 @@ import av
 import numpy as np
 import pytest
 
-from formats import moving_bar, woven, write
+from formats import CONTAINERS, header_only, moving_bar, small_test_pattern, truncated, woven, write
 from helpers import latest_rows, read_summary, run_job
 from pipelines.media.probe import probe_timestamps
+from test_formats import CUT_REASONS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -99,3 +100,81 @@ def test_bad_inputs_fail_with_reasons_and_hidden_files_are_counted(run):
     assert (summary["skipped_hidden"], summary["done"], summary["failed"]) == (2, len(GOOD) + 1, len(BAD))
     # The user's _staging and _ledger folders were restored, and the job's own staging is gone.
     assert not list((output / "_staging").glob("*/*/window_*.mkv"))
+
+
+# -- the old ones (issue 25): a WMV, cut-off files of each container, progressive patterns idet misjudges ---
+
+BICUBIC = ("--preset", "bicubic", "--scale", "2")
+PATTERNS = {"patterns/pattern mpeg4.avi": ("mpeg4", "avi"), "patterns/pattern wmv2.wmv": ("wmv2", "asf"),
+            "patterns/pattern msmpeg4v3.avi": ("msmpeg4v3", "avi")}
+
+
+def build_old(root: Path) -> Path:
+    """A second of WMV, a progressive test pattern through each old codec, an interlaced tape, and a
+    header-only and a truncated copy of a sample of each container (`cut/header <name>`, `cut/truncated <name>`)."""
+    for folder in ("patterns", "cut"):
+        (root / folder).mkdir(parents=True)
+    write(root / "old.wmv", np.stack([moving_bar(i) for i in range(25)]), codec="wmv2", fmt="asf",
+          audio=(("wmav2", 22050, "eng", {}),))
+    for rel, (codec, fmt) in PATTERNS.items():
+        write(root / rel, small_test_pattern(24), codec=codec, fmt=fmt)
+    write(root / "tape.mpg", woven(6), codec="mpeg2video", fmt="mpeg", options={"flags": "+ildct+ilme"},
+          field_order="tff")
+    for name, (codec, fmt, audio) in CONTAINERS.items():
+        whole = write(root / "cut" / name, np.stack([moving_bar(i) for i in range(12)]), codec=codec, fmt=fmt,
+                      audio=((audio, 48000, "eng", {}),))
+        data = whole.read_bytes()
+        whole.unlink()
+        (root / "cut" / f"header {name}").write_bytes(header_only(name, data))
+        (root / "cut" / f"truncated {name}").write_bytes(truncated(data))
+    return root
+
+
+@pytest.fixture(scope="module")
+def old_runs(tmp_path_factory) -> tuple[Path, Path, list[subprocess.CompletedProcess]]:
+    """The archive restored with the bicubic preset at x2, then again with --deinterlace frame, and a
+    run asked for --deinterlace yes."""
+    archive = build_old(tmp_path_factory.mktemp("old"))
+    output = tmp_path_factory.mktemp("old_restored")
+    first = run_job(archive, output, *BICUBIC)
+    rows = {"rows": latest_rows(output)}  # the first run's rows, before the second replaces them
+    again = run_job(archive, output, *BICUBIC, "--deinterlace", "frame")
+    refused = run_job(archive, tmp_path_factory.mktemp("never"), *BICUBIC, "--deinterlace", "yes")
+    return archive, output, [first, rows, again, refused]
+
+
+def test_the_old_ones_restore_or_fail_for_good_with_their_reasons(old_runs):
+    archive, output, (first, rows, again, refused) = old_runs
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    rows = rows["rows"]
+    # the WMV assembles, its WMA as FLAC, every frame and sample kept
+    assert (rows["old.wmv"]["status"], rows["old.wmv"]["frames"]) == ("done", 25), rows["old.wmv"]
+    # idet calls the small pattern top field first; the pictures cannot confirm it: progressive, one per frame
+    for rel in PATTERNS:
+        row = rows[rel]
+        assert (row["status"], row["frames"], row["deinterlaced"]) == ("done", 24, ""), row
+        assert row["interlacing"].startswith("progressive: stream flags none, idet tff"), row["interlacing"]
+        assert "pictures cannot tell" in row["interlacing"]
+        out_rel = rel.rsplit(".", 1)[0] + ".mp4"
+        assert probe_timestamps(output / out_rel)[0].frame_count == 24
+    tape = rows["tape.mpg"]
+    assert (tape["status"], tape["frames"], tape["deinterlaced"]) == ("done", 12, "bwdif, field rate, tff"), tape
+    assert tape["interlacing"].startswith("tff: stream flags tff"), tape["interlacing"]
+    for name, reasons in CUT_REASONS.items():
+        for kind, reason in zip(("header", "truncated"), reasons):
+            row = rows[f"cut/{kind} {name}"]
+            assert (row["status"], row["permanent"]) == ("failed", True), row
+            assert re.match(reason, row["error"]), row["error"]
+
+
+def test_deinterlace_frame_redoes_the_archive_at_one_picture_per_frame_and_a_bad_value_stops_first(old_runs):
+    archive, output, (_, _, again, refused) = old_runs
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    rows = latest_rows(output)
+    tape = rows["tape.mpg"]
+    assert (tape["status"], tape["frames"], tape["deinterlaced"]) == ("done", 6, "bwdif, frame rate, tff"), tape
+    assert tape["interlacing"].endswith("--deinterlace frame: tff")
+    pattern = rows["patterns/pattern mpeg4.avi"]  # the user's word: every source is interlaced
+    assert (pattern["frames"], pattern["deinterlaced"]) == (24, "bwdif, frame rate, tff"), pattern
+    assert refused.returncode == 2 and "invalid choice: 'yes'" in refused.stderr, refused.stderr
+    assert "Started a local Ray instance" not in refused.stdout + refused.stderr

@@ -4,6 +4,8 @@ combing, hostile and awkward files failed with a reason."""
 
 from __future__ import annotations
 
+import re
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,20 +13,22 @@ import av
 import numpy as np
 import pytest
 
-from formats import moving_bar, telecined, woven, write
+from formats import CONTAINERS, header_only, moving_bar, small_test_pattern, telecined, truncated, woven, write
 from helpers import assert_same_timing, claim_all, decode_all, restore_run
 from pipelines.listing import SourceFile
+from pipelines.media.diagnose import diagnose
 from pipelines.media.frames import read_frames
-from pipelines.media.interlace import decode_start_pts, deinterlace, picture_timeline, read_pictures
+from pipelines.media.interlace import OPTIONS, choose, decode_start_pts, deinterlace, picture_timeline, read_pictures
 from pipelines.media.mux import choose_container, transcoded_audio
 from pipelines.media.probe import probe_timestamps
 from pipelines.media.video_info import BadVideo, check_restorable
 from pipelines.restore.assemble_stage import finish_video
+from pipelines.restore.faults import TimeLimit, unreadable
 from pipelines.restore.lease import Leases
 from pipelines.restore.plan_stage import plan_video
 from pipelines.restore.restore_stage import RestoreWindows
-from pipelines.restore.rows import (DEINTERLACE, DEINTERLACED, FINGERPRINT, FRAMES, OUTPUT, OUTPUT_STEM, REL, SOURCE,
-                                    STAGING, STATUS, VIDEO_ID, video_id)
+from pipelines.restore.rows import (DEINTERLACE, DEINTERLACED, FIELD_ORDER, FINGERPRINT, FRAMES, INTERLACING, OUTPUT,
+                                    OUTPUT_STEM, REL, SOURCE, STAGING, STATUS, VIDEO_ID, video_id)
 from star_model.presets import restore_settings
 from test_assembly import restore_video, stream_packets
 
@@ -82,6 +86,24 @@ def test_audio_no_output_container_carries_becomes_flac(tmp_path, name):
     assert np.abs(before - after).max() < 2**-22
 
 
+def test_wmv_whose_wma_decoder_holds_back_its_last_frame_assembles(tmp_path):
+    """A second of WMV (wmv2 + wmav2): the WMA decoder gives up its last frame at the flush without a
+    pts, which FLAC encoded into packets without timestamps (issue 25: TypeError or EINVAL in assembly).
+    It is placed where the frame before it ends: every sample comes out, in time."""
+    src = write(tmp_path / "old.wmv", bars(25), codec="wmv2", fmt="asf", audio=(("wmav2", 22050, "eng", {}),))
+    out = tmp_path / "out.mkv"
+    info, timestamps, _ = restore_video(src, out, tmp_path / "stage", window=8, overlap=2)
+    assert_same_timing(out, info, timestamps)
+    before, after = decoded_audio(src), decoded_audio(out)
+    assert before.shape == after.shape and np.abs(before - after).max() < 2**-22
+    with av.open(str(out)) as container:
+        packets = [p for p in container.demux(container.streams.audio[0]) if p.size]
+        starts = [p.pts for p in packets]
+        assert None not in starts and starts == sorted(starts)
+        played = (packets[-1].pts + packets[-1].duration - packets[0].pts) * packets[0].time_base
+        assert abs(played - Fraction(after.shape[1], 22050)) < Fraction(1, 20)  # the track lasts as its samples
+
+
 def test_matroska_with_two_audio_tracks_subtitles_chapters_and_a_font(tmp_path):
     src = write(tmp_path / "film.mkv", bars(12), codec="libx264",
                 audio=(("pcm_s16le", 48000, "eng", {}), ("mp2", 44100, "fra", {"title": "commentary"})),
@@ -134,9 +156,33 @@ def test_field_order_is_found(tmp_path, name):
     codec, fmt, options, flag, expected, size = INTERLACED[name]
     src = write(tmp_path / name, woven(8, size, top_first=expected == "tff"), codec=codec, fmt=fmt,
                 options=options, field_order=flag)
-    assert probe_timestamps(src)[0].field_order == expected
+    info = probe_timestamps(src)[0]
+    assert info.field_order == expected and info.interlacing.startswith(f"{expected}: "), info.interlacing
+    # DV flags every frame interlaced: the pictures say a progressive one is not
     progressive = write(tmp_path / f"progressive_{name}", bars(8, size), codec=codec, fmt=fmt)
-    assert probe_timestamps(progressive)[0].field_order == ("bff" if codec == "dvvideo" else "progressive")
+    assert probe_timestamps(progressive)[0].field_order == "progressive"
+
+
+def test_pictures_overrule_idet_and_flags_on_progressive_sources(tmp_path):
+    """Two signals must agree: a small progressive test pattern that idet calls top field first (fine
+    vertical detail, next to no motion) stays progressive, and a progressive capture flagged
+    interlaced (MPEG-2 coded with interlaced tools, setfield tff) is found progressive on its pictures."""
+    pattern = small_test_pattern(24)
+    for codec, fmt, ext in (("mpeg4", "avi", "avi"), ("wmv2", "asf", "wmv"), ("msmpeg4v3", "avi", "avi")):
+        info = probe_timestamps(write(tmp_path / f"pattern_{codec}.{ext}", pattern, codec=codec, fmt=fmt))[0]
+        assert info.field_order == "progressive", info.interlacing
+        assert "stream flags none, idet tff" in info.interlacing and "pictures cannot tell" in info.interlacing
+    flagged = write(tmp_path / "flagged.mpg", bars(12), codec="mpeg2video", fmt="mpeg",
+                    options={"flags": "+ildct+ilme"}, field_order="tff")
+    info = probe_timestamps(flagged)[0]
+    assert info.field_order == "progressive", info.interlacing
+    assert re.search(r"stream flags tff .*pictures progressive \(field-order asymmetry [+-]0\.0\d", info.interlacing)
+    # the same pictures woven from fields: the measure says which field comes first, at about 0.7
+    for top_first, sign in ((True, "+"), (False, "-")):
+        woven_clip = write(tmp_path / f"woven_{top_first}.avi", woven(12, top_first=top_first), codec="mpeg4", fmt="avi")
+        info = probe_timestamps(woven_clip)[0]
+        assert info.field_order == ("tff" if top_first else "bff"), info.interlacing
+        assert re.search(rf"pictures [tb]ff \(field-order asymmetry \{sign}0\.[6-8]", info.interlacing), info.interlacing
 
 
 def test_bwdif_removes_the_combing_and_doubles_the_rate(tmp_path):
@@ -172,6 +218,29 @@ def test_telecined_film_is_found_and_put_back_together_not_deinterlaced(tmp_path
     rows = plan_video({"source": str(src), "rel": "film.mpg", "fingerprint": "1:1", "video_id": "v",
                        "output_stem": str(tmp_path / "film"), "staging": ""}, window=8, overlap=2, detector="content")
     assert {(r["deinterlace"], r["frames"]) for r in rows} == {("film", 20)}
+
+
+def test_deinterlace_option_decides_over_what_probing_found(tmp_path):
+    """--deinterlace auto keeps what probing found (interlaced video at field rate), off trusts every
+    source as progressive, field and frame deinterlace every source at that rate; the evidence says so."""
+    tape = write(tmp_path / "tape.mpg", woven(8), codec="mpeg2video", fmt="mpeg", options={"flags": "+ildct+ilme"},
+                 field_order="tff")
+    clip = write(tmp_path / "clip.avi", bars(8), codec="mpeg4", fmt="avi")
+    row = {SOURCE: str(tape), REL: "tape.mpg", FINGERPRINT: "1:1", VIDEO_ID: "v", OUTPUT_STEM: str(tmp_path / "o"),
+           STAGING: ""}
+    planned = {}
+    for source in (tape, clip):
+        for option in OPTIONS:
+            (first, *_) = plan_video({**row, SOURCE: str(source)}, window=8, overlap=2, detector="content",
+                                     deinterlace=option)
+            planned[source.name, option] = (first[DEINTERLACE], first[FIELD_ORDER], first[FRAMES])
+            assert first[INTERLACING].endswith("" if option == "auto" else f"--deinterlace {option}: {first[FIELD_ORDER]}")
+    assert planned == {("tape.mpg", "auto"): ("field", "tff", 16), ("tape.mpg", "off"): ("", "progressive", 8),
+                       ("tape.mpg", "field"): ("field", "tff", 16), ("tape.mpg", "frame"): ("frame", "tff", 8),
+                       ("clip.avi", "auto"): ("", "progressive", 8), ("clip.avi", "off"): ("", "progressive", 8),
+                       ("clip.avi", "field"): ("field", "tff", 16), ("clip.avi", "frame"): ("frame", "tff", 8)}
+    info = probe_timestamps(tape)[0]
+    assert choose(info, "auto") == (info, "field")
 
 
 def test_picture_timeline_keeps_duration_and_windows_join(tmp_path):
@@ -244,6 +313,69 @@ def test_header_stubs_are_bad_inputs(tmp_path, name, codec, fmt):
     (tmp_path / f"stub_{name}").write_bytes(whole[:64])
     with pytest.raises(BadVideo):
         probe_timestamps(tmp_path / f"stub_{name}")
+
+
+CUT_REASONS = {  # name -> (reason of the header-only copy, reason of the truncated copy)
+    "film.mkv": (r"truncated Matroska/WebM file: the segment is \d+ bytes short",) * 2,
+    "clip.mp4": ("truncated MP4/MOV file: no 'moov' index box",
+                 r"truncated MP4/MOV file: box 'mdat' at byte \d+ needs \d+ bytes, only \d+ remain"),
+    "master.mov": ("truncated MP4/MOV file: no 'moov' index box",
+                   r"truncated MP4/MOV file: box 'mdat' at byte \d+ needs \d+ bytes, only \d+ remain"),
+    "capture.avi": (r"truncated AVI file: the RIFF chunk is \d+ bytes short",) * 2,
+    "tape.mpg": ("truncated MPEG-PS file: it holds its header and no video packet",
+                 r"truncated MPEG-PS file: the packet at byte \d+ needs \d+ bytes, only \d+ remain"),
+    "broadcast.ts": (r"truncated MPEG-TS file: it holds its tables \(PAT, PMT\) and no audio or video packet",
+                     r"truncated MPEG-TS file: it ends \d+ bytes into a 188-byte packet"),
+    "old.wmv": (r"truncated ASF \(WMV/WMA\) file: its header says \d+ bytes, \d+ are missing",) * 2,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTAINERS))
+def test_header_only_and_truncated_files_fail_for_good_saying_what_is_missing(tmp_path, name):
+    """Each container's header alone and its first 60%: a permanent failed row whose reason says the
+    file was cut off and how (never a partial restoration of what is left, never a retried error)."""
+    codec, fmt, audio = CONTAINERS[name]
+    whole = write(tmp_path / name, bars(12), codec=codec, fmt=fmt, audio=((audio, 48000, "eng", {}),)).read_bytes()
+    assert probe_timestamps(tmp_path / name)[0].frame_count == 12  # the whole file is fine
+    for cut, reason in zip((header_only(name, whole), truncated(whole)), CUT_REASONS[name]):
+        (tmp_path / f"cut_{name}").write_bytes(cut)
+        row = {SOURCE: str(tmp_path / f"cut_{name}"), REL: name, FINGERPRINT: "1:1", VIDEO_ID: "v",
+               OUTPUT_STEM: str(tmp_path / "out"), STAGING: ""}
+        (failed,) = plan_video(row, window=8, overlap=2, detector="content")
+        assert (failed[STATUS], failed["permanent"]) == ("failed", True), failed
+        assert re.match(reason, failed["error"]), failed["error"]
+
+
+def test_stubs_that_raised_index_and_struct_errors_say_where_they_end(tmp_path):
+    """A Matroska file cut inside its EBML header, an MP4 cut inside a box's 64-bit size, a transport
+    stream cut between packets inside an audio PES packet (issue 25: IndexError, struct.error, or
+    restored short without a word)."""
+    cases = {"magic.mkv": (write(tmp_path / "a.mkv", bars(4), codec="libx264").read_bytes()[:4],
+                           "truncated Matroska/WebM file: it ends inside the EBML header, after 4 bytes"),
+             "large.mp4": (write(tmp_path / "a.mp4", bars(4), codec="libx264").read_bytes()[:32] + b"\0\0\0\1mdat\0\0",
+                           "truncated MP4/MOV file: it ends inside the header of box 'mdat', after 42 bytes")}
+    for name, (data, reason) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(BadVideo, match=re.escape(reason)):
+            probe_timestamps(tmp_path / name)
+    whole = write(tmp_path / "a.ts", bars(25), codec="mpeg2video", fmt="mpegts",
+                  audio=(("mp2", 48000, "eng", {}),)).read_bytes()
+    reasons = []
+    for packets in range(len(whole) // 188 // 2, len(whole) // 188):  # cuts between packets, from half way
+        (tmp_path / "cut.ts").write_bytes(whole[:188 * packets])
+        with open(tmp_path / "cut.ts", "rb") as f:
+            reasons.append(diagnose(f, 188 * packets)[1])
+    assert any(r and re.match(r"truncated MPEG-TS file: the last packet of stream PID 0x\w+ lacks \d+ bytes", r)
+               for r in reasons), reasons
+
+
+def test_what_a_demuxer_raises_on_a_file_is_permanent_and_storage_errors_are_not():
+    for error in (IndexError("index out of range"), struct.error("unpack requires a buffer of 8 bytes"),
+                  av.error.InvalidDataError(1094995529, "Invalid data found when processing input"), OverflowError()):
+        assert unreadable(error), error
+    for error in (ConnectionResetError("store went away"), FileNotFoundError("gone"), TimeLimit("probing took long"),
+                  MemoryError(), RuntimeError("a bug of ours")):
+        assert not unreadable(error), error
 
 
 def test_truncated_avi_says_so(tmp_path):

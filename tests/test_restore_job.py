@@ -10,7 +10,9 @@ import shutil
 
 import pytest
 
-from pipelines.restore.job import FORMER_BEHAVIOUR, RUN_ONLY, ArchiveJob
+from pipelines.job_support import ConfigError
+from pipelines.media.interlace import OPTIONS
+from pipelines.restore.job import FORMER_BEHAVIOUR, RUN_ONLY, ArchiveJob, validate
 from pipelines.weights import MANIFEST
 from star_model.presets import get_preset
 from star_model.restore import RestoreConfig
@@ -19,7 +21,7 @@ JOB = ArchiveJob(input="in", output="out", preset="tiny")
 KEY = JOB.settings_key()
 # A valid other value for the job fields that the restore settings are made from.
 OTHER_VALUES = {"preset": "official", "checkpoint": "heavy_deg", "scale": 2, "steps": 3, "detector": "content",
-                "square_pixels": True}
+                "square_pixels": True, "deinterlace": "frame"}
 
 
 def test_the_key_is_deterministic():
@@ -104,3 +106,14 @@ def test_a_weights_folder_counts_by_its_manifest(tmp_path):
     assert ArchiveJob(input="in", output="out", preset="tiny", weights=folder("c", "2")).settings_key() != key
     assert ArchiveJob(input="in", output="out", preset="tiny", weights=folder("d", "1"),
                       checkpoint="heavy_deg").settings_key() != key
+
+
+def test_each_deinterlace_option_has_its_own_key_and_a_bad_one_is_refused_before_any_work(tmp_path):
+    assert OPTIONS == ("auto", "off", "field", "frame")
+    assert JOB.settings()["deinterlace"] == "field"  # auto keeps the former default's key: no redo on upgrade
+    assert len({dataclasses.replace(JOB, deinterlace=option).settings_key() for option in OPTIONS}) == 4
+    (tmp_path / "in").mkdir()
+    job = ArchiveJob(input=str(tmp_path / "in"), output=str(tmp_path / "out"), preset="bicubic", deinterlace="yes")
+    with pytest.raises(ConfigError, match="--deinterlace 'yes': choose one of auto, off, field, frame"):
+        validate(job)
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
-"""Interlaced sources: find the field order (the stream's flags, else FFmpeg's `idet` on the first
-frames) and deinterlace with FFmpeg's `bwdif` through PyAV's filter graph, at field rate by default
-(50i -> 50p, motion stays smooth) or at frame rate (50i -> 25p).
+"""Interlaced sources: decide how to treat each one (`choose`: the job's --deinterlace over the field
+order field_order.py found: the stream's flags or FFmpeg's `idet`, confirmed on the pictures) and
+deinterlace with FFmpeg's `bwdif` through PyAV's filter graph, at field rate by default (50i -> 50p,
+motion stays smooth) or at frame rate (50i -> 25p).
 
 A deinterlaced video is, for every stage after probing, the progressive video `bwdif` makes: its
 "picture" timeline (`picture_timeline`) has twice the frames at field rate, at pts on a clock twice
@@ -35,7 +36,31 @@ Deinterlace = Literal["field", "frame", "film"]
 """bwdif's output: one picture per field ("field", its `send_field` mode) or per frame ("frame"); or
 one per frame by inverse telecine ("film": fieldmatch, then bwdif on what it leaves combed)."""
 
+Option = Literal["auto", "off", "field", "frame"]
+"""The restore job's --deinterlace: "auto" decides per source (progressive as found; interlaced video
+at field rate, telecine inverse-telecined); "off" trusts every source as progressive; "field" and
+"frame" trust every source as interlaced and run bwdif at that rate."""
+OPTIONS: tuple[Option, ...] = ("auto", "off", "field", "frame")
+
 _PICTURES_PER_FRAME = {"field": 2, "frame": 1, "film": 1}
+
+
+def choose(info: VideoInfo, option: Option) -> tuple[VideoInfo, Deinterlace | None]:
+    """(`info` as the pipeline restores it, the deinterlacer's mode: None for a progressive source).
+    Where the option overrides what probing found, `info` says so: its field order is the one bwdif
+    uses (found, else the codec's usual one: DV bottom first, the rest top first) and its
+    `interlacing` evidence ends with the option."""
+    if option == "auto":
+        interlaced = info.field_order != "progressive"
+        return info, None if not interlaced else "film" if info.telecine else "field"
+    if option == "off":
+        order = "progressive"
+    else:
+        found = info.field_order != "progressive"
+        order = info.field_order if found else "bff" if info.codec == "dvvideo" else "tff"
+    evidence = f"{info.interlacing}; --deinterlace {option}: {'progressive' if option == 'off' else order}"
+    info = dataclasses.replace(info, field_order=order, telecine=False, interlacing=evidence)
+    return info, None if option == "off" else option
 
 
 def picture_timeline(info: VideoInfo, timestamps: np.ndarray, mode: Deinterlace | None

@@ -377,11 +377,12 @@ def _kept_packets(src: av.container.InputContainer, kept: dict[int, av.stream.St
     if not kept:
         return
     shifts = {i: math.floor(origin / Fraction(src.streams[i].time_base)) for i in kept}
+    ends: dict[int, int | None] = {}  # per FLAC stream, the pts where its last decoded frame ended
     for packet in src.demux(*[src.streams[i] for i in kept]):
         index = packet.stream.index  # the flush packet at the end has no stream_index of its own
         stream = kept[index]
         if index in flac:
-            yield from _flac_packets(packet, stream, shifts[index])
+            yield from _flac_packets(packet, stream, shifts[index], ends)
         elif packet.size:  # not the empty flush packet at the end (cover art has no timestamps at all)
             if packet.pts is not None:
                 packet.pts -= shifts[index]
@@ -391,12 +392,15 @@ def _kept_packets(src: av.container.InputContainer, kept: dict[int, av.stream.St
             yield packet
 
 
-def _flac_packets(packet: av.Packet, stream: av.audio.stream.AudioStream, shift: int) -> Iterator[av.Packet]:
+def _flac_packets(packet: av.Packet, stream: av.audio.stream.AudioStream, shift: int,
+                  ends: dict[int, int | None]) -> Iterator[av.Packet]:
     """Decode one source packet (the empty one at the end flushes) and encode its samples as FLAC.
 
     PyAV's encoder re-chunks the samples to FLAC's frame size and converts the sample format; the
-    frames keep their pts less `shift` (the output's clock), so the track starts where the source's did. A packet the decoder rejects
-    is skipped with a warning (a gap of one packet): damaged sound never fails the picture.
+    frames keep their pts less `shift` (the output's clock), so the track starts where the source's
+    did. A packet the decoder rejects is skipped with a warning (a gap of one packet): damaged sound
+    never fails the picture. `ends`: where each stream's last frame ended on the source's clock
+    (`_stamp`), kept from call to call.
     """
     flush = not packet.size
     try:
@@ -406,11 +410,24 @@ def _flac_packets(packet: av.Packet, stream: av.audio.stream.AudioStream, shift:
                     packet.stream_index, e)
         frames = []
     for frame in frames:
+        ends[packet.stream.index] = _stamp(frame, ends.get(packet.stream.index))
         if frame.pts is not None:
             frame.pts -= shift
         yield from stream.encode(frame)
     if flush:
         yield from stream.encode(None)
+
+
+def _stamp(frame: av.AudioFrame, expected: int | None) -> int | None:
+    """Give `frame` the pts where the frame before it ended (`expected`) if the decoder left it none,
+    as ffmpeg's command line does; returns where `frame` ends. The frames a decoder gives up when it
+    is flushed carry no pts (WMA holds back one): FLAC would encode them into packets without
+    timestamps, which the interleaving cannot place and the muxer refuses."""
+    if frame.pts is None:
+        frame.pts = expected
+    if frame.pts is None:
+        return None
+    return frame.pts + round(Fraction(frame.samples, frame.sample_rate) / frame.time_base)
 
 
 def _seconds(packet: av.Packet) -> Fraction:

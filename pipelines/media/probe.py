@@ -64,6 +64,8 @@ def open_container(f: BinaryIO) -> av.container.InputContainer:
     try:
         return av.open(f, "r", options={"format_whitelist": ",".join(VIDEO_DEMUXERS)})
     except av.error.ArgumentError as e:  # what FFmpeg says when the whitelist refuses the demuxer
+        if kind:  # or a container diagnose knows, too damaged for its own demuxer
+            raise BadVideo(f"damaged {kind} file ({_ffmpeg_text(e)})") from e
         f.seek(0)
         head = f.read(16).lstrip(b"\xef\xbb\xbf")
         what = next((name for magic, name in _PLAYLISTS.items() if head.startswith(magic)), "a format")

@@ -73,6 +73,7 @@ class VideoInfo:
     # "progressive", or the field shown first of an interlaced source: "tff" | "bff" (see field_order.py)
     field_order: str = "progressive"
     telecine: bool = False  # interlaced by 3:2 pulldown of progressive film (idet's repeated fields)
+    interlacing: str = ""  # how field_order was decided, with the evidence (field_order.py), for the ledger
 
     @property
     def upright_sar(self) -> Fraction:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import av
 import ray
 
 T = TypeVar("T")
@@ -197,6 +199,20 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+# What a demuxer and the parsers around it raise on bytes they cannot make sense of: FFmpeg's errors,
+# and the Python errors of PyAV, PySceneDetect and our own structure checks on what a damaged file
+# holds (an index past the end, a short unpack, an overflowing size). Storage and resource failures
+# (an OSError that is not FFmpeg's, a time limit, MemoryError) are none of these: they are retried.
+UNREADABLE = (av.error.FFmpegError, ValueError, LookupError, ArithmeticError, struct.error, EOFError)
+
+
+def unreadable(error: BaseException) -> bool:
+    """Whether `error`, raised while probing a source, says the file cannot be demuxed (the same bytes
+    fail the same way on every run: a permanent failure), rather than that reading it failed."""
+    return isinstance(error, UNREADABLE) and not (isinstance(error, OSError) and
+                                                  not isinstance(error, av.error.FFmpegError))
 
 
 def describe(error: BaseException) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pipelines import storage
 from pipelines.job_support import config_errors
+from pipelines.media.interlace import OPTIONS, Option
 from pipelines.media.scenes import DETECTORS
 from pipelines.reachable import check_reachable
 from pipelines.restore.lease import DEFAULT_TTL
@@ -50,9 +51,11 @@ class ArchiveJob:
     device: Literal["auto", "gpu", "cpu"] = "auto"
     detector: str = "adaptive"  # PySceneDetect's detector: adaptive or content
     retry_failed: bool = False  # also retry unchanged sources that failed as bad inputs before
-    # Interlaced sources are deinterlaced with FFmpeg's bwdif to one picture per field (50i -> 50p, smooth
-    # motion) or per frame (50i -> 25p)
-    deinterlace: Literal["field", "frame"] = "field"
+    # auto: each source as found (the stream's flags or idet, confirmed on the pictures): interlaced video is
+    # deinterlaced with FFmpeg's bwdif to one picture per field (50i -> 50p, smooth motion), telecine put back
+    # together; off: every source trusted as progressive; field or frame: every source deinterlaced, one
+    # picture per field (50i -> 50p) or per frame (50i -> 25p)
+    deinterlace: Option = "auto"
     # Anamorphic sources (PAL/NTSC 4:3 and 16:9, CIF) keep their pixel aspect ratio by default, so they display
     # as before; this resamples them to square pixels at the output height instead
     square_pixels: bool = False
@@ -85,6 +88,7 @@ class ArchiveJob:
         (checkpoint) and by their content (`weights_digest`: new weights redo every output), not by
         where they lie: moving or copying the weights folder redoes nothing."""
         job = _counted({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_ONLY})
+        job["deinterlace"] = DEINTERLACE_KEYS[self.deinterlace]
         restore = _counted(dataclasses.asdict(self.restore_config()))
         return {**job, "weights_digest": self.weights_digest, "restore": restore}
 
@@ -115,6 +119,12 @@ RUN_ONLY = frozenset({"input", "output", "weights", "actors", "device", "acceler
 # project redoes nothing. (square_pixels: outputs made before it have square pixels, the source's aspect
 # ratio lost; they are not redone on upgrade, only when their source changes.)
 FORMER_BEHAVIOUR = {"upscale": "bilinear", "square_pixels": False}
+
+
+# How --deinterlace enters the settings key. `auto` makes what the former default `field` made of every source
+# it judged right (an interlaced one: one picture per field), so it keeps that key: an upgrade redoes nothing.
+# `field` and `frame` now deinterlace every source, which the former values did not: new keys.
+DEINTERLACE_KEYS = {"auto": "field", "off": "off", "field": "field, every source", "frame": "frame, every source"}
 
 
 def _counted(fields: dict[str, Any]) -> dict[str, Any]:
@@ -149,8 +159,8 @@ def _validate(job: ArchiveJob) -> RestoreConfig:
         raise ValueError(f"--lease-minutes {job.lease_minutes}: need a positive number of minutes")
     if job.check_outputs < 0:
         raise ValueError(f"--check-outputs {job.check_outputs}: need 0 or more")
-    if job.deinterlace not in ("field", "frame"):
-        raise ValueError(f"--deinterlace {job.deinterlace!r}: choose field or frame")
+    if job.deinterlace not in OPTIONS:
+        raise ValueError(f"--deinterlace {job.deinterlace!r}: choose one of {', '.join(OPTIONS)}")
     if job.max_frame_pixels < 1:
         raise ValueError(f"--max-frame-pixels {job.max_frame_pixels}: need a positive number of pixels")
     if job.detector not in DETECTORS:

@@ -41,8 +41,8 @@ from pipelines import storage
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.layout import OutputLayout
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACED, DEVICE, END, ERROR, FINGERPRINT,
-                                    FINISHED_AT, FRAMES, OUTPUT, OUTPUT_SIZE, PERMANENT, REL, REPEATS, RESTORE_SECONDS,
-                                    NOTES, REUSED, RUN_ID, SAR, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
+                                    FINISHED_AT, FRAMES, INTERLACING, NOTES, OUTPUT, OUTPUT_SIZE, PERMANENT, REL, REPEATS,
+                                    RESTORE_SECONDS, REUSED, RUN_ID, SAR, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
                                     WINDOW_INDEX, WINDOWS, WINDOWS_REUSED)
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ VIDEO_SCHEMA = pa.schema([
     (REPEATS, pa.int64()),  # failed: runs in a row that failed the unchanged source so (this one included)
     (FRAMES, pa.int64()),  # frames in the video (0 when it could not be read); pictures after deinterlacing
     (DEINTERLACED, pa.string()),  # "" progressive; else how it was deinterlaced, e.g. "bwdif, field rate, tff"
+    (INTERLACING, pa.string()),  # why: the decision and its evidence ("progressive: stream flags none, idet tff, ...")
     (SAR, pa.string()),  # the output's sample aspect ratio ("64:45"); null when failed (and in rows before it)
     (NOTES, pa.string()),  # streams not carried as they were, "; "-joined; "" when every one was; null when failed
     (WINDOWS, pa.int64()),  # windows restored (0 when it never reached the restore actors)

@@ -15,10 +15,10 @@ from pipelines.restore import ledger
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.lease import LeaseLost, check_held, record_finished
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END,
-                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, OUTPUT, OUTPUT_SIZE,
-                                    PERMANENT, PREVIOUS_ERROR, REL, REPEATS, RESTORE_SECONDS, REUSED, RUN_ID, SECONDS,
-                                    SEGMENT, SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW_INDEX, WINDOWS,
-                                    WINDOWS_REUSED)
+                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, INTERLACING, OUTPUT,
+                                    OUTPUT_SIZE, PERMANENT, PREVIOUS_ERROR, REL, REPEATS, RESTORE_SECONDS, REUSED,
+                                    RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW_INDEX,
+                                    WINDOWS, WINDOWS_REUSED)
 
 GIVE_UP_AFTER = 3  # runs in a row that fail an unchanged source the same way before it counts as a bad input
 
@@ -51,6 +51,7 @@ def video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], run: Restor
         STATUS: status, ERROR: error, PERMANENT: permanent,
         FRAMES: int(first[FRAMES]), WINDOWS: len(restored),
         DEINTERLACED: describe(first[DEINTERLACE], first[FIELD_ORDER]) if first[DEINTERLACE] else "",
+        INTERLACING: first.get(INTERLACING) or None,
         WINDOWS_REUSED: sum(bool(r[REUSED]) for r in restored),
         RESTORE_SECONDS: float(sum(r[SECONDS] for r in restored if not r[REUSED])),
         ASSEMBLE_SECONDS: time.perf_counter() - started,

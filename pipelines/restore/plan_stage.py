@@ -8,22 +8,25 @@ import os
 from typing import Any
 
 from pipelines import storage
-from pipelines.media.interlace import Deinterlace, decode_start_pts, picture_scenes, picture_timeline
+from pipelines.media.interlace import Option, choose, decode_start_pts, picture_scenes, picture_timeline
 from pipelines.media.mux import choose_container
 from pipelines.media.probe import PacketLog
 from pipelines.media.scenes import probe_scenes
 from pipelines.media.video_info import BadVideo, check_restorable, has_alpha
 from pipelines.restore import metrics
 from pipelines.restore.context import RestoreRun
-from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, read_limit, time_limit
+from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, describe, read_limit, time_limit, unreadable
 from pipelines.restore.lease import claim_video
 from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, DONE_ELSEWHERE, ERROR, FAILED, FIELD_ORDER,
-                                    FINGERPRINT, FPS, FRAMES, LEASED, LOSSLESS, OUTPUT, OUTPUT_STEM, PENDING,
-                                    PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS, WINDOWS,
-                                    video_columns, window_columns)
+                                    FINGERPRINT, FPS, FRAMES, INTERLACING, LEASED, LOSSLESS, OUTPUT, OUTPUT_STEM,
+                                    PENDING, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS,
+                                    WINDOWS, video_columns, window_columns)
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
+
+UNREADABLE_REASON = ("the file cannot be demuxed ({}): it is damaged or cut off; copy it again from where it came "
+                     "from, or remux what is left (ffmpeg -i SOURCE -c copy OUT.mkv) and restore that")
 
 
 def claim_and_plan(row: dict[str, Any], *, run: RestoreRun, **plan: Any) -> list[dict[str, Any]]:
@@ -42,16 +45,17 @@ def claim_and_plan(row: dict[str, Any], *, run: RestoreRun, **plan: Any) -> list
     return plan_video(row, **plan)
 
 
-def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str, deinterlace: Deinterlace = "field",
+def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str, deinterlace: Option = "auto",
                max_pixels: int | None = None) -> list[dict[str, Any]]:
     """source row -> window rows: the source columns (less `output_stem`) plus `output`, `frames`,
-    `windows`, `fps`, `deinterlace`, `field_order`, `lossless`, the window's frame span and `start_pts` (of the
-    first source frame its decode needs), `status` pending. An interlaced source is planned on the
-    pictures bwdif makes of it (`media.interlace`, at `deinterlace` rate).
+    `windows`, `fps`, `deinterlace`, `field_order`, `interlacing`, `lossless`, the window's frame span and
+    `start_pts` (of the first source frame its decode needs), `status` pending. An interlaced source (as
+    found, or as `deinterlace` says: `media.interlace.choose`) is planned on the pictures bwdif makes of it.
 
     Failures are rows, not exceptions: a bad file (`BadVideo`: also frames above `max_pixels`, and
-    what the pipeline cannot restore faithfully, see `check_restorable`) fails for good, anything
-    else (a storage hiccup) is retried by the next run.
+    what the pipeline cannot restore faithfully, see `check_restorable`; or whatever else the demuxer
+    raises on its bytes, `faults.unreadable`) fails for good, anything else (a storage hiccup, a
+    time limit) is retried by the next run.
     """
     try:
         with storage.open_input(row[SOURCE]) as f:
@@ -68,6 +72,7 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
                             "probing and scene detection"):
                 info, source_timestamps, scenes = probe_scenes(f, detector, max_pixels=max_pixels,
                                                                packets=found.append)
+            info, mode = choose(info, deinterlace)
             check_restorable(info)
             container = choose_container(info)  # never fails: audio it cannot carry becomes FLAC
     except BadVideo as e:
@@ -75,18 +80,18 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
         return [failed_row(row, e.reason, permanent=True)]
     except Exception as e:  # noqa: BLE001 - recorded in the ledger, the run goes on
         log.warning("planning %s failed", row[SOURCE], exc_info=True)
-        metrics.failure("scenes", permanent=False)
-        return [failed_row(row, f"{type(e).__name__}: {e}", permanent=False)]
+        permanent = unreadable(e)
+        metrics.failure("scenes", permanent=permanent)
+        return [failed_row(row, UNREADABLE_REASON.format(describe(e)) if permanent else f"{type(e).__name__}: {e}",
+                           permanent=permanent)]
 
-    # telecined film is put back together (inverse telecine), whatever rate video would get
-    mode = None if info.field_order == "progressive" else "film" if info.telecine else deinterlace
     pictures, _ = picture_timeline(info, source_timestamps, mode)
     windows = plan_scene_windows(picture_scenes(scenes, mode), window, overlap)
     metrics.windows_planned(len(windows))
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: f"{row[OUTPUT_STEM]}.{container}", FRAMES: pictures.frame_count, WINDOWS: len(windows),
                   FPS: str(pictures.fps), DEINTERLACE: mode or "", FIELD_ORDER: info.field_order,
-                  LOSSLESS: has_alpha(info)})
+                  INTERLACING: info.interlacing, LOSSLESS: has_alpha(info)})
     return [{**video, **window_columns(w), START_PTS: decode_start_pts(w.start, w.end, source_timestamps, mode),
              **_outcome(PENDING)} for w in windows]
 
@@ -95,7 +100,7 @@ def failed_row(row: dict[str, Any], reason: str, *, permanent: bool) -> dict[str
     """The one row a video that never reaches the restore actors leaves (window -1, `windows` 1)."""
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: "", FRAMES: 0, WINDOWS: 1, FPS: "0", CONTENT: row.get(CONTENT, ""), DEINTERLACE: "",
-                  FIELD_ORDER: "", LOSSLESS: False})
+                  FIELD_ORDER: "", INTERLACING: "", LOSSLESS: False})
     nowhere = SceneWindow(index=-1, scene=-1, start=-1, end=-1, keep_start=-1, keep_end=-1, fade_in=0, fade_out=0)
     return {**video, **window_columns(nowhere), START_PTS: -1, **_outcome(FAILED, reason, permanent)}
 

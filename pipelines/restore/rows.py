@@ -33,11 +33,14 @@ OUTPUT_SIZE = "output_size"  # its size in bytes once published (the ledger chec
 FRAMES = "frames"  # frames in the video
 WINDOWS = "windows"  # windows the video was split into: the driver knows when it has them all
 FPS = "fps"  # the video's average rate as "num/den" (the staging segments are tagged with it)
-# Interlaced sources: "field" or "frame" (bwdif's output rate, the job's --deinterlace), "film" for
+# Interlaced sources: "field" or "frame" (bwdif's output rate: field for --deinterlace auto), "film" for
 # telecine (inverse telecine), "" for a progressive source. Frames, windows and fps then count the
 # pictures the deinterlacer makes (media.interlace).
 DEINTERLACE = "deinterlace"
-FIELD_ORDER = "field_order"  # "progressive" | "tff" | "bff", as probed
+FIELD_ORDER = "field_order"  # "progressive" | "tff" | "bff", as probed (or as --deinterlace says)
+# How the field order was decided, with its evidence (the stream's flags, idet's votes, the picture
+# measure of media.field_order, and --deinterlace where it overrode them); also a ledger column
+INTERLACING = "interlacing"
 LOSSLESS = "lossless"  # the output is lossless (a source with alpha: FFV1), so its staging segments are too
 # The `SceneWindow` fields, flat. First the window's index in its video (0 .. windows - 1; -1 on the one
 # row of a video that never reaches the restore actors): the ledger's column keeps the name "window",
