@@ -70,8 +70,8 @@ def run(job: ArchiveJob) -> dict[str, Any]:
         # fingerprints, so the next run knows them without reading them.
         ledger.write_videos(layout, f"{run_id}-copies", recognised_rows(selection.copied, run_id))
         header = dict(run_id=run_id, input=input_root, output=layout.root, settings=job.settings(),
-                      settings_key=restore_run.settings, listed=len(sources), skipped_hidden=skipped["hidden"],
-                      skipped_not_video=skipped["not_video"], skipped_done=len(selection.done),
+                      settings_key=restore_run.settings, listed=len(sources),
+                      **{f"skipped_{kind}": count for kind, count in skipped.items()}, skipped_done=len(selection.done),
                       recognised_copies=len(selection.copied), skipped_failed=len(selection.bad),
                       restored=len(selection.todo), ledger=layout.videos, warning=warning, started_at=started_at)
         log.info("run %s: %d videos under %s, %d already done, %d unchanged bad inputs skipped, %d to restore "
@@ -171,8 +171,12 @@ def _digests(sources: Sequence[SourceFile]) -> dict[str, str]:
              "their content with the ledger's", len(sources))
 
     def digest(source: SourceFile) -> tuple[str, str]:
-        with storage.open_input(source.url) as f:
-            return source.rel, storage.content_digest(f)
+        try:
+            with storage.open_input(source.url) as f:
+                return source.rel, storage.content_digest(f)
+        except OSError as e:  # gone or unreadable since it was listed: not known as a copy, so restored (and fails)
+            log.warning("could not read %s to compare it with the ledger: %s", source.url, e)
+            return source.rel, ""
 
     with ThreadPoolExecutor(max_workers=_DIGEST_THREADS) as pool:
         return dict(pool.map(digest, sources))
