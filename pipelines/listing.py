@@ -34,7 +34,7 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")  # how os.fsdecode (surrogateescape
 class SourceFile:
     """One source video as listed: enough to find it, and to tell whether it changed since."""
 
-    url: str  # absolute: a local path, or "s3://bucket/key" / "gs://bucket/key"
+    url: str  # absolute: a local path (a "file://" URL where the name is not UTF-8), "s3://bucket/key", "gs://..."
     rel: str  # posix path relative to the input root; the output keeps this layout
     size: int  # bytes
     version: str  # etag on buckets, modification time in ns on local disk
@@ -68,19 +68,22 @@ SKIPPED: dict[str, str] = {
 
 def list_files(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """{posix path below `root`: fsspec info} of every file under `root`, recursively, hidden names
-    (a file or folder starting with ".", which also hides our own temporaries) left out. A missing
-    root lists nothing."""
-    return {rel: info for rel, _, info in _find(root, dict.fromkeys(SKIPPED, 0))}
+    (a file or folder starting with ".", which also hides our own temporaries) left out. For a folder
+    the job trusts (weights: a Hugging Face cache's snapshot is links to its blobs), so symbolic links
+    are followed, unlike an input's (`list_sources`). A missing root lists nothing."""
+    return {rel: info for rel, _, info in _find(root, dict.fromkeys(SKIPPED, 0), follow_links=True)}
 
 
-def _find(root: str | os.PathLike, skipped: dict[str, int]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(path below `root`, URL, info) of each file of `list_files`, as listed (a local folder streams);
-    what it leaves out is counted in `skipped` (`SKIPPED`). A local name that is not UTF-8 is listed
-    under its `escaped_name`, its URL `storage.local_url` (which opens the file itself)."""
+def _find(root: str | os.PathLike, skipped: dict[str, int], follow_links: bool = False
+          ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(path below `root`, URL, info) of each file under `root`, hidden names left out, as listed (a
+    local folder streams); what it leaves out is counted in `skipped` (`SKIPPED`). A local name that is
+    not UTF-8 is listed under its `escaped_name`, its URL `storage.local_url` (which opens the file
+    itself). `follow_links`: see `_find_local`."""
     fs, path = filesystem(root)
     prefix = path.rstrip("/") + "/"
     local = isinstance(fs, LocalFileSystem)
-    found = _find_local(path, skipped) if local else fs.find(path, detail=True).items()
+    found = _find_local(path, skipped, follow_links) if local else fs.find(path, detail=True).items()
     base = canonical(root).rstrip("/")
     for name, info in found:
         if info.get("type") != "file" or not name.startswith(prefix):
@@ -95,7 +98,7 @@ def _find(root: str | os.PathLike, skipped: dict[str, int]) -> Iterator[tuple[st
             yield rel, local_url(name) if local else f"{base}/{rel}", info
 
 
-def _find_local(root: str, skipped: dict[str, int]) -> Iterator[tuple[str, dict[str, Any]]]:
+def _find_local(root: str, skipped: dict[str, int], follow_links: bool) -> Iterator[tuple[str, dict[str, Any]]]:
     """(path, info) of every regular file under a local folder, with `mtime_ns`. By hand, not fsspec's
     `find`: that stats each file again for its info dict, with a float mtime that loses the
     nanoseconds (a third stat); here the one stat `scandir` makes serves (a million files: about
@@ -107,11 +110,18 @@ def _find_local(root: str, skipped: dict[str, int]) -> Iterator[tuple[str, dict[
     - FIFOs, sockets and devices are counted, never opened (opening a FIFO waits for a writer);
     - a folder that cannot be listed is counted and logged by name;
     - an entry that vanishes while the walk passes is not there (the next run lists what is).
+
+    With `follow_links` (a trusted folder), links are listed as what they lead to, each real folder
+    walked once (a link to a folder above it is no endless walk); broken ones are still counted.
     """
     real_root = os.path.realpath(root)
-    folders = [root]
+    folders, walked = [root], set()
     while folders:
         folder = folders.pop()
+        if follow_links:
+            if os.path.realpath(folder) in walked:
+                continue
+            walked.add(os.path.realpath(folder))
         try:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):
@@ -121,11 +131,11 @@ def _find_local(root: str, skipped: dict[str, int]) -> Iterator[tuple[str, dict[
             continue
         for entry in entries:
             try:
-                kind = _kind(entry, real_root)
+                kind = _kind(entry, real_root, follow_links)
                 if kind == "folder":
                     folders.append(entry.path)
                 elif kind == "file":
-                    st = entry.stat(follow_symlinks=False)
+                    st = entry.stat(follow_symlinks=follow_links)
                     yield entry.path, {"type": "file", "size": st.st_size, "mtime": st.st_mtime,
                                        "mtime_ns": st.st_mtime_ns}
                 else:
@@ -136,8 +146,9 @@ def _find_local(root: str, skipped: dict[str, int]) -> Iterator[tuple[str, dict[
                 _skip(skipped, "unreadable", entry.path, e)
 
 
-def _kind(entry: os.DirEntry, real_root: str) -> str:
-    """"file", "folder" or the `SKIPPED` kind of a directory entry, links judged by where they lead."""
+def _kind(entry: os.DirEntry, real_root: str, follow_links: bool) -> str:
+    """"file", "folder" or the `SKIPPED` kind of a directory entry, links judged by where they lead
+    (or, with `follow_links`, taken for what they lead to)."""
     if entry.is_symlink():
         try:
             target = os.path.realpath(entry.path, strict=True)  # resolves names only: nothing is opened
@@ -147,6 +158,8 @@ def _kind(entry: os.DirEntry, real_root: str) -> str:
             if e.errno == errno.ELOOP:
                 return "broken_links"
             raise
+        if follow_links:
+            return "folder" if os.path.isdir(target) else "file" if os.path.isfile(target) else "special_files"
         inside = os.path.commonpath([target, real_root]) == real_root
         return "duplicate_links" if inside else "links_outside"
     if entry.is_dir(follow_symlinks=False):
@@ -160,7 +173,7 @@ def _skip(skipped: dict[str, int], kind: str, path: str, error: OSError | None =
     skipped[kind] += 1
     if kind != "duplicate_links":
         why = f" ({error.strerror or error})" if error is not None else ""
-        log.warning("input listing skips %s: %s%s", escaped_name(path), kind.replace("_", " "), why)
+        log.warning("listing skips %s: %s%s", escaped_name(path), kind.replace("_", " "), why)
 
 
 def escaped_name(name: str) -> str:

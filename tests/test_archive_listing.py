@@ -100,7 +100,7 @@ def test_every_entry_is_restored_counted_or_failed_and_the_run_exits_0(run):
     assert {kind: summary[f"skipped_{kind}"] for kind in SKIPPED} == SKIPPED
     clashing = len(DONE) + len(FAILED) + 1  # the clash is one rel for two sources
     assert (summary["done"], summary["failed"], summary["listed"]) == (len(DONE), len(FAILED) + 1, clashing)
-    assert "input listing skips" in result.stdout and "links outside" in result.stdout
+    assert "listing skips" in result.stdout and "links outside" in result.stdout
 
 
 def test_outputs_land_at_their_literal_names_and_nothing_outside_is_touched(run):

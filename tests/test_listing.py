@@ -193,3 +193,16 @@ def test_copy_digests_pass_a_source_that_vanished(tmp_path):
     (tmp_path / "b.mp4").unlink()
     digests = pipeline._digests(sources)
     assert digests["a.mp4"].startswith("sha256:") and digests["b.mp4"] == ""  # unknown: restored, and fails
+
+
+def test_a_trusted_folder_is_listed_through_its_links(tmp_path):
+    # A weights folder may be a Hugging Face cache's snapshot: its files are links to the cache's blobs.
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs/b1").write_bytes(b"weights")
+    weights = tmp_path / "weights"
+    (weights / "text").mkdir(parents=True)
+    (weights / "text/model.safetensors").symlink_to(tmp_path / "blobs/b1")
+    (weights / "text/up").symlink_to(weights)  # a folder above: walked once
+    (weights / "gone").symlink_to(tmp_path / "nowhere")
+    files = listing.list_files(weights)
+    assert {rel: info["size"] for rel, info in files.items()} == {"text/model.safetensors": 7}
