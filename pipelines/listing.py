@@ -4,6 +4,8 @@ may be named after."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import posixpath
 import re
@@ -15,7 +17,9 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.restore.layout import STAGING_SEGMENT
-from pipelines.storage import canonical, filesystem
+from pipelines.storage import canonical, filesystem, local_url
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({
     ".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv",
@@ -23,13 +27,14 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset({
 })
 _HIDDEN = re.compile(r"(^|/)\.(?!\.?(/|$))")  # a segment starting with "." other than "." and ".."
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # how os.fsdecode (surrogateescape) writes a byte that is not UTF-8
 
 
 @dataclass(frozen=True, slots=True)
 class SourceFile:
     """One source video as listed: enough to find it, and to tell whether it changed since."""
 
-    url: str  # absolute: a local path, or "s3://bucket/key" / "gs://bucket/key"
+    url: str  # absolute: a local path (a "file://" URL where the name is not UTF-8), "s3://bucket/key", "gs://..."
     rel: str  # posix path relative to the input root; the output keeps this layout
     size: int  # bytes
     version: str  # etag on buckets, modification time in ns on local disk
@@ -43,48 +48,139 @@ class SourceFile:
         return f"{self.size}:{self.version}"
 
 
+def listed_size(fingerprint: str) -> int:
+    """The size in bytes a `SourceFile.fingerprint` records."""
+    return int(fingerprint.split(":", 1)[0])
+
+
+# What a listing leaves out, each counted (the run's summary has them as "skipped_<kind>"): every entry
+# of the input is a listed file or one of these.
+SKIPPED: dict[str, str] = {
+    "hidden": "hidden files (names starting with '.')",
+    "not_video": "files without a video extension",
+    "special_files": "FIFOs, sockets and device files (never opened)",
+    "links_outside": "symbolic links to places outside the input (never followed)",
+    "broken_links": "dangling symbolic links and symbolic link loops",
+    "duplicate_links": "symbolic links to files or folders inside the input (listed under their real names)",
+    "unreadable": "folders that could not be listed (permissions, I/O errors: each is in the log)",
+}
+
+
 def list_files(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """{posix path below `root`: fsspec info} of every file under `root`, recursively, hidden names
-    (a file or folder starting with ".", which also hides our own temporaries) left out. A missing
-    root lists nothing."""
-    return dict(_find(root, {"hidden": 0}))
+    (a file or folder starting with ".", which also hides our own temporaries) left out. For a folder
+    the job trusts (weights: a Hugging Face cache's snapshot is links to its blobs), so symbolic links
+    are followed, unlike an input's (`list_sources`). A missing root lists nothing."""
+    return {rel: info for rel, _, info in _find(root, dict.fromkeys(SKIPPED, 0), follow_links=True)}
 
 
-def _find(root: str | os.PathLike, skipped: dict[str, int]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(path below `root`, info) of each file of `list_files`, as listed (a local folder streams); the
-    hidden ones it leaves out are counted in `skipped["hidden"]`."""
+def _find(root: str | os.PathLike, skipped: dict[str, int], follow_links: bool = False
+          ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(path below `root`, URL, info) of each file under `root`, hidden names left out, as listed (a
+    local folder streams); what it leaves out is counted in `skipped` (`SKIPPED`). A local name that is
+    not UTF-8 is listed under its `escaped_name`, its URL `storage.local_url` (which opens the file
+    itself). `follow_links`: see `_find_local`."""
     fs, path = filesystem(root)
     prefix = path.rstrip("/") + "/"
-    found = _find_local(path) if isinstance(fs, LocalFileSystem) else fs.find(path, detail=True).items()
+    local = isinstance(fs, LocalFileSystem)
+    found = _find_local(path, skipped, follow_links) if local else fs.find(path, detail=True).items()
+    base = canonical(root).rstrip("/")
     for name, info in found:
         if info.get("type") != "file" or not name.startswith(prefix):
             continue
-        rel = name[len(prefix):]
+        rel = escaped_name(name[len(prefix):])
         # "." and ".." segments (possible in bucket keys) are not hidden names: the caller must see
         # them, and refuse them (`unsafe_key`), not lose the object silently.
         if _HIDDEN.search(rel):
             skipped["hidden"] += 1
         else:
-            yield rel, info
+            # On buckets the key exactly as stored (`join` would collapse "//" and name another object).
+            yield rel, local_url(name) if local else f"{base}/{rel}", info
 
 
-def _find_local(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(path, info) of every file under a local folder, with `mtime_ns`. By hand, not fsspec's
+def _find_local(root: str, skipped: dict[str, int], follow_links: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, info) of every regular file under a local folder, with `mtime_ns`. By hand, not fsspec's
     `find`: that stats each file again for its info dict, with a float mtime that loses the
     nanoseconds (a third stat); here the one stat `scandir` makes serves (a million files: about
-    3x faster)."""
-    folders = [path]
+    3x faster). And nothing in the folder can stop it or make it read outside `root`:
+
+    - symbolic links are never followed, so nothing outside is opened and a file is never listed
+      twice: a link to a file or folder inside the input names what the walk lists under its real
+      name (`duplicate_links`); links elsewhere, dangling ones and loops are counted;
+    - FIFOs, sockets and devices are counted, never opened (opening a FIFO waits for a writer);
+    - a folder that cannot be listed is counted and logged by name;
+    - an entry that vanishes while the walk passes is not there (the next run lists what is).
+
+    With `follow_links` (a trusted folder), links are listed as what they lead to, each real folder
+    walked once (a link to a folder above it is no endless walk); broken ones are still counted.
+    """
+    real_root = os.path.realpath(root)
+    folders, walked = [root], set()
     while folders:
+        folder = folders.pop()
+        if follow_links:
+            if os.path.realpath(folder) in walked:
+                continue
+            walked.add(os.path.realpath(folder))
         try:
-            entries = list(os.scandir(folders.pop()))
+            entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):
+            continue  # gone, or replaced by a file, since its parent was listed
+        except OSError as e:
+            _skip(skipped, "unreadable", folder, e)
             continue
         for entry in entries:
-            if entry.is_dir(follow_symlinks=True):
-                folders.append(entry.path)
-            elif entry.is_file(follow_symlinks=True):
-                st = entry.stat(follow_symlinks=True)
-                yield entry.path, {"type": "file", "size": st.st_size, "mtime": st.st_mtime, "mtime_ns": st.st_mtime_ns}
+            try:
+                kind = _kind(entry, real_root, follow_links)
+                if kind == "folder":
+                    folders.append(entry.path)
+                elif kind == "file":
+                    st = entry.stat(follow_symlinks=follow_links)
+                    yield entry.path, {"type": "file", "size": st.st_size, "mtime": st.st_mtime,
+                                       "mtime_ns": st.st_mtime_ns}
+                else:
+                    _skip(skipped, kind, entry.path)
+            except FileNotFoundError:
+                continue  # removed since its folder was listed
+            except OSError as e:
+                _skip(skipped, "unreadable", entry.path, e)
+
+
+def _kind(entry: os.DirEntry, real_root: str, follow_links: bool) -> str:
+    """"file", "folder" or the `SKIPPED` kind of a directory entry, links judged by where they lead
+    (or, with `follow_links`, taken for what they lead to)."""
+    if entry.is_symlink():
+        try:
+            target = os.path.realpath(entry.path, strict=True)  # resolves names only: nothing is opened
+        except FileNotFoundError:
+            return "broken_links"
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return "broken_links"
+            raise
+        if follow_links:
+            return "folder" if os.path.isdir(target) else "file" if os.path.isfile(target) else "special_files"
+        inside = os.path.commonpath([target, real_root]) == real_root
+        return "duplicate_links" if inside else "links_outside"
+    if entry.is_dir(follow_symlinks=False):
+        return "folder"
+    return "file" if entry.is_file(follow_symlinks=False) else "special_files"
+
+
+def _skip(skipped: dict[str, int], kind: str, path: str, error: OSError | None = None) -> None:
+    """Count `path` as skipped for `kind`, and name it in the log (but for the harmless duplicates):
+    the summary has only the counts."""
+    skipped[kind] += 1
+    if kind != "duplicate_links":
+        why = f" ({error.strerror or error})" if error is not None else ""
+        log.warning("listing skips %s: %s%s", escaped_name(path), kind.replace("_", " "), why)
+
+
+def escaped_name(name: str) -> str:
+    """`name` with each byte that is not UTF-8 written "%XX" (os.scandir gives such a byte as a lone
+    surrogate, U+DC80 + the byte, which Arrow, JSON and logs cannot carry): a Latin-1 "café.mp4" is
+    "caf%E9.mp4". Its output and ledger row go by this name; the file is opened by its real one."""
+    return _UNDECODABLE.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", name)
 
 
 def unsafe_key(rel: str) -> str | None:
@@ -129,27 +225,25 @@ def list_videos(root: str | os.PathLike) -> list[SourceFile]:
 
 
 def list_sources(root: str | os.PathLike) -> tuple[list[SourceFile], dict[str, int]]:
-    """Every video under `root`, recursively, sorted by `rel`, and the counts of files skipped on
-    purpose: {"hidden": ..., "not_video": ...}.
+    """Every video under `root`, recursively, sorted by `rel`, and the counts of what the listing left
+    out: {kind: count} for every kind of `SKIPPED`.
 
     A video is a file whose extension (any case) is in `VIDEO_EXTENSIONS`. Skipped: hidden names
-    (see `list_files`: also macOS's "._clip.mp4" companions) and the restore job's own staging
-    segments (`STAGING_SEGMENT`); a user's folder named `_staging` or `_ledger` is listed. Empty
-    files are listed: they must end as failed ledger rows, not vanish. A missing root lists nothing;
+    (see `list_files`: also macOS's "._clip.mp4" companions), the restore job's own staging
+    segments (`STAGING_SEGMENT`), and on local disk links, special files and unreadable folders
+    (`_find_local`); a user's folder named `_staging` or `_ledger` is listed. Empty files are
+    listed: they must end as failed ledger rows, not vanish. A missing root lists nothing;
     `check_reachable` is the check that says so.
     """
-    base = canonical(root).rstrip("/")
-    skipped = {"hidden": 0, "not_video": 0}
+    skipped = dict.fromkeys(SKIPPED, 0)
     out = []
-    for rel, info in _find(root, skipped):
+    for rel, url, info in _find(root, skipped):
         if STAGING_SEGMENT.search(rel):
             continue
         if posixpath.splitext(rel)[1].lower() not in VIDEO_EXTENSIONS:
             skipped["not_video"] += 1
             continue
-        # The key exactly as stored (`join` would collapse "//" and name another object); for
-        # every other key it is what `join` gives.
-        out.append(SourceFile(url=f"{base}/{rel}", rel=rel, size=int(info["size"]), version=_version(info),
+        out.append(SourceFile(url=url, rel=rel, size=int(info["size"]), version=_version(info),
                               checksum=_checksum(info)))
     out.sort(key=lambda s: s.rel)
     return out, skipped

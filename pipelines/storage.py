@@ -9,6 +9,7 @@ import hashlib
 import os
 import posixpath
 import tempfile
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -43,6 +44,9 @@ def filesystem(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
         return fsspec.filesystem("s3", use_listings_cache=False, **s3_options()), path
     if protocol == "gs":
         return fsspec.filesystem("gs", use_listings_cache=False, **gcs_options()), path
+    if protocol == "file":
+        # The path as it is: `url_to_fs` would take "a::b.mp4" for a chained URL and open "a".
+        return fsspec.filesystem("file"), path
     return fsspec.core.url_to_fs(os.fspath(url))
 
 
@@ -198,10 +202,15 @@ def remove(url: str | os.PathLike, recursive: bool = False) -> None:
 
 
 def split_url(url: str | os.PathLike) -> tuple[str, str]:
-    """(protocol, path): "file" with an absolute path on local disk; "gcs://" is "gs"."""
-    protocol, path = fsspec.core.split_protocol(os.fspath(url))
+    """(protocol, path): "file" with an absolute path on local disk; "gcs://" is "gs". A plain path is
+    taken literally ("a::b", "100%", "[1]*"); a "file://" URL is percent-decoded, as RFC 8089 says
+    (`local_url` writes one for names that are not UTF-8)."""
+    url = os.fspath(url)
+    protocol, path = fsspec.core.split_protocol(url)
     protocol = protocol or "file"
     if protocol in _LOCAL:
+        if url.startswith("file://"):
+            path = os.fsdecode(urllib.parse.unquote_to_bytes(path))
         return "file", os.path.abspath(path)
     if protocol == "gcs":
         protocol = "gs"
@@ -213,6 +222,17 @@ def canonical(url: str | os.PathLike) -> str:
     directory), "scheme://path" elsewhere."""
     protocol, path = split_url(url)
     return path if protocol == "file" else f"{protocol}://{path}"
+
+
+def local_url(path: str) -> str:
+    """A URL of the local file `path` that Arrow, JSON and logs can carry: the path itself, or, where it
+    holds bytes that are not UTF-8 (os.scandir gives each as a lone surrogate), a "file://" URL of its
+    bytes percent-encoded (RFC 8089), which `split_url` decodes back to the very same bytes."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file://" + urllib.parse.quote(os.fsencode(path))
+    return path
 
 
 def s3_options() -> dict[str, Any]:

@@ -71,8 +71,8 @@ def run(job: ArchiveJob) -> dict[str, Any]:
         # fingerprints, so the next run knows them without reading them.
         ledger.write_videos(layout, f"{run_id}-copies", recognised_rows(selection.copied, run_id))
         header = dict(run_id=run_id, input=input_root, output=layout.root, settings=job.settings(),
-                      settings_key=restore_run.settings, listed=len(sources), skipped_hidden=skipped["hidden"],
-                      skipped_not_video=skipped["not_video"], skipped_done=len(selection.done),
+                      settings_key=restore_run.settings, listed=len(sources),
+                      **{f"skipped_{kind}": count for kind, count in skipped.items()}, skipped_done=len(selection.done),
                       recognised_copies=len(selection.copied), skipped_failed=len(selection.bad),
                       restored=len(selection.todo), ledger=layout.videos, warning=warning, started_at=started_at)
         log.info("run %s: %d videos under %s, %d already done, %d unchanged bad inputs skipped, %d to restore "
@@ -174,8 +174,12 @@ def _digests(sources: Sequence[SourceFile]) -> dict[str, str]:
              "their content with the ledger's", len(sources))
 
     def digest(source: SourceFile) -> tuple[str, str]:
-        with storage.open_input(source.url) as f:
-            return source.rel, storage.content_digest(f)
+        try:
+            with storage.open_input(source.url) as f:
+                return source.rel, storage.content_digest(f)
+        except OSError as e:  # gone or unreadable since it was listed: not known as a copy, so restored (and fails)
+            log.warning("could not read %s to compare it with the ledger: %s", source.url, e)
+            return source.rel, ""
 
     with ThreadPoolExecutor(max_workers=_DIGEST_THREADS) as pool:
         return dict(pool.map(digest, sources))
@@ -250,20 +254,23 @@ def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile], ou
     """(sources to restore, [(source, reason, permanent)] for those refused on the driver): keys that
     could write outside the output (`listing.unsafe_key`: refused for good while unchanged), and
     sources whose outputs would collide ("a.mov" and "a.mp4" both restore to "a.mp4"; "A.mp4" and
-    "a.mp4" on an output that folds case), retried on every run, so renaming one of them fixes it."""
+    "a.mp4" on an output that folds case; "caf%E9.mp4" and the `listing.escaped_name` of a Latin-1
+    "caf\xe9.mp4", one rel for two files), retried on every run, so renaming one of them fixes it."""
     fold = str.casefold if listing.case_insensitive(output_root) else str
     by_stem = collections.defaultdict(list)
     for s in sources:
-        by_stem[fold(posixpath.splitext(s.rel)[0])].append(s.rel)
+        by_stem[fold(posixpath.splitext(s.rel)[0])].append(s)
     keep, refused = [], []
     for s in todo:
         unsafe = listing.unsafe_key(s.rel)
-        others = [rel for rel in by_stem[fold(posixpath.splitext(s.rel)[0])] if rel != s.rel]
+        # another file of the same rel is named by its URL (the escaped name's is its real name's bytes)
+        others = [o.rel if o.rel != s.rel else o.url for o in by_stem[fold(posixpath.splitext(s.rel)[0])]
+                  if o.url != s.url]
         if unsafe:
             refused.append((s, f"unsafe object key {s.rel!r}: {unsafe}; rename the object", True))
         elif others:
             refused.append((s, f"output name clashes with {', '.join(others)} (same name, other extension or "
-                               f"case); rename one of them", False))
+                               f"case, or a name that is not UTF-8, escaped); rename one of them", False))
         else:
             keep.append(s)
     return keep, refused

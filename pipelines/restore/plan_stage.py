@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from pipelines import storage
+from pipelines.listing import listed_size
 from pipelines.media.interlace import Option, choose, decode_start_pts, picture_scenes, picture_timeline
 from pipelines.media.mux import choose_container
 from pipelines.media.probe import PacketLog
@@ -42,7 +43,25 @@ def claim_and_plan(row: dict[str, Any], *, run: RestoreRun, **plan: Any) -> list
         return [failed_row(row, f"claiming its lease: {type(e).__name__}: {e}", permanent=False)]
     if not claim.mine:
         return [{**failed_row(row, claim.holder, permanent=False), STATUS: DONE_ELSEWHERE if claim.done else LEASED}]
+    changed = _changed_since_listed(row)
+    if changed:
+        metrics.failure("scenes", permanent=False)
+        return [failed_row(row, changed, permanent=False)]
     return plan_video(row, **plan)
+
+
+def _changed_since_listed(row: dict[str, Any]) -> str | None:
+    """Why the source is not the file the driver listed (another size: still being copied in, or
+    rewritten), or None. Restoring it now would record the listed fingerprint with other content; the
+    next run lists it anew and restores it then."""
+    try:
+        size = storage.size(row[SOURCE])
+    except OSError:
+        return None  # gone or unreadable: opening it says so (`plan_video`)
+    listed = listed_size(row[FINGERPRINT])
+    if size == listed:
+        return None
+    return f"the file changed since the run listed it ({listed} bytes then, {size} now); the next run restores it"
 
 
 def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str, deinterlace: Option = "auto",

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.listing import SourceFile
+from pipelines.listing import SourceFile, listed_size
 from pipelines.restore.ledger import now
 from pipelines.restore.rows import (CHECKSUM, CONTENT, DONE, ERROR, FAILED, FINGERPRINT, FINISHED_AT, PERMANENT, REL,
                                     REPEATS, RUN_ID, SETTINGS, SOURCE, STATUS)
@@ -105,7 +105,7 @@ def _copies(moved: Sequence[SourceFile], rows: Sequence[dict[str, Any]], digests
     recorded = {row[REL]: row for row in rows}
     for source in moved:
         row = recorded[source.rel]
-        if row[FINGERPRINT].split(":", 1)[0] != str(source.size):
+        if listed_size(row[FINGERPRINT]) != source.size:
             continue  # another size: changed
         kind = source.checksum.split(":", 1)[0]
         if source.checksum and (row[CHECKSUM] or "").startswith(f"{kind}:"):

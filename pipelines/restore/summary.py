@@ -7,6 +7,7 @@ import collections
 import time
 from typing import Any
 
+from pipelines.listing import SKIPPED
 from pipelines.restore.rows import (DEVICE, DONE, DONE_ELSEWHERE, ERROR, FRAMES, OUTPUT, REL, RESTORE_SECONDS, SOURCE,
                                     STATUS, WINDOWS, WINDOWS_REUSED)
 
@@ -90,9 +91,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['skipped_leased']} left to other runs (of {summary['listed']} videos under {summary['input']})",
         f"{summary['frames']} frames in {summary['seconds']:.1f} s: {summary['frames_per_second']:.2f} frames/s",
     ]
-    if summary.get("skipped_hidden") or summary.get("skipped_not_video"):
-        lines.insert(1, f"not listed as videos: {summary.get('skipped_hidden', 0)} hidden files (names starting "
-                        f"with '.'), {summary.get('skipped_not_video', 0)} files without a video extension")
+    left_out = [f"{summary[f'skipped_{kind}']} {what}" for kind, what in SKIPPED.items()
+                if summary.get(f"skipped_{kind}")]
+    if left_out:
+        lines.insert(1, f"not listed as videos: {', '.join(left_out)}")
     if summary["actor_device"] == "gpu":
         lines.append(f"GPU-seconds: {summary['gpu_seconds']:.1f} ({summary['windows_restored']} windows restored, "
                      f"{summary['windows_reused']} reused from an earlier run)")
