@@ -4,10 +4,12 @@ restores nothing, and the job's Prometheus metrics are exported by Ray with the 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -17,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import (JOB, REPO, TINY, free_port, job_env, latest_rows, make_clip, media, noisy_frames, read_summary,
                      real_clips, shrink)
+from pipelines import storage
 from pipelines.restore.job import ArchiveJob
+from pipelines.restore.layout import OutputLayout
 from pipelines.restore.pipeline import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
@@ -80,6 +84,31 @@ def test_two_concurrent_runs_never_restore_the_same_video(tmp_path):
     assert nightly.returncode == 0, nightly.stdout[-3000:] + nightly.stderr[-3000:]
     summary = read_summary(output)
     assert (summary["restored"], summary["skipped_done"], summary["skipped_leased"]) == (0, 3, 0)
+
+
+def test_a_retry_takes_over_the_videos_of_a_run_that_died(tmp_path):
+    """The driver of a run was lost (its head pod evicted): its heartbeat stops, its leases stay. The
+    retry waits for that heartbeat to expire instead of leaving the videos to a dead run, then restores
+    them: nothing is left to other runs."""
+    archive, output = tmp_path / "archive", tmp_path / "restored"
+    real_clips(archive)
+    layout = OutputLayout(str(output))
+    dead = "20260101T000000Z-dead00"
+    expires = datetime.now(timezone.utc) + timedelta(seconds=45)  # past the retry's own claims
+    storage.write_bytes_atomic(layout.run_file(dead), json.dumps(
+        {"run": dead, "host": "a-lost-head-pod", "pid": 1, "started_at": "2026-01-01T00:00:00+00:00",
+         "expires_at": expires.isoformat(), "finished": False}).encode())
+    for rel in ("faces/eyes.mp4", "reels/dove_002.mp4"):
+        storage.write_bytes_atomic(f"{layout.lease_folder(rel)}/{0:012d}.json", json.dumps(
+            {"run": dead, "rel": rel, "at": "2026-01-01T00:00:00+00:00"}).encode())
+    retry = subprocess.run([sys.executable, str(JOB), "--input", str(archive), "--output", str(output), *TINY,
+                            "--lease-minutes", "0.1"], cwd=REPO, env=job_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
+    assert "waiting for 2 videos held by runs that have not renewed their leases" in retry.stdout
+    summary = read_summary(output)
+    assert (summary["done"], summary["skipped_leased"], summary["leased_by"]) == (2, 0, [])
+    assert {row["status"] for row in latest_rows(output).values()} == {"done"}
 
 
 def _all_video_rows(output: Path) -> list[dict]:

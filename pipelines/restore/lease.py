@@ -164,6 +164,23 @@ def _put_next(folder: str, generations: Sequence[int], record: dict[str, Any]) -
     return True
 
 
+def live_holder(run: RestoreRun, rel: str, clock: Clock = _utc_now) -> tuple[str, datetime | None] | None:
+    """(run id, heartbeat expiry) of the other live run that holds `rel`, or None when `run` could
+    claim it now (free, ended or dead holder). The expiry tells a holder that renews (alive, working)
+    from one that stopped (its driver or head lost: free once it expires); it is None for a holder
+    whose process is running on this machine, which is alive for sure."""
+    folder = run.layout.lease_folder(rel)
+    generations = _generations(folder)
+    if not generations:
+        return None
+    holder = _read_json(_generation_url(folder, generations[-1])).get("run", "")
+    record = _read_json(run.layout.run_file(holder)) if holder and holder != run.run_id else {}
+    if not _alive(record, clock()):
+        return None
+    here = record.get("host") == _this_process()["host"] and record.get("pid") is not None
+    return holder, None if here else datetime.fromisoformat(record["expires_at"])
+
+
 class LeaseLost(Exception):
     """This run no longer holds a video's lease: it stalled past the lease time and another run took
     the video over. It must not publish the output nor write a ledger row for it."""

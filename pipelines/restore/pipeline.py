@@ -10,6 +10,7 @@ rows into videos and assembles each (gather.py).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import posixpath
 import signal
@@ -32,7 +33,7 @@ from pipelines.restore.faults import TASK_RETRIES, Stopped, bound_retries, stop_
 from pipelines.restore.gather import failed_video, gather, source_row
 from pipelines.restore.job import ArchiveJob, validate
 from pipelines.restore.layout import OutputLayout
-from pipelines.restore.lease import Leases
+from pipelines.restore.lease import Leases, live_holder
 from pipelines.restore.outputs import missing_outputs
 from pipelines.restore.plan_stage import claim_and_plan
 from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT, RestoreWindows
@@ -84,6 +85,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
             with stop_on_signals():
                 if selection.todo:
                     _restore_all(job, selection, sources, restore_run, stats)
+                    _take_over(job, selection, sources, restore_run, stats)
                 else:
                     log.info("nothing to restore: every video under %s is done or an unchanged bad input", input_root)
         except Stopped as e:  # the leases are freed on the way out; what finished is in the summary
@@ -100,6 +102,37 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     if stopped:
         raise Stopped(getattr(signal, stopped))
     return summary
+
+
+def _take_over(job: ArchiveJob, selection: Selection, sources: Sequence[SourceFile], run: RestoreRun,
+               stats: RunStats) -> None:
+    """Restore the videos another run held when this one reached them, once those runs are found dead.
+
+    A run whose driver or head was lost (this run is, most likely, its retry) keeps its leases until
+    its heartbeat expires; a retry that left them to it would end with nothing done. So this run waits
+    for those heartbeats: a holder whose heartbeat is renewed meanwhile is alive and keeps its videos;
+    one that expires frees them, and this run restores them. The wait ends when no holder is left to
+    wait for: at the latest when the last silent heartbeat expires (its expiry is fixed, at most that
+    run's lease time ahead)."""
+    poll = min(30.0, job.lease_minutes * 60 / 5)  # a live holder renews every lease time / 5
+    waiting, free, first_expiry = set(stats.leased), [], {}
+    while waiting:
+        for rel in sorted(waiting):
+            held = live_holder(run, rel)
+            if held is None:
+                free.append(rel)
+                waiting.discard(rel)
+            elif held[1] is None or held[1] > first_expiry.setdefault(held[0], held[1]):
+                waiting.discard(rel)  # running on this machine, or renewed since: alive, working on it
+        if waiting:
+            log.info("waiting for %d videos held by runs that have not renewed their leases (%s): restored here if "
+                     "they expire", len(waiting), ", ".join(sorted({stats.leased[r] for r in waiting})))
+            time.sleep(poll)
+    if free:
+        log.info("taking over %d videos whose runs ended or died", len(free))
+        stats.retake(free)
+        todo = [s for s in selection.todo if s.rel in set(free)]
+        _restore_all(job, dataclasses.replace(selection, todo=todo), sources, run, stats)
 
 
 def _compact(run: RestoreRun) -> None:

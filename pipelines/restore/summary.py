@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from pipelines.listing import SKIPPED
-from pipelines.restore.rows import (DEVICE, DONE, DONE_ELSEWHERE, ERROR, FRAMES, OUTPUT, REL, RESTORE_SECONDS, SOURCE,
-                                    STATUS, WINDOWS, WINDOWS_REUSED)
+from pipelines.restore.rows import (DEVICE, DONE, DONE_ELSEWHERE, ERROR, FRAMES, LEASED, OUTPUT, REL, RESTORE_SECONDS,
+                                    SOURCE, STATUS, WINDOWS, WINDOWS_REUSED)
 
 
 class RunStats:
@@ -24,6 +24,7 @@ class RunStats:
         self.devices: set[str] = set()
         self.failures: list[dict[str, str]] = []
         self.held: collections.Counter[str] = collections.Counter()  # videos left to other runs, by run
+        self.leased: dict[str, str] = {}  # rel -> the run that held it, of the videos left to live runs
         self.finished_elsewhere = 0  # of those, finished by them since this run read the ledger
 
     def add(self, video: dict[str, Any]) -> str:
@@ -48,6 +49,16 @@ class RunStats:
         """Count a video left to another run: it holds it (`error` names it), or finished it."""
         self.held[video[ERROR]] += 1
         self.finished_elsewhere += video[STATUS] == DONE_ELSEWHERE
+        if video[STATUS] == LEASED:
+            self.leased[video[REL]] = video[ERROR]
+
+    def retake(self, rels: list[str]) -> None:
+        """Count videos left to another run as this run's again (it takes them over: `skip` undone)."""
+        for rel in rels:
+            holder = self.leased.pop(rel)
+            self.held[holder] -= 1
+            if not self.held[holder]:
+                del self.held[holder]
 
     @property
     def finished(self) -> int:
