@@ -37,13 +37,25 @@ def test_a_node_that_does_not_see_the_folder_is_refused_before_any_work(two_node
     # Both nodes of a one-machine cluster share its disk: the second node's view of a private disk
     # is simulated (the probe tasks themselves ran on both nodes in the test above).
     seen = shared_storage._seen_on
-    monkeypatch.setattr(shared_storage, "_seen_on", lambda nodes, probe: seen(nodes, probe)[:1] + [None])
+    monkeypatch.setattr(shared_storage, "_seen_on", lambda nodes, look, path: seen(nodes, look, path)[:1] + [None])
     with pytest.raises(ConfigError, match=r"--output .* is a local folder that 1 of the cluster's 2 nodes .* do not "
                                           r"see: .* use a bucket"):
         check_shared(str(tmp_path / "out"), "--output")
     assert list((tmp_path / "out").iterdir()) == []  # the probe file is gone
 
 
+def test_a_read_only_folder_is_compared_by_its_names_never_written(two_nodes, tmp_path, monkeypatch):
+    weights = tmp_path / "weights"
+    (weights / "star").mkdir(parents=True)
+    weights.chmod(0o555)  # a read-only mount (as root, only the names are compared: nothing is written)
+    check_shared(str(weights), "--weights", writable=False)
+    assert [p.name for p in weights.iterdir()] == ["star"]
+    seen = shared_storage._seen_on
+    monkeypatch.setattr(shared_storage, "_seen_on", lambda nodes, look, path: seen(nodes, look, path)[:1] + ["other"])
+    with pytest.raises(ConfigError, match=r"--weights .* is a local folder that 1 of the cluster's 2 nodes"):
+        check_shared(str(weights), "--weights", writable=False)
+
+
 def test_buckets_are_not_probed(two_nodes, monkeypatch):
-    monkeypatch.setattr(shared_storage, "_seen_on", lambda nodes, probe: pytest.fail("a bucket was probed"))
+    monkeypatch.setattr(shared_storage, "_seen_on", lambda nodes, look, path: pytest.fail("a bucket was probed"))
     check_shared("memory://bucket/out", "--output")

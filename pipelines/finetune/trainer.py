@@ -37,7 +37,9 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
 
     check_config(cfg)
     with ray_started():
-        check_shared(cfg.data, "--data")
+        check_shared(cfg.data, "--data", writable=False)
+        if cfg.weights is not None:
+            check_shared(cfg.weights, "--weights", writable=False)
         check_shared(cfg.storage, "--storage")  # every worker writes its checkpoint shards there
         need = _resources_needed(cfg)
         what = f"fine-tuning with {cfg.workers} worker(s)"

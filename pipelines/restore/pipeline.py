@@ -168,8 +168,10 @@ def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[Source
         return
     # stop_on_signals after ray_started: ray.init() sets a SIGTERM handler of its own (a bare exit)
     with ray_started(), stop_on_signals():
-        check_shared(job.input, "--input")  # workers read the sources, stage, assemble and record
-        check_shared(job.output, "--output")
+        check_shared(job.input, "--input", writable=False)  # workers read the sources
+        check_shared(job.output, "--output")  # and stage, assemble and record there
+        if job.weights is not None:  # every GPU node's actors load them (a bucket is copied to each node)
+            check_shared(job.weights, "--weights", writable=False)
         metrics.videos_queued(len(todo))
         # GPU actors asked for before any GPU exists: a line every minute while the autoscaler adds one.
         gpus = job.device == "gpu" or job.accelerator_type is not None
