@@ -186,7 +186,7 @@ def write_video(
                 origin = _origin(src, info, kept)
                 out.set_chapters([_moved_chapter(c, origin) for c in src.chapters()])
                 encoded = _encode(video, itertools.chain([first], frames), timestamps, info, fmt,
-                                  shift=math.floor(origin / info.time_base))
+                                  shift=_ticks(origin, info.time_base))
                 # Interleave by time, so the muxer never has to buffer a whole audio track.
                 for packet in heapq.merge(encoded, _kept_packets(src, kept, flac, origin), _moved(text, origin),
                                           key=_seconds):
@@ -230,10 +230,21 @@ def _caption_packets(out: av.container.OutputContainer, captions: list[Caption],
 def _moved(packets: Iterator[av.Packet], origin: Fraction) -> Iterator[av.Packet]:
     """`packets` on the output's clock, which starts at `origin` seconds of the source's."""
     for packet in packets:
-        shift = math.floor(origin / Fraction(packet.time_base))
-        packet.pts -= shift
-        packet.dts -= shift
-        yield packet
+        yield _move(packet, _ticks(origin, packet.time_base))
+
+
+def _move(packet: av.Packet, ticks: int) -> av.Packet:
+    """`packet` with its timestamps `ticks` earlier (those it has)."""
+    if packet.pts is not None:
+        packet.pts -= ticks
+    if packet.dts is not None:
+        packet.dts -= ticks
+    return packet
+
+
+def _ticks(origin: Fraction, time_base: Fraction) -> int:
+    """`origin` seconds in whole ticks of `time_base`, rounded down: no moved timestamp goes below 0."""
+    return math.floor(origin / Fraction(time_base))
 
 
 def _encoded_size(first: np.ndarray, info: VideoInfo, square_pixels: bool) -> tuple[int, int]:
@@ -258,7 +269,7 @@ def _origin(src: av.container.InputContainer, info: VideoInfo, kept: dict[int, a
 
 def _moved_chapter(chapter: dict, origin: Fraction) -> dict:
     """A source chapter on the output's clock (see `_origin`)."""
-    shift = math.floor(origin / Fraction(chapter["time_base"]))
+    shift = _ticks(origin, chapter["time_base"])
     return chapter | {"start": max(0, chapter["start"] - shift), "end": max(0, chapter["end"] - shift)}
 
 
@@ -376,7 +387,7 @@ def _kept_packets(src: av.container.InputContainer, kept: dict[int, av.stream.St
     moved by `origin` seconds, or (streams in `flac`) decoded and encoded again as FLAC."""
     if not kept:
         return
-    shifts = {i: math.floor(origin / Fraction(src.streams[i].time_base)) for i in kept}
+    shifts = {i: _ticks(origin, src.streams[i].time_base) for i in kept}
     ends: dict[int, int | None] = {}  # per FLAC stream, the pts where its last decoded frame ended
     for packet in src.demux(*[src.streams[i] for i in kept]):
         index = packet.stream.index  # the flush packet at the end has no stream_index of its own
@@ -384,10 +395,7 @@ def _kept_packets(src: av.container.InputContainer, kept: dict[int, av.stream.St
         if index in flac:
             yield from _flac_packets(packet, stream, shifts[index], ends)
         elif packet.size:  # not the empty flush packet at the end (cover art has no timestamps at all)
-            if packet.pts is not None:
-                packet.pts -= shifts[index]
-            if packet.dts is not None:
-                packet.dts -= shifts[index]
+            _move(packet, shifts[index])
             packet.stream = stream  # keeps its time_base; mux rescales
             yield packet
 
