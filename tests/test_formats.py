@@ -273,7 +273,7 @@ def test_interlaced_tape_restores_progressive_at_field_rate_without_combing(tmp_
            OUTPUT_STEM: run.layout.output_stem("tape"), STAGING: run.staging_folder(str(src), "f")}
     windows = plan_video(row, window=8, overlap=2, detector="content")
     assert {w[DEINTERLACE] for w in windows} == {"field"} and windows[0][FRAMES] == 12 and len(windows) == 2
-    actor = RestoreWindows("nano", None, restore_settings("nano", 2), "light_deg", "")
+    actor = RestoreWindows("nano", None, restore_settings("nano", 2), "light_deg", "", run_id="test")
     with Leases(run) as leases:  # finish_video publishes only for the run holding the video
         assert claim_all(leases, [SourceFile(str(src), "tape.mpg", 1, "f")]).mine
         video = finish_video([actor.restore(w) for w in windows], run=run)

@@ -9,7 +9,7 @@ import pytest
 from helpers import latest_rows, media, run_job, shrink
 from pipelines import listing, storage
 from pipelines.listing import SourceFile
-from pipelines.restore.pipeline import _split_clashes
+from pipelines.restore.selection import split_clashes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,10 +58,10 @@ def test_keys_that_climb_out_are_failed_rows_and_nothing_is_written_outside(s3_s
 
 def test_names_differing_in_case_clash_only_where_the_output_folds_case(tmp_path, monkeypatch):
     sources = [SourceFile(url=f"/in/{rel}", rel=rel, size=1, version="1") for rel in ("Take.mp4", "take.mp4", "b.mp4")]
-    keep, refused = _split_clashes(sources, sources, str(tmp_path))
+    keep, refused = split_clashes(sources, sources, str(tmp_path))
     assert [s.rel for s in keep] == ["Take.mp4", "take.mp4", "b.mp4"] and not refused  # Linux disks keep case
     monkeypatch.setattr(listing, "case_insensitive", lambda root: True)
-    keep, refused = _split_clashes(sources, sources, str(tmp_path))
+    keep, refused = split_clashes(sources, sources, str(tmp_path))
     assert [s.rel for s in keep] == ["b.mp4"]
     assert [(s.rel, permanent) for s, _, permanent in refused] == [("Take.mp4", False), ("take.mp4", False)]
     assert "clashes with take.mp4" in refused[0][1]

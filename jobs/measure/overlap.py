@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--window", type=int, default=8)
     args = parser.parse_args()
-    actor = RestoreWindows(args.preset, None, restore_settings(args.preset, args.scale), "light_deg", "")
+    actor = RestoreWindows(args.preset, None, restore_settings(args.preset, args.scale), "light_deg", "",
+                           run_id="overlap")
     print(f"{args.preset} x{args.scale} on {actor.device}, windows of {args.window} frames of {args.clip}")
     print("| windows at once | windows | wall s | model s | outside the model |")
     print("|---|---|---|---|---|")

@@ -1,9 +1,9 @@
 """What the restore job does when work is lost rather than failed: a worker killed (out of host memory,
 a segfault in a decoder, a preempted node), a task that never returns, a signal to stop.
 
-Ray's defaults suit none of these: Ray Data restarts a dead actor and retries its task without bound
-and fails the whole dataset on the first actor that dies while starting; a stuck assembly task waits
-for ever. Here every retry is bounded, and work that is still lost after its retries becomes a failed
+Ray's defaults suit none of these: Ray Data retries a dead actor's task without bound and fails the
+whole dataset on the first actor that dies while starting; a stuck assembly task waits for ever. Here
+dead actors are replaced while every retry of a unit of work is bounded, and work that is still lost after its retries becomes a failed
 ledger row with a reason, so the rest of the archive goes on and the run ends with its summary.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
 import signal
 import struct
 import threading
@@ -24,10 +25,6 @@ import ray
 
 T = TypeVar("T")
 
-# A restore actor that dies is restarted at most this many times (each restart reloads the model).
-ACTOR_RESTARTS = 2
-# A window whose actor died is tried again at most this many times, then recorded as failed.
-WINDOW_RETRIES = 2
 # A scenes or assembly task whose worker died is run again at most this many times.
 TASK_RETRIES = 2
 # Restore actors that die while loading the model, in a row, before the restore stage gives up (a
@@ -48,27 +45,47 @@ READ_SECONDS_PER_MB = 0.5  # content digest and probe: 2 MB/s at the least
 SCENES_SECONDS_PER_FRAME = 0.25  # PySceneDetect's decode and analysis
 DECODE_SECONDS_PER_FRAME = 1.0  # a window's frames, in the restore actor
 
-ACTOR_DIED = (f"its restore actor died {1 + WINDOW_RETRIES} times (out of host memory, a crash in a decoder, a "
-              f"lost node: see the Ray logs)")
+# Seconds the restore stream may go with no block moving before it stops (its videos then fail for
+# the next run): above a cold autoscaler's wait for GPU nodes, a bucket weights copy and the longest
+# window of the official model at 4K.
+STALL_SECONDS = 6 * 3600.0
+_NO_PROGRESS_VARIABLE = "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S"
+
+ACTOR_DIED = ("lost from the stream with its restore actor (a lost or preempted node, most likely: not held "
+              "against the source; see the Ray logs)")
 
 
-def bound_retries() -> dict[str, Any]:
-    """Set Ray Data's fault options for this driver; returns the actor options for `map_batches`.
+def set_fault_options() -> None:
+    """Set Ray Data's fault options for this driver.
 
-    A window block that still fails after its retries is dropped from the stream
-    (`max_errored_blocks`), and the driver records the video as failed (`lost_windows`).
+    Restore actors keep Ray Data's own defaults, a dead actor restarted and its task retried without
+    bound: in Ray 2.60 an actor whose `max_restarts` are spent keeps its slot in the pool and is never
+    replaced, so a bounded budget let one poison window empty the pool and stop the stream. The bound
+    is per window instead: a window whose tries killed `ACTOR_KILLS` actors fails at once on its next
+    try (`window_attempts`), as a row; tries on nodes lost since are not counted, so a window goes on
+    through preemptions. A window block that fails all the same is dropped from the stream
+    (`max_errored_blocks`) and the driver records its video as failed (`lost_windows`), a reason of
+    the run's, not held against the source.
+
+    Ray Data's no-progress timeout is sized for what the job does: every unit of work has its own
+    limit (scene detection, a window's decode, an assembly's deadline) and a dead actor is replaced,
+    so "no block moved" is mostly waiting: for the autoscaler's GPU nodes (reported each minute,
+    `waits.waiting_lines`), a model's load, a long window in the model. Ray's 30 minutes failed whole
+    runs on those; `STALL_SECONDS` is left only for a pool where no actor can live (a broken node or
+    model). Ray's own variable, RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S, overrides it.
     """
     context = ray.data.DataContext.get_current()
     context.max_errored_blocks = -1  # each block is one window or one video: none may stop the archive
     context.max_consecutive_actor_init_deaths = ACTOR_START_DEATHS
-    return {"max_restarts": ACTOR_RESTARTS, "max_task_retries": WINDOW_RETRIES}
+    if _NO_PROGRESS_VARIABLE not in os.environ:
+        context.execution_no_progress_timeout_s = STALL_SECONDS
 
 
 def lost_windows(expected: int | None, arrived: list[int]) -> str:
     """The ledger reason for a video whose windows did not all come back from the restore stage."""
     if expected is None:
-        return (f"no window came back: its scenes task died {1 + TASK_RETRIES} times, or every window's "
-                f"restore actor did ({ACTOR_DIED.removeprefix('its restore actor died ')})")
+        return (f"no window came back: its scenes task died {1 + TASK_RETRIES} times, or every window "
+                f"was {ACTOR_DIED}")
     missing = sorted(set(range(expected)) - set(arrived))
     shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
     return f"window{'s' if len(missing) > 1 else ''} {shown} of {expected} never came back: {ACTOR_DIED}"

@@ -62,7 +62,8 @@ def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceF
             continue
         got = waiting.get(vid, [])
         reason = stream_error or lost_windows(got[0][WINDOWS] if got else None, [r[WINDOW_INDEX] for r in got])
-        row = failed_video(source_row(source, failed_before, run), reason, run)
+        # The run's loss, not the source's: never counted toward "the same failure three runs in a row".
+        row = failed_video(source_row(source, failed_before, run), reason, run, counted=False)
         if row is not None:
             yield row
     while assemblies.running:
@@ -86,10 +87,11 @@ def _ledger_rows(finished: Iterator[tuple[dict[str, Any], dict[str, Any] | str]]
             yield row
 
 
-def failed_video(row: dict[str, Any], reason: str, run: RestoreRun, *, permanent: bool = False
-                 ) -> dict[str, Any] | None:
+def failed_video(row: dict[str, Any], reason: str, run: RestoreRun, *, permanent: bool = False,
+                 counted: bool = True) -> dict[str, Any] | None:
     """Record a video that failed before or after the workers (a source row or a window row of it):
-    retried by the next run unless `permanent`. A ledger write that fails (the store is down) is logged; the run's
+    retried by the next run unless `permanent`; `counted` False for a reason of the run's (the stream
+    stopped, windows lost with their nodes), which never makes a source permanent (`outcome.failure`). A ledger write that fails (the store is down) is logged; the run's
     summary still counts the video. None when another run holds the video (or finished it): its to record.
     """
     try:
@@ -101,7 +103,7 @@ def failed_video(row: dict[str, Any], reason: str, run: RestoreRun, *, permanent
         OUTPUT_STEM: run.layout.output_stem(row[REL]), STAGING: ""}
     failed = failed_row(row, reason, permanent=permanent)
     try:
-        return record_failure(run, failed)
+        return record_failure(run, failed, counted=counted)
     except Exception:  # noqa: BLE001
         log.error("could not record the failure of %s in the ledger (%s)", row[SOURCE], reason, exc_info=True)
         return {**failed, SETTINGS: run.settings, WINDOWS_REUSED: 0, RESTORE_SECONDS: 0.0, WINDOWS: 0}

@@ -26,12 +26,15 @@ GIVE_UP_AFTER = 3  # runs in a row that fail an unchanged source the same way be
 _WINDOW_LEDGER = (SOURCE, FINGERPRINT, WINDOW_INDEX, START, END, SEGMENT, STATUS, ERROR, SECONDS, REUSED, DEVICE)
 
 
-def failure(error: str, permanent: bool, video: dict[str, Any]) -> tuple[str, bool, int]:
+def failure(error: str, permanent: bool, video: dict[str, Any], counted: bool = True) -> tuple[str, bool, int]:
     """(reason, permanent, repeats) of a failed video: `repeats` counts the runs in a row, this one
     included, that failed the unchanged source with this very reason (the scenes stage passes the last
     run's reason and count in the row). One that was not known to be permanent but repeats
     `GIVE_UP_AFTER` runs in a row is deterministic (a bug or an input the model cannot take), so it
-    stops being retried every night, and its staging goes."""
+    stops being retried every night, and its staging goes. Not `counted` (a reason of the run's, not
+    the source's): repeats 0, never permanent, however often the run fails so."""
+    if not counted:
+        return error, permanent, 0
     repeats = int(video.get(REPEATS) or 0) + 1 if error == video.get(PREVIOUS_ERROR) else 1
     if permanent or repeats < GIVE_UP_AFTER:
         return error, permanent, repeats
@@ -75,16 +78,16 @@ def record(run: RestoreRun, first: dict[str, Any], rows: Sequence[dict[str, Any]
         storage.remove(run.layout.video_staging(first[VIDEO_ID]), recursive=True)
 
 
-def record_failure(run: RestoreRun, failed: dict[str, Any]) -> dict[str, Any]:
+def record_failure(run: RestoreRun, failed: dict[str, Any], counted: bool = True) -> dict[str, Any]:
     """Write the ledger row of a video the driver found failed (`failed`: its one failed row,
-    `plan_stage.failed_row`) and return it. Fenced like an assembly: a run that lost the video's lease
+    `plan_stage.failed_row`) and return it (`counted`: see `failure`). Fenced like an assembly: a run that lost the video's lease
     writes nothing; its row says so, for the summary only."""
     started = time.perf_counter()
     try:
         check_held(run, failed[REL])
     except LeaseLost as e:
         return video_row(failed, [failed], run, FAILED, str(e), False, started)
-    error, permanent, repeats = failure(failed[ERROR], bool(failed[PERMANENT]), failed)
+    error, permanent, repeats = failure(failed[ERROR], bool(failed[PERMANENT]), failed, counted)
     video = video_row(failed, [failed], run, FAILED, error, permanent, started) | {REPEATS: repeats}
     record(run, failed, [failed], video)
     return video

@@ -9,10 +9,8 @@ rows into videos and assembles each (gather.py).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
-import posixpath
 import signal
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,7 +27,7 @@ from pipelines.job_support import ray_started
 from pipelines.listing import SourceFile
 from pipelines.restore import ledger, metrics
 from pipelines.restore.context import RestoreRun, new_run_id
-from pipelines.restore.faults import TASK_RETRIES, Stopped, bound_retries, stop_on_signals
+from pipelines.restore.faults import TASK_RETRIES, Stopped, set_fault_options, stop_on_signals
 from pipelines.restore.gather import failed_video, gather, source_row
 from pipelines.restore.job import ArchiveJob, validate
 from pipelines.restore.layout import OutputLayout
@@ -39,7 +37,7 @@ from pipelines.restore.plan_stage import claim_and_plan
 from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT, RestoreWindows
 from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, LEASED, PREVIOUS_ERROR, REL, REPEATS,
                                     SOURCE, STATUS)
-from pipelines.restore.selection import Selection, recognised_rows, select
+from pipelines.restore.selection import Selection, recognised_rows, select, split_clashes
 from pipelines.restore.summary import RunStats, format_summary
 from pipelines.shared_storage import check_shared
 
@@ -159,7 +157,7 @@ def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[Source
                  stats: RunStats) -> None:
     """Restore `selection.todo` (each claimed as work on it starts), counting each finished one in
     `stats` (and the metrics)."""
-    todo, refused = _split_clashes(selection.todo, sources, run.layout.root)
+    todo, refused = split_clashes(selection.todo, sources, run.layout.root)
     for source, reason, permanent in refused:  # decided on the driver: no Ray needed
         video = failed_video(source_row(source, selection.failed_before, run), reason, run, permanent=permanent)
         if video is not None:
@@ -225,7 +223,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
     restored (or failed) window rows out, which the driver gathers into videos and assembles
     (`gather`). Lazy: nothing runs until the rows are read."""
     use_gpu, actors = actor_pool(job.device, job.actors, job.accelerator_type)
-    actor_faults = bound_retries()
+    set_fault_options()
 
     # 1. Sources: the rows go to the object store in bounded chunks (the driver holds a reference per
     #    chunk, never a block per video), then one row per block, so that the scenes tasks run in
@@ -253,7 +251,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
     ds = ds.map_batches(
         RestoreWindows,
         fn_constructor_kwargs=dict(preset=job.preset, weights=job.weights, config=job.restore_config(),
-                                   checkpoint=job.checkpoint, prompt=job.prompt),
+                                   checkpoint=job.checkpoint, prompt=job.prompt, run_id=run.run_id),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, max_concurrent_calls_per_actor=WINDOWS_IN_FLIGHT,
                                            enable_true_multi_threading=True),
         batch_size=1,
@@ -261,9 +259,8 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
         num_gpus=1 if use_gpu else 0,
         num_cpus=GPU_ACTOR_CPUS if use_gpu else 1,
         # Only nodes with that GPU (the cluster configs declare `accelerator_type:<name>` resources,
-        # so the autoscaler can start such a node before any exists).
-        **({"accelerator_type": job.accelerator_type} if job.accelerator_type else {}),
-        **actor_faults,
+        # so the autoscaler can start such a node before any exists). Dead actors are replaced (faults.py).
+        accelerator_type=job.accelerator_type,
     )
 
     # 4. Assemble (CPU task per video, started by the driver as a video's last window comes out of
@@ -282,30 +279,3 @@ def source_tables(sources: Sequence[SourceFile], failed_before: dict[str, tuple[
                         FINGERPRINT: [s.fingerprint for s in chunk], CHECKSUM: [s.checksum for s in chunk],
                         PREVIOUS_ERROR: [error for error, _ in before],
                         REPEATS: pa.array([repeats for _, repeats in before], pa.int64())})
-
-
-def _split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile], output_root: str
-                   ) -> tuple[list[SourceFile], list[tuple[SourceFile, str, bool]]]:
-    """(sources to restore, [(source, reason, permanent)] for those refused on the driver): keys that
-    could write outside the output (`listing.unsafe_key`: refused for good while unchanged), and
-    sources whose outputs would collide ("a.mov" and "a.mp4" both restore to "a.mp4"; "A.mp4" and
-    "a.mp4" on an output that folds case; "caf%E9.mp4" and the `listing.escaped_name` of a Latin-1
-    "caf\xe9.mp4", one rel for two files), retried on every run, so renaming one of them fixes it."""
-    fold = str.casefold if listing.case_insensitive(output_root) else str
-    by_stem = collections.defaultdict(list)
-    for s in sources:
-        by_stem[fold(posixpath.splitext(s.rel)[0])].append(s)
-    keep, refused = [], []
-    for s in todo:
-        unsafe = listing.unsafe_key(s.rel)
-        # another file of the same rel is named by its URL (the escaped name's is its real name's bytes)
-        others = [o.rel if o.rel != s.rel else o.url for o in by_stem[fold(posixpath.splitext(s.rel)[0])]
-                  if o.url != s.url]
-        if unsafe:
-            refused.append((s, f"unsafe object key {s.rel!r}: {unsafe}; rename the object", True))
-        elif others:
-            refused.append((s, f"output name clashes with {', '.join(others)} (same name, other extension or "
-                               f"case, or a name that is not UTF-8, escaped); rename one of them", False))
-        else:
-            keep.append(s)
-    return keep, refused

@@ -5,18 +5,22 @@ a small row leaves the actor; frames never travel through Ray's object store.
 An actor takes `WINDOWS_IN_FLIGHT` windows at once, each on its own thread (Ray Data's threaded
 actors), and only the model's work is one at a time: while the model restores one window, the next
 is decoded or the last one's segment encoded, so the GPU does not wait for the CPU's media work. At
-most that many windows are in host memory."""
+most that many windows are in host memory. A window whose earlier tries died with their actor
+(`window_attempts`) is restored alone in its actor, and fails at once after `ACTOR_KILLS` of them."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from fractions import Fraction
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray
 import torch
 
 from pipelines import storage
@@ -26,6 +30,7 @@ from pipelines.media.video_info import BadVideo
 from pipelines.restore import metrics
 from pipelines.restore.faults import DECODE_SECONDS_PER_FRAME, READ_BASE_SECONDS, run_with_limit
 from pipelines.restore.layout import segment_url
+from pipelines.restore import window_attempts
 from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, END, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, LOSSLESS,
                                     PENDING, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START,
                                     START_PTS, STATUS, WINDOW_INDEX, window_seed)
@@ -45,7 +50,8 @@ class RestoreWindows:
     `error`, `permanent`, `segment`, `seconds`, `reused`, `device`. Rows that arrive failed pass through.
     """
 
-    def __init__(self, preset: str, weights: str | None, config: RestoreConfig, checkpoint: str, prompt: str) -> None:
+    def __init__(self, preset: str, weights: str | None, config: RestoreConfig, checkpoint: str, prompt: str,
+                 run_id: str) -> None:
         # Random-weight presets are seeded (load_denoiser, build_vae, build_text_model): every actor of
         # every run builds the same model, so windows restored by different actors (or by a run that
         # resumes a killed one) belong together.
@@ -57,6 +63,13 @@ class RestoreWindows:
         self.device = self.restorer.device.type
         self.model = threading.Lock()  # one window at a time in the model (its memory plan is for one)
         self.model_seconds = 0.0  # time in the model, summed over windows (for jobs/measure/overlap.py)
+        self.run_id = run_id
+        # Outside Ray (jobs/measure/overlap.py calls `restore` itself) there is no node and no restart.
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        # Windows in this actor now, and whether one runs alone (a suspect: its earlier tries died).
+        self.calls = threading.Condition()
+        self.running = 0
+        self.alone = False
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame([self.restore(row) for row in batch.to_dict("records")])
@@ -71,6 +84,40 @@ class RestoreWindows:
         if storage.exists(segment):
             metrics.window_finished("reused")
             return {**row, STATUS: DONE, REUSED: True}
+        earlier = window_attempts.earlier_kills(segment, self.run_id)
+        if len(earlier) >= window_attempts.ACTOR_KILLS:
+            metrics.failure("restore", False)  # retried next run: permanent only if it repeats (outcome.failure)
+            metrics.window_finished(FAILED)
+            return {**row, STATUS: FAILED, ERROR: window_attempts.KILLED_REASON, PERMANENT: False, SECONDS: 0.0}
+        with self._inside(alone=bool(earlier)):
+            window_attempts.started(segment, self.run_id, self.node, earlier)
+            outcome, seconds = self._restore(row, segment)
+            window_attempts.ended(segment)
+        if outcome[STATUS] == DONE:
+            metrics.window_restored(int(row[END]) - int(row[START]), seconds, self.device)
+        else:
+            metrics.failure("restore", outcome.get(PERMANENT, False))
+        metrics.window_finished(outcome[STATUS])
+        return {**row, **outcome, SECONDS: seconds}
+
+    @contextlib.contextmanager
+    def _inside(self, alone: bool) -> Iterator[None]:
+        """Hold one of the actor's window slots; `alone`: the only one (no other window may start or
+        be running), so that if the actor dies again, this window alone killed it."""
+        with self.calls:
+            self.calls.wait_for(lambda: not self.alone and (not alone or self.running == 0))
+            self.running += 1
+            self.alone = alone
+        try:
+            yield
+        finally:
+            with self.calls:
+                self.running -= 1
+                self.alone = False
+                self.calls.notify_all()
+
+    def _restore(self, row: dict[str, Any], segment: str) -> tuple[dict[str, Any], float]:
+        """(outcome columns, seconds) of decoding, restoring and writing one window."""
         started = time.perf_counter()
         try:
             limit = READ_BASE_SECONDS + DECODE_SECONDS_PER_FRAME * (int(row[END]) - int(row[START]))
@@ -91,13 +138,7 @@ class RestoreWindows:
         except Exception as e:  # noqa: BLE001 - recorded in the ledger, the other windows go on
             log.warning("window %s of %s failed", row[WINDOW_INDEX], row[SOURCE], exc_info=True)
             outcome = {STATUS: FAILED, ERROR: f"{type(e).__name__}: {e}"}
-        seconds = time.perf_counter() - started
-        if outcome[STATUS] == DONE:
-            metrics.window_restored(int(row[END]) - int(row[START]), seconds, self.device)
-        else:
-            metrics.failure("restore", outcome.get(PERMANENT, False))
-        metrics.window_finished(outcome[STATUS])
-        return {**row, **outcome, SECONDS: seconds}
+        return outcome, time.perf_counter() - started
 
 
 def _read_window(row: dict[str, Any]) -> np.ndarray:

@@ -1,9 +1,12 @@
 """Which listed sources a run restores, decided against the ledger's state (`ledger.read_state`): the
 rule that makes resume and nightly incremental runs the same mechanism, and that knows a copied
-source by its content."""
+source by its content; and which it refuses on the driver (`split_clashes`: unsafe keys, outputs
+that would collide)."""
 
 from __future__ import annotations
 
+import collections
+import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines import listing
 from pipelines.listing import SourceFile, listed_size
 from pipelines.restore.ledger import now
 from pipelines.restore.rows import (CHECKSUM, CONTENT, DONE, ERROR, FAILED, FINGERPRINT, FINISHED_AT, PERMANENT, REL,
@@ -123,3 +127,30 @@ def recognised_rows(copied: Sequence[tuple[SourceFile, dict[str, Any]]], run_id:
     """The ledger rows that record copies under their new fingerprints (same outcome, this run)."""
     return [{**row, SOURCE: source.url, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum or row.get(CHECKSUM),
              RUN_ID: run_id, FINISHED_AT: now()} for source, row in copied]
+
+
+def split_clashes(todo: Sequence[SourceFile], sources: Sequence[SourceFile], output_root: str
+                   ) -> tuple[list[SourceFile], list[tuple[SourceFile, str, bool]]]:
+    """(sources to restore, [(source, reason, permanent)] for those refused on the driver): keys that
+    could write outside the output (`listing.unsafe_key`: refused for good while unchanged), and
+    sources whose outputs would collide ("a.mov" and "a.mp4" both restore to "a.mp4"; "A.mp4" and
+    "a.mp4" on an output that folds case; "caf%E9.mp4" and the `listing.escaped_name` of a Latin-1
+    "caf\xe9.mp4", one rel for two files), retried on every run, so renaming one of them fixes it."""
+    fold = str.casefold if listing.case_insensitive(output_root) else str
+    by_stem = collections.defaultdict(list)
+    for s in sources:
+        by_stem[fold(posixpath.splitext(s.rel)[0])].append(s)
+    keep, refused = [], []
+    for s in todo:
+        unsafe = listing.unsafe_key(s.rel)
+        # another file of the same rel is named by its URL (the escaped name's is its real name's bytes)
+        others = [o.rel if o.rel != s.rel else o.url for o in by_stem[fold(posixpath.splitext(s.rel)[0])]
+                  if o.url != s.url]
+        if unsafe:
+            refused.append((s, f"unsafe object key {s.rel!r}: {unsafe}; rename the object", True))
+        elif others:
+            refused.append((s, f"output name clashes with {', '.join(others)} (same name, other extension or "
+                               f"case, or a name that is not UTF-8, escaped); rename one of them", False))
+        else:
+            keep.append(s)
+    return keep, refused
