@@ -3,8 +3,8 @@ a segfault in a decoder, a preempted node), a task that never returns, a signal 
 
 Ray's defaults suit none of these: Ray Data retries a dead actor's task without bound and fails the
 whole dataset on the first actor that dies while starting; a stuck assembly task waits for ever. Here
-dead actors are replaced while every retry of a unit of work is bounded, and work that is still lost after its retries becomes a failed
-ledger row with a reason, so the rest of the archive goes on and the run ends with its summary.
+dead actors are replaced while every retry of a unit of work is bounded, and work that is still lost
+after its retries becomes a failed ledger row with a reason, so the rest of the archive goes on and the run ends with its summary.
 """
 
 from __future__ import annotations

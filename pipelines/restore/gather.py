@@ -25,6 +25,11 @@ from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, FRAME
 
 log = logging.getLogger(__name__)
 
+# Host memory an assembly task declares to Ray (so that the scheduler, not the OOM killer, fits tasks
+# to a node): a group of decoded segment frames and the encoder's buffers. A declared bound, not a
+# measured peak.
+ASSEMBLY_MEMORY = 2 * 2**30
+
 
 def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceFile],
            failed_before: dict[str, tuple[str, int]]) -> Iterator[dict[str, Any]]:
@@ -35,7 +40,7 @@ def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceF
     Assembly (CPU task per video, 1 CPU: x264 encode) starts as soon as a video's last window comes
     out of the stream, so finished videos appear while others are restoring. in: all window rows of a
     video; out: its ledger row (written by the task itself)."""
-    finish = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(finish_video)
+    finish = ray.remote(num_cpus=1, memory=ASSEMBLY_MEMORY, max_retries=TASK_RETRIES)(finish_video)
     assemblies = Assemblies()
     waiting: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     stream_error = None

@@ -44,6 +44,11 @@ from pipelines.shared_storage import check_shared
 log = logging.getLogger(__name__)
 
 GPU_ACTOR_CPUS = 2  # decode of the window and FFV1 encode of the segment run beside the model
+# Host memory declared to Ray, so that its scheduler, not the kernel's OOM killer, keeps a node within
+# its RAM (an OOM kill costs a window's try, `window_attempts`): a GPU actor holds the models (~16 GB,
+# README "Host") and its windows' frames; a scenes task one decode of a source.
+GPU_ACTOR_MEMORY = 16 * 2**30
+SCENES_MEMORY = 2**30
 _DIGEST_THREADS = 8  # reads overlap well on buckets; on a local disk they share its bandwidth
 SOURCE_CHUNKS = 256  # the sources enter Ray Data in at most this many pieces, however many there are
 
@@ -238,7 +243,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
     ds = ds.flat_map(claim_and_plan, fn_kwargs=dict(run=run, window=job.window, overlap=job.overlap,
                                                     detector=job.detector, deinterlace=job.deinterlace,
                                                     max_pixels=job.max_frame_pixels),
-                     num_cpus=1, max_retries=TASK_RETRIES)
+                     num_cpus=1, memory=SCENES_MEMORY, max_retries=TASK_RETRIES)
     # One window per block: a video's windows spread over the actor pool instead of one actor
     # taking the whole block (and a block lost with its actor is one window).
     ds = ds.repartition(target_num_rows_per_block=1)
@@ -258,6 +263,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
         batch_format="pandas",
         num_gpus=1 if use_gpu else 0,
         num_cpus=GPU_ACTOR_CPUS if use_gpu else 1,
+        memory=GPU_ACTOR_MEMORY if use_gpu else None,  # a CPU actor (tests, nano) runs small models
         # Only nodes with that GPU (the cluster configs declare `accelerator_type:<name>` resources,
         # so the autoscaler can start such a node before any exists). Dead actors are replaced (faults.py).
         accelerator_type=job.accelerator_type,
