@@ -13,23 +13,31 @@ log = logging.getLogger(__name__)
 
 
 def actor_pool(device: str, actors: int | None, accelerator_type: str | None = None) -> tuple[bool, int]:
-    """(GPU actors?, most actors): one actor per GPU in the cluster; without GPUs, CPU actors.
+    """(GPU actors?, most actors): one actor per GPU the cluster can grow to; without GPUs, CPU actors.
 
     `device` is auto (GPUs when the cluster has any), gpu (ask for GPUs even before an autoscaler has
     started one) or cpu; an `accelerator_type` implies GPUs. GPU actors on a Ray this job started
     itself, which has no such GPU, fail at once instead of waiting for ever."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = max(int(ray.cluster_resources().get("GPU", 0)), gpu_ceiling())
     use_gpu = device == "gpu" or accelerator_type is not None or (device == "auto" and gpus > 0)
     if use_gpu:
         waits.check_can_start(gpu_actor_resources(accelerator_type), "a GPU actor",
                               "run on a cluster with GPUs (RAY_ADDRESS or `ray job submit`), or pass --device cpu")
         if actors is None and gpus == 0:
-            log.warning("no GPU in the cluster yet: the actor pool is sized at 1 actor; pass --actors N for "
-                        "the GPUs the autoscaler may start")
+            log.warning("no GPU in the cluster yet and no autoscaler ceiling known: the actor pool is sized at 1 "
+                        "actor; pass --actors N for the GPUs the autoscaler may start")
         return True, actors or max(gpus, 1)
     log.warning("running STAR on CPU (%s): fine for the nano and tiny presets, far too slow for the official one",
                 "--device cpu" if device == "cpu" else "no GPU in the cluster")
     return False, actors or 1
+
+
+def gpu_ceiling() -> int:
+    """The GPUs the cluster's autoscaler may start (its node types' max workers times their GPUs), 0
+    without an autoscaler config (a local Ray, a fixed cluster). Read where Ray Data itself reads it
+    (its shuffle sizes itself so), as a cold cluster's GPUs present at start are none."""
+    ceiling = ray._private.state.state.get_max_resources_from_cluster_config() or {}
+    return int(ceiling.get("GPU", 0))
 
 
 def gpu_actor_resources(accelerator_type: str | None) -> dict[str, float]:
