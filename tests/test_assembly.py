@@ -18,8 +18,9 @@ from PIL import Image
 
 from helpers import assert_same_timing, claim_all, decode_all, grey_frames, make_clip, media, noisy_frames, restore_run
 from pipelines.listing import SourceFile
-from pipelines.media.frames import read_frames, write_segment
-from pipelines.media.mux import choose_container, transcoded_audio
+from pipelines.media.frames import read_frames
+from pipelines.media.segments import write_segment
+from pipelines.media.output_container import choose_container, transcoded_audio
 from pipelines.media.probe import probe, probe_timestamps
 from pipelines.media.scenes import detect_scenes
 from pipelines.media.video_info import StreamInfo, VideoInfo

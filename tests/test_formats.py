@@ -19,7 +19,7 @@ from pipelines.listing import SourceFile
 from pipelines.media.diagnose import diagnose
 from pipelines.media.frames import read_frames
 from pipelines.media.interlace import OPTIONS, choose, decode_start_pts, deinterlace, picture_timeline, read_pictures
-from pipelines.media.mux import choose_container, transcoded_audio
+from pipelines.media.output_container import choose_container, transcoded_audio
 from pipelines.media.probe import probe_timestamps
 from pipelines.media.video_info import BadVideo, check_restorable
 from pipelines.restore.assemble_stage import finish_video
