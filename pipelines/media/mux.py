@@ -19,12 +19,14 @@ from pipelines.media.captions import Caption, read_captions
 from pipelines.media.clock import due, earliest_start, moved, moved_chapter, ticks
 from pipelines.media.input_container import open_container
 from pipelines.media.output_container import choose_container, kept_streams, transcoded_audio
+from pipelines.media.output_format import OutputFormat, picture_encoding
 from pipelines.media.stream_copy import add_kept_stream, keep_tags, kept_packets
 from pipelines.media.video_encode import add_video_stream, encode, encoded_size
 from pipelines.media.video_info import StreamInfo, VideoInfo
 from pipelines.storage import Source, atomic_output, open_input
 
-_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mp4", ".mkv": "matroska"}
+# FFmpeg's muxer per output extension; MOV (for ProRes, which MP4 has no tag for) follows MP4's rules.
+_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 # Container tags that describe the old file's format, not its content; the timecode goes on the video
 # stream (MP4 writes it as a tmcd track from there).
 _FORMAT_TAGS = ("major_brand", "minor_version", "compatible_brands", "encoder", "timecode")
@@ -41,13 +43,12 @@ def write_video(
     info: VideoInfo,
     timestamps: np.ndarray,
     *,
-    crf: int = 16,
-    preset: str = "medium",
+    output_format: OutputFormat = OutputFormat(),
     square_pixels: bool = False,
     fence: Callable[[], None] | None = None,
 ) -> tuple[str, ...]:
     """Write `frames` ((H, W, 3) uint8, or uint16 from a deep-colour source, one per source frame) to
-    `output_url` (".mp4" or ".mkv": see `choose_container`) with the streams of `source` that
+    `output_url` (".mp4", ".mov" or ".mkv": see `choose_container`) with the streams of `source` that
     `kept_streams` keeps, its chapters, container tags, timecode and (in Matroska) attachments; return
     the notes on the streams left out.
 
@@ -58,7 +59,8 @@ def write_video(
     just before its 33-bit clock wraps (negative timestamps), plays from 0 for as long as the source,
     with the audio's lead or lag over the picture kept.
 
-    Picture: H.264 yuv420p (yuv420p10le for uint16 frames), or FFV1 yuva444p in Matroska for (H, W, 4)
+    Picture: `output_format`'s codec in the pixel format `output_format.picture_encoding` gives (by
+    default H.264 yuv420p, yuv420p10le for uint16 frames), or FFV1 yuva444p in Matroska for (H, W, 4)
     RGBA frames (a source with alpha), tagged with the source's colour primaries, transfer and matrix
     and its sample aspect ratio (anamorphic PAL and NTSC keep their display shape); `square_pixels`
     instead resamples each frame (Lanczos) to square pixels at the same height. An odd size is padded
@@ -71,10 +73,10 @@ def write_video(
     fmt = _FORMATS.get(os.path.splitext(os.fspath(output_url))[1].lower())
     if fmt is None:
         raise ValueError(f"output {output_url!r} must end in one of {sorted(_FORMATS)}")
-    if fmt == "mp4" and choose_container(info) == "mkv":
+    container = "mkv" if fmt == "matroska" else "mp4"  # the family whose stream rules apply
+    if container == "mp4" and choose_container(info) == "mkv":
         raise ValueError(f"the source's streams ({[s.codec for s in info.audio + info.subtitles + info.attachments]}) "
                          f"do not fit in MP4; name the output by choose_container(info), here '.mkv'")
-    container = "mp4" if fmt == "mp4" else "mkv"
     flac = transcoded_audio(info, container)
     streams, notes = kept_streams(info, container)
     captions = read_captions(source, info.end_pts * info.time_base) if info.captions else []
@@ -82,28 +84,29 @@ def write_video(
         src = open_container(f)
         try:
             tags = {k: v for k, v in src.metadata.items() if k.lower() not in _FORMAT_TAGS}
-            options, dropped = _mp4_options(info, tags, streams) if fmt == "mp4" else ({}, [])
+            options, dropped = _mp4_options(info, tags, streams) if container == "mp4" else ({}, [])
             if dropped:
                 notes += (f"container tags {', '.join(sorted(dropped))} not carried: MP4 keeps tags beyond the "
                           f"standard ones only without cover art",)
             with av.open(tmp, "w", format=fmt, options=options) as out:
                 out.metadata.update(tags)
                 first = next(frames)
-                video = add_video_stream(out, info, encoded_size(first, info, square_pixels), crf, preset,
-                                         deep=first.dtype == np.uint16, alpha=first.shape[-1] == 4)
+                encoding = picture_encoding(output_format, info.pix_fmt, deep=first.dtype == np.uint16,
+                                            alpha=first.shape[-1] == 4)
+                video = add_video_stream(out, info, encoded_size(first, info, square_pixels), encoding)
                 video.codec_context.sample_aspect_ratio = Fraction(1) if square_pixels else info.upright_sar
                 keep_tags(src.streams[info.video_index], video)
                 if info.timecode:
                     video.metadata["timecode"] = info.timecode
                 kept = {s.index: add_kept_stream(out, src.streams[s.index], s.index in flac) for s in streams}
-                text = _caption_packets(out, captions, fmt) if captions else iter(())
+                text = _caption_packets(out, captions, container) if captions else iter(())
                 if fmt == "matroska":
                     for a in info.attachments:
                         attachment = src.streams[a.index]
                         out.add_attachment(attachment.name, attachment.mimetype, bytes(attachment.data))
                 origin = earliest_start(src, info, kept)
                 out.set_chapters([moved_chapter(c, origin) for c in src.chapters()])
-                encoded = encode(video, itertools.chain([first], frames), timestamps, info, fmt,
+                encoded = encode(video, itertools.chain([first], frames), timestamps, info, container,
                                  shift=ticks(origin, info.time_base))
                 # Interleave by time, so the muxer never has to buffer a whole audio track.
                 for packet in heapq.merge(encoded, kept_packets(src, kept, flac, origin), moved(text, origin),
@@ -130,15 +133,16 @@ def _mp4_options(info: VideoInfo, tags: dict[str, str], streams: tuple[StreamInf
     return options | {"movflags": "use_metadata_tags"}, []
 
 
-def _caption_packets(out: av.container.OutputContainer, captions: list[Caption], fmt: str) -> Iterator[av.Packet]:
+def _caption_packets(out: av.container.OutputContainer, captions: list[Caption], container: str
+                     ) -> Iterator[av.Packet]:
     """A subtitle track of the closed captions the source's pictures carried (media.captions): MOV
     text in MP4, SubRip in Matroska, on the source's clock in milliseconds (`moved` shifts it)."""
-    stream = out.add_mux_stream("mov_text" if fmt == "mp4" else "subrip")
+    stream = out.add_mux_stream("mov_text" if container == "mp4" else "subrip")
     stream.metadata["title"] = "Closed captions (EIA-608 CC1, from the source's picture)"
     for caption in captions:
         text = caption.text.encode()
         # A MOV text sample is its UTF-8 length (16-bit, big-endian) and the text; SubRip is the text.
-        packet = av.Packet(len(text).to_bytes(2, "big") + text if fmt == "mp4" else text)
+        packet = av.Packet(len(text).to_bytes(2, "big") + text if container == "mp4" else text)
         packet.stream, packet.time_base = stream, Fraction(1, 1000)
         packet.pts = packet.dts = math.floor(caption.start * 1000)
         packet.duration = max(1, math.floor(caption.end * 1000) - packet.pts)

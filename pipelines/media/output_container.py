@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pipelines.media.output_format import Codec
 from pipelines.media.video_info import StreamInfo, VideoInfo, has_alpha
 
 
@@ -22,24 +23,25 @@ MP4_VIDEO = frozenset({"h264", "hevc", "mpeg4", "mpeg2video", "mpeg1video", "mjp
 MP4_COVERS = frozenset({"mjpeg", "png", "bmp"})
 
 
-def choose_container(info: VideoInfo) -> Literal["mp4", "mkv"]:
+def choose_container(info: VideoInfo, codec: Codec = "h264") -> Literal["mp4", "mov", "mkv"]:
     """"mp4" when every audio and subtitle stream of the source fits in MP4 unchanged and there are no
-    attachments, else "mkv". Never fails: audio that the chosen container cannot carry is transcoded
+    attachments, else "mkv"; for ProRes "mov" instead of "mp4" (MP4 has no tag for it, MOV keeps MP4's
+    stream rules), and always "mkv" for FFV1 (FFV1 in Matroska: the IETF CELLAR pair). Never fails: audio that the chosen container cannot carry is transcoded
     losslessly to FLAC (`transcoded_audio`); only MOV text subtitles need MP4 (Matroska has no
     mov_text), so they keep the output in MP4, with FLAC for the audio MP4 cannot carry.
 
     Where we differ from `ffmpeg -c copy`: that fails on such a source; an archive must not lose
     its picture (or its sound) over a container's codec list.
     """
-    if has_alpha(info):
-        return "mkv"  # FFV1 with its alpha plane (see write_video)
+    if has_alpha(info) or codec == "ffv1":
+        return "mkv"  # FFV1, with its alpha plane where there is one (see output_format.picture_encoding)
     audio = {s.codec for s in info.audio}
     subtitles = {s.codec for s in info.subtitles} & (MP4_SUBTITLES | MKV_SUBTITLES)  # others go in notes
     videos = {s.codec for s in info.others if s.kind == "video" and s.codec != "unknown"}
     covers = {s.codec for s in info.others if s.kind == "cover"}
     fits = audio <= MP4_AUDIO and not info.attachments and videos <= MP4_VIDEO and covers <= MP4_COVERS
     if subtitles <= MP4_SUBTITLES and (fits or not subtitles <= MKV_SUBTITLES):
-        return "mp4"
+        return "mov" if codec == "prores" else "mp4"
     return "mkv"
 
 

@@ -1,4 +1,4 @@
-"""Encode the restored picture: the output's video stream (H.264, or FFV1 for alpha) tagged with the
+"""Encode the restored picture: the output's video stream (media.output_format's codec) tagged with the
 source's colours, each frame converted with the source's matrix and range at the source's own
 timestamps (the output's clock), packets carrying the source frame durations."""
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import av
 import numpy as np
 
+from pipelines.media.output_format import PictureEncoding
 from pipelines.media.video_info import BadVideo, VideoInfo
 
 # PyAV's reformatter knows these colour matrices; SMPTE 170M is BT.601 under another name.
@@ -25,7 +26,7 @@ def encoded_size(first: np.ndarray, info: VideoInfo, square_pixels: bool) -> tup
 
 
 def encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], timestamps: np.ndarray,
-           info: VideoInfo, fmt: str, shift: int) -> Iterator[av.Packet]:
+           info: VideoInfo, family: str, shift: int) -> Iterator[av.Packet]:
     """Encode frame i at the source's pts of frame i less `shift` (the output's clock starts at the
     source's `shift`); packets carry the source frame durations."""
     time_base = info.time_base  # kept apart: the muxer rewrites video.time_base at the header
@@ -52,7 +53,7 @@ def encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], tim
         if held is not None:
             yield held
         held = packet  # the last packet is held back to set its duration
-    if held is not None and fmt == "mp4":
+    if held is not None and family == "mp4":
         # MP4 stores sample durations as dts steps and takes only the last one from a packet.
         # With B-frames the dts run ahead of the pts, so the last packet's duration is what makes
         # the track end exactly where the source's last frame ends.
@@ -62,17 +63,14 @@ def encode(video: av.video.stream.VideoStream, frames: Iterator[np.ndarray], tim
 
 
 def add_video_stream(out: av.container.OutputContainer, info: VideoInfo, size: tuple[int, int],
-                     crf: int, preset: str, deep: bool, alpha: bool) -> av.video.stream.VideoStream:
-    if alpha:
-        # H.264 has no alpha: FFV1 (lossless, 4:4:4 with alpha) in Matroska keeps it; crf does not apply.
-        video = out.add_stream("ffv1", rate=info.fps)
-        video.pix_fmt = "yuva444p10le" if deep else "yuva444p"
-        video.options = {"level": "3", "slices": "4"}
-    else:
-        video = out.add_stream("libx264", rate=info.fps)  # rate only guides x264's rate control
-        # A source of more than 8 bits is written 10-bit (x264's High 10 profile), 4:2:0 like the rest.
-        video.pix_fmt = "yuv420p10le" if deep else "yuv420p"
-        video.options = {"crf": str(crf), "preset": preset}
+                     encoding: PictureEncoding) -> av.video.stream.VideoStream:
+    """The output's video stream, encoding `encoding` (media.output_format) at `size` on the source's
+    clock, tagged with the source's colours."""
+    video = out.add_stream(encoding.encoder, rate=info.fps)  # rate only guides x264's rate control
+    video.pix_fmt = encoding.pix_fmt
+    video.options = dict(encoding.options)
+    if encoding.encoder == "libx265" and out.format.name != "matroska":
+        video.codec_tag = "hvc1"  # what Apple's players need to play H.265 from MP4 or MOV
     video.width, video.height = size
     # The encoder must count in the source's time_base too: by default PyAV gives it 1/rate,
     # which rounds variable-rate pts onto a constant grid (and collides them).
