@@ -8,13 +8,13 @@ import av
 import numpy as np
 import pytest
 
+from formats import small_test_pattern, write
+from helpers import psnr
 from pipelines.media.frames import read_frames
 from pipelines.media.mux import write_video
 from pipelines.media.output_container import choose_container
 from pipelines.media.output_format import OutputFormat, picture_encoding
 from pipelines.media.probe import probe_timestamps
-from tests.formats import small_test_pattern, write
-from tests.helpers import psnr
 
 FRAMES = 6
 
