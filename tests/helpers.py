@@ -43,7 +43,10 @@ SHARED = REPO.parent / "shared"
 PARITY = SHARED / "parity"
 MEDIA = SHARED / "media"
 JOB = REPO / "jobs" / "upscale_archive.py"
-TINY = ["--preset", "tiny", "--scale", "2", "--steps", "2", "--window", "8", "--overlap", "2"]
+# The tests' restore settings: as ArchiveJob fields for runs in this process, as flags for the job command
+# (the same settings key either way).
+TINY_JOB = {"preset": "tiny", "scale": 2, "steps": 2, "window": 8, "overlap": 2}
+TINY = [text for name, value in TINY_JOB.items() for text in (f"--{name}", str(value))]
 
 
 # -- the shared folder ----------------------------------------------------------------------------
@@ -214,6 +217,15 @@ def run_job(input_url: str | Path, output_url: str | Path, *extra: str, timeout:
             ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(JOB), "--input", str(input_url), "--output", str(output_url),
                            *TINY, *extra], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_here(input_url: str | Path, output_url: str | Path) -> dict:
+    """The restore job's run in this process, with the TINY settings; its summary. For a run that
+    restores nothing (it starts no Ray): a job command would cost a Python, torch and Ray start."""
+    from pipelines.restore.job import ArchiveJob
+    from pipelines.restore.pipeline import run
+
+    return run(ArchiveJob(input=str(input_url), output=str(output_url), **TINY_JOB))
 
 
 def read_summary(output: Path) -> dict:

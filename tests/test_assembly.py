@@ -18,8 +18,10 @@ from PIL import Image
 
 from helpers import assert_same_timing, claim_all, decode_all, grey_frames, make_clip, media, noisy_frames, restore_run
 from pipelines.listing import SourceFile
-from pipelines.media.frames import read_frames, write_segment
-from pipelines.media.mux import choose_container, transcoded_audio
+from pipelines.media.frames import read_frames
+from pipelines.media.segments import write_segment
+from pipelines.media.output_container import choose_container, transcoded_audio
+from pipelines.media.output_format import OutputFormat
 from pipelines.media.probe import probe, probe_timestamps
 from pipelines.media.scenes import detect_scenes
 from pipelines.media.video_info import StreamInfo, VideoInfo
@@ -140,7 +142,7 @@ def test_round_trip_blends_overlaps(tmp_path):
         return np.clip(upscale2x(frames, w).astype(int) + offsets[w.index % 3], 0, 255).astype(np.uint8)
 
     info, timestamps, plan = restore_video(src, tmp_path / "out.mkv", tmp_path / "stage", window=10, overlap=3,
-                                           restore=restore, crf=0)
+                                           restore=restore, output_format=OutputFormat(crf=0))
     assert sum(w.fade_in for w in plan) > 0
 
     expected = np.zeros(count)
@@ -170,7 +172,7 @@ def test_round_trip_odd_tiny_frames_are_padded(tmp_path):
     frames[:, :, -1] = 200  # a bright last column: padding repeats it
     src = make_clip(tmp_path / "tiny.mp4", frames, pix_fmt="yuv444p", options={"crf": "0"})
     info, timestamps, _ = restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=4, overlap=1,
-                                        restore=lambda f, w: f, crf=0)
+                                        restore=lambda f, w: f, output_format=OutputFormat(crf=0))
     out = assert_same_timing(tmp_path / "out.mp4", info, timestamps)
     assert (out.width, out.height) == (18, 10)
     first = decode_all(tmp_path / "out.mp4")[0].astype(int)
@@ -219,7 +221,7 @@ def test_colours_keep_the_source_matrix(tmp_path):
     frames[:, :, 16:24], frames[:, :, 24:] = [30, 30, 200], [200, 200, 40]
     src = make_clip(tmp_path / "hd.mp4", frames, colorspace=1, options={"crf": "0"})
     info, _, _ = restore_video(src, tmp_path / "out.mp4", tmp_path / "stage", window=4, overlap=1,
-                               restore=lambda f, w: f, crf=0)
+                               restore=lambda f, w: f, output_format=OutputFormat(crf=0))
     out = probe(tmp_path / "out.mp4")
     assert (info.colorspace, out.colorspace, out.color_range, out.color_primaries) == (1, 1, 1, 1)
     assert np.abs(read_frames(tmp_path / "out.mp4", 0, 3).astype(int) - read_frames(src, 0, 3)).mean() < 2.0

@@ -19,7 +19,8 @@ from pipelines.listing import SourceFile
 from pipelines.media.diagnose import diagnose
 from pipelines.media.frames import read_frames
 from pipelines.media.interlace import OPTIONS, choose, decode_start_pts, deinterlace, picture_timeline, read_pictures
-from pipelines.media.mux import choose_container, transcoded_audio
+from pipelines.media.output_container import choose_container, transcoded_audio
+from pipelines.media.output_format import OutputFormat
 from pipelines.media.probe import probe_timestamps
 from pipelines.media.video_info import BadVideo, check_restorable
 from pipelines.restore.assemble_stage import finish_video
@@ -477,7 +478,7 @@ def test_ten_bit_source_is_restored_and_written_ten_bit_with_its_colour_tags(tmp
     assert frames.dtype == np.uint16
 
     out = tmp_path / "out.mp4"
-    restore_video(src, out, tmp_path / "stage", window=4, overlap=1, crf=0)
+    restore_video(src, out, tmp_path / "stage", window=4, overlap=1, output_format=OutputFormat(crf=0))
     out_info, _ = probe_timestamps(out)
     assert out_info.pix_fmt == "yuv420p10le"
     assert (out_info.color_primaries, out_info.color_trc, out_info.colorspace) == (9, 14, 9)

@@ -15,7 +15,8 @@ import pytest
 
 from formats import moving_bar
 from helpers import decode_all, grey_frames, make_clip, media, noisy_frames, psnr
-from pipelines.media.frames import iter_segment, read_frames, write_segment
+from pipelines.media.frames import read_frames
+from pipelines.media.segments import iter_segment, write_segment
 from pipelines.media.probe import probe, probe_timestamps
 from pipelines.media.video_info import BadVideo
 from pipelines.storage import atomic_output

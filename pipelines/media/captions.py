@@ -20,7 +20,7 @@ from fractions import Fraction
 import av
 from av.sidedata.sidedata import Type
 
-from pipelines.media.probe import open_container, video_stream
+from pipelines.media.input_container import open_container, video_stream
 from pipelines.media.video_info import BadVideo
 from pipelines.storage import Source, open_input
 

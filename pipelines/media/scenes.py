@@ -15,7 +15,9 @@ from scenedetect.backends.pyav import VideoStreamAv
 from scenedetect.common import FrameTimecode
 from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
-from pipelines.media.probe import PacketLog, checked_stream, open_container, video_stream
+from pipelines.media.input_container import open_container, video_stream
+from pipelines.media.packet_log import PacketLog
+from pipelines.media.probe import checked_stream
 from pipelines.media.video_info import BadVideo, VideoInfo
 from pipelines.storage import Source, open_input
 

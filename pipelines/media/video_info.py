@@ -24,7 +24,7 @@ class BadVideo(ValueError):
 class StreamInfo:
     """A stream of the source besides the one restored: what the assembler keeps in the output (copied
     unchanged, or audio transcoded losslessly to FLAC where the output container cannot carry it), or
-    names in the ledger row's notes when no output container can carry it (media.mux.kept_streams)."""
+    names in the ledger row's notes when no output container can carry it (media.output_container.kept_streams)."""
 
     index: int  # stream index in the source container
     # "audio" | "subtitle" | "attachment" | "data" (KLV, SCTE-35, a timecode track) | "video" (a second

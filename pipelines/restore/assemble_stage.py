@@ -16,10 +16,11 @@ import numpy as np
 from PIL import Image
 
 from pipelines import storage
-from pipelines.media.frames import iter_alpha, iter_segment, upscale_plane
+from pipelines.media.alpha import iter_alpha, upscale_plane
 from pipelines.media.interlace import decode_start_pts, picture_timeline, read_pictures
 from pipelines.media.mux import write_video
 from pipelines.media.probe import probe_timestamps
+from pipelines.media.segments import iter_segment
 from pipelines.media.video_info import BadVideo, VideoInfo, has_alpha
 from pipelines.restore import metrics
 from pipelines.restore.context import RestoreRun

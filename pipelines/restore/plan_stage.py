@@ -10,8 +10,8 @@ from typing import Any
 from pipelines import storage
 from pipelines.listing import listed_size
 from pipelines.media.interlace import Option, choose, decode_start_pts, picture_scenes, picture_timeline
-from pipelines.media.mux import choose_container
-from pipelines.media.probe import PacketLog
+from pipelines.media.output_container import choose_container
+from pipelines.media.packet_log import PacketLog
 from pipelines.media.scenes import probe_scenes
 from pipelines.media.video_info import BadVideo, check_restorable, has_alpha
 from pipelines.restore import metrics

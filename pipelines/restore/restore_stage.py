@@ -24,7 +24,7 @@ import ray
 import torch
 
 from pipelines import storage
-from pipelines.media.frames import write_segment
+from pipelines.media.segments import write_segment
 from pipelines.media.interlace import read_pictures
 from pipelines.media.video_info import BadVideo
 from pipelines.restore import metrics

@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from pipelines.listing import SKIPPED
 from pipelines.restore.rows import (DEVICE, DONE, DONE_ELSEWHERE, ERROR, FRAMES, LEASED, OUTPUT, REL, RESTORE_SECONDS,
                                     SOURCE, STATUS, WINDOWS, WINDOWS_REUSED)
 
+RATE_SECONDS = 300  # the time left is told at the rate of the videos finished in the last 5 minutes
+
 
 class RunStats:
     """Counts of one run, fed one finished video (its ledger row) at a time."""
 
-    def __init__(self, to_restore: int) -> None:
+    def __init__(self, to_restore: int, clock: Callable[[], float] = time.perf_counter) -> None:
         self.to_restore = to_restore
-        self.started = time.perf_counter()
+        self.clock = clock
+        self.started = clock()
+        self.recent: collections.deque[tuple[float, int]] = collections.deque()  # (when, frames) per video
+        self.frames_seen = 0  # frames of the videos finished, failed ones too: they took time as well
         self.done = self.failed = self.frames = 0
         self.windows_restored = self.windows_reused = 0
         self.restore_seconds = 0.0
@@ -43,7 +50,32 @@ class RunStats:
         what = f"{video[FRAMES]} frames -> {video[OUTPUT]}" if video[STATUS] == DONE else video[ERROR]
         return (f"[{self.finished}/{self.to_restore}] {video[STATUS]:6s} {video[REL]}: {what} | "
                 f"so far {self.done} done, {self.failed} failed, {self.frames} frames, "
-                f"{self.frames / self.elapsed():.2f} frames/s")
+                f"{self.frames / self.elapsed():.2f} frames/s | {self.time_left(video)}")
+
+    def time_left(self, video: dict[str, Any]) -> str:
+        """"4 videos left (about 1,200 frames), about 0:12:30 left at the last 5 minutes' rate".
+
+        Frames left are estimated from the mean frame count of the videos finished so far (a video's
+        frames are known only once it is planned, in the cluster); the rate is that of the videos
+        finished in the last `RATE_SECONDS` (from the run's start until two have), so the estimate
+        follows a run that speeds up (more GPUs) or slows down (longer videos).
+        """
+        now = self.clock()
+        self.frames_seen += video[FRAMES] or 0
+        self.recent.append((now, video[FRAMES] or 0))
+        while len(self.recent) > 2 and now - self.recent[0][0] > RATE_SECONDS:
+            self.recent.popleft()
+        left = max(self.to_restore - self.finished, 0)
+        if not left:
+            return "nothing left"
+        frames_left = round(left * self.frames_seen / (self.done + self.failed))
+        if len(self.recent) > 1:  # the first video of the window marks its start; its frames came before
+            rate = sum(frames for _, frames in list(self.recent)[1:]) / max(now - self.recent[0][0], 1e-9)
+        else:
+            rate = self.frames_seen / max(now - self.started, 1e-9)
+        eta = f"about {timedelta(seconds=round(frames_left / rate))} left" if rate > 0 else "time left unknown"
+        return (f"{left} videos left (about {frames_left:,} frames), {eta} at the last "
+                f"{RATE_SECONDS // 60} minutes' rate")
 
     def skip(self, video: dict[str, Any]) -> None:
         """Count a video left to another run: it holds it (`error` names it), or finished it."""
@@ -69,7 +101,7 @@ class RunStats:
         return ", ".join(f"{n} by run {holder}" for holder, n in sorted(self.held.items()))
 
     def elapsed(self) -> float:
-        return max(time.perf_counter() - self.started, 1e-9)
+        return max(self.clock() - self.started, 1e-9)
 
     def summary(self, **fields: Any) -> dict[str, Any]:
         seconds = self.elapsed()
