@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from star_model.transfer import to_device, wait_for_copies
+
 
 @dataclass(frozen=True)
 class CodecConfig:
@@ -65,7 +67,7 @@ class PixelCodec:
         f = self.downsample
         if frames.shape[2] % f or frames.shape[3] % f:
             raise ValueError(f"frame size {frames.shape[2]}x{frames.shape[3]} is not a multiple of {f}; pad first")
-        return F.pixel_unshuffle(frames.to(self.device, torch.float32), f)
+        return F.pixel_unshuffle(to_device(frames, self.device, torch.float32), f)
 
     def decode(self, latents: Tensor, out_device: str | torch.device | None = None, grad: bool = False) -> Tensor:
         """(F, 3·f², h, w) -> (F, 3, f·h, f·w) fp32, not clamped; differentiable (the DF loss's decoder)."""
@@ -74,6 +76,7 @@ class PixelCodec:
         out_device = latents.device if out_device is None else torch.device(out_device)
         step = self.config.decode_group_frames
         with nullcontext() if grad else torch.no_grad():
-            groups = [F.pixel_shuffle(latents[i:i + step].float(), self.downsample).to(out_device)
-                      for i in range(0, latents.shape[0], step)]
+            groups = [to_device(F.pixel_shuffle(latents[i:i + step].float(), self.downsample), out_device)
+                      for i in range(0, latents.shape[0], step)]  # one group on the device at a time
+        wait_for_copies(latents.device)  # the host copies are read from here on
         return torch.cat(groups)

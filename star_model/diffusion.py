@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from star_model.schedule import NoiseSchedule
+from star_model.transfer import to_device
 
 # (x_t in VP scale (B, C, F, H, W), integer t (B,)) -> x0 prediction, same shape as x_t.
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -39,7 +40,7 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
 
 def _per_sample(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """table[t] shaped (B, 1, ..., 1) to broadcast against `like` (B, ...), on like's device and dtype."""
-    values = table.to(like.device)[t.to(like.device).long()]  # (B,)
+    values = to_device(table, like.device)[to_device(t, like.device).long()]  # (B,)
     return values.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
 

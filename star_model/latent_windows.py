@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from star_model.diffusion import Denoiser
+from star_model.transfer import to_device
 
 Span = tuple[int, int]  # [start, stop) along one axis: latent frames of a window, or rows/columns of a tile
 MergeMode = Literal["weighted", "hard_cut"]
@@ -153,7 +154,7 @@ def merge_latent_windows(
         return torch.cat(parts, dim=2)  # (B, C, F, H, W)
     if mode != "weighted":
         raise ValueError(f"unknown merge mode {mode!r}; expected 'weighted' or 'hard_cut'")
-    weights = blend_weights(windows, num_frames, ramp).to(outputs[0].device)  # (n, F)
+    weights = to_device(blend_weights(windows, num_frames, ramp), outputs[0].device)  # (n, F)
     first = outputs[0]
     merged = first.new_zeros(first.shape[0], first.shape[1], num_frames, *first.shape[3:], dtype=torch.float32)
     for out, (start, stop), w in zip(outputs, windows, weights):

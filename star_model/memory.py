@@ -3,9 +3,11 @@ length and the spatial tile size of the denoiser so one guided forward fits; fro
 memory and the output frame size, pick how many frames at a time go from pixels to latents and back
 (pre-upscale and encode; decode, colour fix and uint8). Explicit settings win.
 
-The estimate is analytical (bytes of the activations alive at the peak of one forward, per latent
-pixel and frame), not measured: it errs high on purpose with a safety margin, and logs its numbers
-so an operator can see and override the plan.
+The sampler's estimate is analytical (bytes of the activations alive at the peak of one forward, per
+latent pixel and frame): it errs high on purpose with a safety margin, and logs its numbers so an
+operator can see and override the plan. `estimate_phases` gives every phase of a window's restore
+(text, VAE encode, sampler, VAE decode) its device bytes; the VAE's activation constants are measured
+on the meta device (`star_model/meta_run.py`), and `jobs/measure/gpu_dry_run.py` prints both side by side.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from dataclasses import dataclass
 import psutil
 import torch
 
+from star_model.codec import CodecConfig
 from star_model.denoiser_config import DenoiserConfig
 from star_model.padding import min_padded_latent
+from star_model.vae import VaeConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,21 @@ HOST_CHUNK_BYTES = 2**30
 # tensor, and the colour fixes keep their inputs alive while computing).
 ENCODE_FLOAT_COPIES = 2
 DECODE_FLOAT_COPIES = 6
+PHASES = ("text", "vae encode", "sampler", "vae decode")
+# The SVD VAE's activations at the peak of one piece (an encoder batch or a decode group, on one tile),
+# in elements per pixel of the piece and frame, per channel of the VAE's first level. Measured on the
+# meta device, linear in the piece's pixels from 256x256 to 768x768: 5.0 in the encoder (two ResNet
+# blocks at full resolution: input, norm, convolution and skip alive at once) and 8.1 in the decoder
+# (its last up block takes 256-channel upsampled features at full resolution); here 10% above.
+VAE_ENCODE_COPIES = 5.5
+VAE_DECODE_COPIES = 8.9
+# float32 latent-sized tensors alive through the sampler beside one forward's activations: the LR
+# latent, the SDEdit noise and start, the solver's state, denoised estimates and noise, the latent
+# windows' and tiles' blend sums and weights.
+SAMPLER_LATENT_COPIES = 8
+# The text tower's activations for one prompt (77 tokens): a few MLP-wide (4 x width) float32 rows alive.
+TEXT_TOKENS = 77
+TEXT_MLP_COPIES = 10
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,43 @@ def plan_memory(cfg: DenoiserConfig, latent_hw: tuple[int, int], frames: int, fr
     raise ValueError(f"not enough device memory: even a {smallest[0]}-frame latent window of "
                      f"{smallest[1][0]}x{smallest[1][1]} latent tiles needs ~{need / 2**30:.2f} GiB and "
                      f"{budget / 2**30:.2f} GiB are available; free memory or set window/tile explicitly")
+
+
+def estimate_phases(cfg: DenoiserConfig, vae: VaeConfig | CodecConfig, vae_dtype: torch.dtype, frames: int,
+                    padded_hw: tuple[int, int], plan: MemoryPlan) -> dict[str, int]:
+    """Device bytes above the weights at the peak of each phase (`PHASES`) of restoring `frames` frames
+    whose padded output size is `padded_hw` pixels, with the sampler's `plan`.
+
+    What stays on the device between phases counts in each: the float32 latents (being gathered during
+    the encode, the LR latent from then on, the restored one during the decode).
+    """
+    f = vae.downsample
+    height, width = padded_hw
+    h, w = height // f, width // f
+    latents = frames * vae.latent_channels * h * w * 4
+    text = TEXT_TOKENS * 4 * cfg.context_dim * 4 * TEXT_MLP_COPIES  # the text tower runs in float32
+    sampler = SAMPLER_LATENT_COPIES * latents + plan.estimated_bytes
+    element = torch.finfo(vae_dtype).bits // 8
+    if isinstance(vae, CodecConfig):  # pixel (un)shuffle: the frames and their float copy only
+        encode = latents + 2 * frames * 3 * height * width * 4
+        decode = 2 * latents + 2 * vae.decode_group_frames * 3 * height * width * 4
+        return dict(zip(PHASES, (latents + text, encode, sampler, decode)))
+    width_0 = vae.block_out_channels[0]
+    # encode: one batch of frames on the device in the VAE's dtype, the mean and std it blends (float32),
+    # the tile weights, and one tile's activations
+    batch = min(vae.encode_batch_frames, frames)
+    tiles = vae.encode_tiles(h, w)
+    tile_px = max((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in tiles) * f * f
+    encode = (latents + batch * 3 * height * width * element + 3 * batch * vae.latent_channels * h * w * 4
+              + len(tiles) * tile_px // (f * f) * 4 + int(VAE_ENCODE_COPIES * width_0 * batch * tile_px * element))
+    # decode: the restored latents and a group's unscaled copy, the group's float32 frames being blended,
+    # the pixel tile weights, one tile's float32 output and one tile's activations
+    group = min(vae.decode_group_frames, frames)
+    tiles = vae.decode_tiles(h, w)
+    tile_px = max((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in tiles) * f * f
+    decode = (2 * latents + group * 3 * height * width * 4 + len(tiles) * tile_px * 4 + group * 3 * tile_px * 4
+              + int(VAE_DECODE_COPIES * width_0 * group * tile_px * element))
+    return dict(zip(PHASES, (latents + text, encode, sampler, decode)))
 
 
 @dataclass(frozen=True)

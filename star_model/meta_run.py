@@ -11,7 +11,8 @@ denoiser at 4K costs seconds on a CPU.
 - runs `scaled_dot_product_attention` as CUDA's fused memory-efficient kernel (output and log-sum-exp
   only): on meta SDPA would otherwise take the math path and count the quadratic score matrix that a GPU
   never holds;
-- stands in for device-to-host copies (zeros on the CPU) and counts the host syncs (`.item()`).
+- stands in for device-to-host copies (zeros on the CPU) and counts the host syncs (`.item()`) and the
+  copies between the host and the device that block the host (`non_blocking=False`).
 
 The host side (decode buffers, pre-upscale, colour fix, uint8) runs for real on the CPU, on zeros.
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode` over the same run.
@@ -34,7 +35,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from star_model.attention import KERNEL_MAX_BATCH
-from star_model.memory import MemoryPlan, plan_memory
+from star_model.memory import MemoryPlan, estimate_phases, plan_memory
 from star_model.restore import RestoreConfig, StarRestorer
 
 aten = torch.ops.aten
@@ -44,7 +45,6 @@ META = torch.device("meta")
 # promote on CUDA as on the CPU and are not checked.
 SAME_DTYPE_OPS = {aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default,
                   aten.addmv.default, aten.convolution.default, aten._scaled_dot_product_efficient_attention.default}
-PHASES = ("text", "vae encode", "sampler", "vae decode")
 
 
 class DeviceFault(RuntimeError):
@@ -68,6 +68,7 @@ class DeviceReport:
     peaks: dict[str, int] = field(default_factory=dict)  # phase -> peak live device bytes (weights included)
     flops: int = 0
     syncs: int = 0  # device -> host scalar reads (each a CUDA synchronisation)
+    blocking_copies: int = 0  # host <-> device copies without non_blocking (each holds the host thread)
     attention: dict[AttentionCall, int] = field(default_factory=dict)  # distinct calls -> how many
 
     def above_weights(self, phase: str) -> int:
@@ -83,13 +84,18 @@ class DeviceReport:
 
 
 class MetaDevice(TorchDispatchMode):
-    """Counts live meta storages and checks ops; `phase(name)` attributes the peak to a phase."""
+    """Counts live meta storages and checks ops; `phase(name)` attributes the peak to a phase.
 
-    def __init__(self, report: DeviceReport) -> None:
+    The storages of `resident` modules (the weights, counted in `report.weights_bytes`) are known from
+    the start, so a view of a weight (a transpose in a linear layer) is not counted a second time.
+    """
+
+    def __init__(self, report: DeviceReport, resident: list[torch.nn.Module] = ()) -> None:
         super().__init__()
         self.report = report
-        self.live = 0
-        self._seen: set[int] = set()
+        self.live = report.weights_bytes
+        self._seen: set[int] = {id(tensor.untyped_storage()) for module in resident
+                                for tensor in [*module.parameters(), *module.buffers()]}
         self._phase: str | None = None
 
     def track(self, tensor: torch.Tensor) -> None:
@@ -130,6 +136,8 @@ class MetaDevice(TorchDispatchMode):
         if func is aten._local_scalar_dense.default and on_meta:
             self.report.syncs += 1
             return 0 if not args[0].is_floating_point() else 0.0
+        if _blocking_copy(func, args, kwargs):
+            self.report.blocking_copies += 1
         target = _target_device(func, args, kwargs)
         if on_meta and target is not None and target != META:
             source = args[0]  # device -> host: the bytes a GPU would send, as zeros
@@ -142,6 +150,16 @@ class MetaDevice(TorchDispatchMode):
             if isinstance(tensor, torch.Tensor) and tensor.device == META:
                 self.track(tensor)
         return out
+
+
+def _blocking_copy(func, args, kwargs) -> bool:
+    """Whether the op copies between the host and meta without `non_blocking`."""
+    if func is aten.copy_.default:
+        crossing = (args[0].device == META) != (args[1].device == META)
+        return crossing and not (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
+    target = _target_device(func, args, kwargs)
+    crossing = target is not None and (target == META) != (args[0].device == META)
+    return crossing and not kwargs.get("non_blocking", False)
 
 
 def _target_device(func, args, kwargs) -> torch.device | None:
@@ -226,16 +244,19 @@ def device_bytes(modules: list[torch.nn.Module]) -> int:
 
 
 def planned_config(restorer: StarRestorer, frames: int, height: int, width: int,
-                   budget_bytes: int) -> tuple[RestoreConfig, MemoryPlan]:
+                   budget_bytes: int) -> tuple[RestoreConfig, MemoryPlan, dict[str, int]]:
     """The restorer's config with the window and tile the memory planner picks for `budget_bytes` of free
-    device memory (a meta device has no free memory to ask for), and that plan."""
+    device memory (a meta device has no free memory to ask for), that plan, and the planner's estimate
+    of each phase's device bytes above the weights."""
     config = restorer.config
     left, right, top, bottom = restorer._padding(height * config.scale, width * config.scale)
+    padded = (height * config.scale + top + bottom, width * config.scale + left + right)
     f = restorer.vae.downsample
-    latent = ((height * config.scale + top + bottom) // f, (width * config.scale + left + right) // f)
+    latent = (padded[0] // f, padded[1] // f)
     plan = plan_memory(restorer.denoiser.cfg, latent, frames, budget_bytes, restorer.dtype,
                        latent_window=config.window, tile=config.tile)
-    return config.replace(window=plan.latent_window, tile=plan.tile or latent), plan
+    estimates = estimate_phases(restorer.denoiser.cfg, restorer.vae.config, restorer.vae.dtype, frames, padded, plan)
+    return config.replace(window=plan.latent_window, tile=plan.tile or latent), plan, estimates
 
 
 def run_on_meta(restorer: StarRestorer, frames: int, height: int, width: int,
@@ -244,9 +265,9 @@ def run_on_meta(restorer: StarRestorer, frames: int, height: int, width: int,
     device; the output (zeros) and what the device would have held and done."""
     if restorer.device != META:
         raise ValueError(f"the restorer's models are on {restorer.device}; build them on the meta device")
-    report = DeviceReport(weights_bytes=device_bytes([restorer.denoiser, restorer.text.model, restorer.vae.model]))
-    mode = MetaDevice(report)
-    mode.live = report.weights_bytes
+    modules = [restorer.denoiser, restorer.text.model, restorer.vae.model]
+    report = DeviceReport(weights_bytes=device_bytes(modules))
+    mode = MetaDevice(report, resident=modules)
     # Instance attributes over the bound methods: only this restorer is watched.
     restorer.text.context_for = _in_phase(mode, "text", restorer.text.context_for)
     restorer.vae.encode = _in_phase(mode, "vae encode", restorer.vae.encode)

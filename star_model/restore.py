@@ -28,6 +28,7 @@ from star_model.sampler import sample_dpmpp_2m_sde, sdedit_start, seeded_noise
 from star_model.schedule import NoiseSchedule, build_schedule, solver_sigmas
 from star_model.text import TextEncoder
 from star_model.tiles import Tile, plan_tiles, tiled_denoiser
+from star_model.transfer import to_device
 from star_model.unet import StarDenoiser
 from star_model.vae import VideoVae
 from star_model.latent_windows import (LatentWindowDenoiser, Span, latent_window_denoiser, official_chunks,
@@ -151,7 +152,7 @@ class StarRestorer:
         z_lr = z_lr.permute(1, 0, 2, 3).unsqueeze(0).to(self.device, torch.float32)  # (1, 4, F, h', w')
 
         # 2. text contexts (computed once per prompt by the encoder's cache), (1, 77, ctx)
-        y_cond, y_uncond = (y.to(self.device, self.dtype) for y in self.text.context_for(prompt))
+        y_cond, y_uncond = (to_device(y, self.device, self.dtype) for y in self.text.context_for(prompt))
 
         # 3. latent windows and spatial tiles from the memory plan (explicit settings win)
         latent_windows, tiles = self._plan(z_lr.shape)
@@ -159,7 +160,7 @@ class StarRestorer:
         # 4. SDEdit start from the LR latent at t_start, then the guided SDE sampler
         noise_shape = z_lr.shape if cfg.start_noise == "per_frame" else (*z_lr.shape[:2], 1, *z_lr.shape[3:])
         eps = torch.randn(noise_shape, generator=torch.Generator().manual_seed(seed + 1)).expand(z_lr.shape)
-        eps = eps.to(self.device)
+        eps = to_device(eps, self.device)
         x_start = sdedit_start(self.schedule, z_lr, eps, cfg.t_start)
         sigmas = solver_sigmas(self.schedule, cfg.solver_mode, cfg.steps, t_max=cfg.t_start)
 

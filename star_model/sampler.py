@@ -34,6 +34,7 @@ from torch import Tensor
 
 from star_model.diffusion import Denoiser, diffuse
 from star_model.schedule import NoiseSchedule
+from star_model.transfer import to_device
 
 # Given the solver state (for shape, device, dtype), returns z ~ N(0, I) of the same shape.
 NoiseSource = Callable[[Tensor], Tensor]
@@ -50,7 +51,7 @@ def seeded_noise(seed: int) -> NoiseSource:
 
     def draw(like: Tensor) -> Tensor:
         z = torch.randn(like.shape, generator=generator, dtype=torch.float32)
-        return z.to(device=like.device, dtype=like.dtype)
+        return to_device(z, like.device, like.dtype)
 
     return draw
 
@@ -99,7 +100,7 @@ def sample_dpmpp_2m_sde(
     for i, (sigma, sigma_next) in enumerate(zip(sigma_list[:-1], sigma_list[1:])):
         # 2. Denoise at σ_i: the network sees the VP input x·c_in at the rounded integer timestep.
         c_in = 1.0 / math.sqrt(sigma**2 + 1.0)
-        t = schedule.model_timestep(torch.tensor([sigma])).to(x.device).expand(batch)  # (B,) int64
+        t = to_device(schedule.model_timestep(torch.tensor([sigma])), x.device).expand(batch)  # (B,) int64
         denoised = denoise(x * c_in, t).float()
         if sigma_next == 0.0:
             return denoised  # 3. The last step lands on σ = 0: x_n = D_{n-1}.

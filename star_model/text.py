@@ -19,6 +19,8 @@ from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as hf_logging
 
+from star_model.transfer import to_device
+
 # The official config strings, as Python evaluates them: the source builds them with backslash line
 # continuations, which leave a run of three spaces after "camera," and two after "detailing,". The
 # tokenizer collapses runs of whitespace, so the runs do not change the token ids; we keep them so the
@@ -226,7 +228,7 @@ class TextEncoder:
     def encode(self, prompts: list[str]) -> Tensor:
         """Encode texts exactly as given (no suffix): (B, 77, D) fp32 on `self.device`."""
         # 1. open_clip token ids: start, tokens, end, zeros; (B, 77)
-        ids = tokenize(self.tokenizer, prompts).to(self.device)
+        ids = to_device(tokenize(self.tokenizer, prompts), self.device)
         # 2. token + position embeddings and the layers. No attention_mask: the model applies its
         #    causal mask only, as open_clip's text tower (causal, no padding mask), so the zero-id
         #    padding tokens are computed and attend to everything before them, as officially. The

@@ -11,6 +11,7 @@ from torch import Tensor
 from star_model.diffusion import Denoiser
 from star_model.padding import latent_size_ok
 from star_model.latent_windows import Ramp, blend_weights, plan_spans
+from star_model.transfer import to_device
 
 Tile = tuple[int, int, int, int]  # latent rows [y0, y1), columns [x0, x1)
 # (x_t of one tile (B, C, F, h, w), t (B,), the tile) -> x̂0 of the tile.
@@ -62,7 +63,7 @@ def merge_tiles(outputs: Sequence[Tensor], tiles: Sequence[Tile], height: int, w
     first = outputs[0]
     merged = first.new_zeros(*first.shape[:-2], height, width, dtype=torch.float32)
     for out, (y0, y1, x0, x1), w in zip(outputs, tiles, tile_weights(tiles, height, width, ramp)):
-        merged[..., y0:y1, x0:x1] += out.float() * w.to(out.device)
+        merged[..., y0:y1, x0:x1] += out.float() * to_device(w, out.device)
     return merged
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from star_model.denoiser_config import GROUP_NORM_GROUPS  # diffusers hard-codes 32 groups in this VAE too
 from star_model.tiles import Tile, plan_tiles, scale_tiles, tile_weights
+from star_model.transfer import to_device, wait_for_copies
 
 _VAE_CLASS = "AutoencoderKLTemporalDecoder"
 
@@ -77,6 +78,15 @@ class VaeConfig:
     def downsample(self) -> int:
         """Pixels per latent pixel along each axis: one halving per encoder level after the first."""
         return 2 ** (len(self.block_out_channels) - 1)
+
+    def encode_tiles(self, h: int, w: int) -> list[Tile]:
+        """The encoder's tiles of an (h, w) latent frame, in latent pixels (cut 8x larger in pixels)."""
+        f = self.downsample
+        return _latent_tiles(h, w, self.encode_tile_px and self.encode_tile_px // f, self.encode_overlap_px // f)
+
+    def decode_tiles(self, h: int, w: int) -> list[Tile]:
+        """The decoder's tiles of an (h, w) latent frame."""
+        return _latent_tiles(h, w, self.decode_tile_latent, self.decode_overlap_latent)
 
 
 OFFICIAL = VaeConfig()
@@ -152,12 +162,12 @@ class VideoVae:
                              "decoding")
         cfg = self.config
         h, w = height // f, width // f
-        tiles = _latent_tiles(h, w, cfg.encode_tile_px and cfg.encode_tile_px // f, cfg.encode_overlap_px // f)
-        weights = [weight.to(self.device) for weight in tile_weights(tiles, h, w)]
+        tiles = cfg.encode_tiles(h, w)
+        weights = [to_device(weight, self.device) for weight in tile_weights(tiles, h, w)]
         latents = []
         for first in range(0, num_frames, cfg.encode_batch_frames):
             # 1. a bounded chunk of frames, in the model's dtype on its device; (n, 3, H, W)
-            x = frames[first:first + cfg.encode_batch_frames].to(self.device, self.dtype)
+            x = to_device(frames[first:first + cfg.encode_batch_frames], self.device, self.dtype)
             n = x.shape[0]
             # 2. posterior mean and std per tile, blended in latent space; (n, C, h, w) fp32
             mean = torch.zeros(n, self.latent_channels, h, w, device=self.device)
@@ -178,7 +188,7 @@ class VideoVae:
     def _noise(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
         device = self.device if generator is None else generator.device
         noise = torch.randn((1, *shape), generator=generator, device=device, dtype=torch.float32)
-        return noise.to(self.device)
+        return to_device(noise, self.device)
 
     def decode(self, latents: Tensor, out_device: str | torch.device | None = None,
                grad: bool = False) -> Tensor:
@@ -195,15 +205,15 @@ class VideoVae:
         num_frames, _, h, w = latents.shape
         cfg, f = self.config, self.downsample
         out_device = latents.device if out_device is None else torch.device(out_device)
-        tiles = _latent_tiles(h, w, cfg.decode_tile_latent, cfg.decode_overlap_latent)
+        tiles = cfg.decode_tiles(h, w)
         pixel_tiles = scale_tiles(tiles, f)  # blended at pixel resolution: ramps 8x finer
-        weights = [weight.to(self.device) for weight in tile_weights(pixel_tiles, h * f, w * f)]
+        weights = [to_device(weight, self.device) for weight in tile_weights(pixel_tiles, h * f, w * f)]
         groups = []
         with nullcontext() if grad else torch.no_grad():
             for first in range(0, num_frames, cfg.decode_group_frames):
                 # 1. one group of latents, unscaled, in the model's dtype; (n, C, h, w)
                 z = latents[first:first + cfg.decode_group_frames] / self.scaling_factor
-                z = z.to(self.device, self.dtype)
+                z = to_device(z, self.device, self.dtype)
                 n = z.shape[0]
                 # 2. decode every tile with the whole group (the decoder mixes the group's frames),
                 #    blend in pixel space; (n, 3, 8h, 8w) fp32
@@ -211,7 +221,8 @@ class VideoVae:
                 for (y0, y1, x0, x1), (py0, py1, px0, px1), weight in zip(tiles, pixel_tiles, weights):
                     tile = self.model.decode(z[:, :, y0:y1, x0:x1], num_frames=n).sample
                     frames[:, :, py0:py1, px0:px1] += tile.float() * weight
-                groups.append(frames.to(out_device))
+                groups.append(to_device(frames, out_device))
+        wait_for_copies(self.device)  # the host copies are read from here on
         return torch.cat(groups)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from cluster_files import (DOCKERFILE, RAY_ACCELERATORS, RAY_KINDS, README, REPO, TOP_README, manifests, pod_specs,
                            shell_words)
+from helpers import load_job
 
 
 def project_dir_in_image() -> str:
@@ -63,6 +64,9 @@ def job_commands() -> list[tuple[str, str, list[str]]]:
     for where, lines in sources:
         for line in lines:
             found += [(where, *c) for c in job_calls(shell_words(line.split(" #")[0]))]
+    for step in load_job("measure/gpu_session").steps(Path("/tmp/gpu-session")):  # the GPU session's own
+        if step.argv[1] != "-m":  # python -m pytest
+            found.append((f"gpu_session step {step.name}", step.argv[1], step.argv[2:]))
     return found
 
 

@@ -123,8 +123,8 @@ def test_tile_plan_bounds_memory_at_any_resolution():
     counts = []
     for height, width in [(720, 1280), (1080, 1920), (2160, 3840), (4320, 7680)]:
         h, w = height // 8, width // 8
-        encode_plan = vae._latent_tiles(h, w, cfg.encode_tile_px // 8, cfg.encode_overlap_px // 8)
-        decode_plan = vae._latent_tiles(h, w, cfg.decode_tile_latent, cfg.decode_overlap_latent)
+        encode_plan = cfg.encode_tiles(h, w)
+        decode_plan = cfg.decode_tiles(h, w)
         for plan in (encode_plan, decode_plan):
             covered = torch.zeros(h, w, dtype=torch.bool)
             for y0, y1, x0, x1 in plan:

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from star_model import vae as vae_configs  # noqa: E402
+from jobs.measure.comparison import settings_for  # noqa: E402
 from star_model.presets import build_models, get_preset, load_restorer, restore_settings  # noqa: E402
-from star_model.restore import RestoreConfig, StarRestorer  # noqa: E402
+from star_model.restore import StarRestorer  # noqa: E402
 
 
 class Case(NamedTuple):
@@ -58,10 +58,7 @@ def restorer_for(preset_name: str, settings: str, scale: int, steps: int | None,
         return load_restorer("nano", config=restore_settings("nano", scale, steps), device=device)
     sampler = {} if steps is None else dict(solver_mode="normal", steps=steps)
     gpu = device.type == "cuda"
-    if settings == "official":
-        config, dtype, vae = RestoreConfig.official(scale=scale, **sampler), torch.float16, vae_configs.OFFICIAL
-    else:
-        config, dtype, vae = RestoreConfig(scale=scale, **sampler), torch.bfloat16, vae_configs.TILED
+    config, dtype, vae = settings_for(settings, scale, **sampler)
     preset = get_preset(preset_name)
     if preset.name != "tiny":  # the tiny VAE has its own shape; tiling settings do not apply to it
         preset = dataclasses.replace(preset, vae=vae)
