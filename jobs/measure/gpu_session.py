@@ -44,7 +44,7 @@ def steps(work: Path) -> list[Step]:
     return [
         Step("gpu tests", [python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"], 120,
              (*model, "av", "ray")),
-        Step("speed (4 frames)", [python, "jobs/measure/speed.py", "--frames", "4"], 240, model),
+        Step("speed (4 frames)", [python, "jobs/measure/speed.py", "--frames", "4"], 300, model),
         Step("restore job", [python, "jobs/upscale_archive.py", "--input", "examples", "--output", str(work / "out"),
                              "--preset", "official", "--weights", str(weights), "--device", "gpu", "--scale", "2",
                              "--steps", "4"], 150, (*model, "av", "ray")),

@@ -6,7 +6,9 @@
 
 Random weights (a forward costs the same whatever the weights), except nano, which runs its shipped
 weights with its own settings only (the official settings are not nano's). Each case runs in a fresh
-process, so peak memory does not leak from one case into the next.
+process, so peak memory does not leak from one case into the next. FLOPs are counted by running the
+same restore with the plan the timed run used on the meta device (`star_model/meta_run.py`: nothing is
+computed); MFU is those FLOPs per second over the GPU's dense bf16/fp16 peak, where the card is known.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from jobs.measure.comparison import settings_for  # noqa: E402
+from star_model.meta_run import META, run_on_meta  # noqa: E402
 from star_model.presets import build_models, get_preset, load_restorer, restore_settings  # noqa: E402
 from star_model.restore import StarRestorer  # noqa: E402
 
@@ -44,6 +47,12 @@ class Measurement(NamedTuple):
     seconds_per_frame: float | None  # None: did not fit in memory
     peak_bytes: int | None
     note: str = ""
+    flops_per_frame: float | None = None  # of the timed restore, counted on the meta device
+
+
+# Dense bf16/fp16 tensor-core peaks from the vendors' datasheets, by the name the device reports (the
+# PCIe H100 before the SXM one it would also match).
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
 GPU_CASES = [Case("480p x4", 480, 854, 4, 32), Case("1080p x2", 1080, 1920, 2, 32)]
@@ -85,8 +94,28 @@ def measure(preset_name: str, case: Case, settings: str, steps: int | None, devi
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    seconds = time.perf_counter() - start
     plan = restorer.last_plan.describe() if restorer.last_plan else "explicit window, whole frame"
-    queue.put(Measurement(case.name, settings, (time.perf_counter() - start) / case.frames, peak, plan))
+    queue.put(Measurement(case.name, settings, seconds / case.frames, peak, plan,
+                          None if preset_name == "nano" else
+                          counted_flops(preset_name, settings, case, steps, restorer) / case.frames))
+
+
+def counted_flops(preset_name: str, settings: str, case: Case, steps: int | None, timed: StarRestorer) -> int:
+    """The FLOPs of the restore `timed` just made, counted on meta with the window and tile it used."""
+    restorer = restorer_for(preset_name, settings, case.scale, steps, META)
+    plan = timed.last_plan
+    if plan is not None:
+        whole = (2**31, 2**31)  # no tile: the restorer clamps a tile to the frame
+        restorer.config = restorer.config.replace(window=plan.latent_window, tile=plan.tile or whole)
+    return run_on_meta(restorer, case.frames, case.height, case.width)[1].flops
+
+
+def mfu(result: Measurement, device_name: str) -> str:
+    peak = next((flops for name, flops in PEAK_FLOPS.items() if name in device_name), None)
+    if peak is None or result.flops_per_frame is None or result.seconds_per_frame is None:
+        return "-"
+    return f"{100 * result.flops_per_frame / result.seconds_per_frame / peak:.1f}%"
 
 
 def run(preset_name: str, cases: list[Case], device_name: str, steps: int | None) -> list[Measurement]:
@@ -126,14 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c._replace(frames=args.frames) for c in cases]
 
     weights = "shipped" if preset == "nano" else "random"
-    print(f"preset {preset} ({weights} weights) on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, "
-          f"torch {torch.__version__}")
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"preset {preset} ({weights} weights) on {device_name}, torch {torch.__version__}")
     results = run(preset, cases, device, args.steps)
-    print(f"{'case':10s} {'settings':9s} {'s/frame':>9s} {'peak GiB':>9s}  plan")
+    print(f"{'case':10s} {'settings':9s} {'s/frame':>9s} {'peak GiB':>9s} {'TFLOP/frame':>12s} {'MFU':>6s}  plan")
     for r in results:
         spf = f"{r.seconds_per_frame:9.3f}" if r.seconds_per_frame is not None else f"{'-':>9s}"
         peak = f"{r.peak_bytes / 2**30:9.2f}" if r.peak_bytes is not None else f"{'-':>9s}"
-        print(f"{r.case:10s} {r.settings:9s} {spf} {peak}  {r.note}")
+        flops = f"{r.flops_per_frame / 1e12:12.2f}" if r.flops_per_frame is not None else f"{'-':>12s}"
+        print(f"{r.case:10s} {r.settings:9s} {spf} {peak} {flops} {mfu(r, device_name):>6s}  {r.note}")
     if preset != "nano":
         for official, ours in zip(results[::2], results[1::2]):
             print(ratio_line(official, ours))
