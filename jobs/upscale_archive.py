@@ -27,8 +27,9 @@ from pipelines.restore.faults import Stopped  # noqa: E402
 from pipelines.restore.job import ArchiveJob  # noqa: E402
 from pipelines.restore.pipeline import run  # noqa: E402
 
-FLAGS = ("input", "output", "preset", "weights", "checkpoint", "scale", "prompt", "steps", "window", "overlap",
-         "actors", "device", "accelerator_type", "lease_minutes", "retry_failed", "deinterlace", "square_pixels",
+FLAGS = ("input", "output", "preset", "weights", "checkpoint", "scale", "size", "height", "codec", "crf",
+         "prores_profile", "prompt", "prompts", "sample", "sample_at", "steps", "window", "overlap", "actors",
+         "device", "accelerator_type", "lease_minutes", "retry_failed", "deinterlace", "square_pixels",
          "max_frame_pixels", "check_outputs")
 
 

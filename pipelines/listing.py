@@ -4,6 +4,7 @@ may be named after."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -39,6 +40,8 @@ class SourceFile:
     size: int  # bytes
     version: str  # etag on buckets, modification time in ns on local disk
     checksum: str = ""  # the store's own checksum of the content ("crc32c:...", "md5:..."); "" when none
+    sidecar: str = ""  # URL of its prompt file <name>.<ext>.txt beside it, "" when there is none
+    prompt: str = ""  # the prompt it is restored with (the restore job's driver sets it: restore/prompts.py)
 
     @property
     def fingerprint(self) -> str:
@@ -53,11 +56,14 @@ def listed_size(fingerprint: str) -> int:
     return int(fingerprint.split(":", 1)[0])
 
 
+SIDECAR_SUFFIX = ".txt"  # clip.mp4.txt holds the prompt of clip.mp4 (named in full: clip.mkv may lie beside it)
+
 # What a listing leaves out, each counted (the run's summary has them as "skipped_<kind>"): every entry
 # of the input is a listed file or one of these.
 SKIPPED: dict[str, str] = {
     "hidden": "hidden files (names starting with '.')",
     "not_video": "files without a video extension",
+    "prompt_sidecars": "prompts beside their videos (<name>.<ext>.txt: restore/prompts.py)",
     "special_files": "FIFOs, sockets and device files (never opened)",
     "links_outside": "symbolic links to places outside the input (never followed)",
     "broken_links": "dangling symbolic links and symbolic link loops",
@@ -233,18 +239,25 @@ def list_sources(root: str | os.PathLike) -> tuple[list[SourceFile], dict[str, i
     segments (`STAGING_SEGMENT`), and on local disk links, special files and unreadable folders
     (`_find_local`); a user's folder named `_staging` or `_ledger` is listed. Empty files are
     listed: they must end as failed ledger rows, not vanish. A missing root lists nothing;
-    `check_reachable` is the check that says so.
+    `check_reachable` is the check that says so. A video's prompt file, `<name>.<ext>.txt` beside it,
+    is its `sidecar` (a .txt file beside no video is just not a video).
     """
     skipped = dict.fromkeys(SKIPPED, 0)
-    out = []
+    out, texts = [], {}
     for rel, url, info in _find(root, skipped):
         if STAGING_SEGMENT.search(rel):
             continue
         if posixpath.splitext(rel)[1].lower() not in VIDEO_EXTENSIONS:
-            skipped["not_video"] += 1
+            if rel.lower().endswith(SIDECAR_SUFFIX):
+                texts[rel[:-len(SIDECAR_SUFFIX)]] = url
+            else:
+                skipped["not_video"] += 1
             continue
         out.append(SourceFile(url=url, rel=rel, size=int(info["size"]), version=_version(info),
                               checksum=_checksum(info)))
+    out = [dataclasses.replace(s, sidecar=texts[s.rel]) if s.rel in texts else s for s in out]
+    skipped["prompt_sidecars"] = sum(bool(s.sidecar) for s in out)
+    skipped["not_video"] += len(texts) - skipped["prompt_sidecars"]
     out.sort(key=lambda s: s.rel)
     return out, skipped
 

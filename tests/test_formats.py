@@ -29,8 +29,7 @@ from pipelines.restore.lease import Leases
 from pipelines.restore.plan_stage import plan_video
 from pipelines.restore.restore_stage import RestoreWindows
 from pipelines.restore.rows import (DEINTERLACE, DEINTERLACED, FIELD_ORDER, FINGERPRINT, FRAMES, INTERLACING, OUTPUT,
-                                    OUTPUT_STEM, REL, SOURCE, STAGING, STATUS, VIDEO_ID, video_id)
-from star_model.presets import restore_settings
+                                    OUTPUT_STEM, PROMPT, REL, SOURCE, STAGING, STATUS, VIDEO_ID, video_id)
 from test_assembly import restore_video, stream_packets
 
 
@@ -271,10 +270,10 @@ def test_interlaced_tape_restores_progressive_at_field_rate_without_combing(tmp_
     info, timestamps = probe_timestamps(src)
     run = restore_run(tmp_path / "out")
     row = {SOURCE: str(src), REL: "tape.mpg", FINGERPRINT: "f", VIDEO_ID: video_id(str(src)),
-           OUTPUT_STEM: run.layout.output_stem("tape"), STAGING: run.staging_folder(str(src), "f")}
-    windows = plan_video(row, window=8, overlap=2, detector="content")
+           OUTPUT_STEM: run.layout.output_stem("tape"), STAGING: run.staging_folder(str(src), "f"), PROMPT: ""}
+    windows = plan_video(row, window=8, overlap=2, detector="content", scale=2)
     assert {w[DEINTERLACE] for w in windows} == {"field"} and windows[0][FRAMES] == 12 and len(windows) == 2
-    actor = RestoreWindows("nano", None, restore_settings("nano", 2), "light_deg", "", run_id="test")
+    actor = RestoreWindows("nano", None, 2, None, "light_deg", run_id="test")
     with Leases(run) as leases:  # finish_video publishes only for the run holding the video
         assert claim_all(leases, [SourceFile(str(src), "tape.mpg", 1, "f")]).mine
         video = finish_video([actor.restore(w) for w in windows], run=run)

@@ -21,7 +21,8 @@ JOB = ArchiveJob(input="in", output="out", preset="tiny")
 KEY = JOB.settings_key()
 # A valid other value for the job fields that the restore settings are made from.
 OTHER_VALUES = {"preset": "official", "checkpoint": "heavy_deg", "scale": 2, "steps": 3, "detector": "content",
-                "square_pixels": True, "deinterlace": "frame"}
+                "square_pixels": True, "deinterlace": "frame", "size": "1920x1080", "height": 1080, "codec": "ffv1",
+                "crf": 20, "prores_profile": "lt", "sample": 5.0, "sample_at": 3.0}
 
 
 def test_the_key_is_deterministic():
@@ -48,6 +49,38 @@ def test_a_setting_added_at_its_former_behaviour_keeps_the_key():
     assert dataclasses.replace(JOB, square_pixels=True).settings()["square_pixels"] is True
 
 
+def test_the_output_format_and_target_count_only_in_what_they_change():
+    """The former fixed output (H.264 crf 16) keeps the key; crf counts for H.264 and H.265 only; a target
+    size replaces the scale (each video's scale follows from it)."""
+    assert "output" not in JOB.settings() and "codec" not in JOB.settings()
+    ffv1 = dataclasses.replace(JOB, codec="ffv1")
+    assert ffv1.settings()["output"]["codec"] == "ffv1" and "crf" not in ffv1.settings()["output"]
+    assert dataclasses.replace(ffv1, crf=30).settings_key() == ffv1.settings_key()
+    h265 = dataclasses.replace(JOB, codec="h265")
+    assert dataclasses.replace(h265, crf=30).settings_key() != h265.settings_key() != KEY
+    sized = dataclasses.replace(JOB, size="1920x1080")
+    assert sized.settings()["target"] == "1920x1080" and "scale" not in sized.settings()
+    assert sized.settings()["restore"]["scale"] is None
+    assert dataclasses.replace(JOB, height=1080).settings_key() != sized.settings_key()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(size="1920x1080", height=1080), "give one of them"),
+    (dict(size="1080p"), "WIDTHxHEIGHT"),
+    (dict(height=1081), "even number"),
+    (dict(size="1920x1080", scale=2), "--scale 2 and a target size"),
+    (dict(crf=60), "crf 60"),
+    (dict(sample=0.0), "--sample 0.0"),
+    (dict(sample_at=3.0), "needs --sample"),
+    (dict(prompts="missing.csv"), "cannot be read"),
+])
+def test_bad_output_options_fail_before_ray(flags, message, tmp_path):
+    (tmp_path / "in").mkdir()
+    job = ArchiveJob(input=str(tmp_path / "in"), output=str(tmp_path / "out"), preset="bicubic", **flags)
+    with pytest.raises(ConfigError, match=message):
+        validate(job)
+
+
 def test_a_new_restore_setting_changes_the_key(monkeypatch):
     extended = dataclasses.make_dataclass("Extended", [("new_option", int, dataclasses.field(default=1))],
                                           bases=(RestoreConfig,), frozen=True)
@@ -62,6 +95,10 @@ def test_job_fields_count_unless_they_only_say_how_it_runs(name):
         assert dataclasses.replace(changed, weights="elsewhere").settings_key() == changed.settings_key() != KEY
     elif name in RUN_ONLY:
         assert changed.settings_key() == KEY
+    elif name == "prores_profile":  # counts where it is used: with --codec prores
+        prores = dataclasses.replace(JOB, codec="prores")
+        assert changed.settings_key() == KEY
+        assert dataclasses.replace(prores, prores_profile="lt").settings_key() != prores.settings_key()
     else:
         assert changed.settings_key() != KEY
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # a checkout, unin
 from pipelines.restore.layout import OutputLayout  # noqa: E402
 from pipelines.restore.plan_stage import plan_video  # noqa: E402
 from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT, RestoreWindows  # noqa: E402
-from pipelines.restore.rows import FINGERPRINT, OUTPUT_STEM, REL, SOURCE, STAGING, STATUS, VIDEO_ID, video_id  # noqa: E402
-from star_model.presets import restore_settings  # noqa: E402
+from pipelines.restore.rows import (FINGERPRINT, OUTPUT_STEM, PROMPT, REL, SOURCE, STAGING, STATUS,  # noqa: E402
+                                    VIDEO_ID, video_id)
 
 
 def main() -> None:
@@ -34,14 +34,13 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--window", type=int, default=8)
     args = parser.parse_args()
-    actor = RestoreWindows(args.preset, None, restore_settings(args.preset, args.scale), "light_deg", "",
-                           run_id="overlap")
+    actor = RestoreWindows(args.preset, None, args.scale, None, "light_deg", run_id="overlap")
     print(f"{args.preset} x{args.scale} on {actor.device}, windows of {args.window} frames of {args.clip}")
     print("| windows at once | windows | wall s | model s | outside the model |")
     print("|---|---|---|---|---|")
     for at_once in (1, WINDOWS_IN_FLIGHT):
         with tempfile.TemporaryDirectory() as staging:
-            rows = _windows(args.clip, staging, args.window)
+            rows = _windows(args.clip, staging, args.window, args.scale)
             actor.model_seconds = 0.0
             started = time.perf_counter()
             with ThreadPoolExecutor(at_once) as pool:
@@ -55,12 +54,12 @@ def main() -> None:
               f"{1 - actor.model_seconds / wall:.0%} |")
 
 
-def _windows(clip: str, staging: str, window: int) -> list[dict]:
+def _windows(clip: str, staging: str, window: int, scale: int) -> list[dict]:
     """The window rows the scenes stage makes of `clip`, staging into `staging`."""
     layout = OutputLayout(staging)
     row = {SOURCE: clip, REL: Path(clip).name, FINGERPRINT: "f", VIDEO_ID: video_id(clip),
-           OUTPUT_STEM: layout.output_stem(Path(clip).stem), STAGING: staging}
-    return plan_video(row, window=window, overlap=2, detector="content")
+           OUTPUT_STEM: layout.output_stem(Path(clip).stem), STAGING: staging, PROMPT: ""}
+    return plan_video(row, window=window, overlap=2, detector="content", scale=scale)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import io
 import logging
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,9 +19,7 @@ from pipelines.evaluate.quality import ReferenceFlow, Vmaf, psnr_y, ssim_y
 from pipelines.evaluate.report import REFERENCE
 from pipelines.media.frames import read_first_frames
 from pipelines.weights import local_copy
-from star_model.bicubic import BicubicRestorer
-from star_model.presets import get_preset, load_restorer, restore_settings
-from star_model.restore import StarRestorer
+from star_model.scaled import ScaledRestorers
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +34,11 @@ class ScoreClips:
 
     def __init__(self, job: dict[str, Any]) -> None:
         self.job = job
-        self.weights = local_copy(job["weights"]) if job["weights"] is not None else None
-        self.restorers: dict[Path | None, StarRestorer | BicubicRestorer] = {}
+        weights = local_copy(job["weights"]) if job["weights"] is not None else None
+        self.restorer = ScaledRestorers(job["preset"], weights, checkpoint=job["checkpoint"], steps=job["steps"],
+                                        seed=job["seed"])
         self.realesrgan = RealEsrgan() if job["realesrgan"] else None
         self.vmaf = Vmaf()
-
-    def restorer(self, scale: int) -> StarRestorer | BicubicRestorer:
-        """The restorer set up for `scale`, loaded on first use; one per weights file it loads."""
-        job, preset = self.job, get_preset(self.job["preset"])
-        config = restore_settings(job["preset"], scale, job["steps"])
-        shipped = preset.shipped_file(scale) if preset.shipped is not None and self.weights is None else None
-        if shipped not in self.restorers:
-            self.restorers[shipped] = load_restorer(job["preset"], self.weights, config=config,
-                                                    checkpoint=job["checkpoint"], seed=job["seed"])
-        restorer = self.restorers[shipped]
-        restorer.config = config
-        return restorer
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows: list[dict[str, Any]] = []

@@ -50,6 +50,14 @@ def moved_chapter(chapter: dict, origin: Fraction) -> dict:
     return chapter | {"start": max(0, chapter["start"] - shift), "end": max(0, chapter["end"] - shift)}
 
 
+def within(packets: Iterator[av.Packet], length: Fraction) -> Iterator[av.Packet]:
+    """The packets (on the output's clock) that start in its first `length` seconds; those without a
+    pts (cover art) too."""
+    for packet in packets:
+        if packet.pts is None or 0 <= packet.pts * Fraction(packet.time_base) < length:
+            yield packet
+
+
 def due(packet: av.Packet) -> Fraction:
     """When a packet is due in the interleaving; one without timestamps (cover art) goes first."""
     ts = packet.dts if packet.dts is not None else packet.pts

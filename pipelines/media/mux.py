@@ -16,11 +16,12 @@ import av
 import numpy as np
 
 from pipelines.media.captions import Caption, read_captions
-from pipelines.media.clock import due, earliest_start, moved, moved_chapter, ticks
+from pipelines.media.clock import due, earliest_start, moved, moved_chapter, ticks, within
 from pipelines.media.input_container import open_container
 from pipelines.media.output_container import choose_container, kept_streams, transcoded_audio
 from pipelines.media.output_format import OutputFormat, picture_encoding
 from pipelines.media.stream_copy import add_kept_stream, keep_tags, kept_packets
+from pipelines.media.target_size import TargetSize
 from pipelines.media.video_encode import add_video_stream, encode, encoded_size
 from pipelines.media.video_info import StreamInfo, VideoInfo
 from pipelines.storage import Source, atomic_output, open_input
@@ -45,6 +46,8 @@ def write_video(
     *,
     output_format: OutputFormat = OutputFormat(),
     square_pixels: bool = False,
+    target: TargetSize | None = None,
+    excerpt: bool = False,
     fence: Callable[[], None] | None = None,
 ) -> tuple[str, ...]:
     """Write `frames` ((H, W, 3) uint8, or uint16 from a deep-colour source, one per source frame) to
@@ -63,12 +66,17 @@ def write_video(
     default H.264 yuv420p, yuv420p10le for uint16 frames), or FFV1 yuva444p in Matroska for (H, W, 4)
     RGBA frames (a source with alpha), tagged with the source's colour primaries, transfer and matrix
     and its sample aspect ratio (anamorphic PAL and NTSC keep their display shape); `square_pixels`
-    instead resamples each frame (Lanczos) to square pixels at the same height. An odd size is padded
+    instead resamples each frame (Lanczos) to square pixels at the same height, and `target` to its size
+    for the source's display shape (square pixels too: media.target_size). An odd size is padded
     by one row or column repeating the edge (no pixel is dropped). Frames are upright, so no rotation
     is written. Audio and subtitles are copied packet for packet with their languages, titles and
     dispositions; audio the container cannot carry is transcoded to FLAC (`transcoded_audio`). Nothing
     appears at `output_url` unless the whole file was written (and `fence`, called just before, raised
     nothing: see `storage.atomic_output`).
+
+    `excerpt`: the frames are a part of the source's picture (a sample run's), from `info.start_pts` to
+    `info.end_pts` at `timestamps`; the output starts where they do, and the sound, subtitles and
+    captions are cut to them (packets that start inside), chapters left out.
     """
     fmt = _FORMATS.get(os.path.splitext(os.fspath(output_url))[1].lower())
     if fmt is None:
@@ -93,8 +101,10 @@ def write_video(
                 first = next(frames)
                 encoding = picture_encoding(output_format, info.pix_fmt, deep=first.dtype == np.uint16,
                                             alpha=first.shape[-1] == 4)
-                video = add_video_stream(out, info, encoded_size(first, info, square_pixels), encoding)
-                video.codec_context.sample_aspect_ratio = Fraction(1) if square_pixels else info.upright_sar
+                video = add_video_stream(out, info, encoded_size(first, info, square_pixels, target),
+                                         encoding)
+                square = square_pixels or target is not None
+                video.codec_context.sample_aspect_ratio = Fraction(1) if square else info.upright_sar
                 keep_tags(src.streams[info.video_index], video)
                 if info.timecode:
                     video.metadata["timecode"] = info.timecode
@@ -104,17 +114,32 @@ def write_video(
                     for a in info.attachments:
                         attachment = src.streams[a.index]
                         out.add_attachment(attachment.name, attachment.mimetype, bytes(attachment.data))
-                origin = earliest_start(src, info, kept)
-                out.set_chapters([moved_chapter(c, origin) for c in src.chapters()])
+                if excerpt:
+                    origin = info.start_pts * info.time_base
+                    _seek(src, origin)
+                else:
+                    origin = earliest_start(src, info, kept)
+                    out.set_chapters([moved_chapter(c, origin) for c in src.chapters()])
                 encoded = encode(video, itertools.chain([first], frames), timestamps, info, container,
                                  shift=ticks(origin, info.time_base))
+                others = heapq.merge(kept_packets(src, kept, flac, origin), moved(text, origin), key=due)
+                if excerpt:
+                    others = within(others, (info.end_pts - info.start_pts) * info.time_base)
                 # Interleave by time, so the muxer never has to buffer a whole audio track.
-                for packet in heapq.merge(encoded, kept_packets(src, kept, flac, origin), moved(text, origin),
-                                          key=due):
+                for packet in heapq.merge(encoded, others, key=due):
                     out.mux(packet)
         finally:
             src.close()
     return notes
+
+
+def _seek(src: av.container.InputContainer, seconds: Fraction) -> None:
+    """Start demuxing the kept streams at or just before `seconds` (an excerpt's start) instead of at the
+    file's start; where the demuxer cannot seek, it reads from the start (`within` drops the rest)."""
+    try:
+        src.seek(max(0, math.floor(seconds * av.time_base)), backward=True)
+    except av.error.FFmpegError:
+        pass  # the demuxer stays where it was, at the start
 
 
 def _mp4_options(info: VideoInfo, tags: dict[str, str], streams: tuple[StreamInfo, ...]

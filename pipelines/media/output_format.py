@@ -13,8 +13,9 @@ import av
 
 Codec = Literal["h264", "h265", "ffv1", "prores"]
 CODECS: tuple[str, ...] = typing.get_args(Codec)
+ProresProfile = Literal["proxy", "lt", "standard", "hq", "4444", "4444xq"]
 # prores_ks's profile numbers. ProRes is 4:2:2 10-bit (4:4:4 in the 4444 profiles) whatever the source.
-PRORES_PROFILES = {"proxy": 0, "lt": 1, "standard": 2, "hq": 3, "4444": 4, "4444xq": 5}
+PRORES_PROFILES = {name: number for number, name in enumerate(typing.get_args(ProresProfile))}
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,19 @@ class OutputFormat:
 
     codec: Codec = "h264"
     crf: int = 16  # H.264 / H.265 constant rate factor; FFV1 is lossless and ProRes has profiles instead
-    prores_profile: str = "hq"
+    prores_profile: ProresProfile = "hq"
     preset: str = "medium"  # x264 / x265 speed preset
+
+    @property
+    def lossless(self) -> bool:
+        """FFV1: the restored pixels kept exactly (its staging segments must be lossless too)."""
+        return self.codec == "ffv1"
+
+    def settings(self) -> dict[str, object]:
+        """What of it the output's pixels depend on: the crf only for H.264 and H.265, the profile only
+        for ProRes."""
+        quality = {"h264": {"crf": self.crf}, "h265": {"crf": self.crf}, "prores": {"profile": self.prores_profile}}
+        return {"codec": self.codec, **quality.get(self.codec, {}), "preset": self.preset}
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:

@@ -10,15 +10,20 @@ import av
 import numpy as np
 
 from pipelines.media.output_format import PictureEncoding
+from pipelines.media.target_size import TargetSize
 from pipelines.media.video_info import BadVideo, VideoInfo
 
 # PyAV's reformatter knows these colour matrices; SMPTE 170M is BT.601 under another name.
 _MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
 
 
-def encoded_size(first: np.ndarray, info: VideoInfo, square_pixels: bool) -> tuple[int, int]:
-    """(width, height) of the encoded picture: the frames' size made even, widened or narrowed by the
-    sample aspect ratio for square pixels (kept even: 4:2:0 needs it)."""
+def encoded_size(first: np.ndarray, info: VideoInfo, square_pixels: bool,
+                 target: TargetSize | None = None) -> tuple[int, int]:
+    """(width, height) of the encoded picture: the `target` size for the source's display shape
+    (media.target_size), else the frames' size made even, widened or narrowed by the sample aspect
+    ratio for square pixels (kept even: 4:2:0 needs it)."""
+    if target is not None:
+        return target.output_size(*info.display_size, info.upright_sar)
     height, width = first.shape[0] + first.shape[0] % 2, first.shape[1] + first.shape[1] % 2
     if square_pixels and info.upright_sar != 1:
         width = max(2, 2 * round(width * info.upright_sar / 2))
@@ -86,8 +91,8 @@ def add_video_stream(out: av.container.OutputContainer, info: VideoInfo, size: t
 
 def _yuv_frame(rgb: np.ndarray, info: VideoInfo, video: av.video.stream.VideoStream) -> av.VideoFrame:
     """RGB or RGBA (uint8, or uint16 for deep colour) -> the stream's pixel format and size, with the
-    source's matrix and range (decoding used them to make the RGB). A change of size is the resampling
-    to square pixels: Lanczos, in the same swscale pass."""
+    source's matrix and range (decoding used them to make the RGB). A change of size (square pixels, a
+    target size) is Lanczos, in the same swscale pass."""
     layout = ("rgba64le", "rgba") if rgb.shape[-1] == 4 else ("rgb48le", "rgb24")
     frame = av.VideoFrame.from_ndarray(rgb, format=layout[0] if rgb.dtype == np.uint16 else layout[1])
     return frame.reformat(width=video.width, height=video.height, format=video.pix_fmt, interpolation="LANCZOS",

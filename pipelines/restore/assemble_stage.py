@@ -4,7 +4,9 @@ and record the video (outcome.py). A failed window fails the video, never the ru
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import logging
 import os
 import time
@@ -21,13 +23,15 @@ from pipelines.media.interlace import decode_start_pts, picture_timeline, read_p
 from pipelines.media.mux import write_video
 from pipelines.media.probe import probe_timestamps
 from pipelines.media.segments import iter_segment
+from pipelines.media.video_encode import encoded_size
 from pipelines.media.video_info import BadVideo, VideoInfo, has_alpha
 from pipelines.restore import metrics
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.lease import LeaseLost, check_held
 from pipelines.restore.outcome import failure, record, video_row
-from pipelines.restore.rows import (DEINTERLACE, DONE, END, ERROR, FAILED, FIELD_ORDER, NOTES, OUTPUT, PERMANENT, REL,
-                                    REPEATS, SAR, SEGMENT, SOURCE, START, STATUS, WINDOW_INDEX, window_of)
+from pipelines.restore.rows import (DEINTERLACE, DONE, END, ERROR, FAILED, FIELD_ORDER, HEIGHT, NOTES, OUTPUT,
+                                    PERMANENT, REL, REPEATS, SAR, SEGMENT, SOURCE, START, STATUS, WIDTH, WINDOW_INDEX,
+                                    window_of)
 from pipelines.restore.scene_windows import SceneWindow
 from pipelines.storage import Source, atomic_output
 from star_model.latent_windows import blend_ramp
@@ -44,6 +48,7 @@ def finish_video(rows: Sequence[dict[str, Any]], *, run: RestoreRun) -> dict[str
     """
     rows = sorted(rows, key=lambda r: r[WINDOW_INDEX])
     first = rows[0]
+    run = run.for_video(first)
     started = time.perf_counter()
     fence = functools.partial(check_held, run, first[REL])
     try:
@@ -54,7 +59,7 @@ def finish_video(rows: Sequence[dict[str, Any]], *, run: RestoreRun) -> dict[str
             status, error, permanent = FAILED, _reason(failed), all(r[PERMANENT] for r in failed)
         else:
             try:
-                written = _assemble(first, rows, run.layout.preview(first[REL]), fence, run.square_pixels)
+                written = _assemble(first, rows, run, fence)
             except LeaseLost:
                 raise
             except DamagedSegment as e:  # our own file, not the source: redo that window next run
@@ -82,21 +87,31 @@ def finish_video(rows: Sequence[dict[str, Any]], *, run: RestoreRun) -> dict[str
 
 def assemble(source: Source, segments: Sequence[tuple[SceneWindow, str]], output_url: str | os.PathLike, *,
              info: VideoInfo | None = None, timestamps: np.ndarray | None = None,
-             fence: Callable[[], None] | None = None, **encode: Any) -> tuple[str, ...]:
+             span: tuple[int, int] | None = None, fence: Callable[[], None] | None = None, **encode: Any
+             ) -> tuple[str, ...]:
     """Join the restored segments of a video into `output_url` (see `media.mux.write_video`; `encode`:
-    its crf, preset and square_pixels), cross-fading the frames consecutive windows share; return the
+    its output_format, square_pixels and target), cross-fading the frames consecutive windows share; return the
     notes on the source's streams the output does not carry as they were.
 
     `segments` are (window, staging segment URL) for every window `plan_scene_windows` made for the
-    video. Nothing appears at `output_url` unless the whole file was written.
+    video: all its frames, or with `span` (first, end) the frames first..end-1 (a sample run's excerpt:
+    the output is then that excerpt, its sound cut to it). Nothing appears at `output_url` unless the
+    whole file was written.
     """
     if info is None or timestamps is None:
         info, timestamps = probe_timestamps(source)
     windows = sorted(segments, key=lambda pair: pair[0].index)
-    frames = _blended_frames(windows, len(timestamps))
+    first, end = span or (0, len(timestamps))
+    frames = _blended_frames(windows, first, end)
     if has_alpha(info):
-        frames = _with_alpha(frames, iter_alpha(source))
-    return write_video(source, frames, output_url, info, timestamps, fence=fence, **encode)
+        frames = _with_alpha(frames, itertools.islice(iter_alpha(source), first, None))
+    excerpt = span is not None
+    if excerpt:
+        end_pts = int(timestamps[end]) if end < len(timestamps) else info.end_pts
+        info = dataclasses.replace(info, start_pts=int(timestamps[first]), end_pts=end_pts, frame_count=end - first,
+                                   duration=(end_pts - int(timestamps[first])) * info.time_base)
+        timestamps = timestamps[first:end]
+    return write_video(source, frames, output_url, info, timestamps, fence=fence, excerpt=excerpt, **encode)
 
 
 def _with_alpha(frames: Iterator[np.ndarray], alphas: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -113,40 +128,46 @@ def _with_alpha(frames: Iterator[np.ndarray], alphas: Iterator[np.ndarray]) -> I
         yield np.concatenate([rgb, plane[..., None]], axis=-1)
 
 
-def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], preview: str, fence: Callable[[], None],
-              square_pixels: bool) -> dict[str, str]:
-    """Write the video's output and its preview still; the ledger columns only the writing knows."""
+def _assemble(video: dict[str, Any], rows: Sequence[dict[str, Any]], run: RestoreRun, fence: Callable[[], None]
+              ) -> dict[str, Any]:
+    """Write the video's output (as `run` shapes it: codec, square pixels, target size) and its preview
+    still; the ledger columns only the writing knows."""
     mode = video[DEINTERLACE] or None
     with storage.open_input(video[SOURCE]) as f:
         source_info, source_timestamps = probe_timestamps(f)
         # The restored frames are bwdif's pictures for an interlaced source: their timeline.
         info, timestamps = picture_timeline(source_info, source_timestamps, mode)
         segments = [(window_of(r), r[SEGMENT]) for r in rows]
+        # the same excerpt the scenes stage planned (plan_stage.plan_video)
+        span = run.sample.span(timestamps, info.time_base, info.end_pts) if run.sample is not None else None
         # by URL: an alpha source is read twice at once (colour for the muxer's streams, alpha planes)
-        notes = assemble(video[SOURCE], segments, video[OUTPUT], info=info, timestamps=timestamps, fence=fence,
-                         square_pixels=square_pixels)
+        notes = assemble(video[SOURCE], segments, video[OUTPUT], info=info, timestamps=timestamps, span=span,
+                         fence=fence, square_pixels=run.square_pixels, target=run.target,
+                         output_format=run.output_format)
         # Before/after still of the middle frame: the source frame beside its restored version.
         # Only a convenience: a still that cannot be made does not fail a restored video.
+        first, end = span or (0, len(timestamps))
         try:
-            middle = len(timestamps) // 2
+            middle = (first + end) // 2
             lq_frame = read_pictures(f, middle, middle + 1, mode=mode, field_order=video[FIELD_ORDER],
                                      start_pts=decode_start_pts(middle, middle + 1, source_timestamps, mode),
                                      pictures=len(timestamps))[0]
-            preview_still(lq_frame, _restored_frame(segments, middle), preview)
+            preview_still(lq_frame, _restored_frame(segments, middle), run.layout.preview(video[REL]))
         except Exception:  # noqa: BLE001
             log.warning("no preview still for %s", video[SOURCE], exc_info=True)
-    sar = Fraction(1) if square_pixels else info.upright_sar
-    return {SAR: f"{sar.numerator}:{sar.denominator}", NOTES: "; ".join(notes)}
+    sar = Fraction(1) if run.square_pixels or run.target is not None else info.upright_sar
+    width, height = encoded_size(_restored_frame(segments, first), info, run.square_pixels, run.target)
+    return {SAR: f"{sar.numerator}:{sar.denominator}", NOTES: "; ".join(notes), WIDTH: width, HEIGHT: height}
 
 
-def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int) -> Iterator[np.ndarray]:
-    """Output frames 0..frame_count-1 in order, `(H, W, 3)` uint8 (uint16 for a deep-colour source).
+def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], first: int, end: int) -> Iterator[np.ndarray]:
+    """Output frames first..end-1 in order, `(H, W, 3)` uint8 (uint16 for a deep-colour source).
 
     Streams window by window: only the previous window's `fade_out` frames are held, never a
     whole video (a 4x window of 1080p frames alone is gigabytes).
     """
     carry: list[np.ndarray] = []  # previous window's last frames, to cross-fade into this one
-    emitted = 0
+    emitted = first
     for window, url in windows:
         if window.keep_start != emitted or window.fade_in != len(carry):
             raise ValueError(f"window {window.index} keeps frames from {window.keep_start} fading in "
@@ -174,8 +195,8 @@ def _blended_frames(windows: Sequence[tuple[SceneWindow, str]], frame_count: int
             raise DamagedSegment(url, f"it holds {count} frames, window {window.index} needs {window.frames}")
         emitted = fade_out_from
         carry = next_carry
-    if emitted != frame_count or carry:
-        raise ValueError(f"windows cover frames up to {emitted + len(carry)}, the source has {frame_count}")
+    if emitted != end or carry:
+        raise ValueError(f"windows cover frames up to {emitted + len(carry)}, the output needs {end}")
 
 
 class DamagedSegment(Exception):

@@ -20,7 +20,7 @@ from pipelines.restore.lease import claim_video
 from pipelines.restore.outcome import record_failure
 from pipelines.restore.plan_stage import failed_row
 from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, FRAMES, LEASED, OUTPUT_STEM,
-                                    PREVIOUS_ERROR, REL, REPEATS, RESTORE_SECONDS, SETTINGS, SOURCE, STAGING, STATUS,
+                                    PREVIOUS_ERROR, PROMPT, REL, REPEATS, RESTORE_SECONDS, SETTINGS, SOURCE, STAGING, STATUS,
                                     VIDEO_ID, WINDOW_INDEX, WINDOWS, WINDOWS_REUSED, video_columns, video_id)
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ def source_row(source: SourceFile, failed_before: dict[str, tuple[str, int]], ru
     """A source's whole row, as the scenes stage completes it (for the videos the driver records)."""
     previous_error, repeats = failed_before.get(source.rel, ("", 0))
     row = {SOURCE: source.url, REL: source.rel, FINGERPRINT: source.fingerprint, CHECKSUM: source.checksum,
-           PREVIOUS_ERROR: previous_error, REPEATS: repeats}
-    return row | video_columns(row, run)
+           PROMPT: source.prompt, PREVIOUS_ERROR: previous_error, REPEATS: repeats}
+    return row | video_columns(row, run.for_video(row))
 
 
 def _ledger_rows(finished: Iterator[tuple[dict[str, Any], dict[str, Any] | str]], run: RestoreRun
@@ -99,12 +99,14 @@ def failed_video(row: dict[str, Any], reason: str, run: RestoreRun, *, permanent
     stopped, windows lost with their nodes), which never makes a source permanent (`outcome.failure`). A ledger write that fails (the store is down) is logged; the run's
     summary still counts the video. None when another run holds the video (or finished it): its to record.
     """
+    run = run.for_video(row)
     try:
         if not claim_video(run, row[REL], row[FINGERPRINT]).mine:
             return None  # claimed already (the usual case), or taken here: failures of unclaimed videos too
     except Exception:  # noqa: BLE001 - the store is down: recorded in the summary only
         log.warning("could not claim %s to record its failure", row[SOURCE], exc_info=True)
-    row = {key: row.get(key) for key in (SOURCE, REL, FINGERPRINT, CHECKSUM, VIDEO_ID, PREVIOUS_ERROR, REPEATS)} | {
+    row = {key: row.get(key) for key in (SOURCE, REL, FINGERPRINT, CHECKSUM, PROMPT, VIDEO_ID, PREVIOUS_ERROR,
+                                          REPEATS)} | {
         OUTPUT_STEM: run.layout.output_stem(row[REL]), STAGING: ""}
     failed = failed_row(row, reason, permanent=permanent)
     try:

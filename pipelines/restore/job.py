@@ -14,10 +14,14 @@ from typing import Any, Literal
 from pipelines import storage
 from pipelines.job_support import config_errors
 from pipelines.media.interlace import OPTIONS, Option
+from pipelines.media.output_format import Codec, OutputFormat, ProresProfile
 from pipelines.media.scenes import DETECTORS
+from pipelines.media.target_size import MAX_MODEL_SCALE, TargetSize
 from pipelines.reachable import check_reachable
 from pipelines.restore.lease import DEFAULT_TTL
 from pipelines.restore.outputs import CHECKS_PER_RUN
+from pipelines.restore.prompts import read_prompts
+from pipelines.restore.samples import Sample
 from pipelines.weights import check as check_weights
 from pipelines.weights import digest as weights_digest
 from star_model.presets import PRESETS, default_preset, get_preset, restore_settings
@@ -42,8 +46,16 @@ class ArchiveJob:
     weights: str | None = None  # folder or bucket with star/, text/ and vae/ (jobs/fetch_weights.py writes one)
     checkpoint: str = DEFAULT_CHECKPOINT  # light_deg or heavy_deg
     scale: int = 4  # upscaling factor
+    # Deliver at WIDTHxHEIGHT (e.g. 1920x1080) instead of at --scale: the model restores each video at the
+    # smallest integer scale that reaches it (x4 at most), a Lanczos resize makes the rest; the display aspect
+    # ratio is kept, the picture fitted in the box (never padded), with square pixels
+    size: str | None = None
+    height: int | None = None  # deliver at this height (width from the display aspect ratio), as --size does
     steps: int | None = None  # sampler evaluations ('normal' mode); default: the official fast schedule (14)
-    prompt: str = ""  # text prompt for every video
+    prompt: str = ""  # text prompt for every video without a prompt of its own (--prompts, sidecar .txt files)
+    # CSV (rel,prompt) or JSON Lines ({"rel": ..., "prompt": ...}) of prompts per video, rel as below the input;
+    # it takes precedence over a video's sidecar file <name>.<ext>.txt beside it
+    prompts: str | None = None
     window: int = 32  # frames per restore window (one unit of GPU work)
     overlap: int = 8  # frames cross-faded between consecutive windows of a shot
     actors: int | None = None  # restore actors at most (default: one per GPU in the cluster, 1 without GPUs)
@@ -69,6 +81,16 @@ class ArchiveJob:
     # About this many done videos' outputs are checked (exist, same size) per run, another batch each run; the
     # output tree is never listed. 0: trust the ledger.
     check_outputs: int = CHECKS_PER_RUN
+    # Output picture: h264 (delivery copy, 4:2:0), h265 (Main, or Main 10 and 4:2:2 as the source has them), ffv1
+    # (lossless preservation master in Matroska: level 3, slice CRCs) or prores (ProRes, 10-bit, in MOV)
+    codec: Codec = "h264"
+    crf: int = 16  # H.264 and H.265 quality: 0 (lossless) to 51, lower is better
+    prores_profile: ProresProfile = "hq"  # ProRes profile (hq: 422 HQ; 4444 and 4444xq keep 4:4:4)
+    # Restore only SECONDS of each video (from --sample-at) into <output>/_samples/<settings key>/, with its
+    # audio: to compare checkpoints, prompts or scales before the full run. A sample run marks no video done
+    # and leaves the full runs' leases alone
+    sample: float | None = None
+    sample_at: float | None = None  # where the samples start, in seconds (default: mid-way through each video)
 
     def __post_init__(self) -> None:
         if self.preset is None:
@@ -76,6 +98,18 @@ class ArchiveJob:
         preset = PRESETS.get(self.preset)  # an unknown one fails in `validate`
         if self.device == "auto" and preset is not None and not preset.has_model:
             object.__setattr__(self, "device", "cpu")  # bicubic: a GPU would idle
+
+    def output_format(self) -> OutputFormat:
+        """The output's picture format (media.output_format)."""
+        return OutputFormat(codec=self.codec, crf=self.crf, prores_profile=self.prores_profile)
+
+    def target(self) -> TargetSize | None:
+        """The size outputs are delivered at (--size, --height), or None: at the model's scale."""
+        return TargetSize.parse(self.size, self.height)
+
+    def excerpt(self) -> Sample | None:
+        """What a sample run (--sample) restores of each video, or None for a full run."""
+        return Sample(self.sample, self.sample_at) if self.sample is not None else None
 
     def restore_config(self) -> RestoreConfig:
         """How the actors restore a clip: the preset's settings at this scale (and step count)."""
@@ -87,15 +121,24 @@ class ArchiveJob:
         in RUN_ONLY, so a new option counts unless it is declared not to. The weights count by name
         (checkpoint) and by their content (`weights_digest`: new weights redo every output), not by
         where they lie: moving or copying the weights folder redoes nothing."""
-        job = _counted({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_ONLY})
+        job = _counted({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                        if f.name not in RUN_ONLY | DERIVED})
         job["deinterlace"] = DEINTERLACE_KEYS[self.deinterlace]
         restore = _counted(dataclasses.asdict(self.restore_config()))
+        if self.output_format().settings() != OutputFormat().settings():  # the former (default) output: as before
+            job["output"] = self.output_format().settings()
+        target = self.target()
+        if target is not None:  # each video's model scale follows from the target (a ledger column)
+            job["target"], restore["scale"] = str(target), None
+            del job["scale"]
         return {**job, "weights_digest": self.weights_digest, "restore": restore}
 
     @functools.cached_property
     def weights_digest(self) -> str:
         """`pipelines.weights.digest` of this job's weights (read once per job)."""
-        return weights_digest(get_preset(self.preset), self.weights, self.checkpoint, self.scale)
+        scales = range(1, MAX_MODEL_SCALE + 1) if self.target() is not None else (self.scale,)
+        digests = {weights_digest(get_preset(self.preset), self.weights, self.checkpoint, s) for s in scales}
+        return "+".join(sorted(digests))  # nano's file per scale: every one a target may use
 
     def warning(self) -> str | None:
         """What the run's log and summary say first when its outputs are not restorations, else None."""
@@ -111,8 +154,13 @@ class ArchiveJob:
 
 # ArchiveJob fields that say where the job reads and writes and how it runs, not what it makes: they
 # stay out of the settings key (a run with more actors or another lease time redoes nothing).
+# (prompts: each video's own prompt counts in its own key, RestoreRun.key_for; sample: a sample is made with
+# the settings of the full run it previews.)
 RUN_ONLY = frozenset({"input", "output", "weights", "actors", "device", "accelerator_type", "lease_minutes",
-                      "retry_failed", "max_frame_pixels", "check_outputs"})
+                      "retry_failed", "max_frame_pixels", "check_outputs", "prompts", "sample", "sample_at"})
+# Fields that count through what they make (`settings`): the output format (only what it uses, and only
+# when it is not the former fixed H.264 crf 16) and the target size.
+DERIVED = frozenset({"codec", "crf", "prores_profile", "size", "height"})
 
 # Fields (of this job or of RestoreConfig) added after outputs were made without them, with the value
 # that reproduces those outputs: at that value a field stays out of the settings key, so upgrading the
@@ -146,6 +194,16 @@ def _validate(job: ArchiveJob) -> RestoreConfig:
     if job.window < 1 or not 0 <= job.overlap <= job.window // 2:
         raise ValueError(f"--window {job.window} --overlap {job.overlap}: need window >= 1 and "
                          f"0 <= overlap <= window / 2")
+    job.output_format()  # ValueError for a bad --crf
+    if job.target() is not None and job.scale != ArchiveJob.scale:
+        raise ValueError(f"--scale {job.scale} and a target size: give one of them (the target chooses each "
+                         f"video's scale)")
+    if job.sample is not None and not job.sample > 0:
+        raise ValueError(f"--sample {job.sample}: need a positive number of seconds")
+    if job.sample_at is not None and (job.sample is None or job.sample_at < 0):
+        raise ValueError(f"--sample-at {job.sample_at}: needs --sample, and 0 seconds or more")
+    if job.prompts is not None:
+        read_prompts(job.prompts)  # unreadable, or not CSV or JSON Lines: fails here
     if job.actors is not None and job.actors < 1:
         raise ValueError(f"--actors {job.actors}: need at least 1")
     if job.device not in ("auto", "gpu", "cpu"):

@@ -12,6 +12,7 @@ input's layout), the ledger and its side folders, the leases and heartbeats, and
     <output>/_ledger/_runs/<run id>.json               run heartbeats (lease.py)
     <output>/_ledger/_leases/<key of rel>/<gen>.json   per-video leases (lease.py)
     <output>/_staging/<video id>/<version>/window_<n>.mkv   restored windows awaiting assembly
+    <output>/_samples/<settings key>/<excerpt>/        a sample run's own layout, all of the above (samples.py)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pipelines.restore.rows import video_id
 # A folder of the user's with the same name as one of these is the user's: only files laid out as the
 # job lays out its own staging segments (`STAGING_SEGMENT`) are skipped when an input is listed, so an
 # output folder's staging segments are never taken for new sources; nothing under _ledger is a video.
-LEDGER_FOLDER, STAGING_FOLDER = "_ledger", "_staging"
+LEDGER_FOLDER, STAGING_FOLDER, SAMPLES_FOLDER = "_ledger", "_staging", "_samples"
 STAGING_SEGMENT = re.compile(rf"(^|/){STAGING_FOLDER}/[0-9a-f]{{16}}/[0-9a-f]{{16}}/window_\d{{5}}\.mkv$")
 
 def lease_key(rel: str) -> str:

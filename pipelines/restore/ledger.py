@@ -41,9 +41,10 @@ from pipelines import storage
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.layout import OutputLayout
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACED, DEVICE, END, ERROR, FINGERPRINT,
-                                    FINISHED_AT, FRAMES, INTERLACING, NOTES, OUTPUT, OUTPUT_SIZE, PERMANENT, REL, REPEATS,
-                                    RESTORE_SECONDS, REUSED, RUN_ID, SAR, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS,
-                                    WINDOW_INDEX, WINDOWS, WINDOWS_REUSED)
+                                    FINISHED_AT, FRAMES, HEIGHT, INTERLACING, MODEL_SCALE, NOTES, OUTPUT, OUTPUT_SIZE,
+                                    PERMANENT, PROMPT, REL, REPEATS, RESTORE_SECONDS, REUSED, RUN_ID, SAR, SECONDS,
+                                    SEGMENT, SETTINGS, SOURCE, START, STATUS, WIDTH, WINDOW_INDEX, WINDOWS,
+                                    WINDOWS_REUSED)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ VIDEO_SCHEMA = pa.schema([
     (DEINTERLACED, pa.string()),  # "" progressive; else how it was deinterlaced, e.g. "bwdif, field rate, tff"
     (INTERLACING, pa.string()),  # why: the decision and its evidence ("progressive: stream flags none, idet tff, ...")
     (SAR, pa.string()),  # the output's sample aspect ratio ("64:45"); null when failed (and in rows before it)
+    (WIDTH, pa.int64()),  # the output's picture size as encoded; null when failed (and in rows before it)
+    (HEIGHT, pa.int64()),
+    (MODEL_SCALE, pa.int64()),  # the scale the model restored at (--scale, or what reached --size); null before it
+    (PROMPT, pa.string()),  # the prompt it was restored with (--prompt, --prompts, a sidecar); null before it
     (NOTES, pa.string()),  # streams not carried as they were, "; "-joined; "" when every one was; null when failed
     (WINDOWS, pa.int64()),  # windows restored (0 when it never reached the restore actors)
     (WINDOWS_REUSED, pa.int64()),  # restored by an earlier, interrupted run

@@ -15,8 +15,8 @@ from pipelines.restore import ledger
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.lease import LeaseLost, check_held, record_finished
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END,
-                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, INTERLACING, OUTPUT,
-                                    OUTPUT_SIZE, PERMANENT, PREVIOUS_ERROR, REL, REPEATS, RESTORE_SECONDS, REUSED,
+                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, INTERLACING,
+                                    MODEL_SCALE, OUTPUT, OUTPUT_SIZE, PERMANENT, PREVIOUS_ERROR, PROMPT, REL, REPEATS, RESTORE_SECONDS, REUSED,
                                     RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW_INDEX,
                                     WINDOWS, WINDOWS_REUSED)
 
@@ -59,6 +59,7 @@ def video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], run: Restor
         RESTORE_SECONDS: float(sum(r[SECONDS] for r in restored if not r[REUSED])),
         ASSEMBLE_SECONDS: time.perf_counter() - started,
         DEVICE: next((r[DEVICE] for r in restored if r[DEVICE]), ""),
+        MODEL_SCALE: first.get(MODEL_SCALE) or None, PROMPT: first.get(PROMPT),
         RUN_ID: run.run_id, FINISHED_AT: ledger.now(),
     }
 

@@ -34,9 +34,11 @@ from pipelines.restore.layout import OutputLayout
 from pipelines.restore.lease import Leases, live_holder
 from pipelines.restore.outputs import missing_outputs
 from pipelines.restore.plan_stage import claim_and_plan
+from pipelines.restore.prompts import with_prompts
+from pipelines.restore.samples import samples_layout
 from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT, RestoreWindows
-from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, LEASED, PREVIOUS_ERROR, REL, REPEATS,
-                                    SOURCE, STATUS)
+from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, LEASED, PREVIOUS_ERROR, PROMPT, REL,
+                                    REPEATS, SOURCE, STATUS)
 from pipelines.restore.selection import Selection, recognised_rows, select, split_clashes
 from pipelines.restore.summary import RunStats, format_summary
 from pipelines.shared_storage import check_shared
@@ -62,6 +64,9 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     warning = job.warning()  # tiny's random weights, bicubic's plain interpolation
     if warning:
         log.warning("WARNING: %s", warning)
+    if job.excerpt() is not None:  # a sample run: its own layout, never the full run's ledger or leases
+        layout = samples_layout(layout.root, job.settings_key(), job.excerpt())
+        log.info("sample run: %s of every video, into %s", job.excerpt().folder, layout.root)
     run_id = new_run_id()
     started_at = ledger.now()
 
@@ -198,10 +203,15 @@ def plan_run(job: ArchiveJob, input_root: str, layout: OutputLayout, run_id: str
     the run: its settings key, computed here once, and when it read the ledger). Reads the input's
     listing, the ledger's state and a batch of outputs; never lists the output tree."""
     sources, skipped = listing.list_sources(input_root)
+    sources = with_prompts(sources, job.prompts, job.prompt)
     read_at = ledger.now()
-    run = RestoreRun(layout, run_id, job.settings_key(), read_at, square_pixels=job.square_pixels)
-    selection = select(sources, ledger.read_state(layout), run.settings, retry_failed=job.retry_failed,
-                       digests=_digests, missing_outputs=missing_outputs(layout, job.check_outputs))
+    run = RestoreRun(layout, run_id, job.settings_key(), read_at, square_pixels=job.square_pixels,
+                     output_format=job.output_format(), target=job.target(), prompt=job.prompt,
+                     sample=job.excerpt())
+    own_keys = {s.rel: run.key_for(s.prompt) for s in sources if s.prompt != job.prompt}
+    selection = select(sources, ledger.read_state(layout), run.settings, video_settings=own_keys,
+                       retry_failed=job.retry_failed, digests=_digests,
+                       missing_outputs=missing_outputs(layout, job.check_outputs))
     return sources, skipped, selection, run
 
 
@@ -232,7 +242,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
 
     # 1. Sources: the rows go to the object store in bounded chunks (the driver holds a reference per
     #    chunk, never a block per video), then one row per block, so that the scenes tasks run in
-    #    parallel. out: source, rel, fingerprint, checksum, previous_error, repeats
+    #    parallel. out: source, rel, fingerprint, checksum, prompt, previous_error, repeats
     ds = ray.data.from_arrow_refs([ray.put(table) for table in sources])
     ds = ds.repartition(target_num_rows_per_block=1)
 
@@ -242,7 +252,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
     #    `claim_and_plan`).
     ds = ds.flat_map(claim_and_plan, fn_kwargs=dict(run=run, window=job.window, overlap=job.overlap,
                                                     detector=job.detector, deinterlace=job.deinterlace,
-                                                    max_pixels=job.max_frame_pixels),
+                                                    max_pixels=job.max_frame_pixels, scale=job.scale),
                      num_cpus=1, memory=SCENES_MEMORY, max_retries=TASK_RETRIES)
     # One window per block: a video's windows spread over the actor pool instead of one actor
     # taking the whole block (and a block lost with its actor is one window).
@@ -255,8 +265,8 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
     #    so decoding and encoding overlap the model's work (restore_stage.py).
     ds = ds.map_batches(
         RestoreWindows,
-        fn_constructor_kwargs=dict(preset=job.preset, weights=job.weights, config=job.restore_config(),
-                                   checkpoint=job.checkpoint, prompt=job.prompt, run_id=run.run_id),
+        fn_constructor_kwargs=dict(preset=job.preset, weights=job.weights, scale=job.scale, steps=job.steps,
+                                   checkpoint=job.checkpoint, run_id=run.run_id),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, max_concurrent_calls_per_actor=WINDOWS_IN_FLIGHT,
                                            enable_true_multi_threading=True),
         batch_size=1,
@@ -283,5 +293,6 @@ def source_tables(sources: Sequence[SourceFile], failed_before: dict[str, tuple[
         before = [failed_before.get(s.rel, ("", 0)) for s in chunk]
         yield pa.table({SOURCE: [s.url for s in chunk], REL: [s.rel for s in chunk],
                         FINGERPRINT: [s.fingerprint for s in chunk], CHECKSUM: [s.checksum for s in chunk],
+                        PROMPT: [s.prompt for s in chunk],
                         PREVIOUS_ERROR: [error for error, _ in before],
                         REPEATS: pa.array([repeats for _, repeats in before], pa.int64())})

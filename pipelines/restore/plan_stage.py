@@ -11,17 +11,20 @@ from pipelines import storage
 from pipelines.listing import listed_size
 from pipelines.media.interlace import Option, choose, decode_start_pts, picture_scenes, picture_timeline
 from pipelines.media.output_container import choose_container
+from pipelines.media.output_format import Codec
 from pipelines.media.packet_log import PacketLog
 from pipelines.media.scenes import probe_scenes
+from pipelines.media.target_size import TargetSize
 from pipelines.media.video_info import BadVideo, check_restorable, has_alpha
 from pipelines.restore import metrics
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, describe, read_limit, time_limit, unreadable
 from pipelines.restore.lease import claim_video
 from pipelines.restore.rows import (CONTENT, DEINTERLACE, DEVICE, DONE_ELSEWHERE, ERROR, FAILED, FIELD_ORDER,
-                                    FINGERPRINT, FPS, FRAMES, INTERLACING, LEASED, LOSSLESS, OUTPUT, OUTPUT_STEM,
-                                    PENDING, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS,
+                                    FINGERPRINT, FPS, FRAMES, INTERLACING, LEASED, LOSSLESS, MODEL_SCALE, OUTPUT,
+                                    OUTPUT_STEM, PENDING, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, START_PTS, STATUS,
                                     WINDOWS, video_columns, window_columns)
+from pipelines.restore.samples import Sample, clip_scenes
 from pipelines.restore.scene_windows import SceneWindow, plan_scene_windows
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,9 @@ def claim_and_plan(row: dict[str, Any], *, run: RestoreRun, **plan: Any) -> list
     """Claim the video for this run as work on it starts (`lease.claim_video`: so runs share one
     backlog), then `plan_video` it. A video another live run holds, or that another run finished
     since this run read the ledger, is one row saying so (LEASED or DONE_ELSEWHERE, `error` naming
-    that run), which the later stages pass by."""
+    that run), which the later stages pass by. The video's settings key is its own where its prompt is
+    (`RestoreRun.for_video`)."""
+    run = run.for_video(row)
     row = row | video_columns(row, run)
     try:
         claim = claim_video(run, row[REL], row[FINGERPRINT])
@@ -47,7 +52,7 @@ def claim_and_plan(row: dict[str, Any], *, run: RestoreRun, **plan: Any) -> list
     if changed:
         metrics.failure("scenes", permanent=False)
         return [failed_row(row, changed, permanent=False)]
-    return plan_video(row, **plan)
+    return plan_video(row, codec=run.output_format.codec, target=run.target, sample=run.sample, **plan)
 
 
 def _changed_since_listed(row: dict[str, Any]) -> str | None:
@@ -65,11 +70,14 @@ def _changed_since_listed(row: dict[str, Any]) -> str | None:
 
 
 def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str, deinterlace: Option = "auto",
-               max_pixels: int | None = None) -> list[dict[str, Any]]:
-    """source row -> window rows: the source columns (less `output_stem`) plus `output`, `frames`,
-    `windows`, `fps`, `deinterlace`, `field_order`, `interlacing`, `lossless`, the window's frame span and
+               max_pixels: int | None = None, scale: int = 4, target: TargetSize | None = None,
+               codec: Codec = "h264", sample: Sample | None = None) -> list[dict[str, Any]]:
+    """source row -> window rows: the source columns (less `output_stem`) plus `output` (in the container
+    `codec` and the source's streams need), `frames`, `windows`, `fps`, `deinterlace`, `field_order`,
+    `interlacing`, `lossless`, `model_scale` (`scale`, or what reaches `target`), the window's frame span and
     `start_pts` (of the first source frame its decode needs), `status` pending. An interlaced source (as
     found, or as `deinterlace` says: `media.interlace.choose`) is planned on the pictures bwdif makes of it.
+    With `sample`, the windows cover only its excerpt (the assembler writes what the windows cover).
 
     Failures are rows, not exceptions: a bad file (`BadVideo`: also frames above `max_pixels`, and
     what the pipeline cannot restore faithfully, see `check_restorable`; or whatever else the demuxer
@@ -93,7 +101,7 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
                                                                packets=found.append)
             info, mode = choose(info, deinterlace)
             check_restorable(info)
-            container = choose_container(info)  # never fails: audio it cannot carry becomes FLAC
+            container = choose_container(info, codec)  # never fails: audio it cannot carry becomes FLAC
     except BadVideo as e:
         metrics.failure("scenes", permanent=True)
         return [failed_row(row, e.reason, permanent=True)]
@@ -104,13 +112,18 @@ def plan_video(row: dict[str, Any], *, window: int, overlap: int, detector: str,
         return [failed_row(row, UNREADABLE_REASON.format(describe(e)) if permanent else f"{type(e).__name__}: {e}",
                            permanent=permanent)]
 
-    pictures, _ = picture_timeline(info, source_timestamps, mode)
-    windows = plan_scene_windows(picture_scenes(scenes, mode), window, overlap)
+    pictures, pictures_timestamps = picture_timeline(info, source_timestamps, mode)
+    scenes = picture_scenes(scenes, mode)
+    if sample is not None:
+        scenes = clip_scenes(scenes, *sample.span(pictures_timestamps, pictures.time_base, pictures.end_pts))
+    windows = plan_scene_windows(scenes, window, overlap)
     metrics.windows_planned(len(windows))
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
+    model_scale = target.model_scale(*info.display_size, info.upright_sar) if target is not None else scale
     video.update({OUTPUT: f"{row[OUTPUT_STEM]}.{container}", FRAMES: pictures.frame_count, WINDOWS: len(windows),
                   FPS: str(pictures.fps), DEINTERLACE: mode or "", FIELD_ORDER: info.field_order,
-                  INTERLACING: info.interlacing, LOSSLESS: has_alpha(info)})
+                  INTERLACING: info.interlacing, LOSSLESS: has_alpha(info) or codec == "ffv1",
+                  MODEL_SCALE: model_scale})
     return [{**video, **window_columns(w), START_PTS: decode_start_pts(w.start, w.end, source_timestamps, mode),
              **_outcome(PENDING)} for w in windows]
 
@@ -119,7 +132,7 @@ def failed_row(row: dict[str, Any], reason: str, *, permanent: bool) -> dict[str
     """The one row a video that never reaches the restore actors leaves (window -1, `windows` 1)."""
     video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
     video.update({OUTPUT: "", FRAMES: 0, WINDOWS: 1, FPS: "0", CONTENT: row.get(CONTENT, ""), DEINTERLACE: "",
-                  FIELD_ORDER: "", INTERLACING: "", LOSSLESS: False})
+                  FIELD_ORDER: "", INTERLACING: "", LOSSLESS: False, MODEL_SCALE: 0})
     nowhere = SceneWindow(index=-1, scene=-1, start=-1, end=-1, keep_start=-1, keep_end=-1, fade_in=0, fade_out=0)
     return {**video, **window_columns(nowhere), START_PTS: -1, **_outcome(FAILED, reason, permanent)}
 

@@ -32,11 +32,10 @@ from pipelines.restore.faults import DECODE_SECONDS_PER_FRAME, READ_BASE_SECONDS
 from pipelines.restore.layout import segment_url
 from pipelines.restore import window_attempts
 from pipelines.restore.rows import (DEINTERLACE, DEVICE, DONE, END, ERROR, FAILED, FIELD_ORDER, FPS, FRAMES, LOSSLESS,
-                                    PENDING, PERMANENT, REL, REUSED, SECONDS, SEGMENT, SOURCE, STAGING, START,
-                                    START_PTS, STATUS, WINDOW_INDEX, window_seed)
+                                    MODEL_SCALE, PENDING, PERMANENT, PROMPT, REL, REUSED, SECONDS, SEGMENT, SOURCE,
+                                    STAGING, START, START_PTS, STATUS, WINDOW_INDEX, window_seed)
 from pipelines.weights import local_copy
-from star_model.presets import load_restorer
-from star_model.restore import RestoreConfig
+from star_model.scaled import ScaledRestorers
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +49,18 @@ class RestoreWindows:
     `error`, `permanent`, `segment`, `seconds`, `reused`, `device`. Rows that arrive failed pass through.
     """
 
-    def __init__(self, preset: str, weights: str | None, config: RestoreConfig, checkpoint: str, prompt: str,
+    def __init__(self, preset: str, weights: str | None, scale: int, steps: int | None, checkpoint: str,
                  run_id: str) -> None:
         # Random-weight presets are seeded (load_denoiser, build_vae, build_text_model): every actor of
         # every run builds the same model, so windows restored by different actors (or by a run that
         # resumes a killed one) belong together.
         # A bucket folder is copied to this node once (the node's actors share the copy).
         local = local_copy(weights) if weights is not None else None
-        self.restorer = load_restorer(preset, local, config=config, checkpoint=checkpoint)
-        self.prompt = prompt
-        self.base_seed = config.seed
-        self.device = self.restorer.device.type
+        # by model scale: --scale's, loaded here; with --size each video has its own (a ledger column)
+        self.restorers = ScaledRestorers(preset, local, checkpoint=checkpoint, steps=steps)
+        first = self.restorers(scale)
+        self.base_seed = first.config.seed
+        self.device = first.device.type
         self.model = threading.Lock()  # one window at a time in the model (its memory plan is for one)
         self.model_seconds = 0.0  # time in the model, summed over windows (for jobs/measure/overlap.py)
         self.run_id = run_id
@@ -125,7 +125,8 @@ class RestoreWindows:
             seed = window_seed(row[REL], int(row[START]), int(row[END]), self.base_seed)
             with self.model:
                 entered = time.perf_counter()
-                restored_fhwc_u8 = self.restorer(frames_fhwc_u8, self.prompt, seed=seed)
+                restorer = self.restorers(int(row[MODEL_SCALE]))
+                restored_fhwc_u8 = restorer(frames_fhwc_u8, row[PROMPT], seed=seed)
                 self.model_seconds += time.perf_counter() - entered
             del frames_fhwc_u8
             write_segment(restored_fhwc_u8, segment, Fraction(row[FPS]), lossless=bool(row[LOSSLESS]))

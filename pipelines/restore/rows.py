@@ -25,6 +25,7 @@ OUTPUT_STEM = "output_stem"  # <output>/<rel without extension>; the scenes stag
 STAGING = "staging"  # this video's staging folder for this fingerprint and these settings
 PREVIOUS_ERROR = "previous_error"  # the reason the last run failed it with (same source and settings), or ""
 REPEATS = "repeats"  # runs in a row that failed it with that reason (0 when it did not fail last time)
+PROMPT = "prompt"  # the text prompt it is restored with (--prompt, or its own: restore/prompts.py)
 
 # -- a window of a video (scenes stage -> restore stage -> driver) -----------------------------------
 CONTENT = "content"  # "sha256:..." of the source's bytes (scenes stage): a copy is recognised by it
@@ -41,7 +42,8 @@ FIELD_ORDER = "field_order"  # "progressive" | "tff" | "bff", as probed (or as -
 # How the field order was decided, with its evidence (the stream's flags, idet's votes, the picture
 # measure of media.field_order, and --deinterlace where it overrode them); also a ledger column
 INTERLACING = "interlacing"
-LOSSLESS = "lossless"  # the output is lossless (a source with alpha: FFV1), so its staging segments are too
+MODEL_SCALE = "model_scale"  # the scale the model restores it at (--scale, or what reaches --size: media.target_size)
+LOSSLESS = "lossless"  # the output is lossless (FFV1: --codec ffv1, or a source with alpha), so its staging segments are too
 # The `SceneWindow` fields, flat. First the window's index in its video (0 .. windows - 1; -1 on the one
 # row of a video that never reaches the restore actors): the ledger's column keeps the name "window",
 # so that the window rows of every earlier run read unchanged.
@@ -63,6 +65,7 @@ REUSED = "reused"  # the segment was already there (written by an earlier, inter
 DEVICE = "device"  # "cuda" or "cpu": what the actor ran the model on
 
 # -- the ledger's rows (assemble stage -> _ledger/): columns above, and these ----------------------------
+WIDTH, HEIGHT = "width", "height"  # the output's picture size, as encoded
 SAR = "sar"  # the output's sample aspect ratio, "64:45" ("1:1" square pixels), as the source's or --square-pixels made it
 NOTES = "notes"  # source streams the output does not carry as they were (copied unrestored, or left out, and why)
 DEINTERLACED = "deinterlaced"  # what was done to an interlaced source, e.g. "bwdif, field rate, tff"; "" if nothing

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import posixpath
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +40,11 @@ MissingOutputs = Callable[[pa.Table, np.ndarray], set[str]]
 or was replaced."""
 
 
-def select(sources: Sequence[SourceFile], state: pa.Table, settings: str, *, retry_failed: bool = False,
+def select(sources: Sequence[SourceFile], state: pa.Table, settings: str, *,
+           video_settings: Mapping[str, str] | None = None, retry_failed: bool = False,
            digests: Digests | None = None, missing_outputs: MissingOutputs | None = None) -> Selection:
-    """Which sources this run restores: those never done for their content and these settings.
+    """Which sources this run restores: those never done for their content and these settings (a
+    video's own key in `video_settings`, by rel, where it has one).
     Resume and nightly incremental runs are the same rule. A done video whose output was deleted
     or replaced since (`missing_outputs`, asked about the done ones only) is restored again; a source
     that failed for good (`permanent`: not a video, truncated, ...) is retried only when it changes,
@@ -62,7 +64,11 @@ def select(sources: Sequence[SourceFile], state: pa.Table, settings: str, *, ret
     at = pc.index_in(pa.array([s.rel for s in sources], pa.string()), value_set=state[REL])
     index = np.flatnonzero(pc.is_valid(at).to_numpy(zero_copy_only=False))
     at = pc.drop_null(at).to_numpy(zero_copy_only=False).astype(np.int64)
-    ours = pc.fill_null(pc.equal(state[SETTINGS].take(at), settings), False).to_numpy(zero_copy_only=False)
+    if video_settings:  # videos with a key of their own (a prompt of their own: RestoreRun.key_for)
+        wanted = pa.array([video_settings.get(sources[i].rel, settings) for i in index], pa.string())
+    else:
+        wanted = settings
+    ours = pc.fill_null(pc.equal(state[SETTINGS].take(at), wanted), False).to_numpy(zero_copy_only=False)
     index, at = index[ours], at[ours]
     listed = pc.binary_join_element_wise(pc.cast(pa.array([sources[i].size for i in index]), pa.string()),
                                          pa.array([sources[i].version for i in index], pa.string()), ":")
