@@ -29,7 +29,7 @@ from pipelines.restore.pipeline import run  # noqa: E402
 
 FLAGS = ("input", "output", "preset", "weights", "checkpoint", "scale", "prompt", "steps", "window", "overlap",
          "actors", "device", "accelerator_type", "lease_minutes", "retry_failed", "deinterlace", "square_pixels",
-         "max_frame_pixels", "check_outputs")
+         "max_frame_pixels", "check_outputs", "run_name")
 
 
 def main(argv: list[str] | None = None) -> int:

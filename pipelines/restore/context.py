@@ -25,6 +25,7 @@ class RestoreRun:
     settings: str  # the settings key (`ArchiveJob.settings_key`): the ledger's `settings` column
     read_at: datetime  # when the run read the ledger: a video finished elsewhere since is not claimed
     square_pixels: bool = False  # outputs resampled to square pixels (the job's --square-pixels)
+    name: str = ""  # the run's name (`ArchiveJob.run_label`): earlier tries of the same name are taken over
 
     def done_key(self, fingerprint: str) -> str:
         """What a finished video was finished for, in its lease record (`lease.record_finished`)."""

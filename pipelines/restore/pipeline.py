@@ -70,7 +70,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     #    not listed: the ledger says what is done, and a batch of those outputs is checked.
     sources, skipped, selection, restore_run = plan_run(job, input_root, layout, run_id)
     # This run's claims (taken as work starts on each video) hold while its heartbeat beats.
-    with Leases(restore_run, timedelta(minutes=job.lease_minutes)):
+    with Leases(restore_run, timedelta(minutes=job.lease_minutes)) as leases:
         # Copies of sources known by content (`cp -r`, another bucket): recorded under their new
         # fingerprints, so the next run knows them without reading them.
         ledger.write_videos(layout, f"{run_id}-copies", recognised_rows(selection.copied, run_id))
@@ -87,8 +87,8 @@ def run(job: ArchiveJob) -> dict[str, Any]:
         try:
             with stop_on_signals():
                 if selection.todo:
-                    _restore_all(job, selection, sources, restore_run, stats)
-                    _take_over(job, selection, sources, restore_run, stats)
+                    _restore_all(job, selection, sources, restore_run, stats, leases)
+                    _take_over(job, selection, sources, restore_run, stats, leases)
                 else:
                     log.info("nothing to restore: every video under %s is done or an unchanged bad input", input_root)
         except Stopped as e:  # the leases are freed on the way out; what finished is in the summary
@@ -108,7 +108,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
 
 
 def _take_over(job: ArchiveJob, selection: Selection, sources: Sequence[SourceFile], run: RestoreRun,
-               stats: RunStats) -> None:
+               stats: RunStats, leases: Leases) -> None:
     """Restore the videos another run held when this one reached them, once those runs are found dead.
 
     A run whose driver or head was lost (this run is, most likely, its retry) keeps its leases until
@@ -135,7 +135,7 @@ def _take_over(job: ArchiveJob, selection: Selection, sources: Sequence[SourceFi
         log.info("taking over %d videos whose runs ended or died", len(free))
         stats.retake(free)
         todo = [s for s in selection.todo if s.rel in set(free)]
-        _restore_all(job, dataclasses.replace(selection, todo=todo), sources, run, stats)
+        _restore_all(job, dataclasses.replace(selection, todo=todo), sources, run, stats, leases)
 
 
 def _compact(run: RestoreRun) -> None:
@@ -159,7 +159,7 @@ def _merge_journals(run: RestoreRun) -> None:
 
 
 def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[SourceFile], run: RestoreRun,
-                 stats: RunStats) -> None:
+                 stats: RunStats, leases: Leases) -> None:
     """Restore `selection.todo` (each claimed as work on it starts), counting each finished one in
     `stats` (and the metrics)."""
     todo, refused = split_clashes(selection.todo, sources, run.layout.root)
@@ -171,6 +171,7 @@ def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[Source
         return
     # stop_on_signals after ray_started: ray.init() sets a SIGTERM handler of its own (a bare exit)
     with ray_started(), stop_on_signals():
+        leases.renew()  # the heartbeat now names this driver's node (a retry takes over if it is lost)
         check_shared(job.input, "--input", writable=False)  # workers read the sources
         check_shared(job.output, "--output")  # and stage, assemble and record there
         if job.weights is not None:  # every GPU node's actors load them (a bucket is copied to each node)
@@ -199,7 +200,8 @@ def plan_run(job: ArchiveJob, input_root: str, layout: OutputLayout, run_id: str
     listing, the ledger's state and a batch of outputs; never lists the output tree."""
     sources, skipped = listing.list_sources(input_root)
     read_at = ledger.now()
-    run = RestoreRun(layout, run_id, job.settings_key(), read_at, square_pixels=job.square_pixels)
+    run = RestoreRun(layout, run_id, job.settings_key(), read_at, square_pixels=job.square_pixels,
+                     name=job.run_label())
     selection = select(sources, ledger.read_state(layout), run.settings, retry_failed=job.retry_failed,
                        digests=_digests, missing_outputs=missing_outputs(layout, job.check_outputs))
     return sources, skipped, selection, run
