@@ -32,6 +32,7 @@ from pipelines.restore.gather import failed_video, gather, source_row
 from pipelines.restore.job import ArchiveJob, validate
 from pipelines.restore.layout import OutputLayout
 from pipelines.restore.lease import Leases, live_holder
+from pipelines.restore.plan_gate import PlanGate, admit, tickets
 from pipelines.restore.outputs import missing_outputs
 from pipelines.restore.plan_stage import claim_and_plan
 from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT, RestoreWindows
@@ -180,8 +181,10 @@ def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[Source
         # GPU actors asked for before any GPU exists: a line every minute while the autoscaler adds one.
         gpus = job.device == "gpu" or job.accelerator_type is not None
         with waits.waiting_lines(gpu_actor_resources(job.accelerator_type) if gpus else {}, "the restore actors"):
-            dataset = build_dataset(job, run, source_tables(todo, selection.failed_before))
-            for video in gather(dataset, run, todo, selection.failed_before):
+            use_gpu, actors = actor_pool(job.device, job.actors, job.accelerator_type)
+            gate = PlanGate.remote(tickets(actors))
+            dataset = build_dataset(job, run, source_tables(todo, selection.failed_before), gate, use_gpu, actors)
+            for video in gather(dataset, run, todo, selection.failed_before, gate):
                 if video[STATUS] in (LEASED, DONE_ELSEWHERE):
                     stats.skip(video)
                 else:
@@ -225,11 +228,12 @@ def _digests(sources: Sequence[SourceFile]) -> dict[str, str]:
         return dict(pool.map(digest, sources))
 
 
-def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table]) -> ray.data.Dataset:
+def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table], gate: ray.actor.ActorHandle,
+                  use_gpu: bool, actors: int) -> ray.data.Dataset:
     """The restore pipeline, top to bottom: `sources` (the videos to restore, `source_tables`) in,
     restored (or failed) window rows out, which the driver gathers into videos and assembles
-    (`gather`). Lazy: nothing runs until the rows are read."""
-    use_gpu, actors = actor_pool(job.device, job.actors, job.accelerator_type)
+    (`gather`, which gives each video's `gate` ticket back). `actors` restore actors at most, on
+    GPUs if `use_gpu` (`actors.actor_pool`). Lazy: nothing runs until the rows are read."""
     set_fault_options()
 
     # 1. Sources: the rows go to the object store in bounded chunks (the driver holds a reference per
@@ -238,10 +242,15 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
     ds = ray.data.from_arrow_refs([ray.put(table) for table in sources])
     ds = ds.repartition(target_num_rows_per_block=1)
 
-    # 2. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
+    # 2. Admission (one task at a time, no CPU): a video waits for a ticket of the run's `gate`, so
+    #    planning runs at most a few videos ahead of the restore actors (plan_gate.py; Ray Data's
+    #    byte-based backpressure never acts on small rows). in, out: a source row.
+    ds = ds.map(admit, fn_kwargs=dict(gate=gate), num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
+
+    # 3. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
     #    into its windows, or into one failed row. in: a source row; out: window rows (plan_stage).
-    #    Each video is claimed first and its row completed (video_id, output_stem, staging:
-    #    `claim_and_plan`).
+    #    Each video is claimed as it is taken and its row completed (video_id, output_stem, staging:
+    #    `claim_and_plan`); a plan an earlier run kept is read instead of decoding again (saved_plan.py).
     ds = ds.flat_map(claim_and_plan, fn_kwargs=dict(run=run, window=job.window, overlap=job.overlap,
                                                     detector=job.detector, deinterlace=job.deinterlace,
                                                     max_pixels=job.max_frame_pixels),
@@ -250,7 +259,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
     # taking the whole block (and a block lost with its actor is one window).
     ds = ds.repartition(target_num_rows_per_block=1)
 
-    # 3. Restore (actor pool, one GPU per actor; model loaded once per actor): decode the window,
+    # 4. Restore (actor pool, one GPU per actor; model loaded once per actor): decode the window,
     #    run STAR, write the staging segment. in: window rows; out: + status, error, segment,
     #    seconds, reused, device. batch_size must be an int when GPUs are requested. Two windows per
     #    actor at once on threads (true multi-threading: otherwise Ray Data runs one call at a time),
@@ -271,7 +280,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
         accelerator_type=job.accelerator_type,
     )
 
-    # 4. Assemble (CPU task per video, started by the driver as a video's last window comes out of
+    # 5. Assemble (CPU task per video, started by the driver as a video's last window comes out of
     #    the stream: `gather`). in: all window rows of a video; out: its ledger row.
     return ds
 
