@@ -30,7 +30,7 @@ from pipelines.restore.pipeline import run  # noqa: E402
 FLAGS = ("input", "output", "preset", "weights", "checkpoint", "scale", "size", "height", "codec", "crf",
          "prores_profile", "prompt", "prompts", "sample", "sample_at", "steps", "window", "overlap", "actors",
          "device", "accelerator_type", "lease_minutes", "retry_failed", "deinterlace", "square_pixels",
-         "max_frame_pixels", "check_outputs")
+         "max_frame_pixels", "check_outputs", "run_name")
 
 
 def main(argv: list[str] | None = None) -> int:

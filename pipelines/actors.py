@@ -8,6 +8,7 @@ import logging
 import ray
 
 from pipelines import waits
+from pipelines.job_support import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ def actor_pool(device: str, actors: int | None, accelerator_type: str | None = N
     itself, which has no such GPU, fail at once instead of waiting for ever."""
     gpus = max(int(ray.cluster_resources().get("GPU", 0)), gpu_ceiling())
     use_gpu = device == "gpu" or accelerator_type is not None or (device == "auto" and gpus > 0)
+    if accelerator_type is not None:
+        check_one_gpu_type(accelerator_type)
     if use_gpu:
         waits.check_can_start(gpu_actor_resources(accelerator_type), "a GPU actor",
                               "run on a cluster with GPUs (RAY_ADDRESS or `ray job submit`), or pass --device cpu")
@@ -38,6 +41,32 @@ def gpu_ceiling() -> int:
     (its shuffle sizes itself so), as a cold cluster's GPUs present at start are none."""
     ceiling = ray._private.state.state.get_max_resources_from_cluster_config() or {}
     return int(ceiling.get("GPU", 0))
+
+
+def check_one_gpu_type(accelerator_type: str) -> None:
+    """Raise ConfigError, before any GPU is asked for, if the cluster's autoscaler may start GPU nodes
+    of another type than `accelerator_type`. The actors ask for that type, but Ray Data's own
+    scale-up requests carry only CPU, GPU and memory (Ray 2.60: its rate-based cluster autoscaler
+    turns each operator's resources into such a bundle), which the autoscaler may meet with any GPU
+    node type, and those nodes stay up while the requests last, unused. A cluster config with GPU
+    nodes of one type (cluster/README.md) leaves it no other choice. Without an autoscaler config
+    (a local Ray, a fixed cluster) nothing is started, so nothing is checked."""
+    others = sorted(group.name or str(dict(group.resources)) for group in _node_groups()
+                    if group.resources.get("GPU", 0) > 0 and group.max_count != 0
+                    and group.resources.get(f"accelerator_type:{accelerator_type}", 0) <= 0)
+    if others:
+        raise ConfigError(f"--accelerator-type {accelerator_type}: this cluster's autoscaler may also start GPU nodes "
+                          f"of the types {', '.join(others)}, and Ray Data's own scale-up requests (which name no GPU "
+                          f"type) may start those, unused; launch the cluster from a config whose GPU nodes are all "
+                          f"{accelerator_type} (cluster/README.md, \"Picking the GPU\"), or set their max_workers to 0")
+
+
+def _node_groups() -> list:
+    """The node types of the cluster's autoscaler config (resources, max_count, name), [] without one.
+    A private API (ray._private.state; the config the autoscaler publishes in the GCS): Ray has no
+    public one for the node types an autoscaler may start."""
+    config = ray._private.state.state.get_cluster_config()
+    return list(config.node_group_configs) if config is not None else []
 
 
 def gpu_actor_resources(accelerator_type: str | None) -> dict[str, float]:

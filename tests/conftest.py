@@ -1,4 +1,4 @@
-"""Shared test fixtures: the S3 and GCS test servers (servers.py), the offline Hugging Face hub and the
+"""Shared test fixtures: the S3 and GCS test servers (servers.py), a two-node Ray cluster, the offline Hugging Face hub and the
 weights folders fetched from it (offline_hub.py), the parity fixture folder, and a guard that fails a
 test on an unexpected ERROR log line of ours; plain helpers several test files use are in helpers.py."""
 
@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
+from ray.cluster_utils import Cluster
 from torch import nn
 
 from helpers import REPO, parity, tiny_model
@@ -27,6 +29,20 @@ def parity_dir() -> Path:
 def source() -> nn.Module:
     """A tiny seeded module (Linear + GroupNorm, every value distinctive) to write checkpoints from."""
     return tiny_model(seed=1)
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[Cluster]:
+    """A real two-node Ray cluster on this machine (one CPU each), this process its driver."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    try:
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 OUR_CODE = tuple(str(REPO / package) for package in ("star_model", "pipelines", "jobs"))

@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -219,6 +221,22 @@ def run_job(input_url: str | Path, output_url: str | Path, *extra: str, timeout:
                            *TINY, *extra], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def end_process_group(process: subprocess.Popen) -> None:
+    """Give the Ray processes of a killed driver a moment to go (Ray's reaper ends them), then end
+    whatever is left of the process group this test started (`start_new_session=True`)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_here(input_url: str | Path, output_url: str | Path) -> dict:
     """The restore job's run in this process, with the TINY settings; its summary. For a run that
     restores nothing (it starts no Ray): a job command would cost a Python, torch and Ray start."""
@@ -242,10 +260,10 @@ def latest_by_rel(rows: Iterable[dict]) -> pa.Table:
     return ledger.latest(ledger._table(list(rows), ledger.VIDEO_SCHEMA))
 
 
-def restore_run(output: str | Path, run_id: str = "r", settings: str = "s", read_at: datetime | None = None
-                ) -> RestoreRun:
+def restore_run(output: str | Path, run_id: str = "r", settings: str = "s", read_at: datetime | None = None,
+                name: str = "") -> RestoreRun:
     """A run of the restore job over `output` as its driver makes one (`read_at`: now by default)."""
-    return RestoreRun(OutputLayout(str(output)), run_id, settings, read_at or datetime.now(timezone.utc))
+    return RestoreRun(OutputLayout(str(output)), run_id, settings, read_at or datetime.now(timezone.utc), name=name)
 
 
 def load_job(name: str):

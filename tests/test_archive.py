@@ -4,7 +4,6 @@ ledger, summary, reruns, incremental runs, kill-and-resume, and configuration er
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -20,8 +19,8 @@ import pyarrow.dataset as pads
 import pytest
 from PIL import Image
 
-from helpers import (JOB, REPO, TINY, assert_same_timing, audio_only, decode_all, job_env, latest_rows, load_job,
-                     make_clip, media, noisy_frames, read_summary, real_clips, run_job)
+from helpers import (JOB, REPO, TINY, assert_same_timing, audio_only, decode_all, end_process_group, job_env,
+                     latest_rows, load_job, make_clip, media, noisy_frames, read_summary, real_clips, run_job)
 from pipelines.media.probe import probe, probe_timestamps
 from pipelines.restore.rows import video_id
 
@@ -213,7 +212,7 @@ def test_changed_sources_are_restored_and_a_killed_run_resumes(tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
-        _end_process_group(process)
+        end_process_group(process)
     assert output_files(output)["reels/dove_002.mp4"] == before["reels/dove_002.mp4"]  # not half-replaced
 
     resumed = run_job(archive, output)
@@ -248,20 +247,6 @@ def wait_for_file(folder: Path, pattern: str, process: subprocess.Popen, timeout
     raise AssertionError(f"nothing matching {folder}/{pattern} within {timeout} s")
 
 
-def _end_process_group(process: subprocess.Popen) -> None:
-    """Give the Ray processes of a killed driver a moment to go (Ray's reaper ends them), then end
-    whatever is left of the process group this test started."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.mark.timeout(60)

@@ -137,6 +137,7 @@ def problems(config: dict) -> list[str]:
     if config.get("max_workers") != sum(t.get("max_workers", 0) for t in workers.values()):
         out.append("max_workers must be the sum of the worker types' max_workers")
     gpu_types: set[str] = set()
+    enabled: set[str] = set()  # GPU types the autoscaler may start
     cpu_types = []
     for name, node in workers.items():
         res = node["resources"]
@@ -145,7 +146,7 @@ def problems(config: dict) -> list[str]:
             out.append(f"{name}: unknown machine {machine(config, node['node_config'])}: add it to MACHINES")
             continue
         vcpus, ram_gib, gpus, accel = known
-        if not node.get("max_workers", 0) >= 1:
+        if not node.get("max_workers", 0) >= (1 if not gpus else 0):
             out.append(f"{name}: max_workers must be at least 1")
         if not 0 < res.get("CPU", 0) <= vcpus:
             out.append(f"{name}: CPU {res.get('CPU')} for a machine with {vcpus} vCPUs")
@@ -158,6 +159,8 @@ def problems(config: dict) -> list[str]:
             out.append(f"{name}: memory {res.get('memory')} must be declared, at most 70% of {ram_gib} GiB")
         if gpus:
             gpu_types.add(accel)
+            if node.get("max_workers", 0) > 0:
+                enabled.add(accel)
             out += gpu_node_problems(config, name, node, gpus, accel)
         else:
             cpu_types.append(name)
@@ -167,6 +170,9 @@ def problems(config: dict) -> list[str]:
         out.append("no CPU worker type (probing, scene detection, assembly)")
     if gpu_types != WANTED_GPUS:
         out.append(f"GPU types cover {sorted(gpu_types)}, want {sorted(WANTED_GPUS)}")
+    # Ray Data's scale-up requests name no GPU type: with two enabled, --accelerator-type is refused.
+    if len(enabled) != 1:
+        out.append(f"the autoscaler may start GPUs of {sorted(enabled)}: enable exactly one GPU type")
 
     # Same Ray and Python everywhere, and the Ray the client runs.
     images = [config["docker"]["image"], *(t.get("docker", {}).get("worker_image") for t in workers.values())]
@@ -279,6 +285,9 @@ MUTATIONS = [
     ("accelerator name Ray does not use",
      _set("available_node_types.gpu_a100.resources.accelerator_type:A100-SXM4", 1), "properties"),
     ("8-GPU machine declared as 1 GPU", _set("available_node_types.gpu_h100.resources.GPU", 1), "properties"),
+    ("two GPU types enabled",
+     lambda c: (_set("available_node_types.gpu_a100.max_workers", 2)(c), _set("max_workers", c["max_workers"] + 2)(c)),
+     "properties"),
     ("more memory than the machine", _set("available_node_types.cpu.resources.memory", 64 * 2**30), "properties"),
     ("no CPU worker type", _set("available_node_types.cpu", _DELETE), "properties"),
     ("GPU type on the CPU image",

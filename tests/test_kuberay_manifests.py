@@ -16,6 +16,9 @@ import jsonschema
 import pytest
 import ray
 
+from pipelines.restore.pipeline import GPU_ACTOR_MEMORY
+from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT
+from pipelines.weights import DEFAULT_CACHE
 from cluster_files import (DOCKERFILE, KUBERAY, RAY_ACCELERATORS, README, REPO, documents, generated_configmaps,
                            kustomization, RAY_KINDS,
                            k8s_errors, manifests, pod_specs, ray_pod_templates, shell_words, the)
@@ -182,6 +185,16 @@ def test_rays_autoscaler_reads_the_cluster_as_intended():
     # The job cannot count GPUs that do not exist yet: --actors is the GPU groups' capacity.
     assert int(args[args.index("--actors") + 1]) == sum(t["max_workers"] * t["resources"]["GPU"] for t in gpu.values())
     assert args[args.index("--device") + 1] == "gpu"
+    assert cluster["autoscalerOptions"]["version"] == "v2"
+    for name, t in gpu.items():
+        # The README's host budget: the actor's declared memory and two windows of 1080p x4 frames
+        # (~10.6 GiB each) in flight.
+        assert t["resources"]["memory"] >= GPU_ACTOR_MEMORY + WINDOWS_IN_FLIGHT * 10.6 * 2**30, name
+        pod = next(g for g in cluster["workerGroupSpecs"] if g["groupName"] == name)["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        (mount,) = [m for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] == "weights-cache"]
+        assert "ephemeral" in volumes["weights-cache"], name
+        assert DEFAULT_CACHE.replace("~", "/home/ray").startswith(mount["mountPath"]), name
 
 
 def test_one_image_at_the_installed_ray_version():

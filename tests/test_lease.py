@@ -53,11 +53,19 @@ class Clock:
         return self.now
 
 
-def started(root: str, run_id: str, clock: Clock) -> Leases:
+def started(root: str, run_id: str, clock: Clock, name: str = "") -> Leases:
     """A run whose heartbeat is written but not renewed: what a crashed run leaves behind."""
-    leases = Leases(restore_run(root, run_id), TTL, clock)
+    leases = Leases(restore_run(root, run_id, name=name), TTL, clock)
     leases._beat(finished=False)
     return leases
+
+
+def elsewhere(root: str, run_id: str, **changes) -> None:
+    """Make a run's heartbeat say its driver runs on another machine (so only its expiry, its name or
+    its node can tell it dead), with `changes`."""
+    record = json.loads(storage.read_bytes(OutputLayout(root).run_file(run_id)))
+    storage.write_bytes_atomic(OutputLayout(root).run_file(run_id), json.dumps(
+        {**record, "host": "elsewhere/pid:[1]", "pid": 999_999_999, **changes}).encode())
 
 
 # -- create_exclusive ------------------------------------------------------------------------------
@@ -144,9 +152,7 @@ def test_a_run_on_another_machine_is_trusted_until_expiry(tmp_path):
     root = str(tmp_path / "out")
     clock = Clock()
     claim_all(started(root, "run-a", clock), SOURCES)
-    record = json.loads(storage.read_bytes(OutputLayout(root).run_file("run-a")))
-    storage.write_bytes_atomic(OutputLayout(root).run_file("run-a"),
-                               json.dumps({**record, "host": "elsewhere/pid:[1]", "pid": 999_999_999}).encode())
+    elsewhere(root, "run-a")
     assert claim_all(started(root, "run-b", clock), SOURCES).mine == []
 
 

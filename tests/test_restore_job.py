@@ -154,3 +154,14 @@ def test_each_deinterlace_option_has_its_own_key_and_a_bad_one_is_refused_before
     with pytest.raises(ConfigError, match="--deinterlace 'yes': choose one of auto, off, field, frame"):
         validate(job)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_run_name_is_the_flag_else_the_ray_job_submission_id(monkeypatch):
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert JOB.run_label() == ""
+    # What Ray's job supervisor gives the driver of `ray job submit --submission-id nightly-2026-12-07`.
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {}, "metadata": {"job_submission_id": "nightly-2026-12-07", "job_name": "nightly-2026-12-07"}}))
+    assert JOB.run_label() == "nightly-2026-12-07"
+    assert dataclasses.replace(JOB, run_name="retry-me").run_label() == "retry-me"
+    assert dataclasses.replace(JOB, run_name="retry-me").settings_key() == JOB.settings_key()

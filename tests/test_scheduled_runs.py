@@ -1,10 +1,11 @@
 """Scheduled restoration: two runs over the same output at once never restore the same video (each
 claims a video as it starts on it: the second leaves what the first holds and restores what is new), the nightly run after them
-restores nothing, and the job's Prometheus metrics are exported by Ray with the documented names."""
+restores nothing, a retry takes over what its killed try and dead runs held, and the job's Prometheus metrics are exported by Ray with the documented names."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -17,8 +18,8 @@ import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import (JOB, REPO, TINY, free_port, job_env, latest_rows, make_clip, media, noisy_frames, read_summary,
-                     real_clips, run_here, shrink)
+from helpers import (JOB, REPO, TINY, end_process_group, free_port, job_env, latest_rows, make_clip, media,
+                     noisy_frames, read_summary, real_clips, run_here, shrink)
 from pipelines import storage
 from pipelines.restore.job import ArchiveJob
 from pipelines.restore.layout import OutputLayout
@@ -27,9 +28,10 @@ from pipelines.restore.pipeline import run
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
-def start_job(archive: Path, output: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(JOB), "--input", str(archive), "--output", str(output), *TINY],
-                            cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_job(archive: Path, output: Path, *extra: str, new_session: bool = False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(JOB), "--input", str(archive), "--output", str(output), *TINY,
+                             *extra], cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=new_session)
 
 
 def wait_for_claims(output: Path, count: int, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -83,28 +85,43 @@ def test_two_concurrent_runs_never_restore_the_same_video(tmp_path):
     assert (summary["restored"], summary["skipped_done"], summary["skipped_leased"]) == (0, 3, 0)
 
 
-def test_a_retry_takes_over_the_videos_of_a_run_that_died(tmp_path):
-    """The driver of a run was lost (its head pod evicted): its heartbeat stops, its leases stay. The
-    retry waits for that heartbeat to expire instead of leaving the videos to a dead run, then restores
-    them: nothing is left to other runs."""
+def test_a_retry_takes_over_its_killed_try_at_once_and_a_dead_runs_videos_once_they_expire(tmp_path):
+    """The driver of a named run is killed once it has claimed both clips, on a head pod that is then
+    lost (its heartbeat names another host; its lease time, 10 minutes, is far ahead). A third video is
+    held by a dead run of another name, whose heartbeat expires in 45 s. The retry, of the same name,
+    takes its killed try's videos over at once (waiting for that expiry would outlast the test), then
+    restores the third once its holder expired: every video finishes, none is left to other runs."""
     archive, output = tmp_path / "archive", tmp_path / "restored"
     real_clips(archive)
+    first = start_job(archive, output, "--run-name", "nightly-20261207", new_session=True)
+    try:
+        wait_for_claims(output, 2, first)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        end_process_group(first)
     layout = OutputLayout(str(output))
+    (killed,) = (output / "_ledger" / "_runs").glob("*.json")
+    record = json.loads(killed.read_text())
+    assert not record["finished"] and record["name"] == "nightly-20261207" and record["node"]
+    lost = {key: value for key, value in record.items() if key not in ("cluster", "node")}  # its cluster went too
+    storage.write_bytes_atomic(str(killed), json.dumps({**lost, "host": "a-lost-head-pod/pid:[1]"}).encode())
+
+    (archive / "new").mkdir()
+    make_clip(archive / "new/added.mp4", noisy_frames(4, size=(32, 24), seed=4))
     dead = "20260101T000000Z-dead00"
-    expires = datetime.now(timezone.utc) + timedelta(seconds=45)  # past the retry's own claims
     storage.write_bytes_atomic(layout.run_file(dead), json.dumps(
-        {"run": dead, "host": "a-lost-head-pod", "pid": 1, "started_at": "2026-01-01T00:00:00+00:00",
-         "expires_at": expires.isoformat(), "finished": False}).encode())
-    for rel in ("faces/eyes.mp4", "reels/dove_002.mp4"):
-        storage.write_bytes_atomic(f"{layout.lease_folder(rel)}/{0:012d}.json", json.dumps(
-            {"run": dead, "rel": rel, "at": "2026-01-01T00:00:00+00:00"}).encode())
-    retry = subprocess.run([sys.executable, str(JOB), "--input", str(archive), "--output", str(output), *TINY,
-                            "--lease-minutes", "0.1"], cwd=REPO, env=job_env(), capture_output=True, text=True,
-                           timeout=300)
-    assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
-    assert "waiting for 2 videos held by runs that have not renewed their leases" in retry.stdout
+        {"run": dead, "name": "manual", "host": "another-pod/pid:[1]", "pid": 1,
+         "started_at": "2026-01-01T00:00:00+00:00", "finished": False,
+         "expires_at": (datetime.now(timezone.utc) + timedelta(seconds=45)).isoformat()}).encode())
+    storage.write_bytes_atomic(f"{layout.lease_folder('new/added.mp4')}/{0:012d}.json", json.dumps(
+        {"run": dead, "rel": "new/added.mp4", "at": "2026-01-01T00:00:00+00:00"}).encode())
+
+    # The third is restored in the retry's first pass if its claim came after that expiry, else after it
+    # (`_take_over`): either way, in this run.
+    finish(start_job(archive, output, "--run-name", "nightly-20261207"))
     summary = read_summary(output)
-    assert (summary["done"], summary["skipped_leased"], summary["leased_by"]) == (2, 0, [])
+    assert (summary["done"], summary["failed"], summary["skipped_leased"], summary["leased_by"]) == (3, 0, 0, [])
     assert {row["status"] for row in latest_rows(output).values()} == {"done"}
 
 

@@ -5,26 +5,12 @@ from __future__ import annotations
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from pipelines import shared_storage
 from pipelines.job_support import ConfigError
 from pipelines.shared_storage import check_shared
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def two_nodes():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address)
-    try:
-        cluster.wait_for_nodes()
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_a_folder_every_node_sees_passes_and_leaves_nothing(two_nodes, tmp_path):

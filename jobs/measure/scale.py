@@ -201,20 +201,19 @@ def run_case(store: str, videos: int, changed: int, work: str) -> dict:
             **json.loads(child.stdout.strip().splitlines()[-1])}
 
 
-def pipeline_rate(clips: int, preset: str, work: str) -> dict:
-    """Videos per minute through `upscale_archive.py` over `clips` 1-second 64x48 clips."""
+def write_clips(archive: Path, clips: int, frames: int = 24) -> None:
+    """`clips` copies of one `frames`-frame 64x48 clip at 24 fps under `archive` (`rel_of`)."""
     import av
     import numpy as np
 
-    archive, output = Path(work) / "clips", Path(work) / "restored"
-    first = archive / "batch00000" / "clip0000000.mp4"
+    first = archive / rel_of(0)
     first.parent.mkdir(parents=True)
     rng = np.random.default_rng(0)
     with av.open(str(first), "w") as out:
         stream = out.add_stream("libx264", rate=24)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(24):
-            frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) // 4 + i * 4
+        for i in range(frames):
+            frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) // 4 + i * 4 % 192
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         out.mux(stream.encode())
     data = first.read_bytes()
@@ -222,6 +221,12 @@ def pipeline_rate(clips: int, preset: str, work: str) -> dict:
         path = archive / rel_of(i)
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(data)
+
+
+def pipeline_rate(clips: int, preset: str, work: str) -> dict:
+    """Videos per minute through `upscale_archive.py` over `clips` 1-second 64x48 clips."""
+    archive, output = Path(work) / "clips", Path(work) / "restored"
+    write_clips(archive, clips)
     started = time.perf_counter()
     job_script = Path(__file__).resolve().parents[1] / "upscale_archive.py"
     job = subprocess.run([sys.executable, str(job_script), "--input", str(archive),

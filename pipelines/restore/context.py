@@ -33,6 +33,7 @@ class RestoreRun:
     settings: str  # the settings key (`ArchiveJob.settings_key`): the ledger's `settings` column
     read_at: datetime  # when the run read the ledger: a video finished elsewhere since is not claimed
     square_pixels: bool = False  # outputs resampled to square pixels (the job's --square-pixels)
+    name: str = ""  # the run's name (`ArchiveJob.run_label`): earlier tries of the same name are taken over
     output_format: OutputFormat = OutputFormat()  # the job's --codec, --crf, --prores-profile
     target: TargetSize | None = None  # the job's --size or --height; None: delivered at the model's scale
     prompt: str = ""  # the job's --prompt: a video with a prompt of its own (prompts.py) has its own key

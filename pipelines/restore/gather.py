@@ -32,10 +32,11 @@ ASSEMBLY_MEMORY = 2 * 2**30
 
 
 def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceFile],
-           failed_before: dict[str, tuple[str, int]]) -> Iterator[dict[str, Any]]:
+           failed_before: dict[str, tuple[str, int]], gate: ray.actor.ActorHandle) -> Iterator[dict[str, Any]]:
     """Each video's ledger row as it finishes, every video of `sources` exactly once (lost work
     included: see faults.py). `dataset`: the restore pipeline (`pipeline.build_dataset`), whose
-    window rows come out in any order.
+    window rows come out in any order; each video's ticket goes back to `gate` (plan_gate.py) as its
+    last window comes out.
 
     Assembly (CPU task per video, 1 CPU: x264 encode) starts as soon as a video's last window comes
     out of the stream, so finished videos appear while others are restoring. in: all window rows of a
@@ -52,6 +53,7 @@ def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceF
             if len(video) == row[WINDOWS]:
                 video = waiting.pop(row[VIDEO_ID])
                 arrived.add(row[VIDEO_ID])
+                gate.leave.remote()  # its planning ticket: the next video may be planned
                 if row[STATUS] in (LEASED, DONE_ELSEWHERE):  # another run's: nothing to assemble or record
                     yield video[0]
                     continue

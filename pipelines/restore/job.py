@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -78,6 +79,9 @@ class ArchiveJob:
     # Runs over the same output skip the videos another live run holds; a crashed run's videos are free
     # after this long.
     lease_minutes: float = DEFAULT_TTL / timedelta(minutes=1)
+    # Tries of one submission share a name (a RayJob's retries, a scheduled name submitted again): a run takes
+    # over the videos an earlier, unfinished run of its name holds at once. Default: the Ray job submission id.
+    run_name: str | None = None
     # About this many done videos' outputs are checked (exist, same size) per run, another batch each run; the
     # output tree is never listed. 0: trust the ledger.
     check_outputs: int = CHECKS_PER_RUN
@@ -147,6 +151,17 @@ class ArchiveJob:
             return BICUBIC_WARNING
         return TINY_WARNING if self.weights is None and preset.shipped is None else None
 
+    def run_label(self) -> str:
+        """The run's name (`liveness`): --run-name, else the submission id `ray job submit` gave the
+        driver, else "" (no takeover by name)."""
+        if self.run_name is not None:
+            return self.run_name
+        # Ray's job supervisor passes the submission id in the driver's environment, in its job config
+        # metadata: a private contract (ray._private.runtime_env.constants, dashboard job common.py),
+        # read here because Ray has no public API for a driver's own submission id.
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        return config.get("metadata", {}).get("job_submission_id", "")
+
     def settings_key(self) -> str:
         """12 hex digits of the settings (sorted JSON): the ledger's `settings` column."""
         return hashlib.sha1(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
@@ -157,7 +172,7 @@ class ArchiveJob:
 # (prompts: each video's own prompt counts in its own key, RestoreRun.key_for; sample: a sample is made with
 # the settings of the full run it previews.)
 RUN_ONLY = frozenset({"input", "output", "weights", "actors", "device", "accelerator_type", "lease_minutes",
-                      "retry_failed", "max_frame_pixels", "check_outputs", "prompts", "sample", "sample_at"})
+                      "retry_failed", "max_frame_pixels", "check_outputs", "prompts", "sample", "sample_at", "run_name"})
 # Fields that count through what they make (`settings`): the output format (only what it uses, and only
 # when it is not the former fixed H.264 crf 16) and the target size.
 DERIVED = frozenset({"codec", "crf", "prores_profile", "size", "height"})
@@ -215,6 +230,8 @@ def _validate(job: ArchiveJob) -> RestoreConfig:
                          f"drop one of them")
     if not job.lease_minutes > 0:
         raise ValueError(f"--lease-minutes {job.lease_minutes}: need a positive number of minutes")
+    if job.run_name is not None and not job.run_name.strip():
+        raise ValueError(f"--run-name {job.run_name!r}: give a name, or leave the flag out")
     if job.check_outputs < 0:
         raise ValueError(f"--check-outputs {job.check_outputs}: need 0 or more")
     if job.deinterlace not in OPTIONS:

@@ -3,13 +3,15 @@ manual one, or a nightly run that is still going when the next starts) never res
 once. A run claims each video it is about to restore; a video another live run holds is skipped and
 left to that run.
 
-    <output>/_ledger/_runs/<run id>.json                {run, host, pid, started_at, expires_at, finished}
+    <output>/_ledger/_runs/<run id>.json                {run, name, host, pid, cluster, node, started_at,
+                                                         expires_at, finished}
     <output>/_ledger/_leases/<key of rel>/<gen>.json    {run, rel, at}: the newest generation holds the video
 
 A lease is held while the run that wrote the newest generation is alive: its heartbeat file says
 `finished: false` and an `expires_at` still ahead (the run rewrites it every `ttl / 5`), and, when
 the run is on this very machine, its process still exists. So a run that ends frees all its leases
-at once, and a run that crashed (killed driver, lost node) frees them when its heartbeat expires.
+at once, and a run that crashed (killed driver, lost node) frees them when its heartbeat expires, or
+at once for a retry of the same submission and where its node is known lost (liveness.py).
 
 Claiming writes generation n + 1 with a create-if-absent put (`storage.create_exclusive`: an
 exclusive hard link on local disk, a conditional put on S3 and GCS): of two runs that race for a
@@ -28,9 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +39,8 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.restore.context import RestoreRun
-from pipelines.restore.layout import OutputLayout
+from pipelines.restore.liveness import alive as run_alive
+from pipelines.restore.liveness import ray_location, this_process
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,16 @@ class Leases:
             except Exception:  # noqa: BLE001 - a store hiccup; the next beat tries again, well before expiry
                 log.warning("could not renew the heartbeat of run %s", self.run_id, exc_info=True)
 
+    def renew(self) -> None:
+        """Renew the heartbeat now: once Ray is up, so that it names this driver's cluster and node
+        (`liveness`: a retry on that cluster takes over at once if the node is lost)."""
+        self._beat(finished=False)
+
     def _beat(self, *, finished: bool) -> None:
         now = self.clock()
-        record = {"run": self.run_id, **_this_process(), "started_at": self.started_at.isoformat(),
-                  "expires_at": (now + self.ttl).isoformat(), "finished": finished}
+        record = {"run": self.run_id, "name": self.run.name, **this_process(), **ray_location(),
+                  "started_at": self.started_at.isoformat(), "expires_at": (now + self.ttl).isoformat(),
+                  "finished": finished}
         storage.write_bytes_atomic(self.run.layout.run_file(self.run_id), json.dumps(record).encode())
 
 
@@ -117,7 +124,7 @@ def claim_video(run: RestoreRun, rel: str, fingerprint: str = "", *, clock: Cloc
     this `fingerprint` and the run's settings (`record_finished`) after `run.read_at` (when this run
     read the ledger) is not claimed: another run did it since. (One finished before is in the ledger:
     if this run restores it anyway, its output was found gone.)"""
-    alive = alive or _AliveCache(run.layout, clock)
+    alive = alive or _AliveCache(run, clock)
     run_id, done_key = run.run_id, run.done_key(fingerprint) if fingerprint else ""
     folder = run.layout.lease_folder(rel)
     for _ in range(_CLAIM_TRIES):
@@ -175,9 +182,9 @@ def live_holder(run: RestoreRun, rel: str, clock: Clock = _utc_now) -> tuple[str
         return None
     holder = _read_json(_generation_url(folder, generations[-1])).get("run", "")
     record = _read_json(run.layout.run_file(holder)) if holder and holder != run.run_id else {}
-    if not _alive(record, clock()):
+    if not run_alive(record, clock(), run.name, run.run_id):
         return None
-    here = record.get("host") == _this_process()["host"] and record.get("pid") is not None
+    here = record.get("host") == this_process()["host"] and record.get("pid") is not None
     return holder, None if here else datetime.fromisoformat(record["expires_at"])
 
 
@@ -200,49 +207,17 @@ def check_held(run: RestoreRun, rel: str) -> None:
 class _AliveCache:
     """Is a run alive? Read once per run per claim pass: thousands of leases share a few runs."""
 
-    def __init__(self, layout: OutputLayout, clock: Clock):
-        self.layout, self.clock = layout, clock
+    def __init__(self, run: RestoreRun, clock: Clock):
+        self.run, self.clock = run, clock
         self.known: dict[str, bool] = {}
         self.lock = threading.Lock()
 
     def __call__(self, run_id: str) -> bool:
         with self.lock:
             if run_id not in self.known:
-                self.known[run_id] = _alive(_read_json(self.layout.run_file(run_id)), self.clock())
+                record = _read_json(self.run.layout.run_file(run_id))
+                self.known[run_id] = run_alive(record, self.clock(), self.run.name, self.run.run_id)
             return self.known[run_id]
-
-
-def _alive(record: dict[str, Any], now: datetime) -> bool:
-    if not record or record.get("finished", True):
-        return False  # no heartbeat (deleted by hand, or never written) or a finished run
-    if datetime.fromisoformat(record["expires_at"]) <= now:
-        return False  # crashed: stopped renewing
-    here = _this_process()
-    if record.get("host") == here["host"] and record.get("pid") is not None:
-        # Same machine and same PID namespace: a vanished process is dead now, no need to wait
-        # for the expiry (a killed local run, a restarted head pod that kept its hostname).
-        return _pid_exists(int(record["pid"]))
-    return True
-
-
-def _this_process() -> dict[str, Any]:
-    """Where this run's driver lives. `host` includes the PID namespace on Linux, so two containers
-    that share a hostname (host networking) never judge each other's PIDs."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return {"host": f"{socket.gethostname()}/{namespace}", "pid": os.getpid()}
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _generations(folder: str) -> list[int]:

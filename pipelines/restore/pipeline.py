@@ -32,6 +32,7 @@ from pipelines.restore.gather import failed_video, gather, source_row
 from pipelines.restore.job import ArchiveJob, validate
 from pipelines.restore.layout import OutputLayout
 from pipelines.restore.lease import Leases, live_holder
+from pipelines.restore.plan_gate import PlanGate, admit, tickets
 from pipelines.restore.outputs import missing_outputs
 from pipelines.restore.plan_stage import claim_and_plan
 from pipelines.restore.prompts import with_prompts
@@ -75,7 +76,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
     #    not listed: the ledger says what is done, and a batch of those outputs is checked.
     sources, skipped, selection, restore_run = plan_run(job, input_root, layout, run_id)
     # This run's claims (taken as work starts on each video) hold while its heartbeat beats.
-    with Leases(restore_run, timedelta(minutes=job.lease_minutes)):
+    with Leases(restore_run, timedelta(minutes=job.lease_minutes)) as leases:
         # Copies of sources known by content (`cp -r`, another bucket): recorded under their new
         # fingerprints, so the next run knows them without reading them.
         ledger.write_videos(layout, f"{run_id}-copies", recognised_rows(selection.copied, run_id))
@@ -92,8 +93,8 @@ def run(job: ArchiveJob) -> dict[str, Any]:
         try:
             with stop_on_signals():
                 if selection.todo:
-                    _restore_all(job, selection, sources, restore_run, stats)
-                    _take_over(job, selection, sources, restore_run, stats)
+                    _restore_all(job, selection, sources, restore_run, stats, leases)
+                    _take_over(job, selection, sources, restore_run, stats, leases)
                 else:
                     log.info("nothing to restore: every video under %s is done or an unchanged bad input", input_root)
         except Stopped as e:  # the leases are freed on the way out; what finished is in the summary
@@ -113,7 +114,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
 
 
 def _take_over(job: ArchiveJob, selection: Selection, sources: Sequence[SourceFile], run: RestoreRun,
-               stats: RunStats) -> None:
+               stats: RunStats, leases: Leases) -> None:
     """Restore the videos another run held when this one reached them, once those runs are found dead.
 
     A run whose driver or head was lost (this run is, most likely, its retry) keeps its leases until
@@ -140,7 +141,7 @@ def _take_over(job: ArchiveJob, selection: Selection, sources: Sequence[SourceFi
         log.info("taking over %d videos whose runs ended or died", len(free))
         stats.retake(free)
         todo = [s for s in selection.todo if s.rel in set(free)]
-        _restore_all(job, dataclasses.replace(selection, todo=todo), sources, run, stats)
+        _restore_all(job, dataclasses.replace(selection, todo=todo), sources, run, stats, leases)
 
 
 def _compact(run: RestoreRun) -> None:
@@ -164,7 +165,7 @@ def _merge_journals(run: RestoreRun) -> None:
 
 
 def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[SourceFile], run: RestoreRun,
-                 stats: RunStats) -> None:
+                 stats: RunStats, leases: Leases) -> None:
     """Restore `selection.todo` (each claimed as work on it starts), counting each finished one in
     `stats` (and the metrics)."""
     todo, refused = split_clashes(selection.todo, sources, run.layout.root)
@@ -176,6 +177,7 @@ def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[Source
         return
     # stop_on_signals after ray_started: ray.init() sets a SIGTERM handler of its own (a bare exit)
     with ray_started(), stop_on_signals():
+        leases.renew()  # the heartbeat now names this driver's node (a retry takes over if it is lost)
         check_shared(job.input, "--input", writable=False)  # workers read the sources
         check_shared(job.output, "--output")  # and stage, assemble and record there
         if job.weights is not None:  # every GPU node's actors load them (a bucket is copied to each node)
@@ -184,8 +186,10 @@ def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[Source
         # GPU actors asked for before any GPU exists: a line every minute while the autoscaler adds one.
         gpus = job.device == "gpu" or job.accelerator_type is not None
         with waits.waiting_lines(gpu_actor_resources(job.accelerator_type) if gpus else {}, "the restore actors"):
-            dataset = build_dataset(job, run, source_tables(todo, selection.failed_before))
-            for video in gather(dataset, run, todo, selection.failed_before):
+            use_gpu, actors = actor_pool(job.device, job.actors, job.accelerator_type)
+            gate = PlanGate.remote(tickets(actors))
+            dataset = build_dataset(job, run, source_tables(todo, selection.failed_before), gate, use_gpu, actors)
+            for video in gather(dataset, run, todo, selection.failed_before, gate):
                 if video[STATUS] in (LEASED, DONE_ELSEWHERE):
                     stats.skip(video)
                 else:
@@ -207,7 +211,7 @@ def plan_run(job: ArchiveJob, input_root: str, layout: OutputLayout, run_id: str
     read_at = ledger.now()
     run = RestoreRun(layout, run_id, job.settings_key(), read_at, square_pixels=job.square_pixels,
                      output_format=job.output_format(), target=job.target(), prompt=job.prompt,
-                     sample=job.excerpt())
+                     sample=job.excerpt(), name=job.run_label())
     own_keys = {s.rel: run.key_for(s.prompt) for s in sources if s.prompt != job.prompt}
     selection = select(sources, ledger.read_state(layout), run.settings, video_settings=own_keys,
                        retry_failed=job.retry_failed, digests=_digests,
@@ -233,11 +237,12 @@ def _digests(sources: Sequence[SourceFile]) -> dict[str, str]:
         return dict(pool.map(digest, sources))
 
 
-def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table]) -> ray.data.Dataset:
+def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table], gate: ray.actor.ActorHandle,
+                  use_gpu: bool, actors: int) -> ray.data.Dataset:
     """The restore pipeline, top to bottom: `sources` (the videos to restore, `source_tables`) in,
     restored (or failed) window rows out, which the driver gathers into videos and assembles
-    (`gather`). Lazy: nothing runs until the rows are read."""
-    use_gpu, actors = actor_pool(job.device, job.actors, job.accelerator_type)
+    (`gather`, which gives each video's `gate` ticket back). `actors` restore actors at most, on
+    GPUs if `use_gpu` (`actors.actor_pool`). Lazy: nothing runs until the rows are read."""
     set_fault_options()
 
     # 1. Sources: the rows go to the object store in bounded chunks (the driver holds a reference per
@@ -246,10 +251,15 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
     ds = ray.data.from_arrow_refs([ray.put(table) for table in sources])
     ds = ds.repartition(target_num_rows_per_block=1)
 
-    # 2. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
+    # 2. Admission (one task at a time, no CPU): a video waits for a ticket of the run's `gate`, so
+    #    planning runs at most a few videos ahead of the restore actors (plan_gate.py; Ray Data's
+    #    byte-based backpressure never acts on small rows). in, out: a source row.
+    ds = ds.map(admit, fn_kwargs=dict(gate=gate), num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
+
+    # 3. Scenes (CPU tasks, 1 CPU: probe and PySceneDetect decode one stream each): fan out a video
     #    into its windows, or into one failed row. in: a source row; out: window rows (plan_stage).
-    #    Each video is claimed first and its row completed (video_id, output_stem, staging:
-    #    `claim_and_plan`).
+    #    Each video is claimed as it is taken and its row completed (video_id, output_stem, staging:
+    #    `claim_and_plan`); a plan an earlier run kept is read instead of decoding again (saved_plan.py).
     ds = ds.flat_map(claim_and_plan, fn_kwargs=dict(run=run, window=job.window, overlap=job.overlap,
                                                     detector=job.detector, deinterlace=job.deinterlace,
                                                     max_pixels=job.max_frame_pixels, scale=job.scale),
@@ -258,7 +268,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
     # taking the whole block (and a block lost with its actor is one window).
     ds = ds.repartition(target_num_rows_per_block=1)
 
-    # 3. Restore (actor pool, one GPU per actor; model loaded once per actor): decode the window,
+    # 4. Restore (actor pool, one GPU per actor; model loaded once per actor): decode the window,
     #    run STAR, write the staging segment. in: window rows; out: + status, error, segment,
     #    seconds, reused, device. batch_size must be an int when GPUs are requested. Two windows per
     #    actor at once on threads (true multi-threading: otherwise Ray Data runs one call at a time),
@@ -279,7 +289,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table])
         accelerator_type=job.accelerator_type,
     )
 
-    # 4. Assemble (CPU task per video, started by the driver as a video's last window comes out of
+    # 5. Assemble (CPU task per video, started by the driver as a video's last window comes out of
     #    the stream: `gather`). in: all window rows of a video; out: its ledger row.
     return ds
 

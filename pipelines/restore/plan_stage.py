@@ -16,7 +16,7 @@ from pipelines.media.packet_log import PacketLog
 from pipelines.media.scenes import probe_scenes
 from pipelines.media.target_size import TargetSize
 from pipelines.media.video_info import BadVideo, check_restorable, has_alpha
-from pipelines.restore import metrics
+from pipelines.restore import metrics, saved_plan
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.faults import SCENES_SECONDS_PER_FRAME, describe, read_limit, time_limit, unreadable
 from pipelines.restore.lease import claim_video
@@ -52,7 +52,17 @@ def claim_and_plan(row: dict[str, Any], *, run: RestoreRun, **plan: Any) -> list
     if changed:
         metrics.failure("scenes", permanent=False)
         return [failed_row(row, changed, permanent=False)]
-    return plan_video(row, codec=run.output_format.codec, target=run.target, sample=run.sample, **plan)
+    url = saved_plan.plan_url(row, plan.get("max_pixels"))
+    kept = saved_plan.load(url)
+    if kept is not None:  # an earlier run planned it and did not finish it: no decode again
+        metrics.windows_planned(len(kept))
+        video = {key: value for key, value in row.items() if key != OUTPUT_STEM}
+        return [{**video, **window, **_outcome(PENDING)} for window in kept]
+    windows = plan_video(row, codec=run.output_format.codec, target=run.target, sample=run.sample,
+                         **plan)
+    if windows[0][STATUS] == PENDING:
+        saved_plan.save(url, row, windows)
+    return windows
 
 
 def _changed_since_listed(row: dict[str, Any]) -> str | None:

@@ -76,6 +76,9 @@ ASSEMBLE_SECONDS = "assemble_seconds"
 RUN_ID = "run_id"
 FINISHED_AT = "finished_at"
 
+# The columns the restore stage fills in (the scenes stage sets them to a pending or failed outcome).
+OUTCOME = (STATUS, ERROR, PERMANENT, SEGMENT, SECONDS, REUSED, DEVICE)
+
 PENDING, DONE, FAILED = "pending", "done", "failed"
 # Videos the scenes stage did not take (its claim found them): another live run holds it, or another
 # run finished it since this run read the ledger. They pass the restore stage untouched.
