@@ -70,8 +70,14 @@ class StarPreset:
         return 8 if self.cog is not None else self.vae.downsample
 
     def restore_config(self, **overrides: Any) -> RestoreConfig:
-        """The preset's restore settings: RestoreConfig's defaults, then the preset's, then `overrides`."""
-        return RestoreConfig(**{**dict(self.restore_defaults), **overrides})
+        """The preset's restore settings: RestoreConfig's defaults, then the preset's, then `overrides`;
+        ValueError for settings its sampler cannot take (cogvideox)."""
+        config = RestoreConfig(**{**dict(self.restore_defaults), **overrides})
+        if self.cog is not None:
+            from star_model.cogvideox.restore import check_config
+
+            check_config(config)
+        return config
 
     def shipped_file(self, scale: int) -> Path:
         """The shipped weights for upscaling by `scale`: the file trained at that scale, else at the nearest
