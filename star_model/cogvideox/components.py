@@ -17,10 +17,14 @@ SPATIAL_COMPRESSION = 8
 
 class T5Text:
     """prompt -> T5 `last_hidden_state` (1, text_length, D) float32: padded to max_length, truncated, no
-    attention mask (official FrozenT5Embedder; diffusers' CogVideoXPipeline tokenizes the same way)."""
+    attention mask (official FrozenT5Embedder; diffusers' CogVideoXPipeline tokenizes the same way).
+
+    The model lives on the CPU and visits `device` for each new prompt (a job has one): T5-XXL's 9.5 GB
+    would otherwise sit beside the DiT through the whole sampler (the official moves models off the GPU
+    between phases too)."""
 
     def __init__(self, model, tokenizer, length: int, device: torch.device | str = "cpu") -> None:
-        self.model = model.to(device).eval()
+        self.model = model.eval()
         self.tokenizer = tokenizer
         self.length = length
         self.device = torch.device(device)
@@ -36,7 +40,11 @@ class T5Text:
         if prompt not in self._cache:
             ids = self.tokenizer([prompt], padding="max_length", max_length=self.length, truncation=True,
                                  add_special_tokens=True, return_tensors="pt").input_ids
-            hidden = self.model(input_ids=to_device(ids, self.device)).last_hidden_state  # (1, L, D)
+            self.model.to(self.device)
+            try:
+                hidden = self.model(input_ids=to_device(ids, self.device)).last_hidden_state  # (1, L, D)
+            finally:
+                self.model.to("cpu")
             self._cache = {prompt: hidden.float().cpu()}
         return self._cache[prompt]
 
