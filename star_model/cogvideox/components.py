@@ -131,14 +131,14 @@ class CogVae:
 
 def load_vae(folder: Path, cfg: CogConfig, device: torch.device | str = "cpu",
              dtype: torch.dtype = torch.bfloat16) -> CogVae:
-    """`folder`/vae (THUDM/CogVideoX-5b's subfolder vae). The network's latent scale is the config's (the
-    STAR yaml's scale_factor), which the VAE's own config must agree with."""
+    """The VAE in `folder` (THUDM/CogVideoX-5b's subfolder vae). The network's latent scale is the config's
+    (the STAR yaml's scale_factor), which the VAE's own config must agree with."""
     from diffusers import AutoencoderKLCogVideoX
 
-    model = AutoencoderKLCogVideoX.from_pretrained(folder / "vae", torch_dtype=dtype).to(device)
+    model = AutoencoderKLCogVideoX.from_pretrained(folder, torch_dtype=dtype).to(device)
     if abs(model.config.scaling_factor - cfg.vae_scaling) > 1e-6:
-        raise ValueError(f"{folder / 'vae'} has scaling_factor {model.config.scaling_factor}; the {cfg.name} "
-                         f"network was trained with {cfg.vae_scaling} (fetch the VAE of its base model)")
+        raise ValueError(f"{folder} has scaling_factor {model.config.scaling_factor}; the {cfg.name} network was "
+                         f"trained with {cfg.vae_scaling} (fetch the VAE of its base model)")
     return CogVae(model, cfg.vae_scaling)
 
 
