@@ -3,6 +3,7 @@ and the parity command on shared/parity_cogvideox."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from helpers import REPO, shared
 from star_model.checkpoint import CheckpointError
 from star_model.cogvideox.config import FIVE_B, TINY, TWO_B, config_from_shapes
 from star_model.cogvideox.keymap import ENGINE_PREFIX, sat_to_ours, unwrap_engine
-from star_model.cogvideox.network import CogStarNetwork, network_from_state
+from star_model.cogvideox.network import CogStarNetwork, build_network, network_from_state
 from star_model.cogvideox.weights import convert_sat, read_network
 
 
@@ -119,3 +120,15 @@ def test_parity_command_passes_on_the_cogvideox_fixtures(fixture):
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("cog.forward.output", "cog.sampler.replay.state", "cog.sampler.output"):
         assert any(line.startswith("ok") and name in line for line in result.stdout.splitlines()), result.stdout
+
+
+def test_the_2b_layout_with_sin_cos_positions_loads_from_meta_and_runs_at_any_size():
+    """Its sin-cos table is a non-persistent buffer: left on meta by the strict load unless remade."""
+    cfg = dataclasses.replace(TINY, name="tiny-sincos", position="sincos")
+    built = build_network(cfg)
+    loaded = network_from_state(cfg, built.transformer.state_dict())
+    x, context, t = torch.randn(1, 4, 16, 8, 12), torch.randn(1, 6, 40), torch.tensor([3.0])
+    with torch.no_grad():
+        assert torch.equal(built(x, x, t, context), loaded(x, x, t, context))
+        other = torch.randn(1, 2, 16, 10, 14)
+        assert loaded(other, other, t, context).shape == other.shape

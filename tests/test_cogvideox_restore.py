@@ -10,11 +10,12 @@ import torch
 from helpers import read_summary, run_job, small_archive
 from star_model.cogvideox.components import tiny_t5, tiny_vae
 from star_model.cogvideox.config import FIVE_B, TINY
-from star_model.cogvideox.memory import plan_memory, tile_grid
+from star_model.cogvideox.memory import plan_memory
 from star_model.cogvideox.network import build_network
 from star_model.cogvideox.restore import CogRestorer
 from star_model.cogvideox.sampler import denoiser_table, dynamic_cfg_scale, sampler_steps
 from star_model.presets import get_preset, load_restorer, restore_settings
+from star_model.tiles import plan_tiles
 from star_model.weights_folder import missing_weights
 
 GiB = 2**30
@@ -67,7 +68,7 @@ def test_the_plan_tiles_large_frames_at_the_trained_latent_size():
     small = plan_memory(FIVE_B, (60, 90), 13, 40 * GiB, torch.bfloat16)
     assert small.tile is None and small.latent_window == 13
     uhd = plan_memory(FIVE_B, (136, 240), 20, 40 * GiB, torch.bfloat16)  # 1080p, padded to 1088
-    assert uhd.tile == (60, 90) and uhd.latent_window == 13 and tile_grid((136, 240), uhd.tile, 16) == (3, 4)
+    assert uhd.tile == (60, 90) and uhd.latent_window == 13 and len(plan_tiles(136, 240, 60, 90, 16)) == 3 * 4
     tight = plan_memory(FIVE_B, (136, 240), 13, 4 * GiB, torch.bfloat16)
     assert tight.tile[0] < 60 and tight.estimated_bytes <= tight.budget_bytes
     with pytest.raises(ValueError, match="not enough device memory"):

@@ -16,7 +16,6 @@ import logging
 import torch
 
 from star_model.cogvideox.config import CogConfig
-from star_model.latent_windows import plan_spans
 from star_model.memory import SAFETY, MemoryPlan
 
 log = logging.getLogger(__name__)
@@ -36,15 +35,6 @@ def tokens(cfg: CogConfig, frames: int, tile: tuple[int, int]) -> int:
 def estimate_bytes(cfg: CogConfig, dtype: torch.dtype, frames: int, tile: tuple[int, int]) -> int:
     element = torch.finfo(dtype).bits // 8
     return int(1.5 * GUIDANCE_BATCH * tokens(cfg, frames, tile) * BLOCK_COPIES * cfg.hidden * element)
-
-
-def weights_bytes(cfg: CogConfig, dtype: torch.dtype) -> int:
-    """The network's parameters in `dtype`, counted on the meta device (5,570,483,880 for the 5B with LIEM)."""
-    from star_model.cogvideox.network import CogStarNetwork
-
-    with torch.device("meta"):
-        network = CogStarNetwork(cfg)
-    return sum(p.numel() for p in network.parameters()) * (torch.finfo(dtype).bits // 8)
 
 
 def plan_memory(cfg: CogConfig, latent_hw: tuple[int, int], frames: int, free_bytes: int, dtype: torch.dtype, *,
@@ -80,10 +70,3 @@ def _tile_candidates(cfg: CogConfig, h: int, w: int) -> list[tuple[int, int]]:
         candidates.append((th // 2 + th // 2 % 2, tw // 2 + tw // 2 % 2))
     return candidates
 
-
-def tile_grid(latent_hw: tuple[int, int], tile: tuple[int, int] | None, overlap: int) -> tuple[int, int]:
-    """(rows, columns) of tiles the restorer lays over a latent frame with this plan (for reports)."""
-    if tile is None:
-        return 1, 1
-    return (len(plan_spans(latent_hw[0], tile[0], min(overlap, tile[0] - 1))),
-            len(plan_spans(latent_hw[1], tile[1], min(overlap, tile[1] - 1))))

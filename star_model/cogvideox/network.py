@@ -8,9 +8,7 @@ Weights in our layout are the diffusers keys plus `transformer_blocks.{i}.{spa_l
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +16,6 @@ from torch import Tensor, nn
 from star_model.checkpoint import CheckpointError, compare_keys
 from star_model.cogvideox.config import CogConfig
 from star_model.cogvideox.liem import LiemGrid, add_liem
-
-log = logging.getLogger(__name__)
 
 # SAT's final layer normalises with eps 1e-6; diffusers' norm_out takes norm_eps (1e-5, which the blocks
 # need): 1.7e-5 apart on the tiny fixture, so norm_out gets the official value after construction.
@@ -104,10 +100,3 @@ def network_from_state(cfg: CogConfig, state: Mapping[str, Tensor], *, device: t
                                                                            device=torch.device(device))
     return network.eval()
 
-
-def save_network(network: CogStarNetwork, path: str | Path, metadata: dict[str, str]) -> None:
-    """Our layout as one safetensors file, with the position kind in its metadata (config_from_shapes)."""
-    import safetensors.torch
-
-    tensors = {k: v.detach().contiguous() for k, v in network.transformer.state_dict().items()}
-    safetensors.torch.save_file(tensors, str(path), metadata={"position": network.cfg.position, **metadata})

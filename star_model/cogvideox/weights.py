@@ -17,7 +17,6 @@ from star_model.cogvideox.keymap import position_of, sat_to_ours, unwrap_engine
 
 log = logging.getLogger(__name__)
 
-SAT_FILE = "mp_rank_00_model_states.pt"  # SAT's name for a model-parallel rank's weights
 SAT_MODULE_KEY = "module"
 
 

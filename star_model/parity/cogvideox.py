@@ -16,8 +16,7 @@ from star_model.cogvideox.guidance import guide, x0_pair
 from star_model.cogvideox.keymap import position_of, sat_to_ours, unwrap_engine
 from star_model.cogvideox.config import config_from_shapes
 from star_model.cogvideox.network import CogStarNetwork, network_from_state
-from star_model.cogvideox.sampler import (denoiser_table, dynamic_cfg_scale, quantized_alpha, sample_vpsde_dpmpp_2m,
-                                          sampler_steps)
+from star_model.cogvideox.sampler import denoiser_table, dynamic_cfg_scale, sample_vpsde_dpmpp_2m, sampler_steps
 from star_model.parity import Check, compare
 from star_model.sampler import replayed_noise
 
