@@ -151,4 +151,5 @@ def tiny_vae(cfg: CogConfig, seed: int = 0, device: torch.device | str = "cpu",
         torch.manual_seed(seed)
         model = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=cfg.latent_channels,
                                        layers_per_block=1, norm_num_groups=4, scaling_factor=cfg.vae_scaling)
-    return CogVae(model.to(device, dtype), cfg.vae_scaling)
+    model = model.to(device) if dtype == torch.float32 else model.to(device, dtype)  # built in float32
+    return CogVae(model, cfg.vae_scaling)
