@@ -16,14 +16,14 @@ import logging
 import torch
 
 from star_model.cogvideox.config import CogConfig
-from star_model.memory import SAFETY, MemoryPlan
+from star_model.memory import SAFETY, SAMPLER_LATENT_COPIES, MemoryPlan
 
 log = logging.getLogger(__name__)
 
 # hidden-wide tensors per token alive in a block at its peak: stream, modulated copy, q, k, v, attention
 # output (6), MLP input and its 4x intermediate before and after GELU (1 + 8)
 BLOCK_COPIES = 15
-MIN_TILE = 16  # latent pixels: two patches of 8 frames' worth of context at the least
+MIN_TILE = 16  # latent pixels (8x8 patches): below that a tile's border is most of it
 GUIDANCE_BATCH = 2
 
 
@@ -41,8 +41,9 @@ def plan_memory(cfg: CogConfig, latent_hw: tuple[int, int], frames: int, free_by
                 latent_window: int | None = None, tile: tuple[int, int] | None = None) -> MemoryPlan:
     """The longest window up to the config's (13), the clip's if shorter; then the largest even tile up to the
     trained latent size that fits. Explicit `latent_window` and `tile` are kept (a warning if too big)."""
-    budget = int(free_bytes * SAFETY)
     h, w = latent_hw
+    # the float32 latents of the whole clip beside a forward (LR latent, noise, state, x̂0s, blend sums)
+    budget = int(free_bytes * SAFETY) - SAMPLER_LATENT_COPIES * frames * cfg.latent_channels * h * w * 4
     window = latent_window or min(frames, cfg.latent_window)
     if tile is not None:
         need = estimate_bytes(cfg, dtype, window, tile)
