@@ -47,9 +47,8 @@ class CogStarNetwork(nn.Module):
         if key not in self._rope:
             from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
-            cos, sin = get_3d_rotary_pos_embed(self.cfg.head_dim, ((0, 0), (h, w)), (h, w), frames,
-                                               use_real=True, device=device)
-            self._rope = {key: (cos, sin)}  # one size at a time: tiles and windows share theirs
+            cos, sin = get_3d_rotary_pos_embed(self.cfg.head_dim, ((0, 0), (h, w)), (h, w), frames, use_real=True)
+            self._rope = {key: (cos.to(device), sin.to(device))}  # one size at a time: tiles and windows share theirs
         return self._rope[key]
 
     def forward(self, x_t: Tensor, lr_latent: Tensor, t: Tensor, context: Tensor) -> Tensor:
@@ -96,7 +95,7 @@ def network_from_state(cfg: CogConfig, state: Mapping[str, Tensor], *, device: t
     if getattr(patch_embed, "pos_embedding", None) is not None:
         # 2B: the sin-cos table is a non-persistent buffer, still on meta; diffusers' own formula again
         sample_h, sample_w = cfg.sample_hw
-        patch_embed.pos_embedding = patch_embed._get_positional_embeddings(sample_h, sample_w, cfg.sample_frames,
-                                                                           device=torch.device(device))
+        table = patch_embed._get_positional_embeddings(sample_h, sample_w, cfg.sample_frames)
+        patch_embed.pos_embedding = table.to(device)
     return network.eval()
 
