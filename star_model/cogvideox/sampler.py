@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,7 +68,8 @@ def sampler_steps(steps: int, snr_shift: float = 1.0) -> Steps:
     √ᾱ at the smallest t, not at t = 0)."""
     if not 1 <= steps <= NUM_TIMESTEPS:
         raise ValueError(f"steps={steps} must be in 1..{NUM_TIMESTEPS}")
-    timesteps = [int(NUM_TIMESTEPS - 1 - k * (NUM_TIMESTEPS - 1) / steps) for k in range(steps)]
+    # numpy's own linspace, as the official: its float rounding decides where a truncation lands
+    timesteps = np.linspace(NUM_TIMESTEPS - 1, 0, steps, endpoint=False).astype(int).tolist()
     ascending = torch.tensor(timesteps[::-1])
     sqrt_alphas = _rescale_zero_snr(_alphas_cumprod(snr_shift)[ascending].sqrt())
     return Steps(timesteps, sqrt_alphas.flip(0).float())
