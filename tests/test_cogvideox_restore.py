@@ -28,8 +28,8 @@ def test_the_schedule_is_zero_terminal_snr_and_the_steps_trailing():
     assert steps.timesteps[:3] == [999, 979, 959] and steps.timesteps[-1] == 19
     assert steps.alphas[0] == 0 and steps.alphas[-1] > table[19]  # rescaled over the subsample: above the 1000-table
     assert dynamic_cfg_scale(6.0, 999, 50) == pytest.approx(2.2914871745)  # the official quirk, not a ramp
-    with pytest.raises(ValueError, match="steps=0"):
-        sampler_steps(0)
+    with pytest.raises(ValueError, match="steps=1"):
+        sampler_steps(1)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +56,12 @@ def test_any_size_and_frame_count_restores_and_tiles_and_windows_blend(restorer)
 
 def test_settings_the_sampler_cannot_take_fail_early():
     preset = get_preset("cogvideox")
-    for bad in (dict(guide_rescale=0.2), dict(solver_mode="fast"), dict(padding="official")):
+    for bad in (dict(guide_rescale=0.2), dict(solver_mode="fast"), dict(padding="official"), dict(steps=1)):
         with pytest.raises(ValueError, match="cogvideox preset cannot restore"):
             preset.restore_config(**bad)
     with pytest.raises(ValueError, match="odd|even"):
         CogRestorer(build_network(TINY), tiny_t5(TINY), tiny_vae(TINY),
-                    restore_settings("cogvideox-tiny", 2, 1).replace(tile=(3, 4)))(np.zeros((1, 8, 8, 3), np.uint8))
+                    restore_settings("cogvideox-tiny", 2, 2).replace(tile=(3, 4)))(np.zeros((1, 8, 8, 3), np.uint8))
 
 
 def test_the_plan_tiles_large_frames_at_the_trained_latent_size():

@@ -44,6 +44,8 @@ def check_config(config: RestoreConfig) -> None:
     """ValueError naming every setting the CogVideoX sampler cannot take."""
     wrong = [f"{name}={getattr(config, name)!r} (needs {value!r})" for name, value in FIXED.items()
              if getattr(config, name) != value]
+    if config.steps < 2:
+        wrong.append(f"steps={config.steps} (needs 2 or more: the zero-SNR rescale spans the steps)")
     if wrong:
         raise ValueError(f"the cogvideox preset cannot restore with {', '.join(wrong)}")
 

@@ -66,8 +66,8 @@ def sampler_steps(steps: int, snr_shift: float = 1.0) -> Steps:
     """The official discretization for `steps` steps: np.linspace(999, 0, n, endpoint=False) truncated to
     integers (diffusers' "trailing"), and the zero-SNR rescale taken over those steps only (its a_0 is
     √ᾱ at the smallest t, not at t = 0)."""
-    if not 1 <= steps <= NUM_TIMESTEPS:
-        raise ValueError(f"steps={steps} must be in 1..{NUM_TIMESTEPS}")
+    if not 2 <= steps <= NUM_TIMESTEPS:  # one step has no range to rescale over (0/0)
+        raise ValueError(f"steps={steps} must be in 2..{NUM_TIMESTEPS}")
     # numpy's own linspace, as the official: its float rounding decides where a truncation lands
     timesteps = np.linspace(NUM_TIMESTEPS - 1, 0, steps, endpoint=False).astype(int).tolist()
     ascending = torch.tensor(timesteps[::-1])
