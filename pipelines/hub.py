@@ -22,7 +22,8 @@ from pipelines import storage
 from pipelines.reachable import check_reachable
 from pipelines.weights import MANIFEST, file_sizes, read_manifest
 from star_model.checkpoint import DTYPES, PUBLISHED_SHA256, CheckpointError, convert_to_safetensors, sha256_of
-from star_model.weights_folder import CHECKPOINT_NAMES, DEFAULT_CHECKPOINT, STAR_REPO, TEXT_REPO, VAE_REPO
+from star_model.weights_folder import (CHECKPOINT_NAMES, COG_CHECKPOINT, COG_SAT_FILE, DEFAULT_CHECKPOINT, STAR_REPO,
+                                       TEXT_REPO, VAE_REPO)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,16 @@ log = logging.getLogger(__name__)
 TEXT_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
               "tokenizer_config.json", "special_tokens_map.json")
 VAE_VARIANTS = {"fp16": ".fp16", "fp32": ""}  # the SVD repository holds both; the official code loads fp16
+# The CogVideoX STAR's T5-XXL and VAE come from its base model's repository: the 5B's by default; the 2B's
+# for a checkpoint of 2B shapes (official issue #33), whose VAE config carries the 2B latent scale.
+COG_BASES = {"cogvideox": "THUDM/CogVideoX-5b", "cogvideox-2b": "THUDM/CogVideoX-2b"}
+VARIANTS = ("i2vgen", *COG_BASES)
+# Files of the base repository as diffusers lays it out (names as listed on the Hub; not checked here)
+COG_TEXT_FILES = ("text_encoder/config.json", "text_encoder/model.safetensors.index.json",
+                  "text_encoder/model-00001-of-00002.safetensors", "text_encoder/model-00002-of-00002.safetensors",
+                  "tokenizer/spiece.model", "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json",
+                  "tokenizer/added_tokens.json")
+COG_VAE_FILES = ("vae/config.json", "vae/diffusion_pytorch_model.safetensors")
 
 
 class FetchError(ValueError):
@@ -49,7 +60,7 @@ class _Part:
 
 def fetch(dest: str, checkpoints: Sequence[str] = (DEFAULT_CHECKPOINT,), dtype: str = "fp32", *, keep_pt: bool = False,
           vae_variant: str = "fp16", revisions: Mapping[str, str] | None = None,
-          expected_sha256: Mapping[str, str] = PUBLISHED_SHA256) -> dict[str, Any]:
+          expected_sha256: Mapping[str, str] = PUBLISHED_SHA256, variant: str = "i2vgen") -> dict[str, Any]:
     """Download the STAR checkpoint(s), the text encoder and the VAE into the weights folder `dest`
     (local, s3:// or gs://) and return its manifest.
 
@@ -60,8 +71,16 @@ def fetch(dest: str, checkpoints: Sequence[str] = (DEFAULT_CHECKPOINT,), dtype: 
     pins "star", "text" or "vae" to a branch, tag or commit (default main). A re-run skips the parts the
     manifest records with the same request whose files are intact (on local disk their SHA-256 is
     checked again, in a bucket their size).
+
+    `variant` "cogvideox" (or "cogvideox-2b") fetches the CogVideoX STAR's layout instead (weights_folder.py):
+    its SAT file, converted to star/cogvideox.safetensors (no digest is published for it: its SHA-256 is
+    recorded, not checked), and T5-XXL and the VAE of the base model; `checkpoints` and `vae_variant` do
+    not apply.
     """
-    parts = _plan(checkpoints, dtype, keep_pt, vae_variant, dict(revisions or {}))
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: choose one of {VARIANTS}")
+    parts = (_cog_plan(variant, dtype, keep_pt, dict(revisions or {})) if variant in COG_BASES
+             else _plan(checkpoints, dtype, keep_pt, vae_variant, dict(revisions or {})))
     check_reachable(dest, writable=True)
     old = read_manifest(dest) if storage.exists(storage.join(dest, MANIFEST)) else {"files": {}}
     old_parts, old_files, listed = old.get("parts", {}), old["files"], file_sizes(dest)
@@ -77,6 +96,8 @@ def fetch(dest: str, checkpoints: Sequence[str] = (DEFAULT_CHECKPOINT,), dtype: 
         if "checkpoint" in part.request:
             digests[part.name] = _verified_digest(downloads[part.name][0], part.request["checkpoint"],
                                                   expected_sha256)
+        elif "sat" in part.request:  # nothing published to check it against: recorded in the manifest
+            digests[part.name] = sha256_of(downloads[part.name][0])
     # 2. Write the files. The old manifest goes first, so the folder reads incomplete until step 3.
     storage.remove(storage.join(dest, MANIFEST))
     renewed = {p.name for p in todo}
@@ -125,6 +146,19 @@ def _plan(checkpoints: Sequence[str], dtype: str, keep_pt: bool, vae_variant: st
                     {"repo": STAR_REPO, "revision": star, "checkpoint": c, "dtype": dtype, "keep_pt": keep_pt})
               for c in checkpoints]
     return parts
+
+
+def _cog_plan(variant: str, dtype: str, keep_pt: bool, revisions: dict[str, str]) -> list[_Part]:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    if set(revisions) - {"star", "text", "vae"}:
+        raise ValueError(f"revisions {revisions}: the parts are star, text and vae")
+    base = COG_BASES[variant]
+    star, text, vae = (revisions.get(k, "main") for k in ("star", "text", "vae"))
+    return [_Part("vae", base, tuple((f, f) for f in COG_VAE_FILES), {"repo": base, "revision": vae}),
+            _Part("text", base, tuple((f, f) for f in COG_TEXT_FILES), {"repo": base, "revision": text}),
+            _Part(f"star/{COG_CHECKPOINT}", STAR_REPO, ((COG_SAT_FILE, "star/mp_rank_00_model_states.pt"),),
+                  {"repo": STAR_REPO, "revision": star, "sat": COG_CHECKPOINT, "dtype": dtype, "keep_pt": keep_pt})]
 
 
 def _same_request(old_parts: Mapping[str, Any], part: _Part) -> bool:
@@ -196,16 +230,22 @@ def _commit(path: str, repo_path: str) -> str | None:
 def _outputs(part: _Part, downloads: list[str], dest: str, staging: Path) -> list[tuple[str, str]]:
     """(path in the weights folder, local file to publish there) for a downloaded part; the STAR .pt
     is converted first, into `dest` itself when it is local, else into `staging`."""
-    if "checkpoint" not in part.request:
+    if "checkpoint" not in part.request and "sat" not in part.request:
         return [(rel, path) for (_, rel), path in zip(part.files, downloads)]
-    name, (pt,) = part.request["checkpoint"], downloads
+    name, (pt,) = part.request.get("checkpoint") or part.request["sat"], downloads
     fs, dest_path = storage.filesystem(dest)
     base = Path(dest_path) if isinstance(fs, LocalFileSystem) else staging
     rel = f"star/{name}.safetensors"
     log.info("converting %s to %s (%s)", pt, rel, part.request["dtype"])
-    converted = convert_to_safetensors(pt, base / rel, part.request["dtype"])
+    if "sat" in part.request:  # the CogVideoX STAR: its key map, LoRA merged (lazily: diffusers' classes)
+        from star_model.cogvideox.weights import convert_sat
+
+        convert_sat(pt, base / rel, part.request["dtype"])
+        converted = base / rel
+    else:
+        converted = convert_to_safetensors(pt, base / rel, part.request["dtype"])
     outputs = [(rel, str(converted))]
-    return outputs + [(f"star/{name}.pt", pt)] if part.request["keep_pt"] else outputs
+    return outputs + [(part.files[0][1], pt)] if part.request["keep_pt"] else outputs
 
 
 def _publish(local: str, dest: str, rel: str) -> None:

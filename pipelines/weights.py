@@ -23,7 +23,7 @@ from pipelines import listing, storage
 from pipelines.reachable import check_reachable
 from star_model.checkpoint import CheckpointError, sha256_of
 from star_model.presets import StarPreset, resolve_weights
-from star_model.weights_folder import DEFAULT_CHECKPOINT, incomplete_message, missing_weights
+from star_model.weights_folder import DEFAULT_CHECKPOINT, incomplete_message, missing_weights, used_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def check(preset: StarPreset, url: str | None, checkpoint: str | None = DEFAULT_
     except ValueError as e:
         raise ValueError(f"--weights {url}: {e}") from e
     files = file_sizes(url)
-    problems = missing_weights(files, checkpoint)
+    problems = missing_weights(files, checkpoint, preset.variant)
     if MANIFEST not in files and not isinstance(storage.filesystem(url)[0], LocalFileSystem):
         problems.append(f"no {MANIFEST}: a bucket folder is copied to the nodes only with the sizes and SHA-256 "
                         "it records")
@@ -72,7 +72,7 @@ def digest(preset: StarPreset, url: str | None, checkpoint: str | None = DEFAULT
 
     A shipped-layout file (nano; without `url`, the shipped file for `scale`): its SHA-256. A folder
     with a manifest: the manifest's size and SHA-256 of the files this checkpoint uses
-    (star/<checkpoint>.*, text/, vae/). A local folder without one: those files' sizes and
+    (star/<checkpoint>.*, text/, vae/; for CogVideoX star/, text_encoder/, tokenizer/, vae/). A local folder without one: those files' sizes and
     modification times (a copy of it counts as new weights; jobs/fetch_weights.py writes manifests). No weights: "random"; no model (bicubic): "none".
     """
     if not preset.has_model:
@@ -81,7 +81,7 @@ def digest(preset: StarPreset, url: str | None, checkpoint: str | None = DEFAULT
         return sha256_of(url or preset.shipped_file(scale))[:16]
     if url is None:
         return "random"
-    used = ("text/", "vae/", f"star/{checkpoint}.")
+    used = used_prefixes(checkpoint, preset.variant)
     if storage.exists(storage.join(url, MANIFEST)):
         files = {rel: entry for rel, entry in read_manifest(url)["files"].items() if rel.startswith(used)}
     else:

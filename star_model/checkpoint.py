@@ -95,8 +95,10 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> str:
 # Reading
 
 
-def read_state_dict(path: str | os.PathLike) -> StateDict:
-    """Read a checkpoint file into a flat {name: tensor} dict without executing anything in it."""
+def read_state_dict(path: str | os.PathLike, under: str | None = None) -> StateDict:
+    """Read a checkpoint file into a flat {name: tensor} dict without executing anything in it.
+    `under`: the tensors sit under this key of the file's top-level dict (SAT's "module"), beside
+    entries that are not tensors."""
     path = Path(path)
     _require_file(path)
     suffix = path.suffix.lower()
@@ -107,6 +109,10 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty")
     raw = _read_safetensors(path) if suffix == SAFETENSORS_SUFFIX else _read_torch(path)
+    if under is not None:
+        if not isinstance(raw, Mapping) or not isinstance(raw.get(under), Mapping):
+            raise CheckpointError(f"{path}: holds no mapping of tensors under {under!r}")
+        raw = raw[under]
     return _as_state_dict(path, raw)
 
 
@@ -236,11 +242,21 @@ def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike,
     if dst.suffix.lower() != SAFETENSORS_SUFFIX:
         raise CheckpointError(f"{dst}: the output must end in {SAFETENSORS_SUFFIX}")
     digest = verify_sha256(src, expected_sha256) if expected_sha256 is not None else None
-    tensors = _cast_for_saving(read_state_dict(src), target)
-    metadata = {"format": "pt", "source": src.name, "dtype": str(target).removeprefix("torch.")}
+    metadata = {"source": src.name}
     if digest is not None:
         metadata["source_sha256"] = digest
-    _save_atomically(tensors, dst, metadata)
+    return write_safetensors(read_state_dict(src), dst, target, metadata)
+
+
+def write_safetensors(state: StateDict, dst: str | os.PathLike, dtype: torch.dtype | str,
+                      metadata: dict[str, str]) -> Path:
+    """Write `state` to `dst` atomically, floating tensors cast to `dtype`; the metadata also records the
+    format and the dtype."""
+    dst, target = Path(dst), parse_dtype(dtype)
+    if dst.suffix.lower() != SAFETENSORS_SUFFIX:
+        raise CheckpointError(f"{dst}: the output must end in {SAFETENSORS_SUFFIX}")
+    metadata = {"format": "pt", **metadata, "dtype": str(target).removeprefix("torch.")}
+    _save_atomically(_cast_for_saving(state, target), dst, metadata)
     return dst
 
 

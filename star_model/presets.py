@@ -4,6 +4,8 @@ weights folder (its layout: weights_folder.py) into a ready `StarRestorer`.
 The `tiny` preset runs with random weights when no folder is given (smoke tests), or loads TINY-shaped
 weights from a folder of the same layout with the same strict loaders (tests of the loading path).
 The `bicubic` preset has no model and takes no weights: `load_restorer` gives a `BicubicRestorer` (dry runs).
+The `cogvideox` presets are the official release's second backbone (star_model/cogvideox/): `load_restorer`
+gives a `CogRestorer`; `cogvideox` needs a weights folder of its layout, `cogvideox-tiny` runs random.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from star_model import codec as codec_configs
+from star_model.cogvideox import config as cog_configs
 from star_model.bicubic import BicubicRestorer
 from star_model.codec import CodecConfig, PixelCodec
 from star_model import denoiser_config as denoiser_configs
@@ -27,6 +30,9 @@ from star_model.text import TextEncoder, build_text_model, load_text_encoder, ti
 from star_model.unet import StarDenoiser, load_denoiser
 from star_model.vae import VideoVae, build_vae, load_vae
 from star_model.weights_folder import DEFAULT_CHECKPOINT, WeightPaths, folder_paths
+
+if TYPE_CHECKING:
+    from star_model.cogvideox.restore import CogRestorer
 
 log = logging.getLogger(__name__)
 
@@ -44,20 +50,34 @@ class StarPreset:
     shipped: Mapping[int, Path] | None = None
     # RestoreConfig fields this preset restores with unless the caller says otherwise
     restore_defaults: tuple[tuple[str, Any], ...] = ()
+    # The CogVideoX-based STAR instead of the I2VGen-XL one (denoiser, text and vae are then None): the
+    # nominal size; the real one is read from the checkpoint's shapes
+    cog: cog_configs.CogConfig | None = None
 
     @property
     def has_model(self) -> bool:
         """False for `bicubic`: nothing to load, train or weigh."""
-        return self.denoiser is not None
+        return self.denoiser is not None or self.cog is not None
+
+    @property
+    def variant(self) -> str:
+        """Which backbone, and so which weights-folder layout: "i2vgen" or "cogvideox"."""
+        return "cogvideox" if self.cog is not None else "i2vgen"
 
     @property
     def downsample(self) -> int:
-        """Pixels per latent pixel along each axis (8 for the SVD VAE, the codec's factor for nano)."""
-        return self.vae.downsample
+        """Pixels per latent pixel along each axis (8 for the SVD and CogVideoX VAEs, the codec's for nano)."""
+        return 8 if self.cog is not None else self.vae.downsample
 
     def restore_config(self, **overrides: Any) -> RestoreConfig:
-        """The preset's restore settings: RestoreConfig's defaults, then the preset's, then `overrides`."""
-        return RestoreConfig(**{**dict(self.restore_defaults), **overrides})
+        """The preset's restore settings: RestoreConfig's defaults, then the preset's, then `overrides`;
+        ValueError for settings its sampler cannot take (cogvideox)."""
+        config = RestoreConfig(**{**dict(self.restore_defaults), **overrides})
+        if self.cog is not None:
+            from star_model.cogvideox.restore import check_config
+
+            check_config(config)
+        return config
 
     def shipped_file(self, scale: int) -> Path:
         """The shipped weights for upscaling by `scale`: the file trained at that scale, else at the nearest
@@ -90,6 +110,11 @@ NANO_CARD = SHIPPED_WEIGHTS / "nano.md"  # how both were trained, and what they 
 NANO_RESTORE = (("upscale", "bicubic"), ("solver_mode", "normal"), ("steps", 1), ("guide_scale", 1.0),
                 ("guide_rescale", 0.0), ("start_noise", "shared"), ("tile", (98, 96)))
 
+# The official CogVideoX STAR inference (sample_sr.py and its yaml): bicubic pre-upscale, 50 steps of the
+# VP-SDE DPM++(2M) sampler, DynamicCFG 6 with no rescale; windows (13 latent frames) and tiles from its planner.
+COG_RESTORE = (("upscale", "bicubic"), ("solver_mode", "normal"), ("steps", 50), ("guide_scale", 6.0),
+               ("guide_rescale", 0.0))
+
 PRESETS: dict[str, StarPreset] = {
     "official": StarPreset("official", denoiser_configs.OFFICIAL, text_configs.OFFICIAL, vae_configs.TILED, False),
     "nano": StarPreset("nano", denoiser_configs.NANO, text_configs.TINY, codec_configs.NANO, True,
@@ -98,6 +123,11 @@ PRESETS: dict[str, StarPreset] = {
     # No model: bicubic upscaling, to dry-run an archive on CPUs before GPU hours (bad inputs, outputs,
     # audio, ledger) and to measure the pipeline itself.
     "bicubic": StarPreset("bicubic", None, None, None, True),
+    "cogvideox": StarPreset("cogvideox", None, None, None, False, restore_defaults=COG_RESTORE,
+                            cog=cog_configs.FIVE_B),
+    # random weights of the parity fixture's sizes, a random tiny T5 and VAE: tests of the whole path
+    "cogvideox-tiny": StarPreset("cogvideox-tiny", None, None, None, True, restore_defaults=COG_RESTORE,
+                                 cog=cog_configs.TINY),
 }
 
 
@@ -146,9 +176,10 @@ def resolve_weights(preset: StarPreset, weights: str | Path | None,
                                  f"reinstall the package, or train them with the command in {NANO_CARD}")
         if preset.weights_optional:
             return None
-        raise ValueError(f"preset {preset.name!r} needs --weights DIR holding star/, text/ and vae/ "
+        pieces = "star/, text_encoder/, tokenizer/ and vae/" if preset.cog else "star/, text/ and vae/"
+        raise ValueError(f"preset {preset.name!r} needs --weights DIR holding {pieces} "
                          f"(see star_model/weights_folder.py for the layout)")
-    return folder_paths(Path(weights), checkpoint)
+    return folder_paths(Path(weights), checkpoint, preset.variant)
 
 
 def default_device() -> torch.device:
@@ -176,8 +207,9 @@ def build_models(preset: StarPreset, paths: WeightPaths | None, *, device: torch
     (nano trained from scratch). Random weights depend on `seed` only, so every worker and every
     restart builds the same.
     """
-    if not preset.has_model:
-        raise ValueError(f"preset {preset.name!r} has no model to build; choose nano, official or tiny")
+    if preset.denoiser is None:
+        raise ValueError(f"preset {preset.name!r} has no I2VGen-XL model to build (fine-tuning and the measure "
+                         f"jobs take nano, official or tiny)")
     if paths is not None and preset.shipped is not None:  # another file of the shipped layout
         return load_shipped(preset, device=device, dtype=dtype, path=paths.checkpoint)
     if paths is not None:
@@ -249,7 +281,7 @@ def load_shipped(preset: StarPreset, *, device: torch.device, dtype: torch.dtype
 
 def load_restorer(preset_name: str, weights: str | Path | None = None, *, config: RestoreConfig | None = None,
                   checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None,
-                  dtype: torch.dtype | None = None, seed: int = 0) -> StarRestorer | BicubicRestorer:
+                  dtype: torch.dtype | None = None, seed: int = 0) -> StarRestorer | BicubicRestorer | CogRestorer:
     """Build a StarRestorer for a preset; weights are loaded strictly from the local folder `weights`
     (None: the shipped weights for the config's scale, or random ones for presets where they are
     optional). `config` None: the preset's own restore settings. `bicubic`: a BicubicRestorer (CPU; no
@@ -261,5 +293,9 @@ def load_restorer(preset_name: str, weights: str | Path | None = None, *, config
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     config = config or preset.restore_config()
+    if preset.cog is not None:  # lazily: diffusers' CogVideoX classes only where asked for
+        from star_model.cogvideox.loading import load_cog_restorer
+
+        return load_cog_restorer(preset.cog, paths, config, device=device, dtype=dtype, seed=seed)
     denoiser, text, vae = build_models(preset, paths, device=device, dtype=dtype, seed=seed, scale=config.scale)
     return StarRestorer(denoiser, text, vae, config)

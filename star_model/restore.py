@@ -132,7 +132,7 @@ class StarRestorer:
         # time (32 frames of 1080p x4 are 12.7 GB per float32 copy); the VAE moves bounded groups and
         # tiles of a chunk to the device, so device memory is bounded by the tile sizes.
         deep = isinstance(frames_fhwc_u8, np.ndarray) and frames_fhwc_u8.dtype == np.uint16
-        lr = _to_signed_unit(frames_fhwc_u8)  # (F, 3, h, w) in [-1, 1], CPU
+        lr = to_signed_unit(frames_fhwc_u8)  # (F, 3, h, w) in [-1, 1], CPU
         num_frames, _, height, width = lr.shape
         out_h, out_w = height * cfg.scale, width * cfg.scale
         seed = cfg.seed if seed is None else seed
@@ -214,13 +214,7 @@ class StarRestorer:
         elif cfg.color_fix == "wavelet":
             source = F.interpolate(lr.float(), size=(out_h, out_w), mode="bilinear", align_corners=False)
             video = wavelet_color_fix(video, source)
-        if deep:  # 16-bit in, 16-bit out: the float result never passes through 8 bits (ours)
-            video = (video * 257.0).clamp(0, 65535)
-            video = video.round() if cfg.rounding == "round" else video.floor()
-            return video.to(torch.int32).numpy().astype(np.uint16)
-        video = video.clamp(0, 255)
-        video = video.round() if cfg.rounding == "round" else video.floor()  # floor = astype(uint8)
-        return video.to(torch.uint8).numpy()
+        return quantize_frames(video, deep, cfg.rounding)
 
     def _plan(self, latent_shape: torch.Size) -> tuple[list[Span], list[Tile]]:
         cfg = self.config
@@ -271,11 +265,23 @@ def pre_upscale(lr: Tensor, scale: int, mode: str = "bilinear") -> Tensor:
     return up.clamp(-1, 1) if mode == "bicubic" else up
 
 
+def quantize_frames(video: Tensor, deep: bool, rounding: str) -> np.ndarray:
+    """Float frames (F, H, W, 3) in 0..255 -> uint8, or uint16 when `deep` (16-bit in, 16-bit out: the float
+    result never passes through 8 bits; ours), rounded or truncated (official: astype(uint8))."""
+    if deep:
+        video = (video * 257.0).clamp(0, 65535)
+        video = video.round() if rounding == "round" else video.floor()
+        return video.to(torch.int32).numpy().astype(np.uint16)
+    video = video.clamp(0, 255)
+    video = video.round() if rounding == "round" else video.floor()
+    return video.to(torch.uint8).numpy()
+
+
 def _chunks(num_frames: int, size: int) -> list[slice]:
     return [slice(first, first + size) for first in range(0, num_frames, size)]
 
 
-def _to_signed_unit(frames: np.ndarray | Tensor) -> Tensor:
+def to_signed_unit(frames: np.ndarray | Tensor) -> Tensor:
     """uint8 (F, H, W, 3) -> float32 (F, 3, H, W) in [-1, 1] (official: (x/255 - 0.5)/0.5); uint16
     frames (a 10- or 12-bit source, scaled to 16 bits) likewise over 0..65535 (ours: official is 8-bit only)."""
     deep = isinstance(frames, np.ndarray) and frames.dtype == np.uint16

@@ -7,6 +7,14 @@ where each piece comes from, and what a folder lacks:
     WEIGHTS/vae/                         stabilityai/stable-video-diffusion-img2vid, subfolder vae:
                                          config.json, diffusion_pytorch_model[.fp16].safetensors
     WEIGHTS/manifest.json                optional: sizes and SHA-256 of every file (pipelines/weights.py)
+
+The CogVideoX-based STAR (presets `cogvideox*`) has a layout of its own, its text and VAE in diffusers'
+subfolder names:
+
+    WEIGHTS/star/cogvideox.safetensors   (or the released mp_rank_00_model_states.pt)   SherryX/STAR,
+                                         CogVideoX-5B-based/1/mp_rank_00_model_states.pt
+    WEIGHTS/text_encoder/, tokenizer/    T5-XXL of THUDM/CogVideoX-5b (subfolders text_encoder, tokenizer)
+    WEIGHTS/vae/                         THUDM/CogVideoX-5b, subfolder vae (AutoencoderKLCogVideoX)
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt")  # a converted safetensors file is
 STAR_REPO = "SherryX/STAR"
 TEXT_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 VAE_REPO = "stabilityai/stable-video-diffusion-img2vid"  # gated: accept the licence, then use HF_TOKEN
+COG_REPO = "THUDM/CogVideoX-5b"  # T5-XXL and the VAE of the base model
+COG_CHECKPOINT = "cogvideox"  # star/cogvideox.safetensors: our conversion of the SAT file
+COG_SAT_FILE = "CogVideoX-5B-based/1/mp_rank_00_model_states.pt"  # in STAR_REPO
+Variant = str  # "i2vgen" or "cogvideox": which backbone's layout
 
 
 @dataclass(frozen=True)
@@ -45,12 +57,33 @@ _PIECES: tuple[tuple[str, tuple[tuple[str, ...], ...], str], ...] = (
 )
 
 
-def missing_weights(files: Collection[str], checkpoint: str | None = DEFAULT_CHECKPOINT) -> list[str]:
+_COG_PIECES: tuple[tuple[str, tuple[tuple[str, ...], ...], str], ...] = (
+    ("STAR checkpoint", ((f"star/{COG_CHECKPOINT}.safetensors",), ("star/mp_rank_00_model_states.pt",)),
+     f"{STAR_REPO}, file {COG_SAT_FILE}"),
+    ("T5 text encoder", (("text_encoder/config.json", "text_encoder/model.safetensors.index.json"),
+                         ("text_encoder/config.json", "text_encoder/model.safetensors")),
+     f"{COG_REPO}, subfolder text_encoder"),
+    ("T5 tokenizer", (("tokenizer/spiece.model", "tokenizer/tokenizer_config.json"),),
+     f"{COG_REPO}, subfolder tokenizer"),
+    ("VAE", (("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),), f"{COG_REPO}, subfolder vae"),
+)
+
+
+def used_prefixes(checkpoint: str | None, variant: Variant = "i2vgen") -> tuple[str, ...]:
+    """The paths (prefixes) of a weights folder that a run with this checkpoint reads."""
+    if variant == "cogvideox":
+        return ("star/", "text_encoder/", "tokenizer/", "vae/")
+    return ("text/", "vae/", f"star/{checkpoint}.")
+
+
+def missing_weights(files: Collection[str], checkpoint: str | None = DEFAULT_CHECKPOINT,
+                    variant: Variant = "i2vgen") -> list[str]:
     """Every piece a weights folder holding `files` (posix paths relative to it) lacks, one line each:
-    what it is, which files would do and where they come from. Both presets share the layout.
-    `checkpoint=None`: no STAR checkpoint is needed (fine-tuning from VEnhancer)."""
-    pieces = list(_PIECES)
-    if checkpoint is not None:
+    what it is, which files would do and where they come from. The I2VGen-XL presets share a layout;
+    `checkpoint=None`: no STAR checkpoint is needed (fine-tuning from VEnhancer). The CogVideoX layout
+    has one checkpoint, so `checkpoint` does not apply to it."""
+    pieces = list(_COG_PIECES if variant == "cogvideox" else _PIECES)
+    if checkpoint is not None and variant != "cogvideox":
         if checkpoint not in CHECKPOINT_NAMES:
             raise ValueError(f"checkpoint {checkpoint!r}: choose one of {CHECKPOINT_NAMES}")
         star = tuple((f"star/{checkpoint}{suffix}",) for suffix in CHECKPOINT_SUFFIXES)
@@ -69,13 +102,18 @@ def incomplete_message(where: str, problems: list[str]) -> str:
             "complete one:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def folder_paths(root: Path, checkpoint: str | None = DEFAULT_CHECKPOINT) -> WeightPaths:
+def folder_paths(root: Path, checkpoint: str | None = DEFAULT_CHECKPOINT,
+                 variant: Variant = "i2vgen") -> WeightPaths:
     """The paths of a complete local weights folder; ValueError listing every missing piece and where
-    to get it (`missing_weights`), so a job fails before asking for a GPU."""
+    to get it (`missing_weights`), so a job fails before asking for a GPU. CogVideoX: the checkpoint
+    (our conversion first), the folder itself as `text` (text_encoder/ and tokenizer/), and vae/."""
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    missing = missing_weights(files, checkpoint)
+    missing = missing_weights(files, checkpoint, variant)
     if missing:
         raise ValueError(incomplete_message(str(root), missing))
+    if variant == "cogvideox":
+        star = next(root / f for (f,) in _COG_PIECES[0][1] if (root / f).is_file())
+        return WeightPaths(star, root, root / "vae")
     found = None
     if checkpoint is not None:
         found = next(c for c in (root / "star" / f"{checkpoint}{s}" for s in CHECKPOINT_SUFFIXES) if c.is_file())

@@ -106,6 +106,9 @@ def check_config(cfg: FinetuneConfig) -> None:
 
     Raises ValueError saying what to fix."""
     preset = get_preset(cfg.preset)
+    if preset.cog is not None:
+        raise ValueError(f"preset {cfg.preset!r}: fine-tuning the CogVideoX-based STAR is not implemented (README, "
+                         f"'The CogVideoX-based STAR'); choose nano, official or tiny")
     if not preset.has_model:
         raise ValueError(f"preset {cfg.preset!r} has no model to fine-tune; choose nano, official or tiny")
     check_finetune_weights(preset, cfg)

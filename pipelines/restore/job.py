@@ -29,7 +29,7 @@ from star_model.presets import PRESETS, default_preset, get_preset, restore_sett
 from star_model.restore import RestoreConfig
 from star_model.weights_folder import DEFAULT_CHECKPOINT
 
-TINY_WARNING = "preset 'tiny' has RANDOM weights: its outputs are NOT restorations (pipeline smoke tests only)"
+RANDOM_WARNING = "preset {!r} has RANDOM weights: its outputs are NOT restorations (pipeline smoke tests only)"
 BICUBIC_WARNING = "preset 'bicubic' upscales with plain bicubic interpolation: a dry run, its outputs are NOT restorations"
 
 
@@ -41,8 +41,9 @@ class ArchiveJob:
     input: str  # folder, s3://bucket/prefix or gs://bucket/prefix of the source videos
     output: str  # folder or bucket URL for the restored videos and the ledger
     # nano (shipped with the package; the default without --weights), official (needs --weights; the default
-    # with them: the preset for real work), tiny (random weights without --weights: NOT a restoration) or
-    # bicubic (no model, no weights, CPUs only: a dry run of the archive, NOT a restoration)
+    # with them: the preset for real work), tiny (random weights without --weights: NOT a restoration),
+    # bicubic (no model, no weights, CPUs only: a dry run of the archive, NOT a restoration), cogvideox (the
+    # CogVideoX-based STAR; needs --weights of its layout) or cogvideox-tiny (random: NOT a restoration)
     preset: str | None = None
     weights: str | None = None  # folder or bucket with star/, text/ and vae/ (jobs/fetch_weights.py writes one)
     checkpoint: str = DEFAULT_CHECKPOINT  # light_deg or heavy_deg
@@ -149,7 +150,7 @@ class ArchiveJob:
         preset = get_preset(self.preset)
         if not preset.has_model:
             return BICUBIC_WARNING
-        return TINY_WARNING if self.weights is None and preset.shipped is None else None
+        return RANDOM_WARNING.format(self.preset) if self.weights is None and preset.shipped is None else None
 
     def run_label(self) -> str:
         """The run's name (`liveness`): --run-name, else the submission id `ray job submit` gave the
