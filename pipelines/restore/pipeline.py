@@ -34,6 +34,7 @@ from pipelines.restore.layout import OutputLayout
 from pipelines.restore.lease import Leases, live_holder
 from pipelines.restore.outputs import missing_outputs
 from pipelines.restore.plan_stage import claim_and_plan
+from pipelines.restore.report import write_report
 from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT, RestoreWindows
 from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, LEASED, PREVIOUS_ERROR, REL, REPEATS,
                                     SOURCE, STATUS)
@@ -101,6 +102,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
             _compact(restore_run)
         summary = stats.summary(**header, stopped=stopped, finished_at=ledger.now())
         ledger.write_summary(layout, summary)
+        write_report(layout, summary)
     log.info("%s", format_summary(summary))
     if stopped:
         raise Stopped(getattr(signal, stopped))
