@@ -8,6 +8,7 @@ input's layout), the ledger and its side folders, the leases and heartbeats, and
     <output>/_ledger/_previews/<rel>.png               before/after still per restored video
     <output>/_ledger/_corrupt/                         ledger files that could not be read, set aside
     <output>/_ledger/summary.json                      the latest run's counts
+    <output>/_ledger/report.html                       the latest run's page to look at (report.py)
     <output>/_ledger/_outputs_checked.json             which batch of outputs the next run checks (outputs.py)
     <output>/_ledger/_runs/<run id>.json               run heartbeats (lease.py)
     <output>/_ledger/_leases/<key of rel>/<gen>.json   per-video leases (lease.py)
@@ -70,6 +71,10 @@ class OutputLayout:
     @property
     def summary(self) -> str:
         return self._ledger("summary.json")
+
+    @property
+    def report(self) -> str:
+        return self._ledger("report.html")
 
     @property
     def outputs_cursor(self) -> str:

@@ -36,6 +36,7 @@ from pipelines.restore.plan_gate import PlanGate, admit, tickets
 from pipelines.restore.outputs import missing_outputs
 from pipelines.restore.plan_stage import claim_and_plan
 from pipelines.restore.prompts import with_prompts
+from pipelines.restore.report import write_report
 from pipelines.restore.samples import samples_layout
 from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT, RestoreWindows
 from pipelines.restore.rows import (CHECKSUM, DONE_ELSEWHERE, FINGERPRINT, LEASED, PREVIOUS_ERROR, PROMPT, REL,
@@ -107,6 +108,7 @@ def run(job: ArchiveJob) -> dict[str, Any]:
             _compact(restore_run)
         summary = stats.summary(**header, stopped=stopped, finished_at=ledger.now())
         ledger.write_summary(layout, summary)
+        write_report(layout, summary)
     log.info("%s", format_summary(summary))
     if stopped:
         raise Stopped(getattr(signal, stopped))
