@@ -74,3 +74,13 @@ def no_unexpected_errors(request: pytest.FixtureRequest) -> Iterator[None]:
         root.removeHandler(handler)
     if handler.lines and request.node.get_closest_marker("expect_errors") is None:
         pytest.fail("unexpected ERROR log lines:\n" + "\n".join(handler.lines), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A one-CPU local Ray for the tests of one module, shut down after them."""
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -19,15 +19,6 @@ L4_SPOT = ("gpu_l4_spot", {"CPU": 16, "GPU": 1, "memory": 2**35, "accelerator_ty
 A100 = ("gpu_a100", {"CPU": 96, "GPU": 8, "memory": 2**38, "accelerator_type:A100": 1}, 2)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=1, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 @pytest.fixture
 def publish(local_ray):
     """Publish node types (name, resources, max nodes) as the cluster's autoscaler config."""

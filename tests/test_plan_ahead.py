@@ -4,7 +4,6 @@ run after one that did not finish it reads the plan instead of decoding the sour
 
 from __future__ import annotations
 
-import pytest
 import ray
 
 from helpers import media, restore_run, shrink
@@ -32,15 +31,6 @@ def test_a_video_an_unfinished_run_planned_is_not_decoded_again(tmp_path):
     # A plan is for one limit of frame pixels: under another, the source is decoded again (and fails here).
     (failed,) = claim_and_plan(row, run=restore_run(output, "run-3"), **PLAN, max_pixels=10**6)
     assert failed[STATUS] == FAILED and failed["permanent"]
-
-
-@pytest.fixture
-def local_ray():
-    ray.init(num_cpus=1, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def test_a_video_waits_for_a_ticket_and_takes_the_one_given_back(local_ray):
