@@ -12,6 +12,7 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
+from urllib.parse import unquote
 
 import av
 import numpy as np
@@ -19,6 +20,7 @@ import pyarrow.dataset as pads
 import pytest
 from PIL import Image
 
+from browser import assert_not_blank, screenshot
 from helpers import (JOB, REPO, TINY, assert_same_timing, audio_only, decode_all, end_process_group, job_env,
                      latest_rows, load_job, make_clip, media, noisy_frames, read_summary, real_clips, run_job)
 from pipelines.media.probe import probe, probe_timestamps
@@ -162,6 +164,20 @@ def test_summary_previews_and_no_leftovers(first_run, archive):
     assert not (output / "_staging").exists()  # bad sources do not keep theirs either
     assert not [p for p in output.rglob("*") if p.name.startswith(".") or p.suffix == ".part"]
     assert sorted(output_files(output)) == sorted(GOOD.values())
+
+
+def test_report_page_links_relatively_and_renders(first_run, tmp_path):
+    """The run's report page (before the rerun below writes its own): every link relative and to a file
+    that is there (a still per good video, its output), every failure named, and a browser renders it."""
+    output, result, _, _ = first_run
+    page = output / "_ledger" / "report.html"
+    html = page.read_text()
+    links = re.findall(r'(?:href|src)="([^"]*)"', html)
+    assert len(links) == 2 * len(GOOD) and not [link for link in links if link.startswith("/") or ":" in link]
+    assert sorted(str((page.parent / unquote(link)).resolve().relative_to(output)) for link in links) == sorted(
+        [*GOOD.values(), *(f"_ledger/_previews/{Path(rel).with_suffix('.png')}" for rel in GOOD)])
+    assert all(f"<code>{rel}</code>" in html for rel in BAD) and "bad input (permanent)" in html
+    assert_not_blank(screenshot(page, tmp_path / "report.png"))
 
 
 # -- reruns: incremental, and resuming a killed run ---------------------------------------------------

@@ -124,9 +124,10 @@ def test_failures_are_grouped_with_what_to_do():
 
 def test_videos_beyond_the_cap_are_counted_not_shown(monkeypatch):
     monkeypatch.setattr(report, "MAX_VIDEOS", 3)
-    html = page([row("/o", f"v{i}.mp4", minute=i) for i in range(5)], "/o")
-    assert len(re.findall(r'<img [^>]*loading="lazy"', html)) == 3
-    assert "2 more videos of this run are in the ledger" in html
+    failed = row("/o", "a.mp4", FAILED, "boom")  # first by name, shown after the stills
+    html = page([failed] + [row("/o", f"v{i}.mp4", minute=i) for i in range(5)], "/o")
+    assert len(re.findall(r'<img [^>]*loading="lazy"', html)) == 3 and '<figure class="failed">' not in html
+    assert "3 more videos of this run are in the ledger" in html
 
 
 def test_the_chart_climbs_to_the_frames_restored():

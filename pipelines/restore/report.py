@@ -118,7 +118,9 @@ def _failures(rows: pa.Table) -> str:
 def _videos(rows: pa.Table, layout: OutputLayout) -> str:
     here = posixpath.dirname(layout.report)
     cards = []
-    for row in rows.slice(0, MAX_VIDEOS).select([REL, STATUS, OUTPUT, ERROR]).to_pylist():
+    done = pc.equal(rows[STATUS], DONE)
+    shown = pa.concat_tables([rows.filter(done), rows.filter(pc.invert(done))])  # the stills first
+    for row in shown.slice(0, MAX_VIDEOS).select([REL, STATUS, OUTPUT, ERROR]).to_pylist():
         name = f"<code>{_e(row[REL])}</code>"
         if row[STATUS] == DONE:
             still = _link(_below(layout.preview(row[REL]), here))
@@ -127,12 +129,17 @@ def _videos(rows: pa.Table, layout: OutputLayout) -> str:
             cards.append(f'<figure><img src="{still}" loading="lazy" alt="before and after: {_e(row[REL])}">'
                          f"<figcaption>{name}{link}</figcaption></figure>")
         else:
-            cards.append(f'<figure class="failed"><div class="reason">{_e(row[ERROR] or row[STATUS])}</div>'
+            cards.append(f'<figure class="failed"><div class="reason">{_e(_shortened(row[ERROR] or row[STATUS]))}</div>'
                          f"<figcaption>{name} <span class=\"badge\">{_e(row[STATUS])}</span></figcaption></figure>")
     more = (f'<p class="note">{rows.num_rows - MAX_VIDEOS:,} more videos of this run are in the ledger '
             f"(<code>_ledger/videos/</code>).</p>" if rows.num_rows > MAX_VIDEOS else "")
     return (f"<section><h2>Videos ({rows.num_rows:,})</h2><p>Before (left) and after (right), the middle "
             f'frame of each video.</p><div class="videos">{"".join(cards)}</div>{more}</section>')
+
+
+def _shortened(reason: str, most: int = 160) -> str:
+    """A reason cut for a video's card (the failures section has it whole)."""
+    return reason if len(reason) <= most else reason[:most - 1].rstrip() + "\u2026"
 
 
 def _below(url: str, folder: str) -> str | None:

@@ -30,10 +30,9 @@ svg .area { fill: #2563c9; fill-opacity: 0.12; stroke: none; }
 code { font: 13px/1.4 ui-monospace, "DejaVu Sans Mono", monospace; overflow-wrap: anywhere; }
 .videos { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 14px; }
 figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; overflow: hidden; background: #fafbfc; }
-figure img { display: block; width: 100%; height: auto; min-height: 60px; background: #e9edf2;
-             image-rendering: pixelated; }
+figure img { display: block; width: 100%; height: 150px; object-fit: contain; background: #2a303a; }
 figcaption { padding: 8px 10px; font-size: 13px; }
 figcaption a { color: #2563c9; margin-left: 6px; }
-figure.failed .reason { padding: 10px; min-height: 60px; color: var(--bad); font-size: 13px; overflow-wrap: anywhere; }
+figure.failed .reason { padding: 10px; height: 150px; overflow: hidden; color: var(--bad); font-size: 13px; overflow-wrap: anywhere; }
 .badge { background: var(--bad); color: #fff; border-radius: 4px; padding: 0 6px; font-size: 12px; }
 """
