@@ -49,6 +49,8 @@ JOB = REPO / "jobs" / "upscale_archive.py"
 # (the same settings key either way).
 TINY_JOB = {"preset": "tiny", "scale": 2, "steps": 2, "window": 8, "overlap": 2}
 TINY = [text for name, value in TINY_JOB.items() for text in (f"--{name}", str(value))]
+# The same without --scale, for runs that name a target size instead (it chooses each video's scale).
+TINY_UNSCALED = [text for name, value in TINY_JOB.items() if name != "scale" for text in (f"--{name}", str(value))]
 
 
 # -- the shared folder ----------------------------------------------------------------------------
@@ -215,10 +217,11 @@ def job_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "RAY_ADDRESS": "local", **extra}
 
 
-def run_job(input_url: str | Path, output_url: str | Path, *extra: str, timeout: float = 240
-            ) -> subprocess.CompletedProcess:
+def run_job(input_url: str | Path, output_url: str | Path, *extra: str, timeout: float = 240,
+            settings: Sequence[str] = TINY) -> subprocess.CompletedProcess:
+    """The restore job's command with `settings` (the TINY ones unless told) and `extra` flags."""
     return subprocess.run([sys.executable, str(JOB), "--input", str(input_url), "--output", str(output_url),
-                           *TINY, *extra], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout)
+                           *settings, *extra], cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def end_process_group(process: subprocess.Popen) -> None:

@@ -15,7 +15,7 @@ from pipelines.restore import ledger
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.lease import LeaseLost, check_held, record_finished
 from pipelines.restore.rows import (ASSEMBLE_SECONDS, CHECKSUM, CONTENT, DEINTERLACE, DEINTERLACED, DEVICE, DONE, END,
-                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, INTERLACING,
+                                    ERROR, FAILED, FIELD_ORDER, FINGERPRINT, FINISHED_AT, FRAMES, INTERLACING, KEEP_END, KEEP_START,
                                     MODEL_SCALE, OUTPUT, OUTPUT_SIZE, PERMANENT, PREVIOUS_ERROR, PROMPT, REL, REPEATS, RESTORE_SECONDS, REUSED,
                                     RUN_ID, SECONDS, SEGMENT, SETTINGS, SOURCE, START, STATUS, VIDEO_ID, WINDOW_INDEX,
                                     WINDOWS, WINDOWS_REUSED)
@@ -52,7 +52,7 @@ def video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], run: Restor
         OUTPUT: first[OUTPUT] if status == DONE else None,
         OUTPUT_SIZE: storage.size(first[OUTPUT]) if status == DONE else None,
         STATUS: status, ERROR: error, PERMANENT: permanent,
-        FRAMES: int(first[FRAMES]), WINDOWS: len(restored),
+        FRAMES: int(first[FRAMES]) if run.sample is None else _kept_pictures(restored), WINDOWS: len(restored),
         DEINTERLACED: describe(first[DEINTERLACE], first[FIELD_ORDER]) if first[DEINTERLACE] else "",
         INTERLACING: first.get(INTERLACING) or None,
         WINDOWS_REUSED: sum(bool(r[REUSED]) for r in restored),
@@ -62,6 +62,16 @@ def video_row(first: dict[str, Any], rows: Sequence[dict[str, Any]], run: Restor
         MODEL_SCALE: first.get(MODEL_SCALE) or None, PROMPT: first.get(PROMPT),
         RUN_ID: run.run_id, FINISHED_AT: ledger.now(),
     }
+
+
+def _kept_pictures(windows: Sequence[dict[str, Any]]) -> int:
+    """Pictures the windows give the output (their kept spans, cross-faded ones counted once): what a
+    sample run writes of its excerpt, where the video's own count would overstate its work."""
+    count, reached = 0, -1
+    for start, end in sorted((int(w[KEEP_START]), int(w[KEEP_END])) for w in windows):
+        count += max(0, end - max(start, reached))
+        reached = max(reached, end)
+    return count
 
 
 def record(run: RestoreRun, first: dict[str, Any], rows: Sequence[dict[str, Any]], video: dict[str, Any]) -> None:
