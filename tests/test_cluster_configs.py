@@ -19,6 +19,7 @@ import yaml
 from ray.util import accelerators
 
 from cluster_files import ray_pod_templates, the
+from pipelines.cpu_nodes import CPU, CPU_NODE_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"gcp": REPO / "cluster" / "gcp.yaml", "aws": REPO / "cluster" / "aws.yaml"}
@@ -171,6 +172,12 @@ def problems(config: dict) -> list[str]:
                 out.append(f"{name}: a CPU type declares an accelerator")
     if not cpu_types:
         out.append("no CPU worker type (probing, scene detection, assembly)")
+    for name in cpu_types:  # what keeps scenes and assembly off the GPU nodes
+        if workers[name].get("labels", {}).get(CPU_NODE_LABEL) != CPU:
+            out.append(f"{name}: a CPU type must carry the label {CPU_NODE_LABEL}: {CPU}")
+    for name in set(workers) - set(cpu_types):
+        if CPU_NODE_LABEL in workers[name].get("labels", {}):
+            out.append(f"{name}: a GPU type carries the CPU nodes' label")
     if gpu_types != WANTED_GPUS:
         out.append(f"GPU types cover {sorted(gpu_types)}, want {sorted(WANTED_GPUS)}")
     # Ray Data's scale-up requests name no GPU type: with two enabled, --accelerator-type is refused.
@@ -295,6 +302,7 @@ MUTATIONS = [
      "properties"),
     ("more memory than the machine", _set("available_node_types.cpu.resources.memory", 64 * 2**30), "properties"),
     ("no CPU worker type", _set("available_node_types.cpu", _DELETE), "properties"),
+    ("CPU type without its label", _set("available_node_types.cpu.labels", _DELETE), "properties"),
     ("GPU type on its own image",
      _set("available_node_types.gpu_l4.docker", {"worker_image": f"rayproject/ray:{ray.__version__}-py311-gpu"}),
      "properties"),
