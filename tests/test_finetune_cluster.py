@@ -9,10 +9,9 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-import ray
 from ray.cluster_utils import Cluster
 
-from helpers import REPO, media
+from helpers import REPO, media, two_node_cluster
 from pipelines import storage
 from pipelines.finetune.checkpoint import STATE_FILE, WEIGHTS_FILE
 from pipelines.finetune.config import FinetuneConfig
@@ -26,16 +25,10 @@ CPUS_PER_WORKER = 2  # with 3 CPUs a node, one training worker fits on each, and
 def two_nodes_with_s3(s3_server, monkeypatch) -> Iterator[Cluster]:
     # Reports are collected every 2 s by default; a TINY step takes well under that (tests/test_finetune.py).
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # inherited by every node's processes
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": CPUS_PER_WORKER + 1})
-    cluster.add_node(num_cpus=CPUS_PER_WORKER + 1)
     # the workers reach the S3 test server through the same variables as this process
-    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **s3_server.env}})
-    try:
-        cluster.wait_for_nodes()
+    with two_node_cluster(CPUS_PER_WORKER + 1,
+                          runtime_env={"env_vars": {"PYTHONPATH": str(REPO), **s3_server.env}}) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.mark.slow
