@@ -32,8 +32,8 @@ from star_model.training.degrade_config import PROFILES  # noqa: E402
 from star_model.training.losses import LossConfig  # noqa: E402
 
 RUN = ("data", "storage", "preset", "weights", "venhancer", "checkpoint", "from_scratch", "init", "name", "workers",
-       "use_gpu", "cpus_per_worker", "steps", "batch_size", "lr", "checkpoint_every", "seed", "timesteps", "ema",
-       "fixed_noise")
+       "use_gpu", "cpus_per_worker", "steps", "batch_size", "grad_accum", "lr", "checkpoint_every", "seed", "timesteps",
+       "ema", "fixed_noise")
 CLIPS = ("frames", "crop", "degrade", "scales", "clips_per_video", "clean_prob")
 
 

@@ -13,7 +13,7 @@ import ray
 from ray.cluster_utils import Cluster
 from torch import nn
 
-from helpers import REPO, parity, tiny_model
+from helpers import REPO, parity, tiny_model, two_node_cluster
 from offline_hub import bucket_weights, fetched, hub  # noqa: F401 - fixtures
 from servers import gcs_server, s3_server  # noqa: F401 - fixtures
 
@@ -34,15 +34,8 @@ def source() -> nn.Module:
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[Cluster]:
     """A real two-node Ray cluster on this machine (one CPU each), this process its driver."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address)
-    try:
-        cluster.wait_for_nodes()
+    with two_node_cluster(1) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 OUR_CODE = tuple(str(REPO / package) for package in ("star_model", "pipelines", "jobs"))

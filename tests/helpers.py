@@ -8,6 +8,7 @@ its references never passes quietly by skipping them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,11 +17,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import av
 import numpy as np
@@ -39,6 +40,9 @@ from pipelines.restore.context import RestoreRun
 from pipelines.restore.layout import OutputLayout
 from pipelines.restore.lease import Leases, claim_video
 from star_model.text import TINY as TINY_TEXT
+
+if TYPE_CHECKING:
+    from ray.cluster_utils import Cluster
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -322,3 +326,21 @@ def claim_all(leases: Leases, sources: Sequence[SourceFile]) -> Claims:
     return Claims([s for s, claim in got if claim.mine], [(s, claim.holder) for s, claim in got if not claim.mine],
                   any(claim.taken_over for _, claim in got))
 
+
+
+@contextlib.contextmanager
+def two_node_cluster(cpus_per_node: int, **init_args) -> Iterator[Cluster]:
+    """A real two-node Ray cluster on this machine (`cpus_per_node` CPUs each), this process its driver
+    (`ray.init(**init_args)`); shut down on exit."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node})
+    cluster.add_node(num_cpus=cpus_per_node)
+    ray.init(address=cluster.address, **init_args)
+    try:
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

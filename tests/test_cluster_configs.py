@@ -18,6 +18,9 @@ import ray.autoscaler
 import yaml
 from ray.util import accelerators
 
+from cluster_files import ray_pod_templates, the
+from pipelines.cpu_nodes import CPU, CPU_NODE_LABEL
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"gcp": REPO / "cluster" / "gcp.yaml", "aws": REPO / "cluster" / "aws.yaml"}
 
@@ -85,6 +88,11 @@ def shape(config: dict, node_config: dict) -> tuple[int, int, int, str | None] |
     return vcpus, ram_gib, gpus, accel
 
 
+def project_image() -> str:
+    """The image the KubeRay manifests run (test_kuberay_manifests.py checks it is one, from cluster/Dockerfile)."""
+    return ray_pod_templates(the("RayJob"))["head"]["spec"]["containers"][0]["image"]
+
+
 def setup_for(config: dict, name: str) -> list[str]:
     """The setup commands a node of this type runs, merged as the launcher merges them."""
     if name == config["head_node_type"]:
@@ -103,10 +111,6 @@ def gpu_node_problems(config: dict, name: str, node: dict, gpus: int, accel: str
     accel_keys = sorted(k for k in res if k.startswith("accelerator_type:"))
     if accel_keys != [f"accelerator_type:{accel}"] or res[accel_keys[0]] != 1:
         out.append(f"{name}: needs exactly accelerator_type:{accel}: 1 (Ray's name), has {accel_keys}")
-    image = (node.get("docker", {}).get("worker_image")
-             or config["docker"].get("worker_image", config["docker"]["image"]))
-    if not image.endswith("-gpu"):
-        out.append(f"{name}: GPU type runs the non-GPU image {image}")
     if config["provider"]["type"] == "gcp":
         nc = node["node_config"]
         scheduling = nc.get("scheduling", {})
@@ -168,29 +172,37 @@ def problems(config: dict) -> list[str]:
                 out.append(f"{name}: a CPU type declares an accelerator")
     if not cpu_types:
         out.append("no CPU worker type (probing, scene detection, assembly)")
+    for name in cpu_types:  # what keeps scenes and assembly off the GPU nodes
+        if workers[name].get("labels", {}).get(CPU_NODE_LABEL) != CPU:
+            out.append(f"{name}: a CPU type must carry the label {CPU_NODE_LABEL}: {CPU}")
+    for name in set(workers) - set(cpu_types):
+        if CPU_NODE_LABEL in workers[name].get("labels", {}):
+            out.append(f"{name}: a GPU type carries the CPU nodes' label")
     if gpu_types != WANTED_GPUS:
         out.append(f"GPU types cover {sorted(gpu_types)}, want {sorted(WANTED_GPUS)}")
     # Ray Data's scale-up requests name no GPU type: with two enabled, --accelerator-type is refused.
     if len(enabled) != 1:
         out.append(f"the autoscaler may start GPUs of {sorted(enabled)}: enable exactly one GPU type")
 
-    # Same Ray and Python everywhere, and the Ray the client runs.
-    images = [config["docker"]["image"], *(t.get("docker", {}).get("worker_image") for t in workers.values())]
-    for image in filter(None, images):
-        if not re.fullmatch(rf"rayproject/ray:{re.escape(ray.__version__)}-py311-(cpu|gpu)", image):
-            out.append(f"image {image} is not rayproject/ray:{ray.__version__}-py311-cpu|gpu")
-
-    # The checkout is synced to every node and installed (torch first) on every node.
-    mounts = [remote for remote, local in config.get("file_mounts", {}).items() if (REPO / local).resolve() == REPO]
-    if not mounts:
-        out.append("file_mounts must sync the repository root (run `ray up` from there)")
+    # The project image on every node (cluster/Dockerfile: Ray's GPU image at the installed Ray version,
+    # CUDA torch, the project; the KubeRay pods run it too), so no node installs anything at boot.
+    if config["docker"].get("image") != project_image():
+        out.append(f"docker.image {config['docker'].get('image')} is not the project image {project_image()}")
+    for name, node in types.items():
+        if node.get("docker", {}).get("worker_image") or node.get("docker", {}).get("head_image"):
+            out.append(f"{name}: sets its own image; every node runs the project image")
+    if config["docker"].get("worker_image") or config["docker"].get("head_image"):
+        out.append("docker: head_image / worker_image override the project image")
     for name in types:
-        commands = setup_for(config, name)
-        torch_at = [i for i, c in enumerate(commands) if re.search(r"pip install .*\btorch\b", c)]
-        project_at = [i for i, c in enumerate(commands)
-                      if any(re.search(rf"pip install .*-e {re.escape(m)}(\s|$)", c) for m in mounts)]
-        if not torch_at or not project_at or torch_at[0] > project_at[0]:
-            out.append(f"{name}: setup must pip install torch, then the mounted checkout with -e")
+        installs = [c for c in setup_for(config, name) if re.search(r"\bpip install\b", c)]
+        if installs:
+            out.append(f"{name}: setup installs {installs} at every boot: put it in the image (cluster/Dockerfile)")
+
+    # The checkout is synced to every node, over the image's editable copy of the project.
+    mounts = [remote for remote, local in config.get("file_mounts", {}).items() if (REPO / local).resolve() == REPO]
+    if mounts != ["~/star-archive"]:
+        out.append("file_mounts must sync the repository root (run `ray up` from there) to ~/star-archive, where "
+                   "the image installed the project")
 
     # Start commands: resources come only from `resources`; head and workers agree on the port.
     head_cmd = " ".join(config.get("head_start_ray_commands", []))
@@ -290,15 +302,14 @@ MUTATIONS = [
      "properties"),
     ("more memory than the machine", _set("available_node_types.cpu.resources.memory", 64 * 2**30), "properties"),
     ("no CPU worker type", _set("available_node_types.cpu", _DELETE), "properties"),
-    ("GPU type on the CPU image",
-     _set("available_node_types.gpu_l4.docker", {"worker_image": f"rayproject/ray:{ray.__version__}-py311-cpu"}),
+    ("CPU type without its label", _set("available_node_types.cpu.labels", _DELETE), "properties"),
+    ("GPU type on its own image",
+     _set("available_node_types.gpu_l4.docker", {"worker_image": f"rayproject/ray:{ray.__version__}-py311-gpu"}),
      "properties"),
-    ("another Ray version", _set("docker.image", "rayproject/ray:2.9.0-py311-cpu"), "properties"),
+    ("Ray's stock image", _set("docker.image", f"rayproject/ray:{ray.__version__}-py311-cpu"), "properties"),
     ("no idle timeout", _set("idle_timeout_minutes", _DELETE), "properties"),
     ("checkout not mounted", _set("file_mounts", {}), "properties"),
-    ("project not installed", _set("setup_commands", ["pip install torch"]), "properties"),
-    ("project before torch",
-     lambda c: c.__setitem__("setup_commands", list(reversed(c["setup_commands"]))), "properties"),
+    ("torch installed at every boot", _set("setup_commands", ["pip install torch"]), "properties"),
     ("start command sets resources",
      lambda c: c["worker_start_ray_commands"].append("ray start --address=$RAY_HEAD_IP:6379 --num-gpus=1"),
      "properties"),

@@ -22,7 +22,7 @@ import torch
 from helpers import REPO, media
 from pipelines.finetune.checkpoint import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, read_checkpoint
 from pipelines.finetune.config import FinetuneConfig, check_config
-from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, ClipConfig, list_clips, make_pair
+from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, ClipConfig, epoch_clips, list_clips, make_pair
 from pipelines.finetune.step import FinetuneStep, build_finetune_models
 from star_model.checkpoint import CheckpointError
 from star_model.denoiser_config import TINY
@@ -47,8 +47,11 @@ def _config(data: Path, storage: Path, **kw) -> FinetuneConfig:
     return FinetuneConfig(**{**base, **kw})
 
 
-def _batch(data: Path) -> dict:
-    rows = [make_pair(r, TINY_CLIPS)[0] for r in list_clips(str(data), TINY_CLIPS)]
+def _batch(data: Path, clips: ClipConfig = TINY_CLIPS) -> dict:
+    return _collate([make_pair(r, clips)[0] for r in list_clips(str(data), clips)])
+
+
+def _collate(rows: list[dict]) -> dict:
     return {GT: torch.from_numpy(np.stack([r[GT] for r in rows])),  # (2, 4, 48, 32, 3)
             LQ: torch.from_numpy(np.stack([r[LQ] for r in rows])),  # (2, 4, 12, 8, 3)
             CLIP_SEED: torch.tensor([r[CLIP_SEED] for r in rows]), CAPTION: [r[CAPTION] for r in rows]}
@@ -77,10 +80,55 @@ def test_pairs_are_cropped_degraded_and_deterministic(data_dir):
 
 
 @pytest.mark.timeout(120)
+def test_each_epoch_cuts_new_pairs_that_a_resumed_run_cuts_again(data_dir):
+    clips = list_clips(str(data_dir), TINY_CLIPS)
+    epoch_0, epoch_1 = epoch_clips(clips, 0), epoch_clips(clips, 1)
+    assert [r[CLIP_SEED] for r in epoch_1] != [r[CLIP_SEED] for r in epoch_0]
+    assert epoch_clips(clips, 1) == epoch_1  # a function of (seed, clip, epoch) only
+    first, second = make_pair(epoch_0[0], TINY_CLIPS)[0], make_pair(epoch_1[0], TINY_CLIPS)[0]
+    assert not np.array_equal(first[GT], second[GT])  # another start/crop and degradation
+    again = make_pair(epoch_clips(clips, 1)[0], TINY_CLIPS)[0]  # the resumed run's draw of epoch 1
+    assert np.array_equal(again[GT], second[GT]) and np.array_equal(again[LQ], second[LQ])
+    # another seed, other pairs in every epoch
+    other = list_clips(str(data_dir), dataclasses.replace(TINY_CLIPS, seed=2))
+    assert {r[CLIP_SEED] for r in epoch_clips(other, 1)}.isdisjoint(r[CLIP_SEED] for r in epoch_1)
+
+
+@pytest.mark.timeout(180)
+def test_accumulated_micro_batches_step_as_one_batch(data_dir, tmp_path):
+    """N micro-batches of b clips (--grad-accum N) give the gradient and the update of one batch of N·b:
+    each micro-batch's loss is scaled by 1/N. Dropout is off and DF decodes whole clips, so no random
+    draw depends on how the clips are grouped."""
+    from star_model.training.losses import LossConfig
+
+    clips = dataclasses.replace(TINY_CLIPS, clips_per_video=2)  # 4 clips
+    rows = [make_pair(r, clips)[0] for r in list_clips(str(data_dir), clips)]
+    loss = LossConfig(df_frames=None, df_crop=None)
+    whole = FinetuneStep(_config(data_dir, tmp_path, batch_size=4, loss=loss), torch.device("cpu"))
+    split = FinetuneStep(_config(data_dir, tmp_path, batch_size=2, grad_accum=2, loss=loss), torch.device("cpu"))
+    for step in (whole, split):
+        step.denoiser.eval()
+    one = whole([_collate(rows)], 0)
+    two = split([_collate(rows[:2]), _collate(rows[2:])], 0)
+    for name in ("loss", "loss_v", "loss_df", "grad_norm"):
+        assert two[name] == pytest.approx(one[name], rel=1e-5), name
+    assert one["grad_norm"] > 0
+    checked = 0
+    for a, b in zip(whole.trainable, split.trainable):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
+        # AdamW's first step moves a weight by lr·g/(|g| + eps): where |g| is not far above eps, the float
+        # noise of g decides it, so the update is compared where the gradient is clear of that
+        clear = a.grad.abs() > 1e-5
+        torch.testing.assert_close(b[clear], a[clear], rtol=0, atol=1e-6)
+        checked += int(clear.sum())
+    assert checked > sum(p.numel() for p in whole.trainable) // 4, checked
+
+
+@pytest.mark.timeout(120)
 def test_a_step_changes_only_the_control_branch_and_liem(data_dir, tmp_path):
     step = FinetuneStep(_config(data_dir, tmp_path), torch.device("cpu"))
     before = {k: v.clone() for k, v in step.denoiser.state_dict().items()}
-    metrics = step(_batch(data_dir), 0)
+    metrics = step([_batch(data_dir)], 0)
     assert all(np.isfinite(v) for v in metrics.values())
     after = step.denoiser.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -309,7 +357,7 @@ def test_the_moving_average_follows_the_weights_and_resumes(data_dir, tmp_path):
 
     step = FinetuneStep(_config(data_dir, tmp_path, ema=0.5), torch.device("cpu"))
     before = {n: t.clone() for n, t in step.ema_state().items()}
-    step(_batch(data_dir), 0)
+    step([_batch(data_dir)], 0)
     after, weights = step.ema_state(), dict(step.denoiser.named_parameters())
     moved = [n for n in after if not torch.equal(after[n], before[n])]
     assert moved

@@ -47,7 +47,7 @@ def cron_pod() -> dict:
 def render_tonight(tmp_path: Path, template_text: str) -> tuple[subprocess.CompletedProcess, Path]:
     """Runs the CronJob's render script with sh, its volumes replaced by folders under tmp_path."""
     pod = cron_pod()
-    (render,) = pod["initContainers"]
+    render, _ = pod["initContainers"]
     (apply,) = pod["containers"]
     mounts = {m["name"]: m["mountPath"] for m in render["volumeMounts"]}
     template_dir, work_dir = tmp_path / "template", tmp_path / "work"
@@ -86,3 +86,22 @@ def test_the_cronjob_refuses_a_template_it_cannot_rename(tmp_path):
     text = text.replace("  name: star-archive-restore", '  name: "star-archive-restore"')
     result, _ = render_tonight(tmp_path, text)
     assert result.returncode != 0
+
+
+def test_each_night_deletes_the_rayjobs_of_a_week_before(tmp_path):
+    """Finished RayJobs do not pile up: the night's script lists the RayJobs of 7 to 13 nights ago and the
+    expire container deletes them (absent ones are no error), before tonight's is applied."""
+    result, _ = render_tonight(tmp_path, (KUBERAY / "rayjob.yaml").read_text())
+    assert result.returncode == 0, result.stderr
+    render, expire = cron_pod()["initContainers"]
+    assert expire["command"] + expire["args"] == ["kubectl", "delete", "--ignore-not-found", "--wait=false", "-f",
+                                                  "/work/expired.yaml"]
+    expired = [d for d in yaml.safe_load_all((tmp_path / "work" / "expired.yaml").read_text()) if d]
+    today = dt.datetime.now(dt.timezone.utc).date()
+    wanted = {f"star-archive-{today - dt.timedelta(days=n):%Y%m%d}" for n in range(7, 14)}
+    assert {d["metadata"]["name"] for d in expired} == wanted  # (fails only across midnight UTC)
+    template = the("RayJob")
+    assert all(d["kind"] == "RayJob" and d["apiVersion"] == template["apiVersion"]
+               and d["metadata"]["namespace"] == template["metadata"]["namespace"] for d in expired)
+    (role,) = [d for d in yaml.safe_load_all((KUBERAY / "nightly-cronjob.yaml").read_text()) if d["kind"] == "Role"]
+    assert "delete" in role["rules"][0]["verbs"] and role["rules"][0]["resources"] == ["rayjobs"]

@@ -46,7 +46,10 @@ class FinetuneConfig:
     use_gpu: bool = False  # one GPU per worker, NCCL, bf16 autocast
     cpus_per_worker: float = 1.0  # CPUs each training worker holds (the pairs tasks need more besides)
     steps: int = 15_000  # total optimiser steps (resumed runs count on)
-    batch_size: int = 1  # clips per worker per step (official: 1 per GPU on 8 GPUs)
+    batch_size: int = 1  # clips per worker per micro-batch (official: 1 per GPU on 8 GPUs)
+    # Micro-batches per optimiser step, their gradients accumulated (each loss scaled by 1/N): a step
+    # trains on batch_size x grad_accum x workers clips with the memory of batch_size
+    grad_accum: int = 1
     lr: float = 5e-5  # AdamW learning rate, constant (official); a resumed run takes the one given
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
@@ -73,7 +76,7 @@ class FinetuneConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
-        for name in ("workers", "steps", "batch_size", "checkpoint_every"):
+        for name in ("workers", "steps", "batch_size", "grad_accum", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name}={getattr(self, name)} must be >= 1")
         if self.lr <= 0 or self.grad_clip <= 0:
@@ -127,8 +130,14 @@ def check_config(cfg: FinetuneConfig) -> None:
         log.warning("paper-mode DF decodes the whole %dx%d crop with gradient; set LossConfig.df_crop "
                     "if the GPU runs out of memory", height, width)
     check_reachable(cfg.data)
-    if not listing.list_videos(cfg.data):
+    videos = listing.list_videos(cfg.data)
+    if not videos:
         raise ValueError(f"no videos under {cfg.data} (extensions {sorted(listing.VIDEO_EXTENSIONS)})")
+    clips, per_step = len(videos) * cfg.clips.clips_per_video, cfg.workers * cfg.batch_size * cfg.grad_accum
+    if clips < per_step:  # every worker takes the same number of clips per epoch (pipelines/finetune/loop.py)
+        raise ValueError(f"{clips} clip(s) under {cfg.data}, but a step takes {per_step} ({cfg.workers} worker(s) "
+                         f"x {cfg.grad_accum} batch(es) of {cfg.batch_size}): add videos, raise --clips-per-video "
+                         f"or lower --workers / --batch-size / --grad-accum")
     check_reachable(cfg.storage, writable=True)
 
 

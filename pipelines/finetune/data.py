@@ -1,11 +1,12 @@
 """Training pairs for fine-tuning, as a Ray Data pipeline: HR videos under a URL -> clips of F frames at
 a random start and a random crop -> the official degradation on CPU workers -> rows (gt, lq, caption).
 
-    ds = build_pairs(list_clips("gs://bucket/hr", ClipConfig(frames=32, crop=(720, 1280))), config)
-    TorchTrainer(..., datasets={"train": ds})    # workers: iter_pairs(get_dataset_shard("train"), B)
+    clips = list_clips("gs://bucket/hr", ClipConfig(frames=32, crop=(720, 1280)))    # driver, once
+    for batch in iter_pairs(build_pairs(epoch_clips(my_clips, epoch), config), B):  # a worker, per epoch
 
-Every random choice (start frame, crop, degradation) derives from the config's seed, the video's path
-and the clip's number, so a re-run, a retried task or a resumed job sees the same pairs.
+Every random choice (start frame, crop, degradation) derives from the config's seed, the video's path,
+the clip's number and the epoch, so epochs see different pairs while a re-run, a retried task or a
+resumed job sees the same pairs as the run it repeats.
 """
 
 from __future__ import annotations
@@ -106,6 +107,13 @@ def list_clips(data_url: str, config: ClipConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def epoch_clips(clips: list[dict[str, Any]], epoch: int) -> list[dict[str, Any]]:
+    """The clip rows of one epoch: each clip's seed (so its start, crop and degradation) redrawn from
+    (the seed `list_clips` gave it, epoch). A function of the epoch alone, not of what ran before: a resumed run
+    cuts the pairs the interrupted one cut."""
+    return [{SOURCE: row[SOURCE], CLIP_SEED: derive_seed(row[CLIP_SEED], "epoch", epoch)} for row in clips]
+
+
 def make_pair(row: dict[str, Any], config: ClipConfig) -> list[dict[str, Any]]:
     """Cut, crop and degrade one clip: [pair row], or [] when the video is too short, too small or
     unreadable (logged; one bad video must not stop the training)."""
@@ -144,8 +152,8 @@ def make_pair(row: dict[str, Any], config: ClipConfig) -> list[dict[str, Any]]:
 def build_pairs(clips: list[dict[str, Any]], config: ClipConfig, *, num_cpus: float = 1.0):
     """The pairs dataset, top to bottom (lazy: nothing runs until a trainer iterates it).
 
-    1. clips (driver): in: nothing; out: source, clip_seed. One row and one block per clip, so the
-       pairs tasks spread over all CPU workers.
+    1. clips (a training worker's rows of one epoch): in: nothing; out: source, clip_seed. One row
+       and one block per clip, so the pairs tasks spread over all CPU workers.
     2. pairs (CPU tasks, `num_cpus` each: decoding, USM, blur and two video encodes per frame are
        single-threaded numpy/torch/FFmpeg work): in: source, clip_seed; out: gt, lq, caption,
        clip_seed. Frames exist only inside the task and in the pair row it emits.
@@ -156,8 +164,11 @@ def build_pairs(clips: list[dict[str, Any]], config: ClipConfig, *, num_cpus: fl
         raise ValueError("no clips to train on: the data folder holds no videos")
     ds = ray.data.from_items(clips, override_num_blocks=len(clips))
     ds = ds.flat_map(make_pair, fn_kwargs={"config": config}, num_cpus=num_cpus)
-    # The trainer runs this plan once per epoch; a progress bar per epoch would flood the job's log.
+    # A worker runs one such plan per epoch; a progress bar per epoch would flood the job's log.
     ds.context.enable_progress_bars = False
+    # Pairs come in clip order, not in the order their tasks finish: which clips make up a step is then
+    # fixed, so a resumed run (which skips the clips of the steps it has done) repeats the lost steps.
+    ds.context.execution_options.preserve_order = True
     return ds
 
 
@@ -173,7 +184,7 @@ class CollatePairs(NumpyBatchCollateFn):
         return out
 
 
-def iter_pairs(shard, batch_size: int):
-    """One epoch of this worker's share of the pairs, in batches of exactly `batch_size`:
+def iter_pairs(pairs, batch_size: int):
+    """One epoch of a worker's pairs dataset, in batches of exactly `batch_size`:
     gt (B, F, H, W, 3) uint8, lq (B, F, h, w, 3) uint8, clip_seed (B,) int64, caption list[str]."""
-    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=CollatePairs(), drop_last=True)
+    return pairs.iter_torch_batches(batch_size=batch_size, collate_fn=CollatePairs(), drop_last=True)

@@ -1,6 +1,12 @@
 """The training loop each Ray Train worker runs: resume from the latest checkpoint if there is one, then
-step through epochs of its shard of pairs, reporting metrics every step and a checkpoint every
-`checkpoint_every` steps and at the end."""
+step through epochs of its share of the clips (the pairs of each epoch cut by Ray Data tasks), reporting
+metrics every step and a checkpoint every `checkpoint_every` steps and at the end.
+
+Worker r takes clips r, r+W, r+2W, ... (the same after every restart), the same number on every worker,
+so all take the same steps per epoch (DDP steps together), and where an epoch and a step in it start
+follows from the step alone: a resumed run starts its epoch's pairs at the first clip not yet trained
+on, and repeats the uninterrupted run exactly while every clip is usable (a skipped video shortens that
+worker's epoch)."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Any
 from pipelines import storage
 from pipelines.finetune.checkpoint import read_ema, restore_checkpoint, save_checkpoint
 from pipelines.finetune.config import FinetuneConfig
-from pipelines.finetune.data import iter_pairs
+from pipelines.finetune.data import build_pairs, epoch_clips, iter_pairs
 from pipelines.finetune.step import FinetuneStep
 
 
@@ -49,17 +55,26 @@ def train_loop(config: dict[str, Any]) -> None:
             print(f"nothing to do: the checkpoint is at step {step} >= {cfg.steps} steps", flush=True)
         ray.train.report({**(history[-1] if history else {}), "step": step})
         return
-    shard = ray.train.get_dataset_shard("train")
-    global_batch = cfg.batch_size * world
+    clips = ray.get(config["clips"])
+    group = cfg.batch_size * cfg.grad_accum  # clips per worker per optimiser step
+    steps_per_epoch = len(clips) // world // group  # run_finetune checked it is >= 1
+    mine = clips[rank::world][:steps_per_epoch * group]
+    global_batch = group * world
 
-    # 2. epochs over this worker's shard until the step budget is spent
+    # 2. epochs over this worker's clips until the step budget is spent
+    epoch, done = divmod(step, steps_per_epoch)
     while step < cfg.steps:
-        batches = 0
-        for batch in iter_pairs(shard, cfg.batch_size):
-            batches += 1
+        rows = epoch_clips(mine[done * group:], 0 if cfg.fixed_noise else epoch)  # fixed_noise: one fixed set
+        done, steps_this_epoch, micro_batches = 0, 0, []
+        for batch in iter_pairs(build_pairs(rows, cfg.clips), cfg.batch_size):
+            micro_batches.append(batch)
+            if len(micro_batches) < cfg.grad_accum:
+                continue
+            steps_this_epoch += 1
             _maybe_fail(cfg, rank, step + 1)
             start = time.perf_counter()
-            metrics = trainer(batch, step)
+            metrics = trainer(micro_batches, step)
+            micro_batches = []
             step += 1
             seconds = time.perf_counter() - start
             metrics.update(step=step, step_seconds=seconds, clips_per_s=global_batch / seconds, time=time.time())
@@ -75,10 +90,11 @@ def train_loop(config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
             if step >= cfg.steps:
                 break
-        if batches == 0:
-            raise RuntimeError(f"worker {rank} got no batch of {cfg.batch_size} clips: the data set yields "
-                               f"too few clips for {world} workers; add videos, raise clips_per_video or "
-                               f"lower --batch-size / --workers")
+        if steps_this_epoch == 0:
+            raise RuntimeError(f"worker {rank} got no step of {cfg.grad_accum} batch(es) of {cfg.batch_size} clips "
+                               f"from its {len(rows)} clips of epoch {epoch}: its videos are too short, too small "
+                               f"or unreadable (see the warnings); add videos or lower --batch-size / --grad-accum")
+        epoch += 1
 
 
 def _report_with_checkpoint(trainer: FinetuneStep, metrics: dict[str, Any], state: dict[str, Any], rank: int) -> None:

@@ -29,7 +29,7 @@ from pipelines.finetune.data import CAPTION, CLIP_SEED, GT, LQ, derive_seed
 from pipelines.weights import local_copy
 from star_model.diffusion import diffuse, velocity
 from star_model.training.trainable import freeze_for_finetune, load_venhancer
-from star_model.training.losses import star_loss
+from star_model.training.losses import LossTerms, star_loss
 from star_model.presets import Vae, build_models, get_preset, load_shipped, resolve_weights
 from star_model.restore import pre_upscale
 from star_model.schedule import build_schedule
@@ -121,7 +121,40 @@ class FinetuneStep:
         latents = [self.vae.encode(clip, generator=g) for clip, g in zip(frames_bfchw, generators)]
         return torch.stack(latents).transpose(1, 2)  # (B, F, 4, h, w) -> (B, 4, F, h, w)
 
-    def __call__(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+    def __call__(self, micro_batches: list[dict[str, Any]], step: int) -> dict[str, float]:
+        """One optimiser step on `micro_batches` (cfg.grad_accum of them, one batch without
+        accumulation): each micro-batch's loss is scaled by 1/N and back-propagated as it comes, so the
+        accumulated gradient is the mean over all N·B clips, as one batch of N·B would give, with the
+        activations of one micro-batch in memory."""
+        cfg = self.cfg
+        n = len(micro_batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        logged = torch.zeros(3)
+        for i, batch in enumerate(micro_batches):
+            # DDP all-reduces gradients in backward: only the last micro-batch's backward syncs, the others
+            # accumulate locally (no_sync covers forward and backward, as DDP requires)
+            last = i == n - 1
+            with self.model.no_sync() if self.distributed and not last else nullcontext():
+                terms = self._loss(batch, step)
+                (terms.total / n).backward()
+            terms_now = torch.stack([terms.total.detach(), terms.v.detach().mean(), terms.df.detach().mean()])
+            logged += terms_now.cpu() / n
+
+        # clip the accumulated gradient, step, average
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self._ema_update(self.ema, [p.detach() for p in self.trainable], None)
+
+        logged = torch.cat([logged, grad_norm.detach().float().cpu().reshape(1)]).to(self.device)
+        if self.distributed:
+            torch.distributed.all_reduce(logged)
+            logged /= torch.distributed.get_world_size()
+        loss, loss_v, loss_df, norm = (float(x) for x in logged.cpu())
+        return {"loss": loss, "loss_v": loss_v, "loss_df": loss_df, "grad_norm": norm}
+
+    def _loss(self, batch: dict[str, Any], step: int) -> LossTerms:
+        """The loss terms of one micro-batch."""
         cfg = self.cfg
         clip_seeds = [int(s) for s in batch[CLIP_SEED]]
         # 1. randomness from (seed, step, clip) only, not from the worker or what ran before: a resumed
@@ -153,21 +186,4 @@ class FinetuneStep:
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext():
             out = self.model(x_t, t, y, hint=z_lq)
         v_pred = velocity(self.denoiser, self.schedule, out.float(), x_t, t, z_lq)  # out itself unless residual
-        terms = star_loss(self.schedule, v_pred, x_t, t, z_gt, gt.transpose(1, 2), self.vae, cfg.loss,
-                          window_gen)
-
-        # 5. backward (DDP averages the gradients), clip, step
-        self.optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip)
-        self.optimizer.step()
-        if self.ema is not None:
-            self._ema_update(self.ema, [p.detach() for p in self.trainable], None)
-
-        logged = torch.stack([terms.total.detach(), terms.v.detach().mean(), terms.df.detach().mean(),
-                              grad_norm.detach().float()]).float()
-        if self.distributed:
-            torch.distributed.all_reduce(logged)
-            logged /= torch.distributed.get_world_size()
-        loss, loss_v, loss_df, norm = (float(x) for x in logged.cpu())
-        return {"loss": loss, "loss_v": loss_v, "loss_df": loss_df, "grad_norm": norm}
+        return star_loss(self.schedule, v_pred, x_t, t, z_gt, gt.transpose(1, 2), self.vae, cfg.loss, window_gen)

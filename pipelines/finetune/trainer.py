@@ -1,5 +1,7 @@
-"""Ray wiring of the fine-tuning job: check the config, build the pairs dataset and run the workers'
-loop with Ray Train's `TorchTrainer` (NCCL on GPUs, gloo on CPU), checkpoints in local or bucket storage.
+"""Ray wiring of the fine-tuning job: check the config, list the clips and run the workers' loop with
+Ray Train's `TorchTrainer` (NCCL on GPUs, gloo on CPU), checkpoints in local or bucket storage. Each
+worker cuts its pairs with a Ray Data plan of its own per epoch (pipelines/finetune/loop.py): a dataset
+given to the trainer would be the same plan, so the same pairs, in every epoch.
 
 Resume: Ray Train V2 (ray 2.60, verified in its CheckpointManager) writes a snapshot of the reported
 checkpoints to `storage/name/` and reloads it when a run with the same storage and name starts, so
@@ -21,7 +23,7 @@ from typing import Any
 
 from pipelines import storage, waits
 from pipelines.finetune.config import FinetuneConfig, FinetuneResult, check_config
-from pipelines.finetune.data import build_pairs, list_clips
+from pipelines.finetune.data import list_clips
 from pipelines.finetune.loop import train_loop
 from pipelines.job_support import ray_started
 from pipelines.shared_storage import check_shared
@@ -30,8 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    """Check the config, build the pairs dataset and train to `cfg.steps`, resuming if the run's
-    storage folder holds checkpoints of an earlier run with the same name."""
+    """Check the config, list the clips and train to `cfg.steps`, resuming if the run's storage folder
+    holds checkpoints of an earlier run with the same name."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -46,20 +49,21 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneResult:
         waits.check_can_start(need, what, f"pass fewer --workers or a smaller --cpus-per-worker (the {cfg.workers} "
                               "workers hold their CPUs for the whole run, and the tasks that make the training pairs "
                               "need 1 CPU besides)")
+        clips = list_clips(cfg.data, cfg.clips)
         run_url = storage.join(cfg.storage, cfg.name)
         if storage.exists(storage.join(run_url, "checkpoint_manager_snapshot.json")):
             log.info("run %s exists: resuming from its latest checkpoint", run_url)
         storage_path, storage_fs = run_storage(cfg.storage)
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"cfg": cfg},
+            # the clip rows once in the object store, not pickled into every worker's config
+            train_loop_config={"cfg": cfg, "clips": ray.put(clips)},
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                          resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                                **({"GPU": 1} if cfg.use_gpu else {})}),
             run_config=RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=storage_fs,
                                  failure_config=FailureConfig(max_failures=cfg.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
-            datasets={"train": build_pairs(list_clips(cfg.data, cfg.clips), cfg.clips)},
         )
         with waits.waiting_lines(need, what):
             result = trainer.fit()

@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from pipelines.cpu_nodes import cpu_node_selector
 from pipelines.listing import SourceFile
 from pipelines.restore.assemble_stage import finish_video
 from pipelines.restore.context import RestoreRun
@@ -41,7 +42,8 @@ def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceF
     Assembly (CPU task per video, 1 CPU: x264 encode) starts as soon as a video's last window comes
     out of the stream, so finished videos appear while others are restoring. in: all window rows of a
     video; out: its ledger row (written by the task itself)."""
-    finish = ray.remote(num_cpus=1, memory=ASSEMBLY_MEMORY, max_retries=TASK_RETRIES)(finish_video)
+    finish = ray.remote(num_cpus=1, memory=ASSEMBLY_MEMORY, max_retries=TASK_RETRIES,
+                        label_selector=cpu_node_selector())(finish_video)  # off GPU nodes (cpu_nodes.py)
     assemblies = Assemblies()
     waiting: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     stream_error = None

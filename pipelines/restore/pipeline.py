@@ -23,6 +23,7 @@ import ray
 
 from pipelines import listing, storage, waits
 from pipelines.actors import actor_pool, gpu_actor_resources
+from pipelines.cpu_nodes import cpu_node_selector
 from pipelines.job_support import ray_started
 from pipelines.listing import SourceFile
 from pipelines.restore import ledger, metrics
@@ -265,7 +266,8 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table],
     ds = ds.flat_map(claim_and_plan, fn_kwargs=dict(run=run, window=job.window, overlap=job.overlap,
                                                     detector=job.detector, deinterlace=job.deinterlace,
                                                     max_pixels=job.max_frame_pixels, scale=job.scale),
-                     num_cpus=1, memory=SCENES_MEMORY, max_retries=TASK_RETRIES)
+                     num_cpus=1, memory=SCENES_MEMORY, max_retries=TASK_RETRIES,
+                     label_selector=cpu_node_selector())  # off GPU nodes where CPU nodes exist (cpu_nodes.py)
     # One window per block: a video's windows spread over the actor pool instead of one actor
     # taking the whole block (and a block lost with its actor is one window).
     ds = ds.repartition(target_num_rows_per_block=1)
