@@ -12,14 +12,15 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from transformers.utils import logging as hf_logging
 
 from star_model.transfer import to_device
+
+if TYPE_CHECKING:  # transformers costs seconds to import: only where a text tower is built (never for bicubic)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 # The official config strings, as Python evaluates them: the source builds them with backslash line
 # continuations, which leave a run of three spaces after "camera," and two after "detailing,". The
@@ -106,6 +107,8 @@ class TextConfig:
                              f"always {CONTEXT_LENGTH} tokens")
 
     def to_hf(self) -> CLIPTextConfig:
+        from transformers import CLIPTextConfig
+
         return CLIPTextConfig(
             vocab_size=self.vocab_size, hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size, num_hidden_layers=self.num_layers,
@@ -125,6 +128,8 @@ TINY = TextConfig(vocab_size=TINY_VOCAB_SIZE, hidden_size=40, num_layers=3, num_
 
 def build_text_model(config: TextConfig, seed: int = 0) -> CLIPTextModel:
     """A CLIPTextModel with random weights (seeded; the global RNG is left untouched), fp32, eval."""
+    from transformers import CLIPTextModel
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPTextModel(config.to_hf())
@@ -152,6 +157,8 @@ def write_tiny_tokenizer(folder: str | Path) -> Path:
 
 def tiny_tokenizer() -> CLIPTokenizer:
     """The tiny vocabulary of `write_tiny_tokenizer`, loaded (its files go to a temporary folder)."""
+    from transformers import CLIPTokenizer
+
     with tempfile.TemporaryDirectory() as folder:
         return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(folder), local_files_only=True)
 
@@ -270,6 +277,9 @@ def load_text_encoder(folder: str | Path, device: str | torch.device = "cpu", **
     Tokenizer files lie in the same folder or in its `tokenizer/` subfolder. Extra keyword arguments
     go to `TextEncoder` (positive_suffix, negative_prompt).
     """
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.utils import logging as hf_logging
+
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise ValueError(f"text encoder folder {folder} has no config.json; download "

@@ -18,14 +18,17 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKLTemporalDecoder
 from torch import Tensor
 
 from star_model.denoiser_config import GROUP_NORM_GROUPS  # diffusers hard-codes 32 groups in this VAE too
 from star_model.tiles import Tile, plan_tiles, scale_tiles, tile_weights
 from star_model.transfer import to_device, wait_for_copies
+
+if TYPE_CHECKING:  # diffusers costs seconds to import: only where a VAE is built (nano and bicubic never)
+    from diffusers import AutoencoderKLTemporalDecoder
 
 _VAE_CLASS = "AutoencoderKLTemporalDecoder"
 
@@ -100,6 +103,8 @@ TINY = VaeConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
 def build_vae(config: VaeConfig, seed: int = 0) -> AutoencoderKLTemporalDecoder:
     """An AutoencoderKLTemporalDecoder of `config`'s shape with random weights (seeded; the global RNG is
     left untouched), fp32, eval."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoencoderKLTemporalDecoder(
@@ -264,6 +269,8 @@ def load_vae(folder: str | Path, config: VaeConfig = OFFICIAL, device: str | tor
     `variant="auto"` takes the full-precision file if present, else the fp16 variant (the official code
     loads `variant="fp16"` and holds the weights in fp32, which `dtype=torch.float32` reproduces).
     """
+    from diffusers import AutoencoderKLTemporalDecoder
+
     folder = _vae_folder(Path(folder))
     if variant == "auto":
         variant = _weights_variant(folder)

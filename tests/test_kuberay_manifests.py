@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import ray
 
-from pipelines.restore.pipeline import GPU_ACTOR_MEMORY
+from pipelines.restore.dataset import GPU_ACTOR_MEMORY
 from pipelines.restore.restore_stage import WINDOWS_IN_FLIGHT
 from pipelines.weights import DEFAULT_CACHE
 from cluster_files import (DOCKERFILE, KUBERAY, RAY_ACCELERATORS, README, REPO, documents, generated_configmaps,

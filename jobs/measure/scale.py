@@ -112,7 +112,8 @@ def measure(input_root: str, output_root: str) -> dict:
     """Plan the run as `upscale_archive.py` does, counting the store requests; then compact."""
     import resource
 
-    from pipelines.restore.pipeline import plan_run, source_tables
+    from pipelines.restore.dataset import source_tables
+    from pipelines.restore.pipeline import plan_run
 
     counts = _count_requests()
     start = time.perf_counter()

@@ -35,7 +35,7 @@ ASSEMBLY_MEMORY = 2 * 2**30
 def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceFile],
            failed_before: dict[str, tuple[str, int]], gate: ray.actor.ActorHandle) -> Iterator[dict[str, Any]]:
     """Each video's ledger row as it finishes, every video of `sources` exactly once (lost work
-    included: see faults.py). `dataset`: the restore pipeline (`pipeline.build_dataset`), whose
+    included: see faults.py). `dataset`: the restore pipeline (`dataset.build_dataset`), whose
     window rows come out in any order; each video's ticket goes back to `gate` (plan_gate.py) as its
     last window comes out.
 
