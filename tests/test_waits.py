@@ -21,7 +21,8 @@ def test_finetune_with_more_workers_than_cpus_fails_at_once(tmp_path):
     """64 workers (65 CPUs with the pairs tasks) on a local Ray: before, the run waited for ever after a
     warning; the timeout turns that into a failure instead of a hang."""
     command = [sys.executable, "jobs/finetune.py", "--data", "examples", "--storage", str(tmp_path / "runs"),
-               "--preset", "tiny", "--workers", "64", "--steps", "1", "--frames", "4", "--crop", "48x32"]
+               "--preset", "tiny", "--workers", "64", "--steps", "1", "--frames", "4", "--crop", "48x32",
+               "--clips-per-video", "32"]  # 2 videos x 32 clips: enough clips for a step of 64 workers
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=150,
                           env={**os.environ, "RAY_ADDRESS": ""})
     assert done.returncode == 2, done.stderr[-2000:]
