@@ -10,7 +10,6 @@ from collections.abc import Iterable, Iterator, Sequence
 import pyarrow as pa
 import ray
 
-from pipelines.cpu_nodes import cpu_node_selector
 from pipelines.listing import SourceFile
 from pipelines.restore.context import RestoreRun
 from pipelines.restore.faults import TASK_RETRIES, set_fault_options
@@ -30,11 +29,12 @@ SOURCE_CHUNKS = 256  # the sources enter Ray Data in at most this many pieces, h
 
 
 def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table], gate: ray.actor.ActorHandle,
-                  use_gpu: bool, actors: int) -> ray.data.Dataset:
+                  use_gpu: bool, actors: int, cpu_nodes: dict[str, str] | None) -> ray.data.Dataset:
     """The restore pipeline, top to bottom: `sources` (the videos to restore, `source_tables`) in,
     restored (or failed) window rows out, which the driver gathers into videos and assembles
     (`gather`, which gives each video's `gate` ticket back). `actors` restore actors at most, on
-    GPUs if `use_gpu` (`actors.actor_pool`). Lazy: nothing runs until the rows are read."""
+    GPUs if `use_gpu` (`actors.actor_pool`); the scenes tasks on the nodes `cpu_nodes` selects
+    (`cpu_nodes.cpu_node_selector`; None: anywhere). Lazy: nothing runs until the rows are read."""
     set_fault_options()
 
     # 1. Sources: the rows go to the object store in bounded chunks (the driver holds a reference per
@@ -56,7 +56,7 @@ def build_dataset(job: ArchiveJob, run: RestoreRun, sources: Iterable[pa.Table],
                                                     detector=job.detector, deinterlace=job.deinterlace,
                                                     max_pixels=job.max_frame_pixels, scale=job.scale),
                      num_cpus=1, memory=SCENES_MEMORY, max_retries=TASK_RETRIES,
-                     label_selector=cpu_node_selector())  # off GPU nodes where CPU nodes exist (cpu_nodes.py)
+                     label_selector=cpu_nodes)  # off GPU nodes where CPU nodes exist (cpu_nodes.py)
     # One window per block: a video's windows spread over the actor pool instead of one actor
     # taking the whole block (and a block lost with its actor is one window).
     ds = ds.repartition(target_num_rows_per_block=1)

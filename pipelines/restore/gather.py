@@ -12,7 +12,6 @@ from typing import Any
 
 import ray
 
-from pipelines.cpu_nodes import cpu_node_selector
 from pipelines.listing import SourceFile
 from pipelines.restore.assemble_stage import finish_video
 from pipelines.restore.context import RestoreRun
@@ -33,7 +32,8 @@ ASSEMBLY_MEMORY = 2 * 2**30
 
 
 def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceFile],
-           failed_before: dict[str, tuple[str, int]], gate: ray.actor.ActorHandle) -> Iterator[dict[str, Any]]:
+           failed_before: dict[str, tuple[str, int]], gate: ray.actor.ActorHandle,
+           cpu_nodes: dict[str, str] | None) -> Iterator[dict[str, Any]]:
     """Each video's ledger row as it finishes, every video of `sources` exactly once (lost work
     included: see faults.py). `dataset`: the restore pipeline (`dataset.build_dataset`), whose
     window rows come out in any order; each video's ticket goes back to `gate` (plan_gate.py) as its
@@ -41,9 +41,10 @@ def gather(dataset: ray.data.Dataset, run: RestoreRun, sources: Sequence[SourceF
 
     Assembly (CPU task per video, 1 CPU: x264 encode) starts as soon as a video's last window comes
     out of the stream, so finished videos appear while others are restoring. in: all window rows of a
-    video; out: its ledger row (written by the task itself)."""
+    video; out: its ledger row (written by the task itself), on the nodes `cpu_nodes` selects
+    (`cpu_nodes.cpu_node_selector`; None: anywhere)."""
     finish = ray.remote(num_cpus=1, memory=ASSEMBLY_MEMORY, max_retries=TASK_RETRIES,
-                        label_selector=cpu_node_selector())(finish_video)  # off GPU nodes (cpu_nodes.py)
+                        label_selector=cpu_nodes)(finish_video)  # off GPU nodes (cpu_nodes.py)
     assemblies = Assemblies()
     waiting: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     stream_error = None

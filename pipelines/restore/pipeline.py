@@ -20,6 +20,7 @@ from typing import Any
 
 from pipelines import listing, storage, waits
 from pipelines.actors import actor_pool, gpu_actor_resources
+from pipelines.cpu_nodes import cpu_node_selector
 from pipelines.job_support import ray_started
 from pipelines.listing import SourceFile
 from pipelines.restore import ledger, metrics
@@ -178,8 +179,10 @@ def _restore_all(job: ArchiveJob, selection: Selection, sources: Sequence[Source
         with waits.waiting_lines(gpu_actor_resources(job.accelerator_type) if gpus else {}, "the restore actors"):
             use_gpu, actors = actor_pool(job.device, job.actors, job.accelerator_type)
             gate = PlanGate.remote(tickets(actors))
-            dataset = build_dataset(job, run, source_tables(todo, selection.failed_before), gate, use_gpu, actors)
-            for video in gather(dataset, run, todo, selection.failed_before, gate):
+            cpu_nodes = cpu_node_selector()  # asked once: the scenes and the assembly tasks go to the same nodes
+            dataset = build_dataset(job, run, source_tables(todo, selection.failed_before), gate, use_gpu, actors,
+                                    cpu_nodes)
+            for video in gather(dataset, run, todo, selection.failed_before, gate, cpu_nodes):
                 if video[STATUS] in (LEASED, DONE_ELSEWHERE):
                     stats.skip(video)
                 else:
