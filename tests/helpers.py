@@ -151,6 +151,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
+def luma(frames: np.ndarray) -> np.ndarray:
+    """BT.601 luma of RGB frames on the 0-255 scale (16-bit frames divided, their extra bits kept).
+    Compared on luma: what the codec loses shows there, while the chroma of a busy 64x48 pattern moves
+    with the pixel format's subsampling and with where a decoder sites the chroma samples (H.264 and
+    H.265 signal a siting, FFV1 none), which are not the codec's loss; the chroma the output keeps is
+    checked by its pixel format."""
+    rgb = frames.astype(np.float64) / (257.0 if frames.dtype == np.uint16 else 1.0)
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
 def decode_all(path: Path | str) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

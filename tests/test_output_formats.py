@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from formats import small_test_pattern, write
-from helpers import psnr
+from helpers import luma, psnr
 from pipelines.media.frames import read_frames
 from pipelines.media.mux import write_video
 from pipelines.media.output_container import choose_container
@@ -69,18 +69,8 @@ def test_each_codec_decodes_to_the_restored_frames(sources, tmp_path, codec, sou
             assert video.codec_context.profile == "HQ"
     decoded = read_frames(out, 0, FRAMES)
     assert decoded.dtype == (np.uint16 if "10" in pix_fmt else np.uint8)  # 10 bits read back deep
-    db = psnr(_luma(decoded), _luma(restored))
+    db = psnr(luma(decoded), luma(restored))
     assert db >= least_db, f"{codec} from {source}: {db:.1f} dB"
-
-
-def _luma(frames: np.ndarray) -> np.ndarray:
-    """BT.601 luma of RGB frames on the 0-255 scale (16-bit frames divided, their extra bits kept).
-    Compared on luma: what the codec loses shows there, while the chroma of a busy 64x48 pattern moves
-    with the pixel format's subsampling and with where a decoder sites the chroma samples (H.264 and
-    H.265 signal a siting, FFV1 none), which are not the codec's loss; the chroma the output keeps is
-    checked by its pixel format."""
-    rgb = frames.astype(np.float64) / (257.0 if frames.dtype == np.uint16 else 1.0)
-    return rgb @ np.array([0.299, 0.587, 0.114])
 
 
 def test_ffv1_masters_carry_a_crc_per_slice():
